@@ -1,0 +1,1 @@
+"""Batchly <-> QuickBooks Online sync."""

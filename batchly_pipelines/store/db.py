@@ -1,0 +1,72 @@
+"""Engines and transactions for the Batchly database, identical in behaviour on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from batchly_pipelines.store.schema import sync_write_marker, utcnow
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalise_url(url: str) -> str:
+    """Pin PostgreSQL URLs to psycopg2 (SQLAlchemy 2.1 picks psycopg 3 for a bare ``postgresql://``)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``; on SQLite: WAL, foreign keys, a busy timeout and ``BEGIN IMMEDIATE`` transactions.
+
+    ``BEGIN IMMEDIATE`` takes SQLite's write lock at the start of every transaction, so two writers queue behind the
+    busy timeout instead of failing on a read-to-write upgrade; it is also what makes queue claims exclusive there.
+    """
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        return sa.create_engine(url, **kwargs)
+
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, **kwargs)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def sync_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction for the sync's own writes to Batchly: they do not enqueue pushes (echo suppression).
+
+    The marker row is inserted first and deleted before commit; on error the rollback removes it. Other transactions
+    never see it, so the app's concurrent writes keep enqueueing.
+    """
+    with engine.begin() as connection:
+        marker = connection.execute(
+            sa.insert(sync_write_marker).values(created_at=utcnow())
+        ).inserted_primary_key
+        assert marker is not None
+        yield connection
+        connection.execute(sa.delete(sync_write_marker).where(sync_write_marker.c.id == marker[0]))

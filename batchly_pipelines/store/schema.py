@@ -1,0 +1,347 @@
+"""The Batchly database: the app's own tables and the tables the sync owns (DESIGN.md §3).
+
+Money is ``NUMERIC(12,2)`` (``Decimal`` in Python). Times are UTC: ``UTCDateTime`` stores naive UTC on SQLite and
+``timestamptz`` on PostgreSQL, and always hands back timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend; naive values are refused."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: Batchly stores UTC instants only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """The current instant, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+Money = sa.Numeric(12, 2, asdecimal=True)
+Quantity = sa.Numeric(12, 4, asdecimal=True)
+
+
+def _pk() -> sa.Column[Any]:
+    return sa.Column("id", sa.Integer, primary_key=True, autoincrement=True)
+
+
+def _org_fk() -> sa.Column[Any]:
+    return sa.Column(
+        "organization_id", sa.Integer, sa.ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+
+
+def _timestamps() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+        sa.Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
+    ]
+
+
+# --- Batchly's own tables -------------------------------------------------------------------------------------
+
+organizations = sa.Table(
+    "organizations",
+    metadata,
+    _pk(),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False, server_default="UTC"),
+    sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+)
+
+customers = sa.Table(
+    "customers",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("display_name", sa.String(500), nullable=False),
+    sa.Column("company_name", sa.String(500)),
+    sa.Column("given_name", sa.String(100)),
+    sa.Column("family_name", sa.String(100)),
+    sa.Column("email", sa.String(100)),
+    sa.Column("phone", sa.String(30)),
+    sa.Column("bill_line1", sa.String(500)),
+    sa.Column("bill_city", sa.String(255)),
+    sa.Column("bill_region", sa.String(255)),
+    sa.Column("bill_postal_code", sa.String(30)),
+    sa.Column("bill_country", sa.String(255)),
+    sa.Column("notes", sa.String(2000)),
+    sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("qbo_id", sa.String(32)),
+    *_timestamps(),
+    sa.Index(None, "organization_id", "display_name"),
+    sa.UniqueConstraint("organization_id", "qbo_id"),
+)
+
+items = sa.Table(
+    "items",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("sku", sa.String(100)),
+    sa.Column("description", sa.String(4000)),
+    sa.Column("unit_price", Money, nullable=False, server_default="0"),
+    sa.Column("item_type", sa.String(20), nullable=False, server_default="Service"),
+    sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("qbo_id", sa.String(32)),
+    *_timestamps(),
+    sa.Index(None, "organization_id", "name"),
+    sa.UniqueConstraint("organization_id", "qbo_id"),
+)
+
+sales_orders = sa.Table(
+    "sales_orders",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("order_number", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, server_default="open"),
+    sa.Column("delivery_date", sa.Date),
+    *_timestamps(),
+    sa.UniqueConstraint("organization_id", "order_number"),
+)
+
+sales_order_lines = sa.Table(
+    "sales_order_lines",
+    metadata,
+    _pk(),
+    sa.Column(
+        "sales_order_id", sa.Integer, sa.ForeignKey("sales_orders.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("line_no", sa.Integer, nullable=False),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id"), nullable=False),
+    sa.Column("description", sa.String(4000)),
+    sa.Column("quantity", Quantity, nullable=False),
+    sa.Column("quantity_invoiced", Quantity, nullable=False, server_default="0"),
+    sa.Column("unit_price", Money, nullable=False),
+    sa.UniqueConstraint("sales_order_id", "line_no"),
+)
+
+invoices = sa.Table(
+    "invoices",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("sales_order_id", sa.Integer, sa.ForeignKey("sales_orders.id")),
+    sa.Column("doc_number", sa.String(21), nullable=False),
+    sa.Column("txn_date", sa.Date, nullable=False),
+    sa.Column("due_date", sa.Date),
+    sa.Column("total_amount", Money, nullable=False),
+    sa.Column("status", sa.String(10), nullable=False, server_default="open"),  # draft | open | void
+    sa.Column("replaces_invoice_id", sa.Integer, sa.ForeignKey("invoices.id")),
+    sa.Column("qbo_id", sa.String(32)),
+    # pending | synced | error | voided — written by the sync only
+    sa.Column("sync_status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("synced_at", UTCDateTime),
+    sa.Column("amount_paid", Money, nullable=False, server_default="0"),
+    sa.Column("amount_due", Money),
+    # unpaid | partial | paid | overdue | voided
+    sa.Column("payment_status", sa.String(10), nullable=False, server_default="unpaid"),
+    sa.Column("payment_date", sa.Date),
+    sa.Column("qb_payment_id", sa.String(32)),
+    sa.Column("last_payment_sync_at", UTCDateTime),
+    *_timestamps(),
+    sa.UniqueConstraint("organization_id", "doc_number"),
+    sa.UniqueConstraint("organization_id", "qbo_id"),
+    sa.Index(None, "organization_id", "payment_status", "due_date"),
+)
+
+invoice_lines = sa.Table(
+    "invoice_lines",
+    metadata,
+    _pk(),
+    sa.Column("invoice_id", sa.Integer, sa.ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("line_no", sa.Integer, nullable=False),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id"), nullable=False),
+    sa.Column("description", sa.String(4000)),
+    sa.Column("quantity", Quantity, nullable=False),
+    sa.Column("unit_price", Money, nullable=False),
+    sa.Column("amount", Money, nullable=False),
+    sa.UniqueConstraint("invoice_id", "line_no"),
+)
+
+# --- Tables the sync owns -------------------------------------------------------------------------------------
+
+qbo_connections = sa.Table(
+    "qbo_connections",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("realm_id", sa.String(32), nullable=False),
+    sa.Column("environment", sa.String(12), nullable=False),  # local | sandbox | production
+    sa.Column("base_url", sa.String(255), nullable=False),
+    sa.Column("access_token_enc", sa.Text),  # Fernet ciphertext, never plaintext
+    sa.Column("refresh_token_enc", sa.Text),
+    sa.Column("access_token_expires_at", UTCDateTime),
+    sa.Column("refresh_token_expires_at", UTCDateTime),
+    sa.Column("token_version", sa.Integer, nullable=False, server_default="0"),
+    # connected | needs_reauth | disconnected
+    sa.Column("status", sa.String(16), nullable=False, server_default="connected"),
+    sa.Column("status_reason", sa.String(1000)),
+    *_timestamps(),
+    sa.UniqueConstraint("organization_id", "realm_id"),
+)
+
+qbo_sync_state = sa.Table(
+    "qbo_sync_state",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("entity_type", sa.String(16), nullable=False),  # customer | item | invoice
+    sa.Column("entity_id", sa.Integer, nullable=False),
+    sa.Column("qbo_id", sa.String(32), nullable=False),
+    sa.Column("sync_token", sa.String(16), nullable=False),
+    sa.Column("base", sa.JSON, nullable=False),  # the last state both sides agreed on (three-way merge base)
+    sa.Column("qbo_updated_at", UTCDateTime),
+    sa.Column("last_synced_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.UniqueConstraint("organization_id", "entity_type", "entity_id"),
+    sa.UniqueConstraint("organization_id", "entity_type", "qbo_id"),
+)
+
+QUEUE_STATES = ("pending", "in_progress", "done", "dead")
+
+sync_queue = sa.Table(
+    "sync_queue",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("entity_type", sa.String(16), nullable=False),
+    sa.Column("entity_id", sa.Integer, nullable=False),
+    sa.Column("operation", sa.String(8), nullable=False),  # insert | update
+    sa.Column("status", sa.String(12), nullable=False, server_default="pending"),
+    sa.Column("change_count", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("last_error", sa.Text),
+    sa.Column("enqueued_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("completed_at", UTCDateTime),
+    sa.CheckConstraint("status IN ('pending', 'in_progress', 'done', 'dead')", name="status"),
+    # claim: pending work that is due, oldest first; the sensor's per-organisation depth
+    sa.Index(None, "status", "next_attempt_at", "id"),
+    sa.Index(None, "organization_id", "status"),
+    # coalescing: at most one pending row per record, so ten edits become one push of the latest state
+    sa.Index(
+        "uq_sync_queue_pending_entity",
+        "entity_type",
+        "entity_id",
+        unique=True,
+        sqlite_where=sa.text("status = 'pending'"),
+        postgresql_where=sa.text("status = 'pending'"),
+    ),
+)
+
+sync_conflicts = sa.Table(
+    "sync_conflicts",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("entity_type", sa.String(16), nullable=False),
+    sa.Column("entity_id", sa.Integer),
+    sa.Column("qbo_id", sa.String(32)),
+    sa.Column("field", sa.String(64), nullable=False),
+    sa.Column("base_value", sa.JSON),
+    sa.Column("batchly_value", sa.JSON),
+    sa.Column("qbo_value", sa.JSON),
+    sa.Column("batchly_updated_at", UTCDateTime),
+    sa.Column("qbo_updated_at", UTCDateTime),
+    # pending_review | batchly | quickbooks | value
+    sa.Column("resolution", sa.String(16), nullable=False),
+    sa.Column("resolved_value", sa.JSON),
+    sa.Column("resolved_by", sa.String(200)),
+    sa.Column("resolved_at", UTCDateTime),
+    sa.Column("detected_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.Column("run_id", sa.String(64)),
+    sa.Index(None, "organization_id", "resolution"),
+)
+
+sync_cursors = sa.Table(
+    "sync_cursors",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("value", sa.String(255), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
+    sa.UniqueConstraint("organization_id", "name"),
+)
+
+qbo_mirror = sa.Table(
+    "qbo_mirror",
+    metadata,
+    _org_fk(),
+    sa.Column(
+        "entity_type", sa.String(16), nullable=False
+    ),  # QBO entity name: Customer, Item, Invoice, Payment…
+    sa.Column("qbo_id", sa.String(32), nullable=False),
+    sa.Column("sync_token", sa.String(16), nullable=False),
+    sa.Column("last_updated_time", UTCDateTime, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("pulled_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.PrimaryKeyConstraint("organization_id", "entity_type", "qbo_id"),
+    sa.Index(None, "organization_id", "entity_type", "last_updated_time"),
+)
+
+sync_log = sa.Table(
+    "sync_log",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("direction", sa.String(4), nullable=False),  # pull | push
+    sa.Column("entity_type", sa.String(16), nullable=False),
+    sa.Column("entity_id", sa.Integer),
+    sa.Column("qbo_id", sa.String(32)),
+    sa.Column("action", sa.String(16), nullable=False),  # create | update | void | link | skip | …
+    sa.Column("outcome", sa.String(8), nullable=False),  # ok | error
+    sa.Column("message", sa.Text),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.Index(None, "organization_id", "created_at"),
+)
+
+# Echo suppression: a sync transaction inserts a row here first and deletes it before commit. The outbox triggers
+# skip while a row is visible, and only the writing transaction can ever see its own uncommitted row.
+sync_write_marker = sa.Table(
+    "sync_write_marker",
+    metadata,
+    _pk(),
+    sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+)
