@@ -1,0 +1,41 @@
+"""Deterministic idempotency keys for QuickBooks writes (``?requestid=``) and batch item ids (``bId``).
+
+A retry of the same logical write must reuse its request id so that QuickBooks replays the original response
+instead of writing twice; a new version of the record must get a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TypeVar
+
+NAMESPACE = uuid.UUID("8f0a8f62-4d2e-5b8a-9c1e-6b7a2d3c4e5f")
+REQUEST_ID_MAX = 36
+BATCH_MAX = 30
+
+K = TypeVar("K", bound=Hashable)
+
+
+def request_id(kind: str, entity: str, record_id: object, version: object) -> str:
+    """A 36-character id for one logical write (``kind`` e.g. create/update/void) of one record version."""
+    return _uuid([kind, entity, str(record_id), str(version)])
+
+
+def batch_request_id(request_ids: Iterable[str]) -> str:
+    """A 36-character id for a batch call made of the writes with these ids, in this order."""
+    return _uuid(["batch", *request_ids])
+
+
+def assign_batch_ids(keys: Sequence[K]) -> dict[str, K]:
+    """``bId`` → key for the items of one batch call, in order: ``"1"`` … ``"30"`` (≤ 10 chars)."""
+    if len(keys) > BATCH_MAX:
+        raise ValueError(f"a batch holds at most {BATCH_MAX} items, not {len(keys)}")
+    if len(set(keys)) != len(keys):
+        raise ValueError("a batch must not hold the same record twice")
+    return {str(position): key for position, key in enumerate(keys, start=1)}
+
+
+def _uuid(parts: list[str]) -> str:
+    return str(uuid.uuid5(NAMESPACE, json.dumps(parts)))
