@@ -1,0 +1,109 @@
+"""Field-level merge conflicts: recorded by the pull, reviewed and resolved by people."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from batchly_pipelines.store.schema import sync_conflicts, utcnow
+
+c = sync_conflicts.c
+
+RESOLUTIONS = ("pending_review", "batchly", "quickbooks", "value")
+
+
+@dataclass(frozen=True)
+class ConflictRecord:
+    """A field changed on both sides since the base, with the three values and the automatic outcome."""
+
+    organization_id: int
+    entity_type: str
+    entity_id: int | None
+    qbo_id: str | None
+    field: str
+    base_value: Any
+    batchly_value: Any
+    qbo_value: Any
+    resolution: str  # pending_review when policy sends it to a person; else who won automatically
+    batchly_updated_at: datetime | None = None
+    qbo_updated_at: datetime | None = None
+    run_id: str | None = None
+
+
+def record_conflicts(conn: Connection, conflicts: Iterable[ConflictRecord]) -> int:
+    """Insert conflict rows in the caller's transaction. Returns how many were written."""
+    rows = [
+        {
+            **vars(conflict),
+            "base_value": _jsonable(conflict.base_value),
+            "batchly_value": _jsonable(conflict.batchly_value),
+            "qbo_value": _jsonable(conflict.qbo_value),
+            "detected_at": utcnow(),
+        }
+        for conflict in conflicts
+    ]
+    for row in rows:
+        if row["resolution"] not in RESOLUTIONS:
+            raise ValueError(
+                f"conflict on {row['entity_type']}.{row['field']}: unknown resolution {row['resolution']!r}"
+            )
+    if rows:
+        conn.execute(sa.insert(sync_conflicts), rows)
+    return len(rows)
+
+
+def list_conflicts(
+    conn: Connection,
+    *,
+    organization_id: int | None = None,
+    open_only: bool = True,
+    entity_type: str | None = None,
+    field: str | None = None,
+    ids: Iterable[int] | None = None,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """Conflict rows, oldest first; ``open_only`` keeps the ones waiting for review."""
+    query = sa.select(sync_conflicts).order_by(c.id).limit(limit)
+    if organization_id is not None:
+        query = query.where(c.organization_id == organization_id)
+    if open_only:
+        query = query.where(c.resolution == "pending_review")
+    if entity_type is not None:
+        query = query.where(c.entity_type == entity_type)
+    if field is not None:
+        query = query.where(c.field == field)
+    if ids is not None:
+        query = query.where(c.id.in_(list(ids)))
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def mark_resolved(
+    conn: Connection, conflict_id: int, *, winner: str, resolved_by: str, value: Any = None
+) -> bool:
+    """Record who resolved an open conflict and how. Returns False if it was not open (already resolved)."""
+    if winner not in RESOLUTIONS[1:]:
+        raise ValueError(
+            f"conflict {conflict_id}: winner must be batchly, quickbooks or value, not {winner!r}"
+        )
+    if not resolved_by:
+        raise ValueError(f"conflict {conflict_id}: resolved_by is required")
+    updated = conn.execute(
+        sa.update(sync_conflicts)
+        .where(c.id == conflict_id, c.resolution == "pending_review")
+        .values(
+            resolution=winner, resolved_value=_jsonable(value), resolved_by=resolved_by, resolved_at=utcnow()
+        )
+    ).rowcount
+    return bool(updated)
+
+
+def _jsonable(value: Any) -> Any:
+    """Values as JSON can hold them: Decimal and dates become strings, so nothing loses precision."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
