@@ -99,7 +99,7 @@ class Settings:
         return cls(
             database_url=database_url,
             data_dir=data_dir,
-            qbo_environment=qbo_environment,  # type: ignore[arg-type]
+            qbo_environment=qbo_environment,
             qbo_base_url=base_url,
             qbo_client_id=client_id,
             qbo_client_secret=client_secret,

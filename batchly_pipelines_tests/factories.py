@@ -33,7 +33,7 @@ def item(conn: Connection, org: int, name: str = "Widget", unit_price: str = "10
 def invoice(
     conn: Connection, org: int, customer_id: int, item_id: int, doc_number: str = "1001", lines: int = 2
 ) -> int:
-    """An open invoice with ``lines`` lines of 2 × 10.10 each."""
+    """An open invoice with ``lines`` lines of 2 x 10.10 each."""
     invoice_id = _insert(
         conn,
         s.invoices,

@@ -100,7 +100,7 @@ def test_failed_row_folds_into_a_newer_pending_edit_of_the_same_record(engine: E
 
 
 def test_due_by_organization_reports_depth_and_high_water_id(engine: Engine) -> None:
-    org, ids = _customers(engine, 3)
+    org, _ = _customers(engine, 3)
     with engine.begin() as conn:
         other = f.organization(conn, name="Other")
         f.customer(conn, other)
