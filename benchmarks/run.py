@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import scenarios  # noqa: E402
+from benchmarks import scenarios
 
 
 def available() -> list[str]:

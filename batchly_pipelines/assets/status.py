@@ -1,0 +1,68 @@
+"""``sync_status``: a per-organisation view of connections and the push queue, with a dead-letter check."""
+
+import pandas as pd
+import sqlalchemy as sa
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from batchly_pipelines.resources import BatchlyDatabase
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.schema import QUEUE_STATES
+
+
+def status_frame(database: BatchlyDatabase) -> pd.DataFrame:
+    """One row per organisation: QuickBooks connection state and queue depth by state."""
+    depth = database.queue.depth()
+    with database.engine.connect() as conn:
+        orgs = conn.execute(sa.select(s.organizations.c.id, s.organizations.c.name).order_by("id")).all()
+        connections = {r.organization_id: r.status for r in conn.execute(sa.select(s.qbo_connections))}
+    rows = [
+        {
+            "organization_id": org_id,
+            "name": name,
+            "quickbooks": connections.get(org_id, "not connected"),
+            **{state: depth.get(org_id, {}).get(state, 0) for state in QUEUE_STATES},
+        }
+        for org_id, name in orgs
+    ]
+    return pd.DataFrame(rows, columns=["organization_id", "name", "quickbooks", *QUEUE_STATES])
+
+
+@asset(
+    group_name="monitoring",
+    kinds={"postgres", "sqlite"},
+    description="Queue depth by state and QuickBooks connection status for every organisation.",
+)
+def sync_status(context: AssetExecutionContext, batchly_db: BatchlyDatabase) -> MaterializeResult:
+    frame = status_frame(batchly_db)
+    totals = {state: int(frame[state].sum()) if len(frame) else 0 for state in QUEUE_STATES}
+    context.log.info("queue depth: %s", totals)
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": len(frame),
+            "status": MetadataValue.md(
+                frame.to_markdown(index=False) if len(frame) else "_no organisations_"
+            ),
+            **{f"queue_{state}": MetadataValue.int(count) for state, count in totals.items()},
+        }
+    )
+
+
+@asset_check(
+    asset=sync_status, description="Records in the dead letter need an operator (`batchly-sync queue list`)."
+)
+def dead_letter_empty(batchly_db: BatchlyDatabase) -> AssetCheckResult:
+    dead = sum(d["dead"] for d in batchly_db.queue.depth().values())
+    return AssetCheckResult(
+        passed=dead == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"dead": dead},
+        description=f"{dead} record(s) in the dead letter" if dead else "dead letter empty",
+    )
