@@ -15,7 +15,6 @@ from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines.store.queue import SyncQueue
 
 
-
 def run_main_job(settings: Settings, *, seed: int = 42) -> int:
     """Migrate, create demo data on an empty database, and report what is waiting to sync."""
     started = time.monotonic()
