@@ -5,6 +5,7 @@ whenever they mean the same thing:
 
 - text: leading/trailing whitespace is stripped; ``None``, ``""`` and whitespace-only all become ``None``;
 - money: ``Decimal`` rounded half-up to cents (Batchly stores ``NUMERIC(12,2)``); floats go through ``repr``;
+  a missing amount is 0 (``items.unit_price`` is ``NOT NULL DEFAULT 0``, as an unset QuickBooks price);
 - flag (``Active``/``is_active``): a missing value means active, as in QuickBooks; 0 / 1 become booleans.
 
 Bodies built for QuickBooks carry money as ``Decimal``; the HTTP client must serialise them as JSON numbers.
@@ -40,9 +41,7 @@ def to_decimal(value: object) -> Decimal:
 
 def to_money(value: object) -> Decimal | None:
     """Return ``value`` as a ``Decimal`` rounded half-up to cents (``None`` stays ``None``)."""
-    if value is None:
-        return None
-    return to_decimal(value).quantize(CENT, rounding=ROUND_HALF_UP)
+    return None if value is None else _to_amount(value)
 
 
 def _to_text(value: object) -> str | None:
@@ -61,7 +60,11 @@ def _to_flag(value: object) -> bool:
     return bool(value)
 
 
-_NORMALISERS = {"text": _to_text, "money": to_money, "flag": _to_flag}
+def _to_amount(value: object) -> Decimal:
+    return to_decimal(0 if value is None else value).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+_NORMALISERS = {"text": _to_text, "money": _to_amount, "flag": _to_flag}
 
 
 @dataclass(frozen=True)
@@ -111,11 +114,10 @@ class EntityMapping:
             if spec.column not in wanted:
                 continue
             value = spec.normalise(fields[spec.column])
-            if value is None:
+            if value is None:  # only text can be empty
                 if not sparse:
                     continue
-                if spec.kind == "text":
-                    value = ""
+                value = ""
             _set_path(body, spec.path, value)
         return body
 

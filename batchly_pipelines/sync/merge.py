@@ -151,7 +151,7 @@ def merge(
             continue
         rule = policy.rule_for(name)
         first_link = was is _NO_BASE
-        ours_changed, theirs_changed = first_link or ours != was, first_link or theirs != was
+        ours_changed, theirs_changed = ours != was, theirs != was  # nothing equals _NO_BASE
         reason = ConflictReason.FIRST_LINK if first_link else ConflictReason.BOTH_CHANGED
         if rule in (Rule.BATCHLY_OWNS, Rule.QBO_OWNS):
             resolution = Resolution.BATCHLY if rule is Rule.BATCHLY_OWNS else Resolution.QUICKBOOKS

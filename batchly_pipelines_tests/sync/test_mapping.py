@@ -117,6 +117,10 @@ def test_item_mapping_reads_price_as_decimal_rounded_to_cents() -> None:
     assert isinstance(fields["unit_price"], Decimal)
 
 
+def test_an_item_without_a_price_costs_zero() -> None:
+    assert item_fields_from_qbo({"Name": "Advice", "Type": "Service"})["unit_price"] == Decimal("0.00")
+
+
 def test_description_only_item_update_never_touches_the_price() -> None:
     row = {"name": "Gardening", "sku": None, "description": "Weekly", "unit_price": Decimal("25")}
     assert item_to_qbo(row, only=["description"]) == {"Description": "Weekly"}

@@ -214,7 +214,8 @@ def test_fingerprint_ignores_line_order_and_decimal_spelling_but_not_content() -
     base = invoice_fingerprint(INVOICE, LINES)
     respelled = [row | {"quantity": row["quantity"] * Decimal("1.000")} for row in reversed(LINES)]
     assert invoice_fingerprint(INVOICE | {"qbo_id": "9", "status": "void"}, respelled) == base
-    assert invoice_fingerprint(INVOICE | {"due_date": date(2026, 4, 1)}, LINES) != base
+    for header in ({"due_date": date(2026, 4, 1)}, {"txn_date": date(2026, 3, 2)}, {"customer_id": 2}):
+        assert invoice_fingerprint(INVOICE | header, LINES) != base
     assert invoice_fingerprint(INVOICE, line(1, item_id=11)) != base
 
 
