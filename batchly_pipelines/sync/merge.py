@@ -22,7 +22,7 @@ equal means equal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -178,6 +178,30 @@ def merge(
     return MergeResult(
         MappingProxyType(to_batchly), MappingProxyType(to_qbo), MappingProxyType(new_base), tuple(conflicts)
     )
+
+
+def changes_to_push(
+    base: Mapping[str, Any] | None,
+    batchly: Mapping[str, Any],
+    *,
+    policy: MergePolicy,
+    pending: Iterable[str] = (),
+) -> dict[str, Any]:
+    """What Batchly sends without reading QuickBooks first: every field for a create (no base), else a sparse
+    update of the fields changed since the base, except fields QuickBooks owns and fields awaiting review
+    (``pending``, or without an agreed value). Send it with the base's SyncToken: a 5010 means QuickBooks
+    changed meanwhile, so re-read and :func:`merge`."""
+    if base is None:
+        return {name: batchly[name] for name in policy.fields}
+    held = set(pending)
+    return {
+        name: batchly[name]
+        for name in policy.fields
+        if policy.rule_for(name) is not Rule.QBO_OWNS
+        and name in base
+        and name not in held
+        and batchly[name] != base[name]
+    }
 
 
 def resolve_field(name: str, chosen: Any, *, batchly_value: Any, qbo_value: Any) -> MergeResult:

@@ -19,6 +19,7 @@ from batchly_pipelines.sync.merge import (
     MergeResult,
     Resolution,
     Rule,
+    changes_to_push,
     merge,
     resolve_field,
 )
@@ -324,3 +325,31 @@ def test_a_resolved_review_field_stops_being_pending() -> None:
         policy=policy,
     )
     assert not after.changed and not after.conflicts
+
+
+@SETTINGS
+@given(scenarios(), st.data())
+def test_changes_to_push_are_what_a_merge_would_send_if_quickbooks_had_not_changed(
+    scenario: tuple[MergePolicy, dict[str, Any] | None, dict[str, Any], dict[str, Any]], data: st.DataObject
+) -> None:
+    policy, _, batchly, _ = scenario
+    base = {name: data.draw(VALUES) for name in FIELDS}
+    assert changes_to_push(base, batchly, policy=policy) == run(base, batchly, base, policy=policy).to_qbo
+
+
+def test_changes_to_push_creates_with_every_field() -> None:
+    fields = customer(display_name="Acme")
+    assert changes_to_push(None, fields, policy=CUSTOMER_POLICY) == fields
+
+
+def test_changes_to_push_skips_owned_pending_and_unagreed_fields() -> None:
+    item: dict[str, Any] = {"name": "Hose", "sku": None, "description": "new", "unit_price": Decimal("9.00")}
+    item |= {"item_type": "Service", "is_active": True}
+    base = item | {"description": "old", "unit_price": Decimal("10.00")}
+    assert changes_to_push(base, item, policy=ITEM_POLICY) == {"description": "new"}
+    edited = customer(notes="new", email="new@x.test", phone="2")
+    agreed = customer(notes="old", email="old@x.test")
+    del agreed["phone"]
+    assert changes_to_push(agreed, edited, policy=CUSTOMER_POLICY, pending=["notes"]) == {
+        "email": "new@x.test"
+    }
