@@ -69,7 +69,7 @@ class MergePolicy:
     def __post_init__(self) -> None:
         unknown = set(self.overrides) - set(self.fields)
         if unknown:
-            raise ValueError(f"rules for fields {self.entity} does not sync: {sorted(unknown)}")
+            raise ValueError(f"{self.entity} does not sync fields {sorted(unknown)}")
         rules = {name: Rule(rule) for name, rule in self.overrides.items()}
         object.__setattr__(self, "default", Rule(self.default))
         object.__setattr__(self, "overrides", MappingProxyType(rules))
@@ -145,20 +145,20 @@ def merge(
     conflicts: list[Conflict] = []
     for name in policy.fields:
         was = base.get(name, _NO_BASE)
-        ours, theirs = _value(batchly, name, "Batchly"), _value(qbo, name, "QuickBooks")
-        if ours == theirs:
-            new_base[name] = ours
+        batchly_value, qbo_value = _value(batchly, name, "Batchly"), _value(qbo, name, "QuickBooks")
+        if batchly_value == qbo_value:
+            new_base[name] = batchly_value
             continue
         rule = policy.rule_for(name)
         first_link = was is _NO_BASE
-        ours_changed, theirs_changed = ours != was, theirs != was  # nothing equals _NO_BASE
+        batchly_changed, qbo_changed = batchly_value != was, qbo_value != was  # nothing equals _NO_BASE
         reason = ConflictReason.FIRST_LINK if first_link else ConflictReason.BOTH_CHANGED
         if rule in (Rule.BATCHLY_OWNS, Rule.QBO_OWNS):
             resolution = Resolution.BATCHLY if rule is Rule.BATCHLY_OWNS else Resolution.QUICKBOOKS
-            conflicted = theirs_changed if resolution is Resolution.BATCHLY else ours_changed
+            conflicted = qbo_changed if resolution is Resolution.BATCHLY else batchly_changed
             reason = reason if first_link else ConflictReason.OWNED_FIELD
-        elif not (ours_changed and theirs_changed):
-            resolution = Resolution.BATCHLY if ours_changed else Resolution.QUICKBOOKS
+        elif not (batchly_changed and qbo_changed):
+            resolution = Resolution.BATCHLY if batchly_changed else Resolution.QUICKBOOKS
             conflicted = False
         elif rule is Rule.NEEDS_REVIEW:
             resolution, conflicted = Resolution.PENDING_REVIEW, True
@@ -167,12 +167,20 @@ def merge(
             conflicted = True
         if conflicted:
             conflicts.append(
-                Conflict(policy.entity, name, None if first_link else was, ours, theirs, resolution, reason)
+                Conflict(
+                    policy.entity,
+                    name,
+                    None if first_link else was,
+                    batchly_value,
+                    qbo_value,
+                    resolution,
+                    reason,
+                )
             )
         if resolution is Resolution.BATCHLY:
-            to_qbo[name] = new_base[name] = ours
+            to_qbo[name] = new_base[name] = batchly_value
         elif resolution is Resolution.QUICKBOOKS:
-            to_batchly[name] = new_base[name] = theirs
+            to_batchly[name] = new_base[name] = qbo_value
         elif not first_link:
             new_base[name] = was
     return MergeResult(
