@@ -129,10 +129,10 @@ class AdminApi:
 
     # -- realm routes ----------------------------------------------------------------------------------------
     def _seed(self, realm: Realm, payload: dict[str, Any]) -> dict[str, Any]:
-        known = {f.name for f in fields(SeedPlan)} - {"created"}
+        known = {f.name for f in fields(SeedPlan)}
         counts: dict[str, Any] = {key: int(value) for key, value in payload.items() if key in known}
         plan = SeedPlan(**counts)
-        return {"created": Seeder(realm, self.clock, self.state.emit, plan).run()}
+        return {"created": Seeder(realm, self.clock, plan).run()}
 
     def _faults(self, realm: Realm, payload: dict[str, Any]) -> dict[str, Any]:
         return asdict(faults.configure(realm, payload))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -77,6 +76,10 @@ ITEMS = (
 CITIES = (("San José", "CA", "95113"), ("Coeur d'Alene", "ID", "83814"), ("Portland", "OR", "97201"))
 
 
+def _silent(event: Event) -> None:
+    """Set-up and seeded data predate the app: no webhooks, no write counters."""
+
+
 def new_realm_id() -> str:
     """A random 16-digit realm id, shaped like Intuit's."""
     return "93414" + "".join(str(secrets.randbelow(10)) for _ in range(11))
@@ -87,7 +90,7 @@ def create_company(
 ) -> Realm:
     """Create a realm with a chart of accounts (income accounts for items) and its CompanyInfo."""
     realm = Realm(realm_id or new_realm_id(), company_name or "Sandbox Company_US_1")
-    books = Books(realm, clock, state.emit)
+    books = Books(realm, clock, _silent)
     for name, account_type, sub_type in CHART_OF_ACCOUNTS:
         books.create("Account", {"Name": name, "AccountType": account_type, "AccountSubType": sub_type})
     stamp = metadata_time(clock.now_dt())
@@ -126,17 +129,19 @@ class SeedPlan:
     payments: int = 12
     seed: int = 1
     days: int = 30
-    created: dict[str, list[str]] = field(default_factory=dict)
+
+
+DEMO_PLAN = SeedPlan(customers=25, items=8, invoices=60, payments=40, seed=2026, days=60)
 
 
 class Seeder:
     """Creates demo data through the regular write path, with timestamps spread over the last ``days`` days."""
 
-    def __init__(self, realm: Realm, clock: Clock, emit: Callable[[Event], None], plan: SeedPlan) -> None:
+    def __init__(self, realm: Realm, clock: Clock, plan: SeedPlan) -> None:
         self.realm = realm
         self.clock = clock
-        self.emit = emit
         self.plan = plan
+        self.created: dict[str, list[str]] = {}
         self.rng = random.Random(plan.seed)
         self.end = clock.now_dt().replace(microsecond=0)
         self.start = self.end - timedelta(days=plan.days)
@@ -147,10 +152,10 @@ class Seeder:
         return self.start + timedelta(seconds=int(span * self.rng.uniform(low, high)))
 
     def _write(self, at: datetime, operation: str, entity: str, payload: dict[str, Any]) -> dict[str, Any]:
-        books = Books(self.realm, self.clock, self.emit, at=at)
+        books = Books(self.realm, self.clock, _silent, at=at)
         _, obj = getattr(books, operation)(entity, payload)
         if operation == "create":
-            self.plan.created.setdefault(entity, []).append(obj["Id"])
+            self.created.setdefault(entity, []).append(obj["Id"])
         return obj
 
     def run(self) -> dict[str, list[str]]:
@@ -164,7 +169,7 @@ class Seeder:
             ]
             for invoice in self.rng.sample(invoices, min(self.plan.payments, len(invoices))):
                 self._payment(invoice)
-        return self.plan.created
+        return self.created
 
     def _customer(self, n: int) -> dict[str, Any]:
         rng = self.rng

@@ -23,9 +23,9 @@ from batchly_pipelines.sandbox.clock import Clock
 from batchly_pipelines.sandbox.oauth import OAuthServer
 from batchly_pipelines.sandbox.seed import (
     DEMO_COMPANY_NAME,
+    DEMO_PLAN,
     DEMO_REALM_ID,
     Seeder,
-    SeedPlan,
     create_company,
     open_company,
 )
@@ -36,7 +36,6 @@ from batchly_pipelines.sandbox.wire import QboError, Request, Response, dumps, j
 
 logger = logging.getLogger(__name__)
 
-DEMO_SEED = SeedPlan(customers=25, items=8, invoices=60, payments=40, seed=2026, days=60)
 SAVE_INTERVAL = 1.0
 
 
@@ -70,6 +69,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def do_GET(self) -> None:
@@ -156,7 +156,7 @@ class SandboxServer:
         """Create the demo company (realm 9341453050298760) with realistic data."""
         realm = create_company(self.state, self.clock, DEMO_REALM_ID, DEMO_COMPANY_NAME)
         self.state.default_realm_id = realm.realm_id
-        Seeder(realm, self.clock, self.state.emit, SeedPlan(**{**DEMO_SEED.__dict__, "created": {}})).run()
+        Seeder(realm, self.clock, DEMO_PLAN).run()
 
     @property
     def base_url(self) -> str:
@@ -169,7 +169,7 @@ class SandboxServer:
     def start(self) -> SandboxServer:
         """Bind and serve from background threads."""
         self._httpd = _HTTPServer((self.config.host, self.config.port), self)
-        self._spawn(self._httpd.serve_forever, "qbo-sandbox-http")
+        self._spawn(lambda: self._httpd.serve_forever(poll_interval=0.05), "qbo-sandbox-http")
         if self.state.path is not None:
             self._spawn(self._autosave, "qbo-sandbox-save")
         self.webhooks.start()
