@@ -22,6 +22,10 @@ SKU_MAX = 100
 DOC_NUMBER_MAX = 21
 _FORBIDDEN_IN_DISPLAY_NAME = re.compile(r"[:\t\r\n]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+_STATUS_MESSAGES = {
+    "draft": "draft invoices are not pushed",
+    "void": "a void invoice is voided in QuickBooks if it was pushed, never created",
+}
 IMMUTABLE_MESSAGE = "invoice already in QuickBooks cannot be edited; corrections are void + re-create"
 
 
@@ -115,8 +119,9 @@ def validate_invoice(
     """
     lines = sorted(lines, key=lambda line: line["line_no"])
     issues = _Issues("invoice", invoice.get("id"))
-    if invoice.get("status") == "draft":
-        issues.add("status", "draft invoices are not pushed")
+    status = str(invoice.get("status"))
+    if status != "open":
+        issues.add("status", _STATUS_MESSAGES.get(status, f"unknown invoice status {status!r}"))
     if invoice.get("qbo_id") is not None and invoice_fingerprint(invoice, lines) != pushed_fingerprint:
         issues.add("qbo_id", IMMUTABLE_MESSAGE)
     doc_number = invoice.get("doc_number")

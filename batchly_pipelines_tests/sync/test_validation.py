@@ -160,6 +160,8 @@ def line(number: int, **changes: Any) -> list[dict[str, Any]]:
         (line(2, item_id=99), {}, {"lines[2].item_id"}),
         (LINES, {"customer_id": None}, {"customer_id"}),
         (LINES, {"status": "draft"}, {"status"}),
+        (LINES, {"status": "void"}, {"status"}),
+        (LINES, {"status": "paid"}, {"status"}),
         (LINES, {"doc_number": "D" * 22}, {"doc_number"}),
     ],
 )  # fmt: skip
