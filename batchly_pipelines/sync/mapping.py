@@ -39,6 +39,10 @@ def to_decimal(value: object) -> Decimal:
     return number
 
 
+def _to_amount(value: object) -> Decimal:
+    return to_decimal(0 if value is None else value).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
 def to_money(value: object) -> Decimal | None:
     """Return ``value`` as a ``Decimal`` rounded half-up to cents (``None`` stays ``None``)."""
     return None if value is None else _to_amount(value)
@@ -60,10 +64,6 @@ def _to_flag(value: object) -> bool:
     return bool(value)
 
 
-def _to_amount(value: object) -> Decimal:
-    return to_decimal(0 if value is None else value).quantize(CENT, rounding=ROUND_HALF_UP)
-
-
 _NORMALISERS = {"text": _to_text, "money": _to_amount, "flag": _to_flag}
 
 
@@ -76,6 +76,7 @@ class FieldSpec:
     kind: FieldKind = "text"
 
     def normalise(self, value: object) -> Any:
+        """``value`` in the canonical form of this field's kind."""
         return _NORMALISERS[self.kind](value)
 
 
@@ -88,6 +89,7 @@ class EntityMapping:
 
     @property
     def fields(self) -> tuple[str, ...]:
+        """The synced Batchly column names, in order."""
         return tuple(spec.column for spec in self.specs)
 
     def normalise(self, fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -98,6 +98,9 @@ def test_after_applying_both_sides_agree_with_the_new_base_except_pending_fields
     assert all(batchly[name] != value for name, value in result.to_batchly.items())
     assert all(qbo[name] != value for name, value in result.to_qbo.items())
     assert not set(result.to_batchly) & set(result.to_qbo)
+    # Nothing is invented: Batchly only receives QuickBooks values and vice versa.
+    assert all(value == qbo[name] for name, value in result.to_batchly.items())
+    assert all(value == batchly[name] for name, value in result.to_qbo.items())
     assert len({c.field for c in result.conflicts}) == len(result.conflicts)
 
 
