@@ -73,6 +73,8 @@ ITEMS = (
     ("Smith's Premium Bolt", "NonInventory", "0.35"),
     ("Façade Cleaning", "Service", "310.00"),
 )
+PAYMENT_KINDS = ("full", "partial", "refunded", "voided", "deleted")
+PAYMENT_WEIGHTS = (50, 25, 10, 8, 7)
 CITIES = (("San José", "CA", "95113"), ("Coeur d'Alene", "ID", "83814"), ("Portland", "OR", "97201"))
 
 
@@ -167,8 +169,9 @@ class Seeder:
                 self._invoice(customers, items)
                 for _ in range(self.plan.invoices if customers and items else 0)
             ]
-            for invoice in self.rng.sample(invoices, min(self.plan.payments, len(invoices))):
-                self._payment(invoice)
+            paid = self.rng.sample(invoices, min(self.plan.payments, len(invoices)))
+            for invoice, kind in zip(paid, self._payment_kinds(len(paid)), strict=True):
+                self._payment(invoice, kind)
         return self.created
 
     def _customer(self, n: int) -> dict[str, Any]:
@@ -243,12 +246,18 @@ class Seeder:
         }
         return self._write(at, "create", "Invoice", payload)
 
-    def _payment(self, invoice: dict[str, Any]) -> None:
+    def _payment_kinds(self, count: int) -> list[str]:
+        """Weighted payment kinds, each kind at least once when there are enough payments."""
+        guaranteed = list(PAYMENT_KINDS) if count >= len(PAYMENT_KINDS) else []
+        kinds = guaranteed + self.rng.choices(
+            PAYMENT_KINDS, weights=PAYMENT_WEIGHTS, k=count - len(guaranteed)
+        )
+        self.rng.shuffle(kinds)
+        return kinds
+
+    def _payment(self, invoice: dict[str, Any], kind: str) -> None:
         """A full, partial, refunded, voided or deleted payment of one invoice."""
         rng = self.rng
-        kind = rng.choices(("full", "partial", "refunded", "voided", "deleted"), weights=(50, 25, 10, 8, 7))[
-            0
-        ]
         total = invoice["Balance"]
         amount = (
             total
