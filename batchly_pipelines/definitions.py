@@ -1,6 +1,7 @@
-"""The Dagster definitions of the Batchly ⇄ QuickBooks sync (the one code location)."""
+"""The Dagster definitions of the Batchly ⇄ QuickBooks sync (the one code location).
 
-from __future__ import annotations
+Each area exposes its own ``Definitions`` without resources; they are merged here with the shared resources.
+"""
 
 from dagster import Definitions, define_asset_job
 
@@ -9,9 +10,9 @@ from batchly_pipelines.resources import BatchlyDatabase
 
 sync_status_job = define_asset_job("sync_status_job", selection=[sync_status])
 
-defs = Definitions(
-    assets=[sync_status],
-    asset_checks=[dead_letter_empty],
-    jobs=[sync_status_job],
-    resources={"batchly_db": BatchlyDatabase()},
+status_defs = Definitions(assets=[sync_status], asset_checks=[dead_letter_empty], jobs=[sync_status_job])
+
+defs = Definitions.merge(
+    status_defs,
+    Definitions(resources={"batchly_db": BatchlyDatabase()}),
 )
