@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 from dagster import Definitions, materialize
 from sqlalchemy.engine import Engine
@@ -34,3 +37,16 @@ def test_sync_status_reports_queue_depth_and_flags_the_dead_letter(engine: Engin
     assert "Batchly Demo Company" in metadata["status"].value
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and check.metadata["dead"].value == 1
+
+
+def test_dagster_cli_validates_the_workspace() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr

@@ -6,10 +6,12 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    Definitions,
     MaterializeResult,
     MetadataValue,
     asset,
     asset_check,
+    define_asset_job,
 )
 
 from batchly_pipelines.resources import BatchlyDatabase
@@ -66,3 +68,10 @@ def dead_letter_empty(batchly_db: BatchlyDatabase) -> AssetCheckResult:
         metadata={"dead": dead},
         description=f"{dead} record(s) in the dead letter" if dead else "dead letter empty",
     )
+
+
+defs = Definitions(
+    assets=[sync_status],
+    asset_checks=[dead_letter_empty],
+    jobs=[define_asset_job("sync_status_job", selection=[sync_status])],
+)
