@@ -34,8 +34,7 @@ pytest: install
 
 ## the Dagster UI (http://127.0.0.1:3000) on the same setup as `make run`
 dev: install dagster-home
-	$(BIN)/batchly-sync db upgrade
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/batchly-sync dev
 
 dagster-home:
 	@mkdir -p $(DAGSTER_HOME)

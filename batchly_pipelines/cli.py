@@ -115,6 +115,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return run_main_job(settings, seed=args.seed)
 
 
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    """The Dagster UI with the local sandbox beside it (what ``make dev`` runs)."""
+    from batchly_pipelines.dev import run_dev
+
+    return run_dev(settings, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchly-sync", description="Batchly ⇄ QuickBooks Online sync")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the main job against the configured database and QuickBooks")
     run.add_argument("--seed", type=int, default=42)
     run.set_defaults(handler=cmd_run)
+
+    dev = sub.add_parser("dev", help="the Dagster UI on this setup, with the local sandbox in local mode")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(handler=cmd_dev)
     return parser
 
 

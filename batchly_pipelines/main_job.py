@@ -7,6 +7,7 @@ import time
 import sqlalchemy as sa
 
 from batchly_pipelines.cli_output import section
+from batchly_pipelines.local_sandbox import local_sandbox
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
@@ -37,6 +38,13 @@ def run_main_job(settings: Settings, *, seed: int = 42) -> int:
         )
     else:
         section("demo data", f"kept the {organisations} existing organisation(s)")
+
+    if settings.is_local:
+        with local_sandbox(settings) as sandbox:
+            how = "started" if sandbox.started_here else "already running"
+            section("quickbooks", f"local sandbox {how} at {sandbox.base_url}")
+    else:
+        section("quickbooks", f"Intuit {settings.qbo_environment} at {settings.qbo_base_url}")
 
     depth = SyncQueue(engine).depth()
     pending = sum(d["pending"] for d in depth.values())
