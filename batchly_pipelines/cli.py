@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import date
 
+import requests
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
+from batchly_pipelines.quickbooks.callback import CallbackListener
+from batchly_pipelines.quickbooks.connections import AuthorizationCallback, connect_organization
+from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.settings import Settings, SettingsError
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
@@ -61,6 +66,40 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_secret_key(args: argparse.Namespace, settings: Settings | None) -> int:
     print(Fernet.generate_key().decode())
+    return 0
+
+
+def cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
+    """The OAuth authorisation-code flow for one organisation; tokens are stored encrypted."""
+    engine = _engine(settings)
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        org = conn.execute(sa.select(s.organizations.c.name).where(s.organizations.c.id == args.org)).scalar()
+    if org is None:
+        print(f"no organisation {args.org} (list them with `batchly-sync status`)", file=sys.stderr)
+        return 1
+    auto_approve = settings.is_local and not args.manual
+
+    def show_and_wait(url: str) -> AuthorizationCallback:
+        print(f"Authorise Batchly for {org!r} (organisation {args.org}) by opening:\n  {url}")
+        if auto_approve:
+            print("local mode: the sandbox approves at once; following its redirect to the listener myself")
+            requests.get(url, timeout=30)
+        print(f"waiting up to {args.timeout:.0f}s for the callback on {settings.qbo_redirect_uri}")
+        return listener.wait()
+
+    try:
+        with CallbackListener(settings.qbo_redirect_uri, timeout=args.timeout) as listener:
+            record = connect_organization(
+                engine, settings, args.org, secrets.token_urlsafe(24), show_and_wait
+            )
+    except (QboError, TimeoutError, PermissionError, OSError, requests.RequestException) as exc:
+        print(f"connect failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"organisation {args.org} connected to QuickBooks realm {record.realm_id} ({record.environment}, "
+        f"{record.base_url}); tokens stored encrypted"
+    )
     return 0
 
 
@@ -142,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     key = sub.add_parser("secret-key", help="print a new BATCHLY_SECRET_KEY")
     key.set_defaults(handler=cmd_secret_key, needs_settings=False)
+
+    connect = sub.add_parser("connect", help="connect an organisation to its QuickBooks company (OAuth)")
+    connect.add_argument("--org", type=int, required=True, help="Batchly organisation id")
+    connect.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the callback")
+    connect.add_argument(
+        "--manual",
+        action="store_true",
+        help="local mode: wait for a browser instead of following the redirect",
+    )
+    connect.set_defaults(handler=cmd_connect)
 
     status = sub.add_parser("status", help="connections and queue depth per organisation")
     status.set_defaults(handler=cmd_status)

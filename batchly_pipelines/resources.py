@@ -6,6 +6,8 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
+from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
+from batchly_pipelines.quickbooks.connections import client_for_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.queue import SyncQueue
@@ -26,3 +28,23 @@ class BatchlyDatabase(ConfigurableResource):
     @property
     def queue(self) -> SyncQueue:
         return SyncQueue(self.engine)
+
+
+class QuickBooksResource(ConfigurableResource):
+    """QuickBooks clients per organisation; tokens and rate limits are shared through the Batchly database.
+
+    ``time_scale`` must match the sandbox's ``--time-scale`` (1 against Intuit). Settings (client id and secret,
+    ``BATCHLY_SECRET_KEY``) come from the environment, never from run config.
+    """
+
+    database_url: str = ""
+    time_scale: float = 1.0
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    def client_for(self, organization_id: int) -> QuickBooksClient:
+        """A client for the organisation's realm (close it when done); raises ReauthorizationRequired if needed."""
+        settings = Settings.from_env()
+        if self._engine is None:
+            self._engine = create_engine(self.database_url or settings.database_url)
+        config = ClientConfig(time_scale=self.time_scale)
+        return client_for_organization(self._engine, settings, organization_id, config=config)
