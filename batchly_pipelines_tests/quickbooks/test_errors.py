@@ -109,9 +109,11 @@ def test_expired_token_detail_is_redacted(sandbox: SandboxServer, realm_id: str)
 def test_token_for_another_company_is_403_3100(sandbox: SandboxServer, realm_id: str) -> None:
     other = str(admin(sandbox.base_url, "realms")["realm_id"])
     token = SandboxTokens(sandbox.base_url, other).token
-    with QuickBooksClient(realm_id, sandbox.base_url, FixedToken(token)) as qbo:
-        with pytest.raises(AuthError) as caught:
-            qbo.count("Customer")
+    with (
+        QuickBooksClient(realm_id, sandbox.base_url, FixedToken(token)) as qbo,
+        pytest.raises(AuthError) as caught,
+    ):
+        qbo.count("Customer")
     assert caught.value.code == "3100" and caught.value.status == 403
     _assert_tid(caught.value)
 
