@@ -83,7 +83,7 @@ class DataApi:
                 replay = realm.replies.get(requestid)
                 if replay is None:
                     response = self._execute(request, realm, parts)
-                    realm.replies[requestid] = (response.status, response.body)
+                    realm.remember_reply(requestid, response.status, response.body)
             if replay is not None:
                 self.state.counters.add(realm.realm_id, "replays")
                 response = Response(replay[0], replay[1])

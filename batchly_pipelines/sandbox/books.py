@@ -249,6 +249,7 @@ class Books:
             if spec.name == "Invoice":
                 self._adjust_customer(existing["CustomerRef"]["value"], -existing["Balance"])
             stamp = self._stamp()
+            self._reindex(spec, existing, None)
             del self.realm.objects[spec.name][obj_id]
             self.realm.tombstones[spec.name][obj_id] = {
                 "Id": obj_id,
@@ -300,6 +301,7 @@ class Books:
         }
 
     def _store(self, spec: EntitySpec, obj: dict[str, Any], operation: str) -> None:
+        self._reindex(spec, self.realm.objects[spec.name].get(obj["Id"]), obj)
         self.realm.objects[spec.name][obj["Id"]] = obj
         if operation == "Create" and self.realm.hidden is not None:
             self.realm.hidden.add((spec.name, obj["Id"]))
@@ -307,37 +309,71 @@ class Books:
         self.emit(Event(self.realm.realm_id, spec.name, obj["Id"], operation, updated))
 
     def _next_doc_number(self) -> str:
-        taken = {inv.get("DocNumber") for inv in self.realm.objects["Invoice"].values()}
-        while str(self.realm.next_doc_number) in taken:
+        taken = self._index("Invoice.DocNumber")
+        while taken.get(str(self.realm.next_doc_number)):
             self.realm.next_doc_number += 1
         number = str(self.realm.next_doc_number)
         self.realm.next_doc_number += 1
         return number
 
+    @staticmethod
+    def _unique_keys(spec: EntitySpec, obj: dict[str, Any]) -> list[tuple[str, str]]:
+        """The (index, value) pairs an object occupies: its name (case-insensitive) and an invoice's DocNumber."""
+        keys = []
+        if spec.unique_field is not None and obj.get(spec.unique_field):
+            keys.append((f"{spec.name}.name", str(obj[spec.unique_field]).casefold()))
+        if spec.name == "Invoice" and obj.get("DocNumber"):
+            keys.append(("Invoice.DocNumber", str(obj["DocNumber"])))
+        return keys
+
+    def _index(self, name: str) -> dict[str, set[str]]:
+        """A uniqueness index (value -> ids), built from the objects on first use."""
+        index = self.realm.indexes.get(name)
+        if index is None:
+            spec = entity_spec(name.partition(".")[0])
+            index = {}
+            for obj in self.realm.objects[spec.name].values():
+                for key, value in self._unique_keys(spec, obj):
+                    if key == name:
+                        index.setdefault(value, set()).add(obj["Id"])
+            self.realm.indexes[name] = index
+        return index
+
+    def _reindex(
+        self, spec: EntitySpec, previous: dict[str, Any] | None, current: dict[str, Any] | None
+    ) -> None:
+        """Move an object's entries in the uniqueness indexes from its previous to its current version."""
+        if previous is not None:
+            for key, value in self._unique_keys(spec, previous):
+                self._index(key).get(value, set()).discard(previous["Id"])
+        if current is not None:
+            for key, value in self._unique_keys(spec, current):
+                self._index(key).setdefault(value, set()).add(current["Id"])
+
     def _check_unique(self, spec: EntitySpec, body: dict[str, Any], own_id: str | None) -> None:
         """6240 for a duplicate name (case-insensitive, inactive records included); 6140 for a DocNumber."""
-        if spec.unique_field is not None:
-            wanted = str(body[spec.unique_field]).casefold()
-            for obj in self.realm.objects[spec.name].values():
-                if obj["Id"] != own_id and str(obj.get(spec.unique_field, "")).casefold() == wanted:
-                    raise validation(
-                        "6240",
-                        "Duplicate Name Exists Error",
-                        f"The name supplied already exists. : Another {spec.name.lower()} is already using this name. "
-                        f"Please use a different name. Id={obj['Id']}",
-                        spec.unique_field,
-                    )
-        if spec.name == "Invoice" and self.realm.unique_doc_numbers and body.get("DocNumber"):
-            for obj in self.realm.objects["Invoice"].values():
-                if obj["Id"] != own_id and obj.get("DocNumber") == body["DocNumber"]:
+        for key, value in self._unique_keys(spec, body):
+            holders = sorted(self._index(key).get(value, set()) - {own_id}, key=int)
+            if not holders:
+                continue
+            if key == "Invoice.DocNumber":
+                if self.realm.unique_doc_numbers:
                     raise validation(
                         "6140",
                         "Duplicate Document Number Error",
                         "Duplicate Document Number Error : You must specify a different number. This number has "
                         f"already been used. DocNumber={body['DocNumber']} is assigned to TxnType=Invoice with "
-                        f"TxnId={obj['Id']}",
+                        f"TxnId={holders[0]}",
                         "DocNumber",
                     )
+                continue
+            raise validation(
+                "6240",
+                "Duplicate Name Exists Error",
+                f"The name supplied already exists. : Another {spec.name.lower()} is already using this name. "
+                f"Please use a different name. Id={holders[0]}",
+                spec.unique_field or "",
+            )
 
     def _refuse_if_paid(self, existing: dict[str, Any]) -> None:
         if self.realm.applied.get(existing["Id"]):

@@ -6,7 +6,7 @@ import os
 import random
 import tempfile
 import threading
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from batchly_pipelines.sandbox.wire import dumps, loads
+
+REPLY_RETENTION = 10_000
 
 
 @dataclass
@@ -64,12 +66,21 @@ class Realm:
         self.next_doc_number = 1001
         self.unique_doc_numbers = True
         self.applied: dict[str, dict[str, Decimal]] = defaultdict(dict)  # invoice id -> payment id -> amount
-        self.replies: dict[str, tuple[int, bytes]] = {}  # requestid -> original (status, body)
+        self.replies: OrderedDict[str, tuple[int, bytes]] = (
+            OrderedDict()
+        )  # requestid -> original (status, body)
+        self.indexes: dict[str, dict[str, set[str]]] = {}  # uniqueness indexes, rebuilt lazily by Books
         self.hidden: set[tuple[str, str]] | None = None  # objects created by the batch being executed
         self.faults = FaultConfig()
         self.rng = random.Random()
         self.limits = Limits()
         self.pinned_second: datetime | None = None
+
+    def remember_reply(self, requestid: str, status: int, body: bytes) -> None:
+        """Keep the original answer to a requestid (the oldest are forgotten beyond ``REPLY_RETENTION``)."""
+        self.replies[requestid] = (status, body)
+        while len(self.replies) > REPLY_RETENTION:
+            self.replies.popitem(last=False)
 
     def allocate_id(self) -> str:
         """The next object id (one sequence per company)."""

@@ -110,3 +110,19 @@ def test_line_amount_must_match_qty_times_price(qbo: Qbo) -> None:
     assert qbo.create("Invoice", {"CustomerRef": {"value": customer["Id"]}, "Line": [line]})[
         "TotalAmt"
     ] == Decimal("9.00")
+
+
+def test_renaming_frees_the_old_name(qbo: Qbo) -> None:
+    customer = qbo.customer("Old Name")
+    qbo.create(
+        "Customer", {"Id": customer["Id"], "SyncToken": "0", "sparse": True, "DisplayName": "New Name"}
+    )
+    assert qbo.customer("Old Name")["DisplayName"] == "Old Name"
+    assert fault_code(qbo.post("customer", {"DisplayName": "NEW NAME"})) == "6240"
+
+
+def test_deleting_an_invoice_frees_its_doc_number(qbo: Qbo) -> None:
+    customer, item = qbo.customer(), qbo.item()
+    invoice = qbo.invoice(customer, item, DocNumber="D-1")
+    qbo.ok(qbo.post("invoice", {"Id": invoice["Id"], "SyncToken": "0"}, operation="delete"))
+    assert qbo.invoice(customer, item, DocNumber="D-1")["DocNumber"] == "D-1"
