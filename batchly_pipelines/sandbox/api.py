@@ -78,7 +78,11 @@ class DataApi:
         else:
             limit = BATCH_REQUESTID_LIMIT if resource == "batch" else REQUESTID_LIMIT
             if len(requestid) > limit:
-                return self._fault(business(f"requestid is longer than {limit} characters", "requestid"))
+                detail = (
+                    f"Business Validation Error: You cannot enter more than {limit} characters in the request_id "
+                    f"field. You tried entering {requestid[:10]}..., which is {len(requestid)} characters."
+                )
+                return self._fault(business(detail, "requestid"))
             with realm.lock:
                 replay = realm.replies.get(requestid)
                 if replay is None:

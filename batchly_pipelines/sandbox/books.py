@@ -147,7 +147,8 @@ class Books:
             raise validation(
                 "2010",
                 "Request has invalid or unsupported property",
-                "changedSince must be within the last 30 days",
+                f"Operation cdc with changedSince date {changed_since} which is older than fixed days is not "
+                "supported. (changedSince must be within the last 30 days)",
             )
         specs = [entity_spec(name) for name in entities]
         changed: list[tuple[datetime, int, str, dict[str, Any]]] = []
