@@ -203,13 +203,14 @@ class QuickBooksClient:
         limiter: RateLimiter | None = None,
         config: ClientConfig | None = None,
         session: requests.Session | None = None,
+        stats: ClientStats | None = None,
     ) -> None:
         self.realm_id = realm_id
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
         self.limiter = limiter
         self.config = config or ClientConfig()
-        self.stats = ClientStats()
+        self.stats = stats or ClientStats()
         self.session = session or _pooled_session(self.config.in_flight)
         self._pool = ThreadPoolExecutor(
             max_workers=self.config.in_flight, thread_name_prefix=f"qbo-{realm_id}"

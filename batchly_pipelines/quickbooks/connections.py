@@ -24,7 +24,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import Connection, Engine
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
+from batchly_pipelines.quickbooks.client import ClientConfig, ClientStats, QuickBooksClient
 from batchly_pipelines.quickbooks.errors import (
     AuthError,
     ReauthorizationRequired,
@@ -258,11 +258,12 @@ class ConnectionStore:
         rejected_access_token: str | None,
         oauth: OAuthClient,
         margin: timedelta,
-    ) -> ConnectionRecord:
-        """Make sure the stored access token is fresh and differs from ``rejected_access_token``; return the row.
+    ) -> tuple[ConnectionRecord, bool]:
+        """Make sure the stored access token is fresh and differs from ``rejected_access_token``.
 
         Runs under the row lock. When another process already refreshed (the stored token is a different, unexpired
-        one), nothing is sent. ``invalid_grant`` stores ``needs_reauth`` and raises :class:`ReauthorizationRequired`.
+        one), nothing is sent. Returns the row and whether the token endpoint was called. ``invalid_grant`` stores
+        ``needs_reauth`` and raises :class:`ReauthorizationRequired`.
         """
         refused: ReauthorizationRequired | None = None
         with self.engine.begin() as conn:
@@ -274,7 +275,7 @@ class ConnectionStore:
                 current.access_token != rejected_access_token
                 and current.access_expires_at - margin > utcnow()
             ):
-                return record
+                return record, False
             try:
                 tokens = oauth.refresh(current.refresh_token)
             except ReauthorizationRequired as exc:
@@ -294,7 +295,7 @@ class ConnectionStore:
                         **self._token_values(tokens),
                     )
                 )
-                return self._load(conn, organization_id, realm_id, lock=False)
+                return self._load(conn, organization_id, realm_id, lock=False), True
         raise refused
 
     @staticmethod
@@ -340,13 +341,14 @@ class RealmTokens:
         organization_id: int,
         realm_id: str,
         refresh_margin: timedelta = timedelta(seconds=REFRESH_AHEAD_SECONDS),
+        stats: ClientStats | None = None,
     ) -> None:
         self.store = store
         self.oauth = oauth
         self.organization_id = organization_id
         self.realm_id = realm_id
         self.refresh_margin = refresh_margin
-        self.refreshes = 0
+        self.stats = stats or ClientStats()  # counts token endpoint calls as "token"
         self._lock = threading.Lock()
         self._record = store.load(organization_id, realm_id)
         ConnectionStore._raise_if_unusable(self._record)
@@ -366,16 +368,15 @@ class RealmTokens:
         """A bearer token other than ``rejected_access_token`` (refreshing, or adopting another process's refresh)."""
         with self._lock:
             if self._current().access_token == rejected_access_token:
-                version = self._record.token_version
-                self._record = self.store.refresh(
+                self._record, called = self.store.refresh(
                     self.organization_id,
                     self.realm_id,
                     rejected_access_token,
                     self.oauth,
                     self.refresh_margin,
                 )
-                if self._record.token_version != version:
-                    self.refreshes += 1
+                if called:
+                    self.stats.count_call("token")
             return self._current().access_token
 
     def _current(self) -> TokenSet:
@@ -437,12 +438,14 @@ def client_for_organization(
     limits = limits or RateLimits(time_scale=config.time_scale, concurrent=config.in_flight)
     store = ConnectionStore(engine, settings.secret_key)
     record = store.load(organization_id, realm_id)
+    stats = ClientStats()
     tokens = RealmTokens(
         store,
         OAuthClient(settings, session),
         organization_id,
         record.realm_id,
         refresh_margin=timedelta(seconds=config.scaled(REFRESH_AHEAD_SECONDS)),
+        stats=stats,
     )
     return QuickBooksClient(
         record.realm_id,
@@ -451,4 +454,5 @@ def client_for_organization(
         limiter=DatabaseRateLimiter(engine, record.realm_id, limits),
         config=config,
         session=session,
+        stats=stats,
     )
