@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from types import FrameType
 
 from batchly_pipelines.cli_output import section
 from batchly_pipelines.local_sandbox import local_sandbox
@@ -27,8 +29,23 @@ def run_dev(settings: Settings, *, port: int = 3000) -> int:
         else:
             section("quickbooks", f"Intuit {settings.qbo_environment} at {settings.qbo_base_url}")
         section("dagster", f"UI at http://127.0.0.1:{port} (Ctrl-C stops everything)")
-        dagster = str(Path(sys.executable).with_name("dagster"))
-        try:
-            return subprocess.call([dagster, "dev", "-w", "workspace.yaml", "--port", str(port)])
-        except KeyboardInterrupt:
-            return 0
+        dagster = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("dagster")),
+                "dev",
+                "-w",
+                "workspace.yaml",
+                "--port",
+                str(port),
+            ],
+            # a shell that starts us in the background ignores SIGINT; dagster must not inherit that or it could
+            # never be stopped (it maps SIGTERM to its SIGINT handler)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            dagster.send_signal(signal.SIGINT)  # dagster dev shuts its webserver and daemon down on SIGINT
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, stop)
+        return dagster.wait()
