@@ -7,7 +7,6 @@ import base64
 import binascii
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -26,14 +25,14 @@ def _oauth_error(status: int, error: str, description: str) -> Response:
     return json_response(status, {"error": error, "error_description": description})
 
 
-def gateway_fault(detail: str) -> Response:
+def gateway_fault(detail: str, now: float) -> Response:
     """401 in the API gateway's lower-case envelope (code 3200, ``time`` in epoch milliseconds)."""
     error = {
         "message": "message=AuthenticationFailed; errorCode=003200; statusCode=401",
         "detail": detail,
         "code": "3200",
     }
-    body = {"fault": {"error": [error], "type": "AUTHENTICATION"}, "time": int(time.time() * 1000)}
+    body = {"fault": {"error": [error], "type": "AUTHENTICATION"}, "time": int(now * 1000)}
     return json_response(401, body, {"WWW-Authenticate": 'Bearer realm="Intuit", error="invalid_token"'})
 
 
@@ -190,18 +189,19 @@ class OAuthServer:
     # -- data API --------------------------------------------------------------------------------------------
     def authenticate(self, authorization: str | None, realm_id: str) -> None:
         """Raise :class:`AuthError` (401 / 3200, or 403 / 3100) unless the bearer token is valid for the realm."""
+        now = self.clock.now()
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise AuthError(gateway_fault("Token invalid: missing bearer token"))
+            raise AuthError(gateway_fault("Token invalid: missing bearer token", now))
         with self.state.lock:
             record = self.state.tokens.get(token.strip())
             revoked = record is not None and record.grant_id in self.state.revoked_grants
         if record is None or record.kind != "access":
-            raise AuthError(gateway_fault("Token invalid"))
+            raise AuthError(gateway_fault("Token invalid", now))
         if revoked:
-            raise AuthError(gateway_fault("Token revoked"))
-        if record.expires_at < self.clock.now():
-            raise AuthError(gateway_fault(f"Token expired: {token[:12]}..."))
+            raise AuthError(gateway_fault("Token revoked", now))
+        if record.expires_at < now:
+            raise AuthError(gateway_fault(f"Token expired: {token[:12]}...", now))
         if record.realm_id != realm_id:
             error = {
                 "Message": "message=ApplicationAuthorizationFailed; errorCode=003100; statusCode=403",

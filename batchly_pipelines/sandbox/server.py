@@ -11,6 +11,7 @@ import logging
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -168,8 +169,8 @@ class SandboxServer:
 
     def start(self) -> SandboxServer:
         """Bind and serve from background threads."""
-        self._httpd = _HTTPServer((self.config.host, self.config.port), self)
-        self._spawn(lambda: self._httpd.serve_forever(poll_interval=0.05), "qbo-sandbox-http")
+        httpd = self._httpd = _HTTPServer((self.config.host, self.config.port), self)
+        self._spawn(lambda: httpd.serve_forever(poll_interval=0.05), "qbo-sandbox-http")
         if self.state.path is not None:
             self._spawn(self._autosave, "qbo-sandbox-save")
         self.webhooks.start()
@@ -216,8 +217,8 @@ class SandboxServer:
             return self.oauth.discovery(self.base_url)
         return json_response(404, {"error": f"no route for {request.method} {path}"})
 
-    def _spawn(self, target: object, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, target: Callable[[], object], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 

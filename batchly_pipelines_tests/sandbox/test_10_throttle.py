@@ -20,8 +20,8 @@ def realtime() -> Iterator[SandboxServer]:
 
 @pytest.fixture(scope="module")
 def compressed() -> Iterator[SandboxServer]:
-    """A minute lasts 3 s."""
-    with SandboxServer(SandboxConfig(throttle=True, time_scale=20.0)) as server:
+    """A minute lasts 6 s."""
+    with SandboxServer(SandboxConfig(throttle=True, time_scale=10.0)) as server:
         yield server
 
 
@@ -45,7 +45,7 @@ def test_501st_request_in_a_minute_is_429(compressed: SandboxServer) -> None:
     _assert_throttled(qbo.get(path))
     other = Qbo(compressed)
     assert other.get("companyinfo/" + other.realm_id).status_code == 200, "limits are per realm"
-    admin(compressed, "clock", {"advance_seconds": 3.1})
+    admin(compressed, "clock", {"advance_seconds": 6.1})
     assert qbo.get(path).status_code == 200, "the window slides"
     realm_counts = admin_counters(compressed)["realms"][qbo.realm_id]
     assert realm_counts["throttled"] == 1 and realm_counts["requests"]["GET companyinfo"] == 502
@@ -65,7 +65,7 @@ def test_eleventh_request_in_a_second_is_429(realtime: SandboxServer) -> None:
 def test_more_than_ten_in_flight_is_429(realtime: SandboxServer) -> None:
     qbo = Qbo(realtime)
     _limits(qbo, per_second=0)
-    admin(realtime, f"realms/{qbo.realm_id}/faults", {"slow": 1.0, "slow_ms": 400})
+    admin(realtime, f"realms/{qbo.realm_id}/faults", {"slow": 1.0, "slow_ms": 1000})
     url = f"{qbo.url}/companyinfo/{qbo.realm_id}"
 
     def call(_: int) -> int:
