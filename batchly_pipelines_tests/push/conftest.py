@@ -1,0 +1,119 @@
+"""Fixtures for the push: a sandbox over real HTTP, an organisation connected to a fresh realm, a pusher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cryptography.fernet import Fernet
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
+from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
+from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
+from batchly_pipelines.services.push import PushStats, push_organization
+from batchly_pipelines.settings import LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET, LOCAL_REDIRECT_URI, Settings
+from batchly_pipelines_tests import factories as f
+
+TIME_SCALE = 60.0  # client waits (backoff, 429) compressed like the sandbox's clock
+
+
+def admin(base_url: str, path: str, body: dict[str, Any] | None = None, method: str = "POST") -> Any:
+    """Call the sandbox's admin API and return its JSON answer (asserting success)."""
+    response = requests.request(method, f"{base_url}/__sandbox__/{path}", json=body or {}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def connect(engine: Engine, settings: Settings, organization_id: int, realm_id: str) -> None:
+    """Store a connection of the organisation to the realm, with tokens minted by the sandbox."""
+    tokens = TokenSet.from_response(admin(settings.qbo_base_url, f"realms/{realm_id}/tokens"))
+    store = ConnectionStore(engine, settings.secret_key)
+    store.save(organization_id, realm_id, "local", settings.qbo_base_url, tokens)
+
+
+class Books:
+    """Read access to one sandbox realm, straight from the server's state (no API calls counted)."""
+
+    def __init__(self, sandbox: SandboxServer, realm_id: str) -> None:
+        self.sandbox = sandbox
+        self.realm_id = realm_id
+
+    def objects(self, entity: str) -> list[dict[str, Any]]:
+        realm = self.sandbox.state.realm(self.realm_id)
+        assert realm is not None
+        with realm.lock:
+            return [dict(obj) for obj in realm.objects[entity].values()]
+
+    def by_doc_number(self) -> dict[str, list[dict[str, Any]]]:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for invoice in self.objects("Invoice"):
+            found.setdefault(invoice.get("DocNumber"), []).append(invoice)
+        return found
+
+    def faults(self, **settings: Any) -> None:
+        admin(self.sandbox.base_url, f"realms/{self.realm_id}/faults", settings)
+
+    def act(self, **action: Any) -> Any:
+        return admin(self.sandbox.base_url, f"realms/{self.realm_id}/actions", action)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[SandboxServer]:
+    """One sandbox for the session, throttle off (the throttle is the benchmark's business); a realm per test."""
+    with SandboxServer(SandboxConfig(port=0, time_scale=TIME_SCALE, throttle=False)) as server:
+        yield server
+
+
+@pytest.fixture
+def settings(sandbox: SandboxServer, engine: Engine, tmp_path: Path) -> Settings:
+    """Local-mode settings pointing at the sandbox and the test database."""
+    return Settings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        data_dir=tmp_path,
+        qbo_environment="local",
+        qbo_base_url=sandbox.base_url,
+        qbo_client_id=LOCAL_CLIENT_ID,
+        qbo_client_secret=LOCAL_CLIENT_SECRET,
+        qbo_redirect_uri=LOCAL_REDIRECT_URI,
+        secret_key=Fernet.generate_key().decode(),
+        webhook_verifier_token=None,
+    )
+
+
+@pytest.fixture
+def org(engine: Engine, settings: Settings, sandbox: SandboxServer) -> int:
+    """An organisation connected to a fresh, empty realm."""
+    with engine.begin() as conn:
+        organization_id = f.organization(conn)
+    connect(engine, settings, organization_id, admin(sandbox.base_url, "realms")["realm_id"])
+    return organization_id
+
+
+@pytest.fixture
+def client(engine: Engine, settings: Settings, org: int) -> Iterator[QuickBooksClient]:
+    """The organisation's client, as production builds it (tokens and limits through the database)."""
+    with client_for_organization(engine, settings, org, config=ClientConfig(time_scale=TIME_SCALE)) as qbo:
+        yield qbo
+
+
+@pytest.fixture
+def books(sandbox: SandboxServer, client: QuickBooksClient) -> Books:
+    return Books(sandbox, client.realm_id)
+
+
+@pytest.fixture
+def push(engine: Engine, client: QuickBooksClient, org: int) -> Callable[..., PushStats]:
+    """Run the push for the organisation (keyword arguments go to ``push_organization``)."""
+
+    def run(**kwargs: Any) -> PushStats:
+        return push_organization(engine, client, org, worker="test-worker", **kwargs)
+
+    return run
+
+
+MONEY = Decimal("0.01")

@@ -1,0 +1,47 @@
+"""Customers, items and invoices reach QuickBooks once, in dependency order, with links and results stored."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.services.push import PushStats
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.queue import SyncQueue
+from batchly_pipelines.store.sync_state import load_states
+from batchly_pipelines_tests import factories as f
+from batchly_pipelines_tests.push.conftest import Books
+
+
+def test_invoice_with_new_customer_and_item_lands_once(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books
+) -> None:
+    with engine.begin() as conn:
+        customer = f.customer(conn, org, email="zoe@example.com")
+        item = f.item(conn, org, description="A fine widget")
+        invoice = f.invoice(conn, org, customer, item, doc_number="INV-1")
+
+    stats = push()
+
+    assert stats.actions == {"customer.create": 1, "item.create": 1, "invoice.create": 1}
+    [qbo_invoice] = books.objects("Invoice")
+    [qbo_customer] = books.objects("Customer")
+    [qbo_item] = [i for i in books.objects("Item") if i["Name"] == "Widget"]
+    assert qbo_invoice["DocNumber"] == "INV-1"
+    assert qbo_invoice["CustomerRef"]["value"] == qbo_customer["Id"]
+    assert str(qbo_invoice["TotalAmt"]) == "40.40"
+    assert qbo_item["Description"] == "A fine widget"
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(s.invoices).where(s.invoices.c.id == invoice)).mappings().one()
+        assert (row["qbo_id"], row["sync_status"]) == (qbo_invoice["Id"], "synced")
+        assert row["synced_at"] is not None
+        [state] = load_states(conn, org, "invoice")
+        assert state.sync_token == qbo_invoice["SyncToken"] and "fingerprint" in state.base
+        log = conn.execute(sa.select(s.sync_log.c.entity_type, s.sync_log.c.outcome)).all()
+    assert sorted(log) == [("customer", "ok"), ("invoice", "ok"), ("item", "ok")]
+    assert SyncQueue(engine).depth()[org]["done"] == 3
+
+    assert push().actions == {}  # nothing due: nothing sent again
+    assert len(books.objects("Invoice")) == 1
