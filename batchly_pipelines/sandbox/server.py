@@ -10,6 +10,7 @@ import contextlib
 import logging
 import secrets
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,12 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], sandbox: SandboxServer) -> None:
         self.sandbox = sandbox
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients that hang up are routine (timeouts, dropped-connection faults); log anything else."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        logger.exception("error serving %s", client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
