@@ -1,0 +1,206 @@
+"""Reading what QuickBooks changed in a window into ``qbo_mirror``, page by page, with CDC for deletions.
+
+Windows are read with keyset paging on ``(MetaData.LastUpdatedTime, Id)``: each page starts at the newest second of
+the previous one (``>=``) and skips the ids already seen in that second. Rows that change while the window is read
+move to a later second and are met again, never skipped, so no re-count is needed; only the ids of one second are held
+in memory. More than a page of rows in one second is read by position inside that second.
+
+A mirror row is written only when QuickBooks has a new version of it (another SyncToken, or a deletion), so pulling
+the same window twice writes nothing. ``pulled_at`` therefore says when the mirror last learnt something new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from batchly_pipelines.quickbooks import query as q
+from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.store.schema import qbo_mirror, utcnow
+from batchly_pipelines.store.upsert import bulk_upsert
+from batchly_pipelines.sync.mapping import qbo_last_updated
+
+m = qbo_mirror.c
+
+ORDER = "MetaData.LastUpdatedTime, Id"
+CDC_REACH = timedelta(days=30)
+CDC_MARGIN = timedelta(minutes=10)  # stay clear of the 30-day edge: QuickBooks refuses older changedSince
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open interval of QuickBooks ``LastUpdatedTime``: ``[start, end)``, aware UTC datetimes."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("window bounds must be timezone-aware")
+        if self.end <= self.start:
+            raise ValueError(f"empty window: {self.start.isoformat()} … {self.end.isoformat()}")
+
+    def conditions(self, entity: str) -> list[str]:
+        """The query conditions selecting the window, inactive name-list rows included."""
+        return q.with_all_active_states(
+            entity,
+            [
+                q.condition("MetaData.LastUpdatedTime", ">=", self.start),
+                q.condition("MetaData.LastUpdatedTime", "<", self.end),
+            ],
+        )
+
+
+def changed_pages(client: QuickBooksClient, entity: str, window: Window) -> Iterator[list[dict[str, Any]]]:
+    """Every object of ``entity`` updated in ``window``, one page at a time, each id once per version."""
+    cursor = window.start
+    seen_at_cursor: set[str] = set()
+    while True:
+        where = Window(cursor, window.end).conditions(entity)
+        page = client.query(q.select(entity, where, ORDER, 1, q.MAX_RESULTS)).rows
+        fresh = [obj for obj in page if obj["Id"] not in seen_at_cursor]
+        if fresh:
+            yield fresh
+        if len(page) < q.MAX_RESULTS:
+            return
+        newest = qbo_last_updated(page[-1])
+        if newest == cursor:  # a whole page inside one second: read that second by position
+            yield from _one_second(client, entity, cursor, seen_at_cursor)
+            cursor, seen_at_cursor = cursor + timedelta(seconds=1), set()
+            continue
+        if newest != cursor:
+            seen_at_cursor = set()
+        cursor = newest
+        seen_at_cursor |= {obj["Id"] for obj in page if qbo_last_updated(obj) == newest}
+
+
+def _one_second(
+    client: QuickBooksClient, entity: str, second: datetime, skip: set[str]
+) -> Iterator[list[dict[str, Any]]]:
+    where = Window(second, second + timedelta(seconds=1)).conditions(entity)
+    start = 1
+    while True:
+        page = client.query(q.select(entity, where, "Id", start, q.MAX_RESULTS)).rows
+        fresh = [obj for obj in page if obj["Id"] not in skip]
+        skip.update(obj["Id"] for obj in fresh)
+        if fresh:
+            yield fresh
+        if len(page) < q.MAX_RESULTS:
+            return
+        start += q.MAX_RESULTS
+
+
+def store_objects(
+    conn: Connection,
+    organization_id: int,
+    entity: str,
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    force: bool = False,
+) -> list[Mapping[str, Any]]:
+    """Write the objects QuickBooks has a new version of (all of them with ``force``); returns those written."""
+    if not objects:
+        return []
+    known = dict(
+        conn.execute(
+            sa.select(m.qbo_id, m.sync_token).where(
+                m.organization_id == organization_id,
+                m.entity_type == entity,
+                m.deleted.is_(False),
+                m.qbo_id.in_([obj["Id"] for obj in objects]),
+            )
+        ).all()
+    )
+    changed = [obj for obj in objects if force or known.get(obj["Id"]) != obj["SyncToken"]]
+    now = utcnow()
+    bulk_upsert(
+        conn,
+        qbo_mirror,
+        (
+            {
+                "organization_id": organization_id,
+                "entity_type": entity,
+                "qbo_id": obj["Id"],
+                "sync_token": obj["SyncToken"],
+                "last_updated_time": qbo_last_updated(obj),
+                "deleted": False,
+                "data": as_json(obj),
+                "pulled_at": now,
+            }
+            for obj in changed
+        ),
+        key=("organization_id", "entity_type", "qbo_id"),
+    )
+    return changed
+
+
+def as_json(value: Any) -> Any:
+    """A decoded QuickBooks object as the JSON column stores it: amounts as JSON numbers (as on the wire), or as
+    strings in the rare case a float would not carry the exact decimal."""
+    if isinstance(value, Mapping):
+        return {key: as_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_json(item) for item in value]
+    if isinstance(value, Decimal):
+        number = float(value)
+        return number if Decimal(repr(number)) == value else str(value)
+    return value
+
+
+def mark_deleted(
+    conn: Connection, organization_id: int, entity: str, tombstones: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Flag mirrored objects that QuickBooks deleted; returns their last known data (unknown ids are ignored)."""
+    when = {obj["Id"]: qbo_last_updated(obj) for obj in tombstones}
+    if not when:
+        return []
+    rows = conn.execute(
+        sa.select(m.qbo_id, m.data).where(
+            m.organization_id == organization_id,
+            m.entity_type == entity,
+            m.deleted.is_(False),
+            m.qbo_id.in_(list(when)),
+        )
+    ).all()
+    now = utcnow()
+    for qbo_id, _ in rows:
+        conn.execute(
+            sa.update(qbo_mirror)
+            .where(m.organization_id == organization_id, m.entity_type == entity, m.qbo_id == qbo_id)
+            .values(deleted=True, last_updated_time=when[qbo_id], pulled_at=now)
+        )
+    return [dict(data) for _, data in rows]
+
+
+def cdc_since(window: Window, now: datetime | None = None) -> datetime | None:
+    """Where CDC should start to see the window's deletions, or None when the window is out of CDC's reach."""
+    earliest = (now or utcnow()) - CDC_REACH + CDC_MARGIN
+    if window.end <= earliest:
+        return None
+    return max(window.start, earliest)
+
+
+def pull_deletions(
+    engine: Engine, client: QuickBooksClient, organization_id: int, entities: Sequence[str], window: Window
+) -> dict[str, list[dict[str, Any]]]:
+    """Apply CDC deletions since the window's start (when within 30 days); returns the deleted objects' last data."""
+    since = cdc_since(window)
+    if since is None:
+        return {entity: [] for entity in entities}
+    result = client.cdc(entities, since)
+    with engine.begin() as conn:
+        return {
+            entity: mark_deleted(
+                conn,
+                organization_id,
+                entity,
+                (obj for obj in result.objects.get(entity, []) if obj.get("status") == "Deleted"),
+            )
+            for entity in entities
+        }

@@ -1,0 +1,420 @@
+"""Reconciling mirrored QuickBooks customers and items into Batchly (DESIGN.md §1).
+
+Only mirror rows QuickBooks has something new for are examined: unlinked ones, ones whose SyncToken is newer than the
+link's, and deletions of records Batchly still has active. For each, in chunks of one transaction:
+
+- linked: three-way merge against the base (``sync.merge``); what QuickBooks wins is written to Batchly, what Batchly
+  wins stays for the push (the base keeps QuickBooks' value for those fields, so the push sees the difference);
+- unlinked: matched by name with unlinked Batchly records (``sync.matching`` for customers) — linked when it is the
+  same record, flagged for review (a ``link`` conflict) when unsure, created in Batchly otherwise;
+- deleted (merged away) in QuickBooks: deactivated in Batchly, never deleted.
+
+Every write goes through :func:`~batchly_pipelines.store.db.sync_transaction`, so nothing echoes back as a push. A
+pending review keeps one open ``sync_conflicts`` row per record and field however often it is seen again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.conflicts import ConflictRecord, record_conflicts
+from batchly_pipelines.store.db import sync_transaction
+from batchly_pipelines.store.sync_state import LogEntry, SyncState, save_states, write_log
+from batchly_pipelines.sync.mapping import (
+    CUSTOMER_MAPPING,
+    ITEM_MAPPING,
+    EntityMapping,
+    decode_snapshot,
+    encode_snapshot,
+)
+from batchly_pipelines.sync.matching import Match, MatchDecision, match_customer, normalize_name
+from batchly_pipelines.sync.merge import (
+    CUSTOMER_POLICY,
+    ITEM_POLICY,
+    Conflict,
+    MergePolicy,
+    MergeResult,
+    Resolution,
+    merge,
+)
+
+m, st, sc = s.qbo_mirror.c, s.qbo_sync_state.c, s.sync_conflicts.c
+CHUNK = 1000
+LINK_FIELD = (
+    "link"  # the conflict "field" of a QuickBooks record waiting for a person to pick its Batchly twin
+)
+
+Candidates = Mapping[Hashable, Mapping[str, Any]]
+Matcher = Callable[[Mapping[str, Any], Candidates], Match | None]
+
+
+def match_item(subject: Mapping[str, Any], candidates: Candidates) -> Match | None:
+    """Item names are unique in QuickBooks: one unlinked Batchly item of that name is the same item."""
+    named = tuple(
+        cid
+        for cid, fields in candidates.items()
+        if normalize_name(fields["name"]) == normalize_name(subject["name"])
+    )
+    if not named:
+        return None
+    if len(named) == 1:
+        return Match(MatchDecision.LINK, named[0], named, "same name")
+    return Match(MatchDecision.REVIEW, None, named, "several items with this name")
+
+
+@dataclass(frozen=True)
+class EntityKind:
+    """How one synced entity is stored on both sides and reconciled."""
+
+    entity: str  # Batchly name: customer | item
+    qbo_entity: str  # QuickBooks name: Customer | Item
+    table: sa.Table
+    mapping: EntityMapping
+    policy: MergePolicy
+    name_field: str
+    matcher: Matcher
+
+
+CUSTOMERS = EntityKind(
+    "customer", "Customer", s.customers, CUSTOMER_MAPPING, CUSTOMER_POLICY, "display_name", match_customer
+)
+ITEMS = EntityKind("item", "Item", s.items, ITEM_MAPPING, ITEM_POLICY, "name", match_item)
+KINDS: Mapping[str, EntityKind] = {kind.entity: kind for kind in (CUSTOMERS, ITEMS)}
+
+
+@dataclass
+class ReconcileStats:
+    """What one reconciliation did in Batchly."""
+
+    entity: str
+    examined: int = 0
+    created: int = 0
+    updated: int = 0
+    linked: int = 0
+    deactivated: int = 0
+    conflicts: int = 0
+    review: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def changed(self) -> int:
+        """Batchly records created, updated or deactivated."""
+        return self.created + self.updated + self.deactivated
+
+
+@dataclass
+class _Chunk:
+    """The writes one chunk makes, applied together at the end of its transaction."""
+
+    kind: EntityKind
+    organization_id: int
+    run_id: str | None
+    creates: list[tuple[str, dict[str, Any], SyncState]] = field(default_factory=list)
+    updates: dict[int, dict[str, Any]] = field(default_factory=dict)
+    states: list[SyncState] = field(default_factory=list)
+    conflicts: list[ConflictRecord] = field(default_factory=list)
+    log: list[LogEntry] = field(default_factory=list)
+
+    def note(
+        self, action: str, qbo_id: str, entity_id: int | None = None, message: str | None = None
+    ) -> None:
+        self.log.append(
+            LogEntry(
+                self.organization_id,
+                "pull",
+                self.kind.entity,
+                action,
+                "ok",
+                entity_id,
+                qbo_id,
+                message,
+                self.run_id,
+            )
+        )
+
+
+def reconcile(
+    engine: Engine,
+    kind: EntityKind,
+    organization_id: int,
+    *,
+    policy: MergePolicy | None = None,
+    run_id: str | None = None,
+) -> ReconcileStats:
+    """Bring Batchly in line with the mirrored QuickBooks records of ``kind`` that have news (see module doc)."""
+    started = time.monotonic()
+    stats = ReconcileStats(kind.entity)
+    policy = policy or kind.policy
+    with engine.connect() as conn:
+        unlinked = _unlinked_by_name(conn, kind, organization_id)
+    after = ""
+    while True:
+        with engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(_outstanding(kind, organization_id, after)).mappings()]
+        if not rows:
+            break
+        with sync_transaction(engine) as conn:
+            chunk = _Chunk(kind, organization_id, run_id)
+            _plan(conn, chunk, rows, unlinked, policy, stats)
+            _apply(conn, chunk, stats)
+        stats.examined += len(rows)
+        after = rows[-1]["qbo_id"]
+    stats.duration_s = round(time.monotonic() - started, 3)
+    return stats
+
+
+def _outstanding(kind: EntityKind, organization_id: int, after: str) -> sa.Select[Any]:
+    """Mirror rows with news for Batchly: unlinked, newer than the link, or deleted while still active."""
+    t = kind.table.c
+    newer = sa.cast(m.sync_token, sa.Integer) > sa.cast(st.sync_token, sa.Integer)
+    return (
+        sa.select(
+            m.qbo_id,
+            m.sync_token,
+            m.last_updated_time,
+            m.deleted,
+            m.data,
+            t.id.label("entity_id"),
+            t.is_active,
+            st.base,
+        )
+        .select_from(
+            s.qbo_mirror.outerjoin(
+                kind.table, sa.and_(t.organization_id == m.organization_id, t.qbo_id == m.qbo_id)
+            ).outerjoin(
+                s.qbo_sync_state,
+                sa.and_(
+                    st.organization_id == m.organization_id,
+                    st.entity_type == kind.entity,
+                    st.entity_id == t.id,
+                ),
+            )
+        )
+        .where(
+            m.organization_id == organization_id,
+            m.entity_type == kind.qbo_entity,
+            m.qbo_id > after,
+            sa.or_(
+                sa.and_(m.deleted.is_(False), sa.or_(t.id.is_(None), st.id.is_(None), newer)),
+                sa.and_(m.deleted.is_(True), t.is_active.is_(True)),
+            ),
+        )
+        .order_by(m.qbo_id)
+        .limit(CHUNK)
+    )
+
+
+def _unlinked_by_name(
+    conn: Connection, kind: EntityKind, organization_id: int
+) -> dict[str, dict[Hashable, dict[str, Any]]]:
+    """Batchly records without a QuickBooks twin, by normalised name (id → synced fields)."""
+    t = kind.table
+    index: dict[str, dict[Hashable, dict[str, Any]]] = {}
+    query = sa.select(t).where(t.c.organization_id == organization_id, t.c.qbo_id.is_(None))
+    for row in conn.execute(query).mappings():
+        fields = kind.mapping.from_row(dict(row))
+        index.setdefault(normalize_name(fields[kind.name_field]), {})[row["id"]] = fields
+    return index
+
+
+def _plan(
+    conn: Connection,
+    chunk: _Chunk,
+    rows: Sequence[Mapping[str, Any]],
+    unlinked: dict[str, dict[Hashable, dict[str, Any]]],
+    policy: MergePolicy,
+    stats: ReconcileStats,
+) -> None:
+    kind, org = chunk.kind, chunk.organization_id
+    reviewing = _open_links(conn, kind, org, [row["qbo_id"] for row in rows])
+    wanted: set[int] = {row["entity_id"] for row in rows if row["entity_id"] is not None}
+    matches: dict[str, Match | None] = {}
+    for row in rows:
+        if row["entity_id"] is None and not row["deleted"]:
+            subject = kind.mapping.from_qbo(row["data"])
+            named = unlinked.get(normalize_name(subject[kind.name_field]), {})
+            match = kind.matcher(subject, named) if named else None
+            matches[row["qbo_id"]] = match
+            if match is not None and match.decision is MatchDecision.LINK:
+                assert isinstance(match.candidate_id, int)
+                wanted.add(match.candidate_id)
+                named.pop(match.candidate_id)  # one QuickBooks record per Batchly record
+    batchly = _load_rows(conn, kind, wanted)
+    open_fields = _open_fields(conn, kind, org, wanted)
+    for row in rows:
+        qbo_id = row["qbo_id"]
+        qbo_fields = kind.mapping.from_qbo(row["data"])
+        if row["deleted"]:
+            chunk.updates[row["entity_id"]] = {"is_active": False}
+            chunk.note("deactivate", qbo_id, row["entity_id"], "deleted (merged) in QuickBooks")
+            stats.deactivated += 1
+            continue
+        entity_id = row["entity_id"]
+        base = decode_snapshot(kind.entity, row["base"]) if row["base"] is not None else None
+        if entity_id is None:
+            match = matches[qbo_id]
+            if match is None:
+                chunk.creates.append((qbo_id, qbo_fields, _state(chunk, 0, row, qbo_fields)))
+                continue
+            if match.decision is MatchDecision.REVIEW:
+                if qbo_id not in reviewing:
+                    chunk.conflicts.append(_link_conflict(chunk, row, qbo_fields, match))
+                    chunk.note("review", qbo_id, None, match.reason)
+                    stats.review += 1
+                continue
+            assert isinstance(match.candidate_id, int)
+            entity_id = match.candidate_id
+            chunk.note("link", qbo_id, entity_id, match.reason)
+            stats.linked += 1
+        current = batchly[entity_id]
+        result = merge(
+            base,
+            kind.mapping.from_row(current),
+            qbo_fields,
+            batchly_updated_at=current["updated_at"],
+            qbo_updated_at=row["last_updated_time"],
+            policy=policy,
+        )
+        _settle(chunk, entity_id, row, current, result, open_fields.get(entity_id, set()), stats)
+
+
+def _settle(
+    chunk: _Chunk,
+    entity_id: int,
+    row: Mapping[str, Any],
+    current: Mapping[str, Any],
+    result: MergeResult,
+    open_fields: set[str],
+    stats: ReconcileStats,
+) -> None:
+    """Queue the merge's Batchly writes, its new link and base, and its conflicts (pending ones once)."""
+    qbo_fields = chunk.kind.mapping.from_qbo(row["data"])
+    changes = dict(result.to_batchly)
+    if current["qbo_id"] != row["qbo_id"]:
+        changes["qbo_id"] = row["qbo_id"]
+    if changes:
+        chunk.updates[entity_id] = changes
+    if result.to_batchly:
+        chunk.note(
+            "update", row["qbo_id"], entity_id, "from QuickBooks: " + ", ".join(sorted(result.to_batchly))
+        )
+        stats.updated += 1
+    # a field Batchly wins is still QuickBooks' value until the push sends it: keep that as the base
+    base = {**result.base, **{name: qbo_fields[name] for name in result.to_qbo}}
+    chunk.states.append(_state(chunk, entity_id, row, base))
+    for conflict in result.conflicts:
+        if conflict.resolution is Resolution.PENDING_REVIEW and conflict.field in open_fields:
+            continue
+        chunk.conflicts.append(_field_conflict(chunk, entity_id, row, current, conflict))
+
+
+def _state(chunk: _Chunk, entity_id: int, row: Mapping[str, Any], base: Mapping[str, Any]) -> SyncState:
+    return SyncState(
+        chunk.organization_id,
+        chunk.kind.entity,
+        entity_id,
+        row["qbo_id"],
+        row["sync_token"],
+        encode_snapshot(base),
+        row["last_updated_time"],
+    )
+
+
+def _field_conflict(
+    chunk: _Chunk, entity_id: int, row: Mapping[str, Any], current: Mapping[str, Any], conflict: Conflict
+) -> ConflictRecord:
+    return ConflictRecord(
+        organization_id=chunk.organization_id,
+        entity_type=chunk.kind.entity,
+        entity_id=entity_id,
+        qbo_id=row["qbo_id"],
+        field=conflict.field,
+        base_value=conflict.base_value,
+        batchly_value=conflict.batchly_value,
+        qbo_value=conflict.qbo_value,
+        resolution=conflict.resolution.value,
+        batchly_updated_at=current["updated_at"],
+        qbo_updated_at=row["last_updated_time"],
+        run_id=chunk.run_id,
+    )
+
+
+def _link_conflict(
+    chunk: _Chunk, row: Mapping[str, Any], qbo_fields: Mapping[str, Any], match: Match
+) -> ConflictRecord:
+    return ConflictRecord(
+        organization_id=chunk.organization_id,
+        entity_type=chunk.kind.entity,
+        entity_id=None,
+        qbo_id=row["qbo_id"],
+        field=LINK_FIELD,
+        base_value=match.reason,
+        batchly_value=",".join(str(cid) for cid in match.candidate_ids),
+        qbo_value=qbo_fields[chunk.kind.name_field],
+        resolution=Resolution.PENDING_REVIEW.value,
+        qbo_updated_at=row["last_updated_time"],
+        run_id=chunk.run_id,
+    )
+
+
+def _open_links(conn: Connection, kind: EntityKind, organization_id: int, qbo_ids: Sequence[str]) -> set[str]:
+    query = sa.select(sc.qbo_id).where(
+        sc.organization_id == organization_id,
+        sc.entity_type == kind.entity,
+        sc.field == LINK_FIELD,
+        sc.resolution == Resolution.PENDING_REVIEW.value,
+        sc.qbo_id.in_(list(qbo_ids)),
+    )
+    return set(conn.execute(query).scalars())
+
+
+def _open_fields(
+    conn: Connection, kind: EntityKind, organization_id: int, entity_ids: set[int]
+) -> dict[int, set[str]]:
+    """Fields with an open review, per Batchly record."""
+    query = sa.select(sc.entity_id, sc.field).where(
+        sc.organization_id == organization_id,
+        sc.entity_type == kind.entity,
+        sc.resolution == Resolution.PENDING_REVIEW.value,
+        sc.entity_id.in_(sorted(entity_ids)),
+    )
+    fields: dict[int, set[str]] = {}
+    for entity_id, name in conn.execute(query).all():
+        fields.setdefault(entity_id, set()).add(name)
+    return fields
+
+
+def _load_rows(conn: Connection, kind: EntityKind, ids: set[int]) -> dict[int, Mapping[str, Any]]:
+    if not ids:
+        return {}
+    query = sa.select(kind.table).where(kind.table.c.id.in_(sorted(ids)))
+    return {row["id"]: dict(row) for row in conn.execute(query).mappings()}
+
+
+def _apply(conn: Connection, chunk: _Chunk, stats: ReconcileStats) -> None:
+    t = chunk.kind.table
+    if chunk.creates:
+        inserted = conn.execute(
+            sa.insert(t).returning(t.c.id, t.c.qbo_id, sort_by_parameter_order=True),
+            [
+                {"organization_id": chunk.organization_id, "qbo_id": qbo_id, **fields}
+                for qbo_id, fields, _ in chunk.creates
+            ],
+        ).all()
+        for (entity_id, qbo_id), (_, _, state) in zip(inserted, chunk.creates, strict=True):
+            chunk.states.append(SyncState(**{**vars(state), "entity_id": entity_id}))
+            chunk.note("create", qbo_id, entity_id)
+        stats.created += len(inserted)
+    for entity_id, changes in chunk.updates.items():
+        # the app's updated_at keeps meaning "last changed in Batchly": a pull write leaves it alone
+        conn.execute(sa.update(t).where(t.c.id == entity_id).values(**changes, updated_at=t.c.updated_at))
+    save_states(conn, chunk.states)
+    stats.conflicts += record_conflicts(conn, chunk.conflicts)
+    write_log(conn, chunk.log)

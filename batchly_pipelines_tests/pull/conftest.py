@@ -1,0 +1,88 @@
+"""Fixtures for the pull: an unthrottled sandbox, a fresh realm per test, a Batchly organisation and a client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
+from batchly_pipelines.services.mirror import Window
+from batchly_pipelines.services.pull import EPOCH, OrganizationPull, pull_organization
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.schema import utcnow
+from batchly_pipelines_tests import factories
+from batchly_pipelines_tests.quickbooks.conftest import SandboxTokens
+from batchly_pipelines_tests.sandbox.client import Qbo, admin
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[SandboxServer]:
+    """One unthrottled sandbox for the session; every test works in its own realm."""
+    with SandboxServer(SandboxConfig(port=0, throttle=False)) as server:
+        yield server
+
+
+@dataclass
+class Company:
+    """A Batchly organisation connected to a fresh sandbox realm."""
+
+    engine: Engine
+    sandbox: SandboxServer
+    org: int
+    qbo: Qbo
+    client: QuickBooksClient
+
+    def pull(self, **kwargs: Any) -> OrganizationPull:
+        """Pull everything QuickBooks has (one window over the whole history) and reconcile it."""
+        return pull_organization(
+            self.engine, self.client, self.org, Window(EPOCH, utcnow() + timedelta(days=1)), **kwargs
+        )
+
+    def act(self, action: str, **payload: Any) -> dict[str, Any]:
+        """Act as the accountant in QuickBooks' UI."""
+        result: dict[str, Any] = admin(
+            self.sandbox, f"realms/{self.qbo.realm_id}/actions", {"action": action, **payload}
+        )
+        return result
+
+    def row(self, table: sa.Table, **where: Any) -> dict[str, Any]:
+        """The one Batchly row of ``table`` matching ``where``."""
+        with self.engine.connect() as conn:
+            query = sa.select(table).where(*(table.c[k] == v for k, v in where.items()))
+            return dict(conn.execute(query).mappings().one())
+
+    def rows(self, table: sa.Table) -> list[dict[str, Any]]:
+        """Every row of ``table`` (ordered by its first key column)."""
+        with self.engine.connect() as conn:
+            key = next(iter(table.primary_key.columns))
+            return [dict(r) for r in conn.execute(sa.select(table).order_by(key)).mappings()]
+
+
+@pytest.fixture
+def company(engine: Engine, sandbox: SandboxServer) -> Iterator[Company]:
+    with engine.begin() as conn:
+        org = factories.organization(conn, timezone="America/New_York")
+    qbo = Qbo(sandbox)
+    client = QuickBooksClient(qbo.realm_id, sandbox.base_url, SandboxTokens(sandbox.base_url, qbo.realm_id))
+    with client:
+        yield Company(engine, sandbox, org, qbo, client)
+
+
+def queue(engine: Engine) -> list[dict[str, Any]]:
+    """The sync queue (what would be pushed)."""
+    with engine.connect() as conn:
+        return factories.queue_rows(conn)
+
+
+def open_conflicts(engine: Engine) -> list[dict[str, Any]]:
+    """Conflicts waiting for review."""
+    with engine.connect() as conn:
+        query = sa.select(s.sync_conflicts).where(s.sync_conflicts.c.resolution == "pending_review")
+        return [dict(r) for r in conn.execute(query.order_by(s.sync_conflicts.c.id)).mappings()]
