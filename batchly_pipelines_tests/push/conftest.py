@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from decimal import Decimal
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
+from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp, WriteResult
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
 from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines.services.push import PushStats, push_organization
 from batchly_pipelines.settings import LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET, LOCAL_REDIRECT_URI, Settings
+from batchly_pipelines.store import schema as s
 from batchly_pipelines_tests import factories as f
 
 TIME_SCALE = 60.0  # client waits (backoff, 429) compressed like the sandbox's clock
@@ -116,4 +117,35 @@ def push(engine: Engine, client: QuickBooksClient, org: int) -> Callable[..., Pu
     return run
 
 
-MONEY = Decimal("0.01")
+@pytest.fixture
+def sent(client: QuickBooksClient, monkeypatch: pytest.MonkeyPatch) -> list[WriteOp]:
+    """Every write the push hands to the client (the client still sends it to the sandbox)."""
+    ops: list[WriteOp] = []
+    write_batch = client.write_batch
+
+    def recording(batch: Sequence[WriteOp]) -> list[WriteResult]:
+        ops.extend(batch)
+        return write_batch(batch)
+
+    monkeypatch.setattr(client, "write_batch", recording)
+    return ops
+
+
+def queue_status(engine: Engine, entity_type: str, entity_id: int) -> tuple[str, str | None]:
+    """(status, last_error) of the newest queue row of a record."""
+    q = s.sync_queue.c
+    row = (
+        sa.select(q.status, q.last_error)
+        .where(q.entity_type == entity_type, q.entity_id == entity_id)
+        .order_by(q.id.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        status, error = conn.execute(row).one()
+    return status, error
+
+
+def update(engine: Engine, table: sa.Table, row_id: int, **values: Any) -> None:
+    """An app write (it enqueues a push through the outbox trigger)."""
+    with engine.begin() as conn:
+        conn.execute(sa.update(table).where(table.c.id == row_id).values(**values))
