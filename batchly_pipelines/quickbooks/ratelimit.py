@@ -7,9 +7,10 @@ other infrastructure:
 - ``qbo_rate_realms``: one row per realm. Every admission locks it (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's
   ``BEGIN IMMEDIATE`` serialises writers anyway), so two processes never both take the last slot. It also carries
   ``paused_until``: after a 429 every process holds off until then.
-- ``qbo_rate_events``: one row per request sent (flagged for batch calls); the sliding windows count them.
-- ``qbo_rate_leases``: one row per request in flight, deleted when the answer arrives and ignored after its expiry, so a
-  process that crashed mid-request cannot hold a slot for ever.
+- ``qbo_rate_requests``: one row per request. While it is in flight it holds an in-flight slot (until
+  ``in_flight_until``, so a process that crashed mid-request cannot hold a slot for ever) and counts as "now" in every
+  window; when its answer arrives ``sent_at`` becomes that moment. The server admitted the request before it answered,
+  so a window measured from the answer can never end before the server's does, however late a process got to send.
 
 Windows are compressed by ``time_scale`` exactly like the sandbox's ``--time-scale``, and stretched by a small safety
 margin because the server starts its window a little after we start ours.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batchly_pipelines.store.schema import qbo_rate_events, qbo_rate_leases, qbo_rate_realms
+from batchly_pipelines.store.schema import qbo_rate_realms, qbo_rate_requests
 
 MINUTE = 60.0
 SECOND = 1.0
@@ -45,7 +45,7 @@ class RateLimits:
     window_margin: float = 0.03  # windows are this fraction longer than the server's…
     window_slack_seconds: float = 0.005  # …plus this, for the time a request takes to reach it
     lease_seconds: float = 180.0  # a crashed process's in-flight slot frees after this (real seconds)
-    poll_seconds: float = 0.01  # how often to look for a free in-flight slot held by another process
+    poll_seconds: float = 0.005  # how often to look again when a request in flight is what blocks
 
     def span(self, seconds: float) -> float:
         """A documented window length as this limiter measures it: scaled, plus the safety margin."""
@@ -77,12 +77,16 @@ class DatabaseRateLimiter:
         """Hold one in-flight slot and one place in each window for the duration of a request."""
         started = time.monotonic()
         with self._local_slots:
-            lease_id = self._admit(batch)
+            request_id = self._admit(batch)
             try:
                 yield time.monotonic() - started
             finally:
                 with self.engine.begin() as conn:
-                    conn.execute(sa.delete(qbo_rate_leases).where(qbo_rate_leases.c.id == lease_id))
+                    conn.execute(
+                        sa.update(qbo_rate_requests)
+                        .where(qbo_rate_requests.c.id == request_id)
+                        .values(sent_at=time.time(), in_flight_until=None)
+                    )
 
     def pause(self, seconds: float) -> None:
         """Hold every request for this realm, in every process, for ``seconds`` from now (never shortens a pause)."""
@@ -94,17 +98,17 @@ class DatabaseRateLimiter:
                 .values(paused_until=until)
             )
 
-    def _admit(self, batch: bool) -> str:
+    def _admit(self, batch: bool) -> int:
         while True:
             with self._admission, self.engine.begin() as conn:
                 wait = self._try_admit(conn, batch)
-            if isinstance(wait, str):
+            if isinstance(wait, int):
                 return wait
             time.sleep(wait)
 
-    def _try_admit(self, conn: Connection, batch: bool) -> str | float:
-        """Take a slot and return its lease id, or return how long to wait before trying again."""
-        limits, realm = self.limits, self.realm_id
+    def _try_admit(self, conn: Connection, batch: bool) -> int | float:
+        """Take a slot and return the request's row id, or return how long to wait (seconds) before trying again."""
+        limits, realm, r = self.limits, self.realm_id, qbo_rate_requests.c
         paused_until = conn.execute(
             sa.select(qbo_rate_realms.c.paused_until)
             .where(qbo_rate_realms.c.realm_id == realm)
@@ -112,47 +116,35 @@ class DatabaseRateLimiter:
         ).scalar_one()
         now = time.time()
         minute = limits.span(MINUTE)
+        finished = sa.or_(r.in_flight_until.is_(None), r.in_flight_until <= now)
         conn.execute(
-            sa.delete(qbo_rate_events).where(
-                qbo_rate_events.c.realm_id == realm, qbo_rate_events.c.sent_at <= now - minute
-            )
+            sa.delete(qbo_rate_requests).where(r.realm_id == realm, r.sent_at <= now - minute, finished)
         )
-        conn.execute(
-            sa.delete(qbo_rate_leases).where(
-                qbo_rate_leases.c.realm_id == realm, qbo_rate_leases.c.expires_at <= now
-            )
-        )
-        events = conn.execute(
-            sa.select(qbo_rate_events.c.sent_at, qbo_rate_events.c.is_batch)
-            .where(qbo_rate_events.c.realm_id == realm)
-            .order_by(qbo_rate_events.c.sent_at)
+        rows = conn.execute(
+            sa.select(r.sent_at, r.is_batch, r.in_flight_until).where(r.realm_id == realm)
         ).all()
-        in_flight = conn.execute(
-            sa.select(sa.func.count()).select_from(qbo_rate_leases).where(qbo_rate_leases.c.realm_id == realm)
-        ).scalar_one()
-
-        every = [row.sent_at for row in events]
+        flying = [row.in_flight_until is not None and row.in_flight_until > now for row in rows]
+        every = [_Sent(row.sent_at, fly) for row, fly in zip(rows, flying, strict=True)]
         waits = [
             paused_until - now,
-            _window_wait(every, now, minute, limits.per_minute),
-            _window_wait(every, now, limits.span(SECOND), limits.per_second),
+            _window_wait(every, now, minute, limits.per_minute, limits.poll_seconds),
+            _window_wait(every, now, limits.span(SECOND), limits.per_second, limits.poll_seconds),
         ]
         if batch:
-            batches = [row.sent_at for row in events if row.is_batch]
-            waits.append(_window_wait(batches, now, minute, limits.batch_per_minute))
-        if limits.concurrent and in_flight >= limits.concurrent:
+            batches = [sent for sent, row in zip(every, rows, strict=True) if row.is_batch]
+            waits.append(_window_wait(batches, now, minute, limits.batch_per_minute, limits.poll_seconds))
+        if limits.concurrent and sum(flying) >= limits.concurrent:
             waits.append(limits.poll_seconds)
         wait = max(waits)
         if wait > 0:
             return wait
-        lease_id = uuid.uuid4().hex
-        conn.execute(sa.insert(qbo_rate_events).values(realm_id=realm, is_batch=batch, sent_at=now))
-        conn.execute(
-            sa.insert(qbo_rate_leases).values(
-                id=lease_id, realm_id=realm, expires_at=now + limits.lease_seconds
+        inserted = conn.execute(
+            sa.insert(qbo_rate_requests).values(
+                realm_id=realm, is_batch=batch, sent_at=now, in_flight_until=now + limits.lease_seconds
             )
-        )
-        return lease_id
+        ).inserted_primary_key
+        assert inserted is not None
+        return int(inserted[0])
 
     def _ensure_realm_row(self) -> None:
         with self.engine.begin() as conn:
@@ -169,10 +161,22 @@ class DatabaseRateLimiter:
                     pass  # another process created it first
 
 
-def _window_wait(sent: list[float], now: float, span: float, limit: int) -> float:
-    """Seconds until a window of ``span`` holding the sorted send times ``sent`` has room for one more (0: now)."""
-    recent = [at for at in sent if at > now - span]
-    if limit <= 0 or len(recent) < limit:
+@dataclass(frozen=True)
+class _Sent:
+    at: float
+    in_flight: bool
+
+
+def _window_wait(sent: list[_Sent], now: float, span: float, limit: int, poll: float) -> float:
+    """Seconds until a window of ``span`` holding ``sent`` has room for one more (0: now).
+
+    Requests still in flight are in the window until their answer arrives: when one of them is what blocks, check
+    again after ``poll``.
+    """
+    if limit <= 0:
         return 0.0
-    # The oldest len - limit + 1 sends must leave the window.
-    return recent[len(recent) - limit] + span - now
+    recent = sorted((s for s in sent if s.in_flight or s.at > now - span), key=lambda s: (s.in_flight, s.at))
+    if len(recent) < limit:
+        return 0.0
+    blocking = recent[len(recent) - limit]  # the oldest len - limit + 1 requests must leave the window
+    return poll if blocking.in_flight else blocking.at + span - now

@@ -223,26 +223,20 @@ qbo_rate_realms = sa.Table(
     "qbo_rate_realms",
     metadata,
     sa.Column("realm_id", sa.String(32), primary_key=True),  # the row each admission locks
-    sa.Column("paused_until", sa.Float, nullable=False, server_default="0"),  # after a 429: nobody sends before
+    sa.Column(
+        "paused_until", sa.Float, nullable=False, server_default="0"
+    ),  # after a 429: nobody sends before
 )
 
-qbo_rate_events = sa.Table(
-    "qbo_rate_events",
+qbo_rate_requests = sa.Table(
+    "qbo_rate_requests",
     metadata,
     _pk(),
     sa.Column("realm_id", sa.String(32), nullable=False),
     sa.Column("is_batch", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Column("sent_at", sa.Float, nullable=False),
+    sa.Column("sent_at", sa.Float, nullable=False),  # when the answer arrived, once it has
+    sa.Column("in_flight_until", sa.Float),  # set while in flight; a crashed holder's slot frees at this time
     sa.Index(None, "realm_id", "sent_at"),
-)
-
-qbo_rate_leases = sa.Table(
-    "qbo_rate_leases",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("realm_id", sa.String(32), nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),  # a crashed holder frees its slot at expiry
-    sa.Index(None, "realm_id", "expires_at"),
 )
 
 qbo_sync_state = sa.Table(

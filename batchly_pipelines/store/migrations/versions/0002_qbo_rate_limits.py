@@ -1,4 +1,4 @@
-"""QuickBooks rate limits shared across processes: per-realm lock row, sliding-window events, in-flight leases.
+"""QuickBooks rate limits shared across processes: a per-realm lock row and the requests of the sliding windows.
 
 Revision ID: 0002
 Revises: 0001
@@ -24,34 +24,23 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("realm_id", name=op.f("pk_qbo_rate_realms")),
     )
     op.create_table(
-        "qbo_rate_events",
+        "qbo_rate_requests",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("realm_id", sa.String(length=32), nullable=False),
         sa.Column("is_batch", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("sent_at", sa.Float(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_qbo_rate_events")),
+        sa.Column("in_flight_until", sa.Float(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_qbo_rate_requests")),
     )
     op.create_index(
-        op.f("ix_qbo_rate_events_realm_id_sent_at"), "qbo_rate_events", ["realm_id", "sent_at"], unique=False
-    )
-    op.create_table(
-        "qbo_rate_leases",
-        sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("realm_id", sa.String(length=32), nullable=False),
-        sa.Column("expires_at", sa.Float(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_qbo_rate_leases")),
-    )
-    op.create_index(
-        op.f("ix_qbo_rate_leases_realm_id_expires_at"),
-        "qbo_rate_leases",
-        ["realm_id", "expires_at"],
+        op.f("ix_qbo_rate_requests_realm_id_sent_at"),
+        "qbo_rate_requests",
+        ["realm_id", "sent_at"],
         unique=False,
     )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_qbo_rate_leases_realm_id_expires_at"), table_name="qbo_rate_leases")
-    op.drop_table("qbo_rate_leases")
-    op.drop_index(op.f("ix_qbo_rate_events_realm_id_sent_at"), table_name="qbo_rate_events")
-    op.drop_table("qbo_rate_events")
+    op.drop_index(op.f("ix_qbo_rate_requests_realm_id_sent_at"), table_name="qbo_rate_requests")
+    op.drop_table("qbo_rate_requests")
     op.drop_table("qbo_rate_realms")
