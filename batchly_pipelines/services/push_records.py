@@ -197,9 +197,9 @@ class Checkpointer:
 
     @staticmethod
     def _update_row(conn: Connection, key: RecordKey, values: Mapping[str, Any]) -> None:
-        table = TABLES[key[0]]
-        values = {name: value for name, value in values.items() if name in table.c and value is not None}
+        values = {name: value for name, value in values.items() if value is not None}
         if values:
+            table = TABLES[key[0]]
             conn.execute(sa.update(table).where(table.c.id == key[1]).values(**values))
 
 

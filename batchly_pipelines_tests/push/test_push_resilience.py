@@ -1,0 +1,106 @@
+"""No duplicates: dropped connections after QuickBooks wrote, 503s, and a run killed between write and checkpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.services.push import PushStats
+from batchly_pipelines.services.push_records import Checkpointer, CheckpointResult, Outcome
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.demo import create_demo
+from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
+from batchly_pipelines_tests.push.conftest import Books
+
+IMPATIENT = RetryPolicy(base_delay=timedelta(0), max_delay=timedelta(0))
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, no cleanup catches it."""
+
+
+def _demo_into(engine: Engine, org: int, invoices: int) -> None:
+    """Demo data of another organisation, moved to ``org`` (the demo creates its own)."""
+    demo = create_demo(engine, customers=12, items=6, invoices=invoices, seed=7)
+    with engine.begin() as conn:
+        for table in (s.customers, s.items, s.sales_orders, s.invoices, s.sync_queue):
+            conn.execute(
+                sa.update(table)
+                .where(table.c.organization_id == demo.organization_id)
+                .values(organization_id=org)
+            )
+
+
+def _push_until_done(push: Callable[..., PushStats], engine: Engine, rounds: int = 10) -> list[PushStats]:
+    queue = SyncQueue(engine, IMPATIENT)
+    runs = []
+    for _ in range(rounds):
+        runs.append(push(queue=queue))
+        if not queue.due_by_organization():
+            return runs
+    raise AssertionError(f"still due after {rounds} pushes: {queue.depth()}")
+
+
+def _assert_exactly_once(engine: Engine, books: Books, invoices: int) -> None:
+    found = books.by_doc_number()
+    assert len(found) == invoices and all(len(copies) == 1 for copies in found.values())
+    assert len(books.objects("Customer")) == 12
+    with engine.connect() as conn:
+        unmapped = conn.execute(sa.select(sa.func.count()).where(s.invoices.c.qbo_id.is_(None))).scalar()
+        mapped = set(conn.execute(sa.select(s.invoices.c.qbo_id)).scalars())
+    assert unmapped == 0 and mapped == {copies[0]["Id"] for copies in found.values()}
+
+
+def test_dropped_connections_and_503s_never_duplicate(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books
+) -> None:
+    _demo_into(engine, org, 150)
+    books.faults(drop_after_write=0.25, error_503=0.15, seed=11)
+
+    runs = _push_until_done(push, engine)
+
+    books.faults()
+    _assert_exactly_once(engine, books, 150)
+    assert sum(run.api["retries"] for run in runs) > 0  # the faults did happen
+
+
+def test_run_killed_after_quickbooks_wrote_is_resumed_without_duplicates(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _demo_into(engine, org, 90)
+    write = Checkpointer.write
+    invoice_chunks = 0
+
+    def dies_on_the_second_invoice_chunk(
+        self: Checkpointer, outcomes: Sequence[Outcome], items: object
+    ) -> CheckpointResult:
+        nonlocal invoice_chunks
+        if any(o.entity_type == "invoice" for o in outcomes):
+            invoice_chunks += 1
+            if invoice_chunks == 2:
+                raise Killed
+        return write(self, outcomes, items)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Checkpointer, "write", dies_on_the_second_invoice_chunk)
+    with pytest.raises(Killed):
+        push(lease=timedelta(seconds=1), claim_size=1000)
+    monkeypatch.setattr(Checkpointer, "write", write)
+    with engine.connect() as conn:
+        recorded = conn.execute(
+            sa.select(sa.func.count()).where(s.invoices.c.qbo_id.is_not(None))
+        ).scalar_one()
+    lost = len(books.objects("Invoice")) - recorded
+    assert lost == 30  # QuickBooks holds the killed chunk; Batchly never recorded it
+    time.sleep(1.1)  # the dead run's lease expires
+
+    runs = _push_until_done(push, engine)
+
+    _assert_exactly_once(engine, books, 90)
+    assert (
+        sum(run.actions["invoice.link"] for run in runs) == lost
+    )  # found by the DocNumber guard, not re-created
