@@ -7,7 +7,6 @@ and the customer's ``Balance`` is the sum of its open invoice balances.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -17,7 +16,15 @@ from batchly_pipelines.sandbox import query as qlang
 from batchly_pipelines.sandbox.clock import Clock, metadata_time, pacific_date, parse_instant
 from batchly_pipelines.sandbox.entities import EntitySpec, spec_for
 from batchly_pipelines.sandbox.state import Event, Realm
-from batchly_pipelines.sandbox.wire import QboError, business, not_found, query_error, required, validation
+from batchly_pipelines.sandbox.wire import (
+    QboError,
+    business,
+    clone,
+    not_found,
+    query_error,
+    required,
+    validation,
+)
 
 CDC_LOOKBACK = timedelta(days=30)
 CDC_MAX_OBJECTS = 1000
@@ -108,7 +115,7 @@ class Books:
             obj = self.visible(spec.name, obj_id)
             if obj is None:
                 raise not_found(spec.name)
-            return spec.name, copy.deepcopy(obj)
+            return spec.name, clone(obj)
 
     def query(self, statement: str) -> dict[str, Any]:
         """Run a query statement; returns the ``QueryResponse`` object."""
@@ -128,7 +135,7 @@ class Books:
             if spec.kind == "name" and not any(c.path == ("active",) for c in parsed.conditions):
                 rows = [obj for obj in rows if obj.get("Active") is not False]
             page, total = qlang.run(parsed, rows)
-            page = copy.deepcopy(page)
+            page = clone(page)
         if parsed.count:
             return {"totalCount": total}
         if not page:
@@ -158,7 +165,7 @@ class Books:
                     for obj in store.values():
                         updated = parse_instant(obj["MetaData"]["LastUpdatedTime"])
                         if updated >= since:
-                            changed.append((updated, int(obj["Id"]), spec.name, copy.deepcopy(obj)))
+                            changed.append((updated, int(obj["Id"]), spec.name, clone(obj)))
         changed.sort(key=lambda row: (row[0], row[1]))
         grouped: dict[str, list[dict[str, Any]]] = {}
         for _, _, name, obj in changed[:CDC_MAX_OBJECTS]:
@@ -198,7 +205,7 @@ class Books:
             self._store(spec, obj, "Create")
             if links:
                 self._apply(obj["Id"], links)
-            return spec.name, copy.deepcopy(obj)
+            return spec.name, clone(obj)
 
     def update(self, entity: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Full update (omitted writable fields are cleared) or sparse update (``"sparse": true``)."""
@@ -229,7 +236,7 @@ class Books:
             if old_links or links:
                 self._unapply(obj["Id"], old_links)
                 self._apply(obj["Id"], links)
-            return spec.name, copy.deepcopy(obj)
+            return spec.name, clone(obj)
 
     def delete(self, entity: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Delete a transaction; returns (entity name, ``{"status": "Deleted", "domain": "QBO", "Id": ...}``)."""
@@ -272,7 +279,7 @@ class Books:
             existing = self._existing(spec, payload)
             self._refuse_if_paid(existing)
             note = existing.get("PrivateNote")
-            obj = {**copy.deepcopy(existing), **self._bumped(existing), "TotalAmt": ZERO}
+            obj = {**clone(existing), **self._bumped(existing), "TotalAmt": ZERO}
             obj["PrivateNote"] = f"Voided - {note}" if note else "Voided"
             if spec.name == "Invoice":
                 for line in obj["Line"]:
@@ -285,7 +292,7 @@ class Books:
                 obj.update(Line=[], UnappliedAmt=ZERO)
                 self._unapply(existing["Id"], payment_links(existing))
             self._store(spec, obj, "Void")
-            return spec.name, copy.deepcopy(obj)
+            return spec.name, clone(obj)
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _bumped(self, existing: dict[str, Any]) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+    wbufsize = 1 << 16  # headers and body leave in one send (flushed by handle_one_request)
     server: _HTTPServer
 
     def do_GET(self) -> None:
@@ -120,7 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
-        self.send_header("intuit_tid", f"1-{secrets.token_hex(4)}-{secrets.token_hex(12)}")
+        tid = secrets.token_hex(16)
+        self.send_header("intuit_tid", f"1-{tid[:8]}-{tid[8:]}")
         for name, value in response.headers.items():
             self.send_header(name, value)
         self.end_headers()

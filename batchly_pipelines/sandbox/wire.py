@@ -22,6 +22,15 @@ def dumps(payload: Any) -> bytes:
     return json.dumps(payload, default=_encode_decimal, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def clone(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, scalars): much cheaper than ``copy.deepcopy``."""
+    if isinstance(value, dict):
+        return {key: clone(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [clone(item) for item in value]
+    return value
+
+
 def loads(raw: bytes | str) -> Any:
     """Parse JSON keeping every non-integer number as a Decimal."""
     return json.loads(raw, parse_float=Decimal)
