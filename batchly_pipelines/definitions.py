@@ -4,12 +4,22 @@ Each area module exposes its own ``defs`` without resources; they are merged her
 ``defs`` may be a ``Definitions`` object at this module's scope (Dagster refuses two).
 """
 
+import os
+
 from dagster import Definitions
 
+from batchly_pipelines import push_definitions
 from batchly_pipelines.assets import status
-from batchly_pipelines.resources import BatchlyDatabase
+from batchly_pipelines.resources import BatchlyDatabase, QuickBooksResource
 
 defs = Definitions.merge(
     status.defs,
-    Definitions(resources={"batchly_db": BatchlyDatabase()}),
+    push_definitions.defs,
+    Definitions(
+        resources={
+            "batchly_db": BatchlyDatabase(),
+            # QBO_TIME_SCALE: the local sandbox's --time-scale (benchmarks compress QuickBooks' minutes); 1 for Intuit
+            "quickbooks": QuickBooksResource(time_scale=float(os.environ.get("QBO_TIME_SCALE", "1"))),
+        }
+    ),
 )

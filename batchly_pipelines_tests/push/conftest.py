@@ -53,7 +53,7 @@ class Books:
     def by_doc_number(self) -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = {}
         for invoice in self.objects("Invoice"):
-            found.setdefault(invoice.get("DocNumber"), []).append(invoice)
+            found.setdefault(str(invoice.get("DocNumber")), []).append(invoice)
         return found
 
     def faults(self, **settings: Any) -> None:

@@ -185,14 +185,16 @@ def test_draft_invoices_wait_and_sales_orders_are_never_sent(
         item = f.item(conn, org)
         draft = f.invoice(conn, org, customer, item)
         conn.execute(sa.update(s.invoices).where(s.invoices.c.id == draft).values(status="draft"))
-        order = conn.execute(
+        key = conn.execute(
             sa.insert(s.sales_orders).values(
                 organization_id=org,
                 customer_id=customer,
                 order_number="SO-1",
                 delivery_date=date(2026, 11, 1),
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert key is not None
+        order = int(key[0])
         now = utcnow()
         conn.execute(  # nothing enqueues sales orders; a stray row must still never reach QuickBooks
             sa.insert(s.sync_queue).values(

@@ -22,7 +22,7 @@ def _customer_in_qbo(books: Books) -> dict:
     return customer
 
 
-def _pushed_customer(engine: Engine, org: int, push: Callable[..., PushStats], **values: object) -> int:
+def _pushed_customer(engine: Engine, org: int, push: Callable[..., PushStats], **values: str) -> int:
     with engine.begin() as conn:
         customer = f.customer(conn, org, email="zoe@example.com", phone="555-0100", **values)
     assert push().actions == {"customer.create": 1}
