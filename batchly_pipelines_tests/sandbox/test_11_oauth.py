@@ -158,3 +158,12 @@ def test_discovery_documents(oauth_sandbox: SandboxServer, path: str) -> None:
     assert document["token_endpoint"] == f"{oauth_sandbox.base_url}/oauth2/v1/tokens/bearer"
     assert document["authorization_endpoint"] == f"{oauth_sandbox.base_url}/connect/oauth2"
     assert document["revocation_endpoint"].endswith("/oauth2/v1/tokens/revoke")
+
+
+def test_token_lifetimes_follow_the_time_scale() -> None:
+    with SandboxServer(SandboxConfig(throttle=False, time_scale=60.0)) as sandbox:
+        realm, tokens = _code_flow(sandbox)
+        assert tokens["expires_in"] == 60 and tokens["x_refresh_token_expires_in"] == 100 * 86400 // 60
+        assert _company_info(sandbox, realm, tokens["access_token"]) == 200
+        admin(sandbox, "clock", {"advance_seconds": 61})
+        assert _company_info(sandbox, realm, tokens["access_token"]) == 401
