@@ -1,7 +1,8 @@
 """Reconciling mirrored QuickBooks customers and items into Batchly (DESIGN.md §1).
 
-Only mirror rows QuickBooks has something new for are examined: unlinked ones, ones whose SyncToken is newer than the
-link's, and deletions of records Batchly still has active. For each, in chunks of one transaction:
+Only mirror rows pulled since the last reconciliation are read (a cursor per organisation and entity), and of those
+only the ones with news are examined: unlinked ones, ones whose SyncToken is newer than the link's, and deletions of
+records Batchly still has active. For each, in chunks of one transaction:
 
 - linked: three-way merge against the base (``sync.merge``); what QuickBooks wins is written to Batchly, what Batchly
   wins stays for the push (the base keeps QuickBooks' value for those fields, so the push sees the difference);
@@ -18,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +27,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.conflicts import ConflictRecord, record_conflicts
+from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.db import sync_transaction
+from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, save_states, write_log
 from batchly_pipelines.sync.mapping import (
     CUSTOMER_MAPPING,
@@ -47,6 +51,9 @@ from batchly_pipelines.sync.merge import (
 
 m, st, sc = s.qbo_mirror.c, s.qbo_sync_state.c, s.sync_conflicts.c
 CHUNK = 1000
+CURSOR_OVERLAP = timedelta(
+    minutes=5
+)  # mirror writes that commit while a reconciliation runs are seen next time
 LINK_FIELD = (
     "link"  # the conflict "field" of a QuickBooks record waiting for a person to pick its Batchly twin
 )
@@ -149,66 +156,78 @@ def reconcile(
     run_id: str | None = None,
 ) -> ReconcileStats:
     """Bring Batchly in line with the mirrored QuickBooks records of ``kind`` that have news (see module doc)."""
-    started = time.monotonic()
+    started, started_at = time.monotonic(), utcnow()
     stats = ReconcileStats(kind.entity)
     policy = policy or kind.policy
+    cursor = f"reconciled.{kind.entity}"
     with engine.connect() as conn:
         unlinked = _unlinked_by_name(conn, kind, organization_id)
+        mark = get_cursor(conn, organization_id, cursor)
+    since = datetime.fromisoformat(mark) if mark else None
     after = ""
     while True:
         with engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(_outstanding(kind, organization_id, after)).mappings()]
-        if not rows:
-            break
-        with sync_transaction(engine) as conn:
-            chunk = _Chunk(kind, organization_id, run_id)
-            _plan(conn, chunk, rows, unlinked, policy, stats)
-            _apply(conn, chunk, stats)
-        stats.examined += len(rows)
-        after = rows[-1]["qbo_id"]
+            pulled = [dict(r) for r in conn.execute(_pulled(kind, organization_id, since, after)).mappings()]
+            if not pulled:
+                break
+            rows = _with_news(conn, kind, organization_id, pulled)
+        after = pulled[-1]["qbo_id"]
+        if rows:
+            with sync_transaction(engine) as conn:
+                chunk = _Chunk(kind, organization_id, run_id)
+                _plan(conn, chunk, rows, unlinked, policy, stats)
+                _apply(conn, chunk, stats)
+            stats.examined += len(rows)
+    with engine.begin() as conn:
+        set_cursor(conn, organization_id, cursor, (started_at - CURSOR_OVERLAP).isoformat())
     stats.duration_s = round(time.monotonic() - started, 3)
     return stats
 
 
-def _outstanding(kind: EntityKind, organization_id: int, after: str) -> sa.Select[Any]:
-    """Mirror rows with news for Batchly: unlinked, newer than the link, or deleted while still active."""
-    t = kind.table.c
-    newer = sa.cast(m.sync_token, sa.Integer) > sa.cast(st.sync_token, sa.Integer)
-    return (
-        sa.select(
-            m.qbo_id,
-            m.sync_token,
-            m.last_updated_time,
-            m.deleted,
-            m.data,
-            t.id.label("entity_id"),
-            t.is_active,
-            st.base,
-        )
-        .select_from(
-            s.qbo_mirror.outerjoin(
-                kind.table, sa.and_(t.organization_id == m.organization_id, t.qbo_id == m.qbo_id)
-            ).outerjoin(
-                s.qbo_sync_state,
-                sa.and_(
-                    st.organization_id == m.organization_id,
-                    st.entity_type == kind.entity,
-                    st.entity_id == t.id,
-                ),
-            )
-        )
-        .where(
-            m.organization_id == organization_id,
-            m.entity_type == kind.qbo_entity,
-            m.qbo_id > after,
-            sa.or_(
-                sa.and_(m.deleted.is_(False), sa.or_(t.id.is_(None), st.id.is_(None), newer)),
-                sa.and_(m.deleted.is_(True), t.is_active.is_(True)),
-            ),
-        )
-        .order_by(m.qbo_id)
-        .limit(CHUNK)
+def _pulled(kind: EntityKind, organization_id: int, since: datetime | None, after: str) -> sa.Select[Any]:
+    """The next chunk of mirror rows pulled since the last reconciliation (all of them the first time)."""
+    query = sa.select(m.qbo_id, m.sync_token, m.last_updated_time, m.deleted, m.data).where(
+        m.organization_id == organization_id, m.entity_type == kind.qbo_entity, m.qbo_id > after
     )
+    if since is not None:
+        query = query.where(m.pulled_at >= since)
+    return query.order_by(m.qbo_id).limit(CHUNK)
+
+
+def _with_news(
+    conn: Connection, kind: EntityKind, organization_id: int, pulled: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The pulled rows with news for Batchly — unlinked, newer than the link, or deleted while still active — each
+    with its Batchly twin's id and the link's base."""
+    t = kind.table.c
+    ids = [row["qbo_id"] for row in pulled]
+    twins = {
+        qbo_id: (entity_id, active)
+        for qbo_id, entity_id, active in conn.execute(
+            sa.select(t.qbo_id, t.id, t.is_active).where(
+                t.organization_id == organization_id, t.qbo_id.in_(ids)
+            )
+        ).all()
+    }
+    links = {
+        qbo_id: (token, base)
+        for qbo_id, token, base in conn.execute(
+            sa.select(st.qbo_id, st.sync_token, st.base).where(
+                st.organization_id == organization_id, st.entity_type == kind.entity, st.qbo_id.in_(ids)
+            )
+        ).all()
+    }
+    rows = []
+    for row in pulled:
+        entity_id, active = twins.get(row["qbo_id"], (None, False))
+        token, base = links.get(row["qbo_id"], (None, None))
+        if row["deleted"]:
+            news = bool(active)
+        else:
+            news = entity_id is None or token is None or int(row["sync_token"]) > int(token)
+        if news:
+            rows.append({**row, "entity_id": entity_id, "base": base})
+    return rows
 
 
 def _unlinked_by_name(

@@ -39,11 +39,14 @@ class Company:
     qbo: Qbo
     client: QuickBooksClient
 
+    @staticmethod
+    def window() -> Window:
+        """One window over the whole history."""
+        return Window(EPOCH, utcnow() + timedelta(days=1))
+
     def pull(self, **kwargs: Any) -> OrganizationPull:
-        """Pull everything QuickBooks has (one window over the whole history) and reconcile it."""
-        return pull_organization(
-            self.engine, self.client, self.org, Window(EPOCH, utcnow() + timedelta(days=1)), **kwargs
-        )
+        """Pull everything QuickBooks has and reconcile it."""
+        return pull_organization(self.engine, self.client, self.org, self.window(), **kwargs)
 
     def act(self, action: str, **payload: Any) -> dict[str, Any]:
         """Act as the accountant in QuickBooks' UI."""
