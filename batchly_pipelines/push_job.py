@@ -30,6 +30,7 @@ from batchly_pipelines.store.schema import QUEUE_STATES
 
 PROGRESS_ASSET = AssetKey("sync_status")
 PROGRESS_EVERY_SECONDS = 2.0
+LINGER_SECONDS = 15.0
 
 
 class PushConfig(Config):
@@ -43,9 +44,16 @@ class PushConfig(Config):
         description="Push only these invoices (and the customers and items they need); empty = all due records.",
     )
     claim_size: int = Field(default=CLAIM_SIZE, description="Queue rows claimed per round.")
+    linger_seconds: float = Field(
+        default=LINGER_SECONDS,
+        description="After the queue runs dry, keep watching it this long (real seconds) for records created meanwhile.",
+    )
     lease_seconds: float = Field(
         default=DEFAULT_LEASE.total_seconds(),
-        description="How long claimed rows stay leased; a crashed run's rows are picked up again after this.",
+        description=(
+            "How long claimed rows stay leased (a crashed run's rows are picked up again after this), in QuickBooks "
+            "time: compressed by the QuickBooks resource's time_scale like every other wait."
+        ),
     )
 
 
@@ -103,7 +111,8 @@ def push_records(
             progress=report,
             run_id=context.run_id,
             claim_size=config.claim_size,
-            lease=timedelta(seconds=config.lease_seconds),
+            linger_seconds=config.linger_seconds,
+            lease=timedelta(seconds=config.lease_seconds / quickbooks.time_scale),
         )
     report(Progress(stats.done, stats.total, stats.elapsed_seconds), final=True)
     summary = stats.as_dict()

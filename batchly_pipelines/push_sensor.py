@@ -27,7 +27,7 @@ from batchly_pipelines.store.schema import qbo_connections
 
 REALM_TAG = "batchly/realm"
 ORGANIZATION_TAG = "batchly/organization"
-INTERVAL_SECONDS = 10
+INTERVAL_SECONDS = 5
 ACTIVE_STATUSES = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,

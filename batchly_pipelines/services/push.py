@@ -41,6 +41,7 @@ from batchly_pipelines.sync.validation import NotPushableError, assert_pushable
 
 CLAIM_SIZE = 300  # queue rows per round: ten batch calls
 DEFAULT_LEASE = timedelta(minutes=5)
+LINGER_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -110,17 +111,19 @@ def push_organization(
     claim_size: int = CLAIM_SIZE,
     lease: timedelta = DEFAULT_LEASE,
     queue: SyncQueue | None = None,
+    linger_seconds: float = 0.0,
 ) -> PushStats:
     """Push everything due for ``organization_id`` (or only ``invoice_ids`` and what they depend on).
 
-    Runs until no due row is left. Raises :class:`AuthError` when the realm's connection must be re-authorised
+    Runs until no due row is left, then keeps watching the queue for ``linger_seconds`` (a warm run picks up records
+    created meanwhile within a second instead of waiting for the next sensor tick and a new run). Raises :class:`AuthError` when the realm's connection must be re-authorised
     (after checkpointing what was done); every other failure is per record.
     """
     push = _Push(
         engine, client, organization_id, worker, run_id, claim_size, lease, queue or SyncQueue(engine)
     )
     wanted = sorted(set(invoice_ids)) if invoice_ids is not None else None
-    return push.run(wanted, progress)
+    return push.run(wanted, progress, linger_seconds)
 
 
 class _Push:
@@ -153,13 +156,15 @@ class _Push:
         self._progress: ProgressCallback | None = None
         self._started = time.monotonic()
 
-    def run(self, invoice_ids: list[int] | None, progress: ProgressCallback | None) -> PushStats:
+    def run(
+        self, invoice_ids: list[int] | None, progress: ProgressCallback | None, linger_seconds: float
+    ) -> PushStats:
         self._progress = progress
         self._started = time.monotonic()
         if invoice_ids is not None:
             self.stats.total = len(invoice_ids)
         try:
-            while batch := self._claim(invoice_ids):
+            while batch := self._claim_or_linger(invoice_ids, linger_seconds):
                 if invoice_ids is None:
                     due = self.queue.due_by_organization().get(self.org, (0, 0))[0]
                     self.stats.total = max(self.stats.total, self.stats.done + len(batch) + due)
@@ -168,6 +173,14 @@ class _Push:
             self.stats.elapsed_seconds = time.monotonic() - self._started
             self.stats.api = self.client.stats.as_dict()
         return self.stats
+
+    def _claim_or_linger(self, invoice_ids: list[int] | None, linger_seconds: float) -> list[QueueItem]:
+        """The next batch; when none is due, keep looking (once a second) for up to ``linger_seconds`` — unless
+        only chosen invoices are pushed: they are all claimed at once."""
+        deadline = time.monotonic() + (linger_seconds if invoice_ids is None else 0.0)
+        while not (batch := self._claim(invoice_ids)) and time.monotonic() < deadline:
+            time.sleep(min(LINGER_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        return batch
 
     def _claim(self, invoice_ids: list[int] | None) -> list[QueueItem]:
         return self.queue.claim(
