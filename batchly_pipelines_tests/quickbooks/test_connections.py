@@ -25,9 +25,9 @@ from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, 
 from batchly_pipelines.quickbooks.errors import ReauthorizationRequired, ServerError
 from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines.settings import Settings
-from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import organizations, qbo_connections, utcnow
-from batchly_pipelines_tests.quickbooks.conftest import TIME_SCALE, admin, counter
+from batchly_pipelines_tests.quickbooks import workers
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, admin, counter
 
 CONFIG = ClientConfig(time_scale=TIME_SCALE)
 
@@ -149,20 +149,6 @@ def test_401_refreshes_once_and_retries(
     assert _row(engine, org).token_version == 2
 
 
-def _refresh_in_process(
-    database_url: str, settings: Settings, org: int, barrier: Any, results: Any
-) -> None:  # pragma: no cover - runs in a child process
-    engine = create_engine(database_url)
-    try:
-        barrier.wait(timeout=30)
-        with client_for_organization(engine, settings, org, config=CONFIG) as qbo:
-            results.put(("ok", qbo.count("Account"), qbo.stats.calls["token"]))
-    except Exception as exc:  # reported to the parent, which fails the test
-        results.put(("error", repr(exc), 0))
-    finally:
-        engine.dispose()
-
-
 def test_eight_processes_refresh_with_one_token_call(
     engine: Engine, settings: Settings, sandbox: SandboxServer, realm_id: str
 ) -> None:
@@ -171,15 +157,15 @@ def test_eight_processes_refresh_with_one_token_call(
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(8), context.Queue()
     url = engine.url.render_as_string(hide_password=False)
-    workers = [
-        context.Process(target=_refresh_in_process, args=(url, settings, org, barrier, results))
+    processes = [
+        context.Process(target=workers.refresh_and_count, args=(url, settings, org, barrier, results))
         for _ in range(8)
     ]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=30)
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
     assert [o[0] for o in outcomes] == ["ok"] * 8, outcomes
     assert sorted(o[2] for o in outcomes) == [0] * 7 + [1]  # exactly one process refreshed, seven adopted
     assert counter(sandbox.base_url, "global", "token_endpoint_calls") - before == 1

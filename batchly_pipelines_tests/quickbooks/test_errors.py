@@ -18,7 +18,7 @@ from batchly_pipelines.quickbooks.errors import (
     error_from_response,
 )
 from batchly_pipelines.sandbox.server import SandboxServer
-from batchly_pipelines_tests.quickbooks.conftest import TIME_SCALE, SandboxTokens, admin
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin
 
 
 class FixedToken:

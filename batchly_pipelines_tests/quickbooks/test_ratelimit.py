@@ -7,7 +7,6 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -15,9 +14,9 @@ from sqlalchemy.engine import Engine
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
 from batchly_pipelines.quickbooks.ratelimit import DatabaseRateLimiter, RateLimits
 from batchly_pipelines.sandbox.server import SandboxServer
-from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import qbo_rate_requests
-from batchly_pipelines_tests.quickbooks.conftest import TIME_SCALE, SandboxTokens, admin, counter
+from batchly_pipelines_tests.quickbooks import workers
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin, counter
 
 WINDOW = 60.0 / TIME_SCALE  # one documented minute
 
@@ -86,42 +85,23 @@ def test_a_pause_holds_every_limiter_of_the_realm(engine: Engine) -> None:
     assert 0.3 <= _timed_slots(second, 1)[0] < 1.0
 
 
-def _hammer(
-    database_url: str, base_url: str, realm_id: str, limits: RateLimits, requests: int, out: Any
-) -> None:
-    """Send ``requests`` queries through a client in a separate process."""  # pragma: no cover - child process
-    engine = create_engine(database_url)
-    limiter = DatabaseRateLimiter(engine, realm_id, limits)
-    config = ClientConfig(time_scale=TIME_SCALE, max_throttled=0)
-    try:
-        with QuickBooksClient(
-            realm_id, base_url, SandboxTokens(base_url, realm_id), limiter=limiter, config=config
-        ) as qbo:
-            list(qbo._pool.map(lambda _: qbo.count("Account"), range(requests)))
-            out.put(("ok", qbo.stats.throttled))
-    except Exception as exc:
-        out.put(("error", repr(exc)))
-    finally:
-        engine.dispose()
-
-
 def test_four_processes_share_one_realm_budget(sandbox: SandboxServer, realm_id: str, engine: Engine) -> None:
     limits = RateLimits(per_minute=60, time_scale=TIME_SCALE)
     admin(sandbox.base_url, f"realms/{realm_id}/settings", {"limits": {"per_minute": 60}})
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     url = engine.url.render_as_string(hide_password=False)
-    workers = [
-        context.Process(target=_hammer, args=(url, sandbox.base_url, realm_id, limits, 40, out))
+    processes = [
+        context.Process(target=workers.hammer, args=(url, sandbox.base_url, realm_id, limits, 40, out))
         for _ in range(4)
     ]
     started = time.monotonic()
-    for worker in workers:
-        worker.start()
-    outcomes = [out.get(timeout=120) for _ in workers]
+    for process in processes:
+        process.start()
+    outcomes = [out.get(timeout=120) for _ in processes]
     elapsed = time.monotonic() - started
-    for worker in workers:
-        worker.join(timeout=30)
+    for process in processes:
+        process.join(timeout=30)
     # 160 requests at 60 per window: every process got through without a single 429, which takes > 2 windows.
     assert outcomes == [("ok", 0)] * 4
     assert counter(sandbox.base_url, realm_id, "throttled") == 0

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
 from batchly_pipelines.sandbox.server import SandboxServer
-from batchly_pipelines_tests.quickbooks.conftest import TIME_SCALE, SandboxTokens, admin
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin
 
 
 def _seed(sandbox: SandboxServer, realm_id: str, **counts: int) -> dict[str, list[str]]:

@@ -14,7 +14,7 @@ from batchly_pipelines.quickbooks.errors import StaleObjectError
 from batchly_pipelines.quickbooks.ratelimit import DatabaseRateLimiter, RateLimits
 from batchly_pipelines.sandbox.server import SandboxServer
 from batchly_pipelines.sync.requestids import request_id
-from batchly_pipelines_tests.quickbooks.conftest import TIME_SCALE, SandboxTokens, admin, counter
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin, counter
 
 
 def _customer_and_item(client: QuickBooksClient) -> tuple[str, str]:
