@@ -8,13 +8,14 @@ import os
 
 from dagster import Definitions
 
-from batchly_pipelines import push_definitions
+from batchly_pipelines import pull_definitions, push_definitions
 from batchly_pipelines.assets import status
 from batchly_pipelines.resources import BatchlyDatabase, QuickBooksResource
 
 defs = Definitions.merge(
     status.defs,
     push_definitions.defs,
+    pull_definitions.defs,
     Definitions(
         resources={
             "batchly_db": BatchlyDatabase(),

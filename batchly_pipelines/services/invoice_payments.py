@@ -74,16 +74,12 @@ def reconcile_payments(
             rows = [dict(r) for r in conn.execute(_pending(organization_id, after)).mappings()]
             if not rows:
                 break
-            payments = _payments(
+            payments = mirrored_payments(
                 conn, organization_id, (pid for r in rows for pid in linked_ids(r["data"], "Payment"))
             )
             log: list[LogEntry] = []
             for row in rows:
-                facts = payment_facts_from_qbo(
-                    row["data"],
-                    [payments[pid] for pid in linked_ids(row["data"], "Payment") if pid in payments],
-                )
-                columns = payment_state(facts, today=today).as_columns()
+                columns = expected_columns(row["data"], payments, today)
                 changed = {key: value for key, value in columns.items() if row[key] != value}
                 conn.execute(
                     sa.update(s.invoices)
@@ -113,6 +109,14 @@ def reconcile_payments(
     return stats
 
 
+def expected_columns(
+    invoice: Mapping[str, Any], payments: Mapping[str, Mapping[str, Any]], today: date
+) -> dict[str, Any]:
+    """The payment columns a Batchly invoice should have for a QuickBooks invoice and the payments (by id) it lists."""
+    linked = [payments[pid] for pid in linked_ids(invoice, "Payment") if pid in payments]
+    return payment_state(payment_facts_from_qbo(invoice, linked), today=today).as_columns()
+
+
 def _pending(organization_id: int, after: int) -> sa.Select[Any]:
     """Linked invoices whose QuickBooks twin was pulled since their last payment sync."""
     return (
@@ -134,7 +138,10 @@ def _pending(organization_id: int, after: int) -> sa.Select[Any]:
     )
 
 
-def _payments(conn: Connection, organization_id: int, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+def mirrored_payments(
+    conn: Connection, organization_id: int, ids: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """Mirrored live payments by id."""
     wanted = sorted(set(ids))
     if not wanted:
         return {}

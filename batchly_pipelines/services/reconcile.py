@@ -154,8 +154,10 @@ def reconcile(
     *,
     policy: MergePolicy | None = None,
     run_id: str | None = None,
+    only: Sequence[str] | None = None,
 ) -> ReconcileStats:
-    """Bring Batchly in line with the mirrored QuickBooks records of ``kind`` that have news (see module doc)."""
+    """Bring Batchly in line with the mirrored QuickBooks records of ``kind`` that have news (see module doc);
+    ``only`` limits it to those QuickBooks ids, whenever they were pulled, and leaves the cursor alone."""
     started, started_at = time.monotonic(), utcnow()
     stats = ReconcileStats(kind.entity)
     policy = policy or kind.policy
@@ -163,11 +165,14 @@ def reconcile(
     with engine.connect() as conn:
         unlinked = _unlinked_by_name(conn, kind, organization_id)
         mark = get_cursor(conn, organization_id, cursor)
-    since = datetime.fromisoformat(mark) if mark else None
+    since = datetime.fromisoformat(mark) if mark and only is None else None
     after = ""
     while True:
         with engine.connect() as conn:
-            pulled = [dict(r) for r in conn.execute(_pulled(kind, organization_id, since, after)).mappings()]
+            query = _pulled(kind, organization_id, since, after)
+            if only is not None:
+                query = query.where(m.qbo_id.in_(list(only)))
+            pulled = [dict(r) for r in conn.execute(query).mappings()]
             if not pulled:
                 break
             rows = _with_news(conn, kind, organization_id, pulled)
@@ -178,8 +183,9 @@ def reconcile(
                 _plan(conn, chunk, rows, unlinked, policy, stats)
                 _apply(conn, chunk, stats)
             stats.examined += len(rows)
-    with engine.begin() as conn:
-        set_cursor(conn, organization_id, cursor, (started_at - CURSOR_OVERLAP).isoformat())
+    if only is None:
+        with engine.begin() as conn:
+            set_cursor(conn, organization_id, cursor, (started_at - CURSOR_OVERLAP).isoformat())
     stats.duration_s = round(time.monotonic() - started, 3)
     return stats
 

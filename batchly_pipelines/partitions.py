@@ -1,0 +1,118 @@
+"""Pull partitions: a dynamic ``company`` dimension (one key per connected organisation, its id) x a daily dimension,
+and the sensor that keeps the company keys in step with ``qbo_connections``.
+
+The daily dimension starts at ``BATCHLY_PULL_START_DATE`` (default 2024-01-01) and cuts days in
+``BATCHLY_PULL_TIMEZONE`` (default UTC), both read when the code location loads.
+"""
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DailyPartitionsDefinition,
+    DefaultSensorStatus,
+    DeleteDynamicPartitionsRequest,
+    DynamicPartitionsDefinition,
+    MultiPartitionKey,
+    MultiPartitionsDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from batchly_pipelines.resources import BatchlyDatabase
+from batchly_pipelines.services.mirror import Window
+from batchly_pipelines.store import schema as s
+
+COMPANY = "company"
+DAY = "day"
+
+company_partitions = DynamicPartitionsDefinition(name=COMPANY)
+daily_partitions = DailyPartitionsDefinition(
+    start_date=os.environ.get("BATCHLY_PULL_START_DATE", "2024-01-01"),
+    timezone=os.environ.get("BATCHLY_PULL_TIMEZONE", "UTC"),
+)
+pull_partitions = MultiPartitionsDefinition({COMPANY: company_partitions, DAY: daily_partitions})
+
+
+def company_key(organization_id: int) -> str:
+    """The ``company`` partition key of an organisation."""
+    return str(organization_id)
+
+
+def pull_key(organization_id: int, day: str) -> MultiPartitionKey:
+    """The pull partition of one organisation and one day (``YYYY-MM-DD``)."""
+    return MultiPartitionKey({COMPANY: company_key(organization_id), DAY: day})
+
+
+def windows_by_organization(partition_keys: Iterable[str]) -> dict[int, Window]:
+    """One window per organisation covering all its days among ``partition_keys`` (a backfill range pulls once)."""
+    days: dict[int, list[str]] = defaultdict(list)
+    for key in partition_keys:
+        dimensions = pull_partitions.get_partition_key_from_str(key).keys_by_dimension
+        days[int(dimensions[COMPANY])].append(dimensions[DAY])
+    windows = {}
+    for organization_id, keys in days.items():
+        first = daily_partitions.time_window_for_partition_key(min(keys))
+        last = daily_partitions.time_window_for_partition_key(max(keys))
+        windows[organization_id] = Window(_utc(first.start), _utc(last.end))
+    return windows
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+def connected_organizations(database: BatchlyDatabase) -> list[int]:
+    """Organisations with a QuickBooks connection row (whatever its status), by id."""
+    c = s.qbo_connections.c
+    with database.engine.connect() as conn:
+        return list(
+            conn.execute(sa.select(c.organization_id).distinct().order_by(c.organization_id)).scalars()
+        )
+
+
+@sensor(
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Adds a company partition for every organisation connected to QuickBooks and removes the ones whose "
+    "connection is gone. No QuickBooks call; one query per tick.",
+)
+def company_partitions_sensor(
+    context: SensorEvaluationContext, batchly_db: BatchlyDatabase
+) -> SensorResult | SkipReason:
+    wanted = {company_key(org) for org in connected_organizations(batchly_db)}
+    known = set(context.instance.get_dynamic_partitions(COMPANY))
+    added, removed = sorted(wanted - known), sorted(known - wanted)
+    if not added and not removed:
+        return SkipReason(f"{len(known)} company partition(s), all in step with qbo_connections")
+    requests: list[AddDynamicPartitionsRequest | DeleteDynamicPartitionsRequest] = []
+    if added:
+        requests.append(company_partitions.build_add_request(added))
+    if removed:
+        requests.append(company_partitions.build_delete_request(removed))
+    context.log.info("company partitions: added %s, removed %s", added, removed)
+    return SensorResult(dynamic_partitions_requests=requests)
+
+
+def partition_tags(tags: Mapping[str, str]) -> list[int] | None:
+    """The organisations a run's tags name (single partition or a range within one company), or None."""
+    single = tags.get(f"dagster/partition/{COMPANY}")
+    if single is not None:
+        return [int(single)]
+    start, end = (
+        tags.get("dagster/asset_partition_range_start"),
+        tags.get("dagster/asset_partition_range_end"),
+    )
+    if start and end:
+        companies = {
+            pull_partitions.get_partition_key_from_str(key).keys_by_dimension[COMPANY] for key in (start, end)
+        }
+        if len(companies) == 1:
+            return [int(companies.pop())]
+    return None
