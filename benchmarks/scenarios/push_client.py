@@ -4,7 +4,7 @@ The sandbox runs as its own process (``qbo-sandbox serve --time-scale S --latenc
 client is built the way the pipeline builds it: ``client_for_organization`` over a Batchly database (a temporary SQLite
 file unless ``--database-url`` is given) holding the encrypted tokens and the shared rate-limit tables. It creates
 ``--entities`` invoices in one ``write_batch`` call and the figures compare the rate with the documented ceiling of
-40 batch calls × 30 items = 1,200 entity writes per (scaled) minute. Afterwards the invoices are counted through the
+40 batch calls x 30 items = 1,200 entity writes per (scaled) minute. Afterwards the invoices are counted through the
 API: anything beyond the number sent is a duplicate.
 """
 
@@ -34,7 +34,7 @@ from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import organizations
 from batchly_pipelines.sync.requestids import request_id
 
-CEILING_PER_MINUTE = 1200  # 40 batch calls/min × 30 items, per realm
+CEILING_PER_MINUTE = 1200  # 40 batch calls/min x 30 items, per realm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
