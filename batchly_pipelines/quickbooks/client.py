@@ -85,7 +85,11 @@ class ClientConfig:
 
 @dataclass
 class ClientStats:
-    """What a client did: calls by kind, 429s, seconds waited on limits and after 429s, retries. Thread-safe."""
+    """What a client did: calls by kind, 429s, seconds waited after 429s and for rate-limit slots, retries.
+
+    ``limit_wait_seconds`` adds up the waits of requests running at once, so it can exceed the wall-clock time.
+    Thread-safe.
+    """
 
     calls: Counter[str] = field(default_factory=Counter)
     throttled: int = 0
@@ -104,11 +108,6 @@ class ClientStats:
         """Count one HTTP call of a kind (query, read, cdc, batch, write, token)."""
         with self._lock:
             self.calls[kind] += 1
-
-    @property
-    def waited_seconds(self) -> float:
-        """All time spent waiting on limits: before sending and after 429s."""
-        return self.limit_wait_seconds + self.throttle_wait_seconds
 
     def as_dict(self) -> dict[str, Any]:
         """Plain numbers for logs and Dagster metadata."""
@@ -137,12 +136,13 @@ class QueryPage:
 
 @dataclass(frozen=True)
 class ChangedObjects:
-    """Objects changed in a window, newest version of each, ordered by LastUpdatedTime then Id."""
+    """Objects changed in a window, newest version of each, ordered by LastUpdatedTime then Id.
+
+    ``high_water_mark`` is where the next window starts: the server's time minus the safety lag, at most ``end``.
+    """
 
     objects: list[dict[str, Any]]
-    high_water_mark: (
-        datetime  # where the next window starts: server time minus the safety lag, at most ``end``
-    )
+    high_water_mark: datetime
     calls: int
 
 
@@ -357,10 +357,12 @@ class QuickBooksClient:
     def write_batch(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         """Apply writes through ``/batch`` (≤ 30 per call, concurrently), one result per op in the same order.
 
-        Each batch call's ``requestid`` derives from its ops' ids, so a retried call is replayed, not re-executed.
-        Invoice voids ride in batches; other voids go as single calls with their own ``requestid``. A stale SyncToken
-        (5010) is answered with the re-read object on ``result.current``. Auth failures raise; every other fault is
-        a failed result.
+        Each batch call's ``requestid`` derives from its ops' ids, so a retried call is replayed, not re-executed;
+        ops are chunked in the order given, so a caller that sends a failed group again in the same order gets the
+        same ids (otherwise the invoice DocNumber guard has to catch a lost-but-applied create). Creates, sparse
+        updates and invoice voids ride in batches; other voids go as single calls with their own ``requestid``. A
+        stale SyncToken (5010) is answered with the re-read object on ``result.current``. Auth failures raise; every
+        other fault is a failed result.
         """
         keys = [op.key for op in ops]
         if len(set(keys)) != len(keys):
@@ -419,15 +421,10 @@ class QuickBooksClient:
         return [results.get(op.key, WriteResult(op.key, False, error=missing)) for op in chunk]
 
     def _write_single(self, op: WriteOp) -> list[WriteResult]:
-        params = {"requestid": op.request_id}
-        if op.operation == "void":
-            params.update(
-                {"operation": "update", "include": "void"}
-                if op.entity == "Payment"
-                else {"operation": "void"}
-            )
-        elif op.operation == "update":
-            params["operation"] = "update"
+        """A void the batch endpoint does not carry (a payment's is ``operation=update&include=void``)."""
+        params = {"requestid": op.request_id, "operation": "void"}
+        if op.entity == "Payment":
+            params.update(operation="update", include="void")
         try:
             reply = self._call(
                 "write", "POST", op.entity.lower(), params=params, data=_dumps(_write_body(op))
@@ -501,9 +498,9 @@ class QuickBooksClient:
                 throttled += 1
                 if throttled > self.config.max_throttled:
                     raise
-                wait = error.retry_after or self.config.scaled(
-                    min(self.config.throttle_wait_seconds, 2.0**throttled)
-                )
+                wait = error.retry_after
+                if wait is None:  # Intuit sends no hint: back off from 2 s up to a whole window (scaled)
+                    wait = self.config.scaled(min(self.config.throttle_wait_seconds, 2.0**throttled))
                 if self.limiter is not None:
                     self.limiter.pause(wait)
                 self.stats.add(throttled=1, throttle_wait_seconds=wait)
@@ -555,9 +552,7 @@ class QuickBooksClient:
                 raise ServerError(
                     "QuickBooks answered 200 with a body that is not JSON", intuit_tid=tid
                 ) from None
-        raise error_from_response(
-            response.status_code, response.content, response.headers, _retry_after(response.headers)
-        )
+        raise error_from_response(response.status_code, response.content, response.headers)
 
 
 def _pooled_session(size: int) -> requests.Session:
@@ -566,14 +561,6 @@ def _pooled_session(size: int) -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
-
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _server_time(payload: dict[str, Any]) -> datetime | None:

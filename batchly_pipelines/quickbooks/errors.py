@@ -66,10 +66,7 @@ class ThrottledError(QboError):
     """429 / 3001: a per-realm limit was reached. ``retry_after`` is the server's hint in seconds, if any."""
 
     retryable = True
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        self.retry_after = retry_after
-        super().__init__(message, **kwargs)
+    retry_after: float | None = None
 
 
 class ValidationError(QboError):
@@ -145,10 +142,11 @@ def error_from_fault(
     )
 
 
-def error_from_response(
-    status: int, body: bytes, headers: Mapping[str, str], retry_after: float | None = None
-) -> QboError:
-    """A typed error for a non-2xx answer: JSON fault (either envelope), XML fault, OAuth error or anything else."""
+def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> QboError:
+    """A typed error for a non-2xx answer: JSON fault (either envelope), XML fault, or anything else (HTML 503 …).
+
+    A throttled answer keeps the ``Retry-After`` header's seconds, if the server sent one.
+    """
     intuit_tid = headers.get("intuit_tid")
     text = body.decode("utf-8", "replace").strip()
     error: QboError
@@ -166,8 +164,15 @@ def error_from_response(
                 f"HTTP {status}", detail=" ".join(snippet.split())[:300], intuit_tid=intuit_tid, status=status
             )
     if isinstance(error, ThrottledError):
-        error.retry_after = retry_after
+        error.retry_after = _seconds(headers.get("Retry-After"))
     return error
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _xml_error(text: str, status: int, intuit_tid: str | None) -> QboError:

@@ -160,3 +160,10 @@ def test_validation_faults_are_not_retried(client: QuickBooksClient) -> None:
     with pytest.raises(ValidationError):
         client.query("SELECT * FROM Nonsense")
     assert client.stats.retries == 0 and client.stats.calls["query"] == 1
+
+
+def test_retry_after_is_kept_when_sent() -> None:
+    body = b'<IntuitResponse><Fault type="SERVICE"><Error code="3001"><Message>m</Message></Error></Fault></IntuitResponse>'
+    hinted = error_from_response(429, body, {"Retry-After": "7", "intuit_tid": "1-a"})
+    assert isinstance(hinted, ThrottledError) and hinted.retry_after == 7.0
+    assert error_from_response(429, body, {}).retry_after is None  # type: ignore[attr-defined]
