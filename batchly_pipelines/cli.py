@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
+from batchly_pipelines.pull_cli import add_pull_commands
 from batchly_pipelines.quickbooks.callback import CallbackListener
 from batchly_pipelines.quickbooks.connections import AuthorizationCallback, connect_organization
 from batchly_pipelines.quickbooks.errors import QboError
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="the Dagster UI on this setup, with the local sandbox in local mode")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(handler=cmd_dev)
+
+    add_pull_commands(sub)
     return parser
 
 

@@ -2,7 +2,8 @@
 and the sensor that keeps the company keys in step with ``qbo_connections``.
 
 The daily dimension starts at ``BATCHLY_PULL_START_DATE`` (default 2024-01-01) and cuts days in
-``BATCHLY_PULL_TIMEZONE`` (default UTC), both read when the code location loads.
+``BATCHLY_PULL_TIMEZONE`` (default UTC), both read when the code location loads. Today is a partition too, so what
+changed so far today can be pulled on demand; the nightly schedules pull the last complete day.
 """
 
 import os
@@ -36,6 +37,7 @@ company_partitions = DynamicPartitionsDefinition(name=COMPANY)
 daily_partitions = DailyPartitionsDefinition(
     start_date=os.environ.get("BATCHLY_PULL_START_DATE", "2024-01-01"),
     timezone=os.environ.get("BATCHLY_PULL_TIMEZONE", "UTC"),
+    end_offset=1,  # today's partition exists too: an on-demand pull of what changed so far today
 )
 pull_partitions = MultiPartitionsDefinition({COMPANY: company_partitions, DAY: daily_partitions})
 
