@@ -41,6 +41,7 @@ MINOR_VERSION = "75"
 CDC_CAP = 1000
 SINGLE_REQUEST_ID_MAX = 50
 RESERVED_QUERY_KEYS = frozenset({"startPosition", "maxResults", "totalCount"})
+CHANGE_ORDER = "MetaData.LastUpdatedTime, Id"
 
 CallKind = Literal["query", "read", "cdc", "batch", "write"]
 Operation = Literal["create", "update", "void"]
@@ -258,33 +259,45 @@ class QuickBooksClient:
         return self.query(q.count(entity, where)).total_count or 0
 
     def changed_between(self, entity: str, start: datetime, end: datetime) -> ChangedObjects:
-        """Objects whose ``LastUpdatedTime`` is in ``[start, end)``, inactive ones included, de-duplicated.
+        """Objects whose ``LastUpdatedTime`` is in ``[start, end)`` (whole seconds), inactive ones included.
 
-        Rows can shift between pages while the window is read, so the window is counted afterwards and read again
-        while the count shows rows the pages missed. The high-water mark comes from the server's clock of the first
-        call, minus the safety lag, never from this machine's clock.
+        Pages are keyed on time, not position: each query starts at the newest time the previous page ended with, so
+        rows that change while the window is read (and move out of it) cannot shift unseen rows past the cursor.
+        Rows of a shared second are repeated across pages and de-duplicated by (Id, SyncToken); a full page inside a
+        single second is read on by position. The high-water mark comes from the server's clock of the first call,
+        minus the safety lag, never from this machine's clock.
         """
-        where = q.with_all_active_states(
-            entity,
-            [
-                q.condition("MetaData.LastUpdatedTime", ">=", start),
-                q.condition("MetaData.LastUpdatedTime", "<", end),
-            ],
-        )
+        start, end = _whole_second(start), _whole_second(end)
         latest: dict[str, dict[str, Any]] = {}
-        calls, server_time = 0, None
-        for _ in range(3):
-            for page in self._pages(entity, where, "MetaData.LastUpdatedTime, Id"):
-                calls += 1
-                server_time = server_time or page.server_time
-                for obj in page.rows:
-                    _keep_newest(latest, obj)
+        calls, server_time, cursor = 0, None, start
+        while cursor < end:
+            page = self.query(q.select(entity, _window(entity, cursor, end), CHANGE_ORDER, 1, q.MAX_RESULTS))
             calls += 1
-            if self.count(entity, where) <= len(latest):
+            server_time = server_time or page.server_time
+            for obj in page.rows:
+                _keep_newest(latest, obj)
+            if len(page.rows) < q.MAX_RESULTS:
                 break
+            newest = _last_updated(page.rows[-1])
+            if newest > cursor:
+                cursor = newest
+                continue
+            second_end = min(
+                cursor + timedelta(seconds=1), end
+            )  # a page-full of one second: read on by position
+            for more in self._pages(
+                entity, _window(entity, cursor, second_end), CHANGE_ORDER, q.MAX_RESULTS + 1
+            ):
+                calls += 1
+                for obj in more.rows:
+                    _keep_newest(latest, obj)
+            cursor = second_end
+        if server_time is None:
+            server_time = self.query(q.count(entity, _window(entity, start, end))).server_time
+            calls += 1
         if server_time is None:
             raise QboError("the query answer carried no server time", detail=entity)
-        mark = min(end, server_time - self.config.safety_lag).replace(microsecond=0)
+        mark = _whole_second(min(end, server_time - self.config.safety_lag))
         return ChangedObjects(sorted(latest.values(), key=_change_order), max(mark, start), calls)
 
     def cdc(self, entities: Sequence[str], changed_since: datetime) -> CdcResult:
@@ -332,7 +345,7 @@ class QuickBooksClient:
         known = [t for t in times if t is not None]
         if not known:
             raise QboError("the CDC answer carried no server time")
-        mark = (min(known) - self.config.safety_lag).replace(microsecond=0)
+        mark = _whole_second(min(known) - self.config.safety_lag)
         objects = {entity: sorted(rows.values(), key=_change_order) for entity, rows in latest.items()}
         return CdcResult(objects, max(mark, changed_since), calls)
 
@@ -448,8 +461,7 @@ class QuickBooksClient:
         return results
 
     # -- transport -------------------------------------------------------------------------------------------
-    def _pages(self, entity: str, where: Sequence[str], order_by: str) -> Iterator[QueryPage]:
-        start = 1
+    def _pages(self, entity: str, where: Sequence[str], order_by: str, start: int = 1) -> Iterator[QueryPage]:
         while True:
             page = self.query(q.select(entity, where, order_by, start, q.MAX_RESULTS))
             yield page
@@ -570,6 +582,19 @@ def _server_time(payload: dict[str, Any]) -> datetime | None:
     if isinstance(value, str):
         return datetime.fromisoformat(value).astimezone(UTC)
     return None
+
+
+def _window(entity: str, start: datetime, end: datetime) -> list[str]:
+    """``LastUpdatedTime`` in ``[start, end)``, inactive name-list records included."""
+    bounds = [
+        q.condition("MetaData.LastUpdatedTime", ">=", start),
+        q.condition("MetaData.LastUpdatedTime", "<", end),
+    ]
+    return q.with_all_active_states(entity, bounds)
+
+
+def _whole_second(instant: datetime) -> datetime:
+    return instant.replace(microsecond=0)
 
 
 def _last_updated(obj: dict[str, Any]) -> datetime:

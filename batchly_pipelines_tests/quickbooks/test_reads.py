@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from batchly_pipelines.quickbooks import query as q
-from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
+from batchly_pipelines.quickbooks.client import ClientConfig, QueryPage, QuickBooksClient, WriteOp
 from batchly_pipelines.sandbox.server import SandboxServer
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin
 
@@ -122,3 +124,35 @@ def test_query_pages_by_explicit_order(
     assert names == sorted(names, reverse=True)
     active = client.count("Customer", [q.condition("Active", "=", True)])
     assert active == 30
+
+
+class _EditsDuringTheScan(QuickBooksClient):
+    """Lets the accountant edit records right after the first page of a window was read (rows shift mid-scan)."""
+
+    def __init__(self, *args: Any, edit: Callable[[list[dict[str, Any]]], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.edit: Callable[[list[dict[str, Any]]], None] | None = edit
+
+    def query(self, statement: str) -> QueryPage:
+        page = super().query(statement)
+        if self.edit is not None and len(page.rows) == q.MAX_RESULTS:
+            edit, self.edit = self.edit, None
+            edit(page.rows)
+        return page
+
+
+def test_rows_edited_mid_scan_do_not_hide_unseen_rows(sandbox: SandboxServer, realm_id: str) -> None:
+    ids = _seed(sandbox, realm_id, customers=2500, days=5)["Customer"]
+
+    def deactivate_early_rows(first_page: list[dict[str, Any]]) -> None:
+        for obj in first_page[:60]:  # they move to "now", out of the window, shifting every later row forward
+            admin(sandbox.base_url, f"realms/{realm_id}/actions", {"action": "deactivate", "id": obj["Id"]})
+
+    tokens = SandboxTokens(sandbox.base_url, realm_id)
+    with _EditsDuringTheScan(realm_id, sandbox.base_url, tokens, edit=deactivate_early_rows) as qbo:
+        server_now = _server_now(qbo)
+        window = qbo.changed_between(
+            "Customer", server_now - timedelta(days=6), server_now - timedelta(minutes=1)
+        )
+    assert qbo.edit is None  # the edit happened
+    assert sorted(o["Id"] for o in window.objects) == sorted(ids)
