@@ -42,6 +42,7 @@ CDC_CAP = 1000
 SINGLE_REQUEST_ID_MAX = 50
 RESERVED_QUERY_KEYS = frozenset({"startPosition", "maxResults", "totalCount"})
 CHANGE_ORDER = "MetaData.LastUpdatedTime, Id"
+BATCH_VOIDABLE = frozenset({"Invoice"})  # other voids (a payment's is an update with include=void) go singly
 
 CallKind = Literal["query", "read", "cdc", "batch", "write"]
 Operation = Literal["create", "update", "void"]
@@ -616,7 +617,7 @@ def _keep_newest(latest: dict[str, dict[str, Any]], obj: dict[str, Any]) -> None
 
 
 def _batchable(op: WriteOp) -> bool:
-    return op.operation in ("create", "update") or (op.operation == "void" and op.entity == "Invoice")
+    return op.operation in ("create", "update") or (op.operation == "void" and op.entity in BATCH_VOIDABLE)
 
 
 def _write_body(op: WriteOp) -> dict[str, Any]:
