@@ -249,4 +249,6 @@ def window_since_cursor(engine: Engine, organization_id: int, since: datetime | 
         since = min((datetime.fromisoformat(mark) for mark in marks if mark), default=EPOCH)
         if any(mark is None for mark in marks):
             since = EPOCH
-    return Window(since, utcnow())
+    now = utcnow()
+    # QuickBooks compares whole seconds: end after the current one so that nothing changed so far is left out
+    return Window(since, now.replace(microsecond=0) + timedelta(seconds=1))

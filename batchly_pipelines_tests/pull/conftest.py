@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
 from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines.services.mirror import Window
 from batchly_pipelines.services.pull import EPOCH, OrganizationPull, pull_organization
@@ -76,6 +78,25 @@ def company(engine: Engine, sandbox: SandboxServer) -> Iterator[Company]:
     client = QuickBooksClient(qbo.realm_id, sandbox.base_url, SandboxTokens(sandbox.base_url, qbo.realm_id))
     with client:
         yield Company(engine, sandbox, org, qbo, client)
+
+
+@pytest.fixture
+def connected(company: Company, monkeypatch: pytest.MonkeyPatch) -> Company:
+    """The company's organisation connected to its realm through the token store, as ``batchly-sync connect`` does."""
+    key = Fernet.generate_key().decode()
+    url = company.engine.url.render_as_string(hide_password=False)
+    for name, value in {
+        "BATCHLY_DATABASE_URL": url,
+        "BATCHLY_SECRET_KEY": key,
+        "QBO_ENVIRONMENT": "local",
+        "QBO_BASE_URL": company.sandbox.base_url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    tokens = admin(company.sandbox, f"realms/{company.qbo.realm_id}/tokens")
+    ConnectionStore(company.engine, key).save(
+        company.org, company.qbo.realm_id, "local", company.sandbox.base_url, TokenSet.from_response(tokens)
+    )
+    return company
 
 
 def queue(engine: Engine) -> list[dict[str, Any]]:

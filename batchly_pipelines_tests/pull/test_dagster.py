@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from cryptography.fernet import Fernet
 from dagster import (
     AssetKey,
     DagsterInstance,
@@ -27,7 +26,6 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.definitions import defs
 from batchly_pipelines.partitions import COMPANY, company_partitions_sensor, pull_key
-from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
 from batchly_pipelines.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
@@ -42,25 +40,6 @@ SEED = {"customers": 30, "items": 6, "invoices": 25, "payments": 15, "days": 10,
 def instance() -> Iterator[DagsterInstance]:
     with instance_for_test() as dagster_instance:
         yield dagster_instance
-
-
-@pytest.fixture
-def connected(company: Company, monkeypatch: pytest.MonkeyPatch) -> Company:
-    """The company's organisation connected to its realm through the token store, as ``batchly-sync connect`` does."""
-    key = Fernet.generate_key().decode()
-    url = company.engine.url.render_as_string(hide_password=False)
-    for name, value in {
-        "BATCHLY_DATABASE_URL": url,
-        "BATCHLY_SECRET_KEY": key,
-        "QBO_ENVIRONMENT": "local",
-        "QBO_BASE_URL": company.sandbox.base_url,
-    }.items():
-        monkeypatch.setenv(name, value)
-    tokens = admin(company.sandbox, f"realms/{company.qbo.realm_id}/tokens")
-    ConnectionStore(company.engine, key).save(
-        company.org, company.qbo.realm_id, "local", company.sandbox.base_url, TokenSet.from_response(tokens)
-    )
-    return company
 
 
 def _resources(engine: Engine) -> dict[str, Any]:
