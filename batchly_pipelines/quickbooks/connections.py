@@ -38,11 +38,11 @@ from batchly_pipelines.store.schema import qbo_connections, utcnow
 INTUIT_AUTHORIZE_URL = "https://appcenter.intuit.com/connect/oauth2"
 INTUIT_TOKEN_URL = "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer"
 SCOPE = "com.intuit.quickbooks.accounting"
-TOKEN_TIMEOUT = (
-    5.0,
-    20.0,
-)  # the connection row stays locked while the token endpoint answers: keep this short
+# The connection row stays locked while the token endpoint answers (on SQLite: the whole database's writers), so
+# every attempt together stays under SQLite's 30 s busy timeout: 3 x (2 s connect + 6 s read) + at most 2 s backoff.
+TOKEN_TIMEOUT = (2.0, 6.0)
 TOKEN_ATTEMPTS = 3
+TOKEN_BACKOFF_MAX = 1.0
 REFRESH_AHEAD_SECONDS = 300.0  # refresh this long before the access token expires (scaled by the time scale)
 
 
@@ -114,7 +114,7 @@ class OAuthClient:
     def _token_call(self, form: dict[str, str]) -> TokenSet:
         retrying = Retrying(
             retry=retry_if_exception(lambda exc: isinstance(exc, ServerError)),
-            wait=wait_random_exponential(multiplier=0.2, max=2.0),
+            wait=wait_random_exponential(multiplier=0.2, max=TOKEN_BACKOFF_MAX),
             stop=stop_after_attempt(TOKEN_ATTEMPTS),
             reraise=True,
         )

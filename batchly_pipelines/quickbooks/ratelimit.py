@@ -13,7 +13,7 @@ other infrastructure:
   so a window measured from the answer can never end before the server's does, however late a process got to send.
 
 Windows are compressed by ``time_scale`` exactly like the sandbox's ``--time-scale``, and stretched by a small safety
-margin because the server starts its window a little after we start ours.
+margin in case the server's bookkeeping differs slightly from ours (Intuit does not document its algorithm).
 """
 
 from __future__ import annotations
@@ -43,17 +43,13 @@ class RateLimits:
     batch_per_minute: int = 40
     time_scale: float = 1.0
     window_margin: float = 0.03  # windows are this fraction longer than the server's…
-    window_slack_seconds: float = 0.005  # …plus this, for the time a request takes to reach it
+    window_slack_seconds: float = 0.005  # …plus this
     lease_seconds: float = 180.0  # a crashed process's in-flight slot frees after this (real seconds)
     poll_seconds: float = 0.005  # how often to look again when a request in flight is what blocks
 
     def span(self, seconds: float) -> float:
         """A documented window length as this limiter measures it: scaled, plus the safety margin."""
         return seconds / self.time_scale * (1 + self.window_margin) + self.window_slack_seconds
-
-    def scaled(self, seconds: float) -> float:
-        """A documented duration compressed by the time scale."""
-        return seconds / self.time_scale
 
 
 class DatabaseRateLimiter:
