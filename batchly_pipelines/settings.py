@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -46,10 +46,10 @@ class Settings:
     qbo_environment: QboEnvironment
     qbo_base_url: str
     qbo_client_id: str
-    qbo_client_secret: str
+    qbo_client_secret: str = field(repr=False)
     qbo_redirect_uri: str
-    secret_key: str
-    webhook_verifier_token: str | None
+    secret_key: str = field(repr=False)
+    webhook_verifier_token: str | None = field(repr=False)
 
     @property
     def is_local(self) -> bool:

@@ -72,3 +72,13 @@ def test_database_url_error_does_not_echo_credentials(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as error:
         Settings.from_env({"BATCHLY_DATABASE_URL": "oracle://scott:tiger@db/x"}, cwd=tmp_path)
     assert "tiger" not in str(error.value)
+
+
+def test_secrets_never_appear_in_the_repr(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"QBO_CLIENT_SECRET": "s3cr3t-client", "QBO_WEBHOOK_VERIFIER_TOKEN": "v3rifier"}, cwd=tmp_path
+    )
+    shown = repr(settings)
+    for secret in (settings.secret_key, "s3cr3t-client", "v3rifier"):
+        assert secret not in shown
+    assert "qbo_base_url" in shown
