@@ -7,7 +7,7 @@ and the customer's ``Balance`` is the sum of its open invoice balances.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -129,9 +129,14 @@ class Books:
             raise query_error(exc.detail) from exc
         with self.realm.lock:
             hidden = self.realm.hidden or set()
-            rows = [
-                obj for key, obj in self.realm.objects[spec.name].items() if (spec.name, key) not in hidden
-            ]
+            store = self.realm.objects[spec.name]
+            by_id = next((c for c in parsed.conditions if c.path == ("id",)), None)
+            if by_id is None:
+                keys: Iterable[str] = store.keys()
+            else:  # Id takes only = and IN: look the ids up instead of comparing every object with every id
+                keys = [key for key in dict.fromkeys(str(value) for value in by_id.values) if key in store]
+                parsed.conditions = [c for c in parsed.conditions if c is not by_id]
+            rows = [store[key] for key in keys if (spec.name, key) not in hidden]
             if spec.kind == "name" and not any(c.path == ("active",) for c in parsed.conditions):
                 rows = [obj for obj in rows if obj.get("Active") is not False]
             page, total = qlang.run(parsed, rows)
