@@ -11,6 +11,8 @@ the same window twice writes nothing. ``pulled_at`` therefore says when the mirr
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -78,6 +80,47 @@ def changed_pages(client: QuickBooksClient, entity: str, window: Window) -> Iter
             seen_at_cursor = set()
         cursor = newest
         seen_at_cursor |= {obj["Id"] for obj in page if qbo_last_updated(obj) == newest}
+
+
+def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+    """``pages``, with the next page fetched in a thread while the caller stores the current one (two pages in
+    memory at most). A fetch error is raised where the caller would have got that page; a caller that stops early
+    stops the thread."""
+    Item = tuple[list[dict[str, Any]] | None, BaseException | None]
+    ahead: queue.Queue[Item] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(item: Item) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                if not hand_over((page, None)):
+                    return
+            hand_over((None, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            hand_over((None, exc))
+
+    worker = threading.Thread(target=fetch, name="qbo-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            page, error = ahead.get()
+            if error is not None:
+                raise error
+            if page is None:
+                return
+            yield page
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _one_second(

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.services.invoice_payments import PaymentStats, linked_ids, reconcile_payments
-from batchly_pipelines.services.mirror import Window, changed_pages, pull_deletions, store_objects
+from batchly_pipelines.services.mirror import Window, changed_pages, prefetched, pull_deletions, store_objects
 from batchly_pipelines.services.reconcile import CUSTOMERS, ITEMS, ReconcileStats, reconcile
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
@@ -81,7 +81,7 @@ def _mirror_pages(
     stats: PullStats,
 ) -> Iterable[list[Mapping[str, Any]]]:
     """Stream the window of ``entity`` into the mirror; yields the objects of each page that were new or changed."""
-    for page in changed_pages(client, entity, window):
+    for page in prefetched(changed_pages(client, entity, window)):
         with engine.begin() as conn:
             changed = store_objects(conn, organization_id, entity, page)
         stats.count(entity, "pulled", len(page))

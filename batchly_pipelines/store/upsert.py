@@ -24,7 +24,8 @@ def bulk_upsert(
 ) -> int:
     """Insert ``rows``, updating ``update`` columns (default: all but the key) where ``key`` already exists.
 
-    Every row must have the same columns. Returns the number of rows written.
+    Every row must have the same columns. One compiled statement runs over chunks of rows, which SQLAlchemy's
+    "insertmanyvalues" sends as multi-row INSERTs. Returns the number of rows written.
     """
     iterator = iter(rows)
     first = next(iterator, None)
@@ -34,18 +35,21 @@ def bulk_upsert(
     update_columns = [c for c in (update if update is not None else columns) if c not in key]
     chunk_size = max(1, MAX_BOUND_VALUES // len(columns))
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    statement = insert(table)
+    if update_columns:
+        statement = statement.on_conflict_do_update(
+            index_elements=list(key), set_={c: statement.excluded[c] for c in update_columns}
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=list(key))
+    # RETURNING makes SQLAlchemy batch the rows into multi-row INSERTs on every driver (psycopg2 would otherwise
+    # send one statement per row)
+    batched = statement.returning(*(table.c[k] for k in key))
     written = 0
     pending: list[Mapping[str, Any]] = [first]
     while pending:
         pending.extend(islice(iterator, chunk_size - len(pending)))
-        statement = insert(table).values([dict(r) for r in pending])
-        if update_columns:
-            statement = statement.on_conflict_do_update(
-                index_elements=list(key), set_={c: statement.excluded[c] for c in update_columns}
-            )
-        else:
-            statement = statement.on_conflict_do_nothing(index_elements=list(key))
-        conn.execute(statement)
+        conn.execute(batched, [dict(r) for r in pending]).all()
         written += len(pending)
         pending = list(islice(iterator, chunk_size))
     return written

@@ -1,0 +1,126 @@
+"""Shared set-up of the pull benchmarks: a fresh Batchly database, an organisation connected to a fresh sandbox realm,
+and a peak-memory sampler."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from sqlalchemy.engine import Engine, make_url
+
+from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
+from batchly_pipelines.settings import LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET, LOCAL_REDIRECT_URI, Settings
+from batchly_pipelines.store import migrate
+from batchly_pipelines.store.db import create_engine
+from batchly_pipelines.store.schema import organizations
+from benchmarks.scenarios.push_client import _admin, _sandbox
+
+POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def fresh_database(url: str) -> Iterator[Engine]:
+    """A migrated, empty Batchly database: a new database on the PostgreSQL server of ``url`` (dropped afterwards),
+    or a temporary SQLite file when ``url`` is ``sqlite``."""
+    if url == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            engine = create_engine(f"sqlite:///{Path(folder) / 'batchly.sqlite'}")
+            migrate.upgrade(engine)
+            yield engine
+            engine.dispose()
+        return
+    server = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    name = f"batchly_bench_{uuid.uuid4().hex[:10]}"
+    with server.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine = create_engine(make_url(url).set(database=name).render_as_string(hide_password=False))
+    try:
+        migrate.upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with server.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Connected:
+    """An organisation connected to a seeded realm, and a client built the way the pipeline builds it."""
+
+    engine: Engine
+    base_url: str
+    realm_id: str
+    organization_id: int
+    client: QuickBooksClient
+
+    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Call the sandbox's admin API for this realm (``path`` relative to the realm)."""
+        return _admin(self.base_url, f"realms/{self.realm_id}/{path}", body)
+
+
+@contextmanager
+def connected_company(
+    database_url: str, seed: dict[str, int], *, latency_ms: float = 0.0, time_scale: float = 1.0
+) -> Iterator[Connected]:
+    """A sandbox process with a realm seeded by ``seed``, and a fresh database whose organisation is connected."""
+    with _sandbox(time_scale, latency_ms) as base_url, fresh_database(database_url) as engine:
+        realm_id = str(_admin(base_url, "realms")["realm_id"])
+        _admin(base_url, f"realms/{realm_id}/seed", seed)
+        settings = Settings(
+            database_url=engine.url.render_as_string(hide_password=False),
+            data_dir=Path(tempfile.gettempdir()),
+            qbo_environment="local",
+            qbo_base_url=base_url,
+            qbo_client_id=LOCAL_CLIENT_ID,
+            qbo_client_secret=LOCAL_CLIENT_SECRET,
+            qbo_redirect_uri=LOCAL_REDIRECT_URI,
+            secret_key=Fernet.generate_key().decode(),
+            webhook_verifier_token=None,
+        )
+        with engine.begin() as conn:
+            key = conn.execute(
+                sa.insert(organizations).values(name="Bench Co", timezone="UTC")
+            ).inserted_primary_key
+        assert key is not None
+        tokens = TokenSet.from_response(_admin(base_url, f"realms/{realm_id}/tokens"))
+        ConnectionStore(engine, settings.secret_key).save(int(key[0]), realm_id, "local", base_url, tokens)
+        with client_for_organization(engine, settings, int(key[0])) as client:
+            yield Connected(engine, base_url, realm_id, int(key[0]), client)
+
+
+class PeakMemory:
+    """Samples this process's resident memory every few milliseconds while in use; ``peak_mb`` is the highest."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.process = psutil.Process()
+        self.baseline_mb = self._rss_mb()
+        self.peak_mb = self.baseline_mb
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss_mb(self) -> float:
+        return float(self.process.memory_info().rss) / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._rss_mb())
