@@ -62,6 +62,7 @@ class Connected:
     realm_id: str
     organization_id: int
     client: QuickBooksClient
+    seeded: dict[str, list[str]]  # ids created per QuickBooks entity
 
     def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """Call the sandbox's admin API for this realm (``path`` relative to the realm)."""
@@ -75,7 +76,7 @@ def connected_company(
     """A sandbox process with a realm seeded by ``seed``, and a fresh database whose organisation is connected."""
     with _sandbox(time_scale, latency_ms) as base_url, fresh_database(database_url) as engine:
         realm_id = str(_admin(base_url, "realms")["realm_id"])
-        _admin(base_url, f"realms/{realm_id}/seed", seed)
+        seeded = _admin(base_url, f"realms/{realm_id}/seed", seed)["created"]
         settings = Settings(
             database_url=engine.url.render_as_string(hide_password=False),
             data_dir=Path(tempfile.gettempdir()),
@@ -95,7 +96,7 @@ def connected_company(
         tokens = TokenSet.from_response(_admin(base_url, f"realms/{realm_id}/tokens"))
         ConnectionStore(engine, settings.secret_key).save(int(key[0]), realm_id, "local", base_url, tokens)
         with client_for_organization(engine, settings, int(key[0])) as client:
-            yield Connected(engine, base_url, realm_id, int(key[0]), client)
+            yield Connected(engine, base_url, realm_id, int(key[0]), client, seeded)
 
 
 class PeakMemory:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines.services.mirror import Window
 from batchly_pipelines.services.pull import EPOCH, OrganizationPull, pull_organization
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests import factories
 from batchly_pipelines_tests.quickbooks.conftest import SandboxTokens
@@ -97,6 +99,29 @@ def connected(company: Company, monkeypatch: pytest.MonkeyPatch) -> Company:
         company.org, company.qbo.realm_id, "local", company.sandbox.base_url, TokenSet.from_response(tokens)
     )
     return company
+
+
+def link_invoices_as_pushed(
+    engine: Engine, organization_id: int, invoices: Iterable[Mapping[str, Any]]
+) -> None:
+    """Batchly twins of QuickBooks invoices, linked as the push leaves them (sync writes: nothing is queued)."""
+    with engine.connect() as conn:
+        customer_ids = dict(conn.execute(sa.select(s.customers.c.qbo_id, s.customers.c.id)).all())
+    rows = [
+        {
+            "organization_id": organization_id,
+            "customer_id": customer_ids[invoice["CustomerRef"]["value"]],
+            "doc_number": invoice["DocNumber"],
+            "txn_date": date.fromisoformat(invoice["TxnDate"]),
+            "due_date": date.fromisoformat(invoice["DueDate"]) if invoice.get("DueDate") else None,
+            "total_amount": Decimal(str(invoice["TotalAmt"])),
+            "qbo_id": invoice["Id"],
+            "sync_status": "synced",
+        }
+        for invoice in invoices
+    ]
+    with sync_transaction(engine) as conn:
+        conn.execute(sa.insert(s.invoices), rows)
 
 
 def queue(engine: Engine) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ record — QuickBooks read over HTTP, Batchly read from its tables."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -13,11 +12,10 @@ import sqlalchemy as sa
 
 from batchly_pipelines.services.pull import pull_organization
 from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.sync.mapping import CUSTOMER_MAPPING, ITEM_MAPPING
 from batchly_pipelines.sync.payments import payment_facts_from_qbo, payment_state, today_in
-from batchly_pipelines_tests.pull.conftest import Company, queue
+from batchly_pipelines_tests.pull.conftest import Company, link_invoices_as_pushed, queue
 from batchly_pipelines_tests.sandbox.client import admin
 
 PLAN = {"customers": 5000, "items": 500, "invoices": 3000, "payments": 2000, "days": 60, "seed": 5}
@@ -36,27 +34,6 @@ def _all(company: Company, entity: str) -> Iterator[dict[str, Any]]:
         start += 1000
 
 
-def _link_invoices_as_pushed(company: Company) -> None:
-    """Batchly invoices for every QuickBooks invoice, linked as the push leaves them (sync writes)."""
-    with company.engine.connect() as conn:
-        customer_ids = dict(conn.execute(sa.select(s.customers.c.qbo_id, s.customers.c.id)).all())
-    rows = [
-        {
-            "organization_id": company.org,
-            "customer_id": customer_ids[invoice["CustomerRef"]["value"]],
-            "doc_number": invoice["DocNumber"],
-            "txn_date": date.fromisoformat(invoice["TxnDate"]),
-            "due_date": date.fromisoformat(invoice["DueDate"]) if invoice.get("DueDate") else None,
-            "total_amount": Decimal(str(invoice["TotalAmt"])),
-            "qbo_id": invoice["Id"],
-            "sync_status": "synced",
-        }
-        for invoice in _all(company, "Invoice")
-    ]
-    with sync_transaction(company.engine) as conn:
-        conn.execute(sa.insert(s.invoices), rows)
-
-
 @pytest.mark.slow
 def test_batchly_equals_quickbooks_after_a_backfill_of_the_whole_history(company: Company) -> None:
     admin(company.sandbox, f"realms/{company.qbo.realm_id}/seed", PLAN)
@@ -64,7 +41,7 @@ def test_batchly_equals_quickbooks_after_a_backfill_of_the_whole_history(company
     first = pull_organization(company.engine, company.client, company.org, window)
     assert first.batchly_customers.created == PLAN["customers"]
     assert first.batchly_items.created == PLAN["items"]
-    _link_invoices_as_pushed(company)
+    link_invoices_as_pushed(company.engine, company.org, _all(company, "Invoice"))
     result = pull_organization(company.engine, company.client, company.org, window)
     assert result.batchly_invoices.examined == PLAN["invoices"]
 

@@ -30,7 +30,7 @@ from batchly_pipelines.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests.pull.conftest import Company, open_conflicts, queue
+from batchly_pipelines_tests.pull.conftest import Company, link_invoices_as_pushed, open_conflicts, queue
 from batchly_pipelines_tests.sandbox.client import admin
 
 SEED = {"customers": 30, "items": 6, "invoices": 25, "payments": 15, "days": 10, "seed": 3}
@@ -181,7 +181,8 @@ def test_one_partition_of_payments_and_items_with_their_checks(
         items = _run("pull_items", connected, instance, partition_key=partition)
     assert len(connected.rows(s.items)) == SEED["items"]
     assert all(e.passed for e in items.get_asset_check_evaluations())
-    _link_all_invoices(connected)
+    invoices = connected.qbo.query("SELECT * FROM Invoice MAXRESULTS 1000")["Invoice"]
+    link_invoices_as_pushed(connected.engine, connected.org, invoices)
     for partition in (yesterday, today):
         payments = _run("pull_payments", connected, instance, partition_key=partition)
     checks = {e.check_name: e for e in payments.get_asset_check_evaluations()}
@@ -202,25 +203,6 @@ def test_one_partition_of_payments_and_items_with_their_checks(
         and checks["invoice_totals_match"].metadata["failed"].value == 1
     )
     assert not checks["payment_status_consistent"].passed
-
-
-def _link_all_invoices(company: Company) -> None:
-    """Batchly twins of the QuickBooks invoices, as the push leaves them."""
-    invoices = company.qbo.query("SELECT * FROM Invoice MAXRESULTS 1000")["Invoice"]
-    with company.engine.connect() as conn:
-        customer_ids = dict(conn.execute(sa.select(s.customers.c.qbo_id, s.customers.c.id)).all())
-    with sync_transaction(company.engine) as conn:
-        for invoice in invoices:
-            conn.execute(
-                sa.insert(s.invoices).values(
-                    organization_id=company.org,
-                    customer_id=customer_ids[invoice["CustomerRef"]["value"]],
-                    doc_number=invoice["DocNumber"],
-                    txn_date=datetime.fromisoformat(invoice["TxnDate"]).date(),
-                    total_amount=Decimal(str(invoice["TotalAmt"])),
-                    qbo_id=invoice["Id"],
-                )
-            )
 
 
 def _conflict_on_notes(company: Company) -> dict[str, Any]:
