@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -39,11 +40,12 @@ def test_sync_status_reports_queue_depth_and_flags_the_dead_letter(engine: Engin
     assert not check.passed and check.metadata["dead"].value == 1
 
 
-def test_dagster_cli_validates_the_workspace() -> None:
+def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=root,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},  # `make test` exports a home that may not exist yet
         capture_output=True,
         text=True,
         timeout=120,
