@@ -41,30 +41,18 @@ from batchly_pipelines.sync.mapping import CUSTOMER_FIELDS
 
 QBO_GROUP, MIRROR_GROUP, BATCHLY_GROUP = "quickbooks", "quickbooks_mirror", "batchly"
 
-quickbooks_customers = AssetSpec(
-    AssetKey(["quickbooks", "Customer"]),
-    group_name=QBO_GROUP,
-    kinds={"quickbooks"},
-    description="Customers in each organisation's QuickBooks Online company (outside Dagster).",
-)
-quickbooks_items = AssetSpec(
-    AssetKey(["quickbooks", "Item"]),
-    group_name=QBO_GROUP,
-    kinds={"quickbooks"},
-    description="Items (products and services) in QuickBooks Online.",
-)
-quickbooks_invoices = AssetSpec(
-    AssetKey(["quickbooks", "Invoice"]),
-    group_name=QBO_GROUP,
-    kinds={"quickbooks"},
-    description="Invoices in QuickBooks Online (Balance, LinkedTxn).",
-)
-quickbooks_payments = AssetSpec(
-    AssetKey(["quickbooks", "Payment"]),
-    group_name=QBO_GROUP,
-    kinds={"quickbooks"},
-    description="Payments in QuickBooks Online.",
-)
+
+def _quickbooks(entity: str, description: str) -> AssetSpec:
+    """An entity in each organisation's QuickBooks Online company: upstream of the mirrors, outside Dagster."""
+    return AssetSpec(
+        AssetKey(["quickbooks", entity]), group_name=QBO_GROUP, kinds={"quickbooks"}, description=description
+    )
+
+
+quickbooks_customers = _quickbooks("Customer", "Customers in QuickBooks Online.")
+quickbooks_items = _quickbooks("Item", "Items (products and services) in QuickBooks Online.")
+quickbooks_invoices = _quickbooks("Invoice", "Invoices in QuickBooks Online (TotalAmt, Balance, LinkedTxn).")
+quickbooks_payments = _quickbooks("Payment", "Payments in QuickBooks Online.")
 EXTERNAL_SPECS = [quickbooks_customers, quickbooks_items, quickbooks_invoices, quickbooks_payments]
 
 PullStep = Callable[[Engine, QuickBooksClient, int, Window], PullStats]

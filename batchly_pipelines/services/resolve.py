@@ -120,9 +120,7 @@ def _resolve_field(
             sa.update(t).where(t.c.id == entity_id).values({name: new_value, "updated_at": t.c.updated_at})
         )
         save_states(conn, [SyncState(**{**vars(state), "base": encode_snapshot(base)})])
-        if not mark_resolved(conn, conflict["id"], winner=winner, resolved_by=resolved_by, value=chosen):
-            raise RuntimeError(f"conflict {conflict['id']} was resolved meanwhile")
-        write_log(conn, [_log(conflict, kind, "resolve", f"{name} → {chosen!r} ({winner})", run_id)])
+        _record(conn, kind, conflict, winner, resolved_by, chosen, f"{name} → {chosen!r} ({winner})", run_id)
     return Resolved(conflict["id"], name, chosen, bool(result.to_batchly), bool(result.to_qbo))
 
 
@@ -161,24 +159,35 @@ def _resolve_link(
                 raise ValueError(
                     f"conflict {conflict['id']}: {kind.entity} {entity_id} is not an unlinked candidate"
                 )
-        if not mark_resolved(conn, conflict["id"], winner=winner, resolved_by=resolved_by, value=entity_id):
-            raise RuntimeError(f"conflict {conflict['id']} was resolved meanwhile")
-        write_log(conn, [_log(conflict, kind, "link", f"{kind.entity} {entity_id} ({winner})", run_id)])
+        _record(
+            conn, kind, conflict, winner, resolved_by, entity_id, f"linked to {entity_id} ({winner})", run_id
+        )
     reconcile(engine, kind, org, run_id=run_id, only=[qbo_id])  # first merge of the new link
     return Resolved(conflict["id"], LINK_FIELD, entity_id, winner == "quickbooks", False)
 
 
-def _log(
-    conflict: dict[str, Any], kind: EntityKind, action: str, message: str, run_id: str | None
-) -> LogEntry:
-    return LogEntry(
+def _record(
+    conn: Connection,
+    kind: EntityKind,
+    conflict: dict[str, Any],
+    winner: str,
+    resolved_by: str,
+    chosen: Any,
+    message: str,
+    run_id: str | None,
+) -> None:
+    """Mark the conflict resolved (who, when, what) and log it, in the transaction that applied it."""
+    if not mark_resolved(conn, conflict["id"], winner=winner, resolved_by=resolved_by, value=chosen):
+        raise RuntimeError(f"conflict {conflict['id']} was resolved meanwhile")
+    entry = LogEntry(
         conflict["organization_id"],
         "pull",
         kind.entity,
-        action,
+        "resolve",
         "ok",
         conflict["entity_id"],
         conflict["qbo_id"],
         message,
         run_id,
     )
+    write_log(conn, [entry])
