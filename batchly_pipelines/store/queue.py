@@ -72,11 +72,22 @@ class SyncQueue:
     ) -> list[QueueItem]:
         """Lease up to ``limit`` due rows (oldest first) to ``worker``, counting an attempt for each."""
         now = now or utcnow()
-        due = sa.or_(
-            sa.and_(q.status == "pending", q.next_attempt_at <= now),
-            sa.and_(q.status == "in_progress", q.lease_expires_at < now),
+        # a record is worked on by one worker at a time: a row waits while an older row of the same record is
+        # unfinished (held, or itself due first), so no claim hands out a record twice or to two workers
+        older = sync_queue.alias("older")
+        older_unfinished = sa.exists().where(
+            older.c.entity_type == q.entity_type,
+            older.c.entity_id == q.entity_id,
+            older.c.status.in_(("pending", "in_progress")),
+            older.c.id < q.id,
         )
-        query = sa.select(q.id).where(due).order_by(q.id).limit(limit).with_for_update(skip_locked=True)
+        query = (
+            sa.select(q.id)
+            .where(_due(now), ~older_unfinished)
+            .order_by(q.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
         if organization_id is not None:
             query = query.where(q.organization_id == organization_id)
         if entity_types is not None:
@@ -162,10 +173,8 @@ class SyncQueue:
                 )
             ).rowcount
             return "dead" if updated else "lost_lease"
-        if not conn.execute(sa.select(q.id).where(owned)).first():
-            return "lost_lease"
-        _requeue(conn, item.id, now + self.policy.delay(item.attempts), error, now)
-        return "pending"
+        requeued = _requeue(conn, owned, item.id, now + self.policy.delay(item.attempts), error, now)
+        return "pending" if requeued else "lost_lease"
 
     def retry_dead(
         self,
@@ -183,10 +192,12 @@ class SyncQueue:
             query = query.where(q.organization_id == organization_id)
         with self.engine.begin() as conn:
             dead = list(conn.execute(query).scalars())
-            for row_id in dead:
-                conn.execute(sa.update(sync_queue).where(q.id == row_id).values(attempts=0))
-                _requeue(conn, row_id, now, None, now)
-            return len(dead)
+            return sum(
+                _requeue(
+                    conn, (q.id == row_id) & (q.status == "dead"), row_id, now, None, now, fresh_start=True
+                )
+                for row_id in dead
+            )
 
     def depth(self, organization_id: int | None = None) -> dict[int, dict[str, int]]:
         """Row counts by state per organisation (every state present, zero when empty)."""
@@ -201,14 +212,9 @@ class SyncQueue:
 
     def due_by_organization(self, now: datetime | None = None) -> dict[int, tuple[int, int]]:
         """Per organisation with due work: (rows due, highest due row id). One indexed query, for the sensor."""
-        now = now or utcnow()
-        due = sa.or_(
-            sa.and_(q.status == "pending", q.next_attempt_at <= now),
-            sa.and_(q.status == "in_progress", q.lease_expires_at < now),
-        )
         query = (
             sa.select(q.organization_id, sa.func.count(), sa.func.max(q.id))
-            .where(due)
+            .where(_due(now or utcnow()))
             .group_by(q.organization_id)
         )
         with self.engine.connect() as conn:
@@ -227,57 +233,65 @@ class SyncQueue:
             return [dict(r) for r in conn.execute(query).mappings()]
 
 
-def _requeue(
-    conn: Connection, row_id: int, next_attempt_at: datetime, error: str | None, now: datetime
-) -> None:
-    """Make ``row_id`` pending again, folding it into a newer pending row of the same record if one exists.
+def _due(now: datetime) -> sa.ColumnElement[bool]:
+    """Rows a worker may take: pending and due, or held under an expired lease."""
+    return sa.or_(
+        sa.and_(q.status == "pending", q.next_attempt_at <= now),
+        sa.and_(q.status == "in_progress", q.lease_expires_at < now),
+    )
 
-    The partial unique index allows one pending row per record: when the app edited the record meanwhile, that
-    newer row carries on with this row's attempt count and error, and this row is closed.
+
+def _requeue(
+    conn: Connection,
+    guard: sa.ColumnElement[bool],
+    row_id: int,
+    next_attempt_at: datetime,
+    error: str | None,
+    now: datetime,
+    *,
+    fresh_start: bool = False,
+) -> bool:
+    """Make ``row_id`` pending again while ``guard`` still holds; False when it no longer does (lost lease).
+
+    The partial unique index allows one pending row per record. When the app edited the record meanwhile, the
+    update violates it; then this row folds into that newer pending row, which carries on with this row's
+    attempts and error, and this row is closed. The newer row cannot be claimed meanwhile: a row waits while an
+    older row of its record is unfinished (see :meth:`SyncQueue.claim`).
     """
-    row = conn.execute(sa.select(sync_queue).where(q.id == row_id)).mappings().one()
+    pending = {
+        "status": "pending",
+        "next_attempt_at": next_attempt_at,
+        "last_error": error,
+        "updated_at": now,
+    }
+    released = {"lease_owner": None, "lease_expires_at": None}
+    try:
+        with conn.begin_nested():
+            values = {**pending, **released, **({"attempts": 0} if fresh_start else {})}
+            return bool(conn.execute(sa.update(sync_queue).where(guard).values(**values)).rowcount)
+    except sa.exc.IntegrityError:
+        pass
+    row = conn.execute(sa.select(sync_queue).where(guard).with_for_update()).mappings().first()
+    if row is None:
+        return False
     newer = conn.execute(
-        sa.select(q.id, q.attempts).where(
-            q.entity_type == row["entity_type"],
-            q.entity_id == row["entity_id"],
-            q.status == "pending",
-            q.id != row_id,
-        )
-    ).first()
-    if newer is None:
-        conn.execute(
-            sa.update(sync_queue)
-            .where(q.id == row_id)
-            .values(
-                status="pending",
-                next_attempt_at=next_attempt_at,
-                last_error=error,
-                updated_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
-        return
+        sa.select(q.id, q.attempts)
+        .where(q.entity_type == row["entity_type"], q.entity_id == row["entity_id"], q.status == "pending")
+        .with_for_update()
+    ).one()
     conn.execute(
         sa.update(sync_queue)
         .where(q.id == newer.id)
         .values(
-            attempts=max(newer.attempts, row["attempts"]),
+            **pending,
+            attempts=newer.attempts if fresh_start else max(newer.attempts, row["attempts"]),
             change_count=q.change_count + row["change_count"],
-            last_error=error,
-            next_attempt_at=next_attempt_at,
-            updated_at=now,
         )
     )
+    superseded = f"superseded by queue row {newer.id}" + (f"; last error: {error}" if error else "")
     conn.execute(
         sa.update(sync_queue)
-        .where(q.id == row_id)
-        .values(
-            status="done",
-            completed_at=now,
-            updated_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            last_error=f"superseded by queue row {newer.id}" + (f"; last error: {error}" if error else ""),
-        )
+        .where(guard)
+        .values(status="done", completed_at=now, updated_at=now, last_error=superseded, **released)
     )
+    return True

@@ -279,6 +279,8 @@ sync_queue = sa.Table(
     # claim: pending work that is due, oldest first; the sensor's per-organisation depth
     sa.Index(None, "status", "next_attempt_at", "id"),
     sa.Index(None, "organization_id", "status"),
+    # a claim skips records that have an older unfinished row
+    sa.Index(None, "entity_type", "entity_id", "status"),
     # coalescing: at most one pending row per record, so ten edits become one push of the latest state
     sa.Index(
         "uq_sync_queue_pending_entity",

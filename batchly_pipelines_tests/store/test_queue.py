@@ -145,3 +145,50 @@ def test_concurrent_claims_never_hand_a_row_to_two_workers(engine: Engine) -> No
     assert sorted(every) == sorted(ids), "each row claimed exactly once"
     if engine.dialect.name == "postgresql":
         assert sum(1 for batch in claimed.values() if batch) > 1, "work was shared between workers"
+
+
+def test_a_stale_worker_cannot_requeue_a_row_another_worker_took_over(engine: Engine) -> None:
+    _customers(engine, 1)
+    queue = SyncQueue(engine)
+    [stale] = queue.claim("old-worker", limit=1, lease=LEASE)
+    [current] = queue.claim("new-worker", limit=1, lease=LEASE, now=utcnow() + LEASE * 2)
+    assert queue.fail(stale, "HTTP 503 seen by the old worker") == "lost_lease"
+    with engine.connect() as conn:
+        [row] = f.queue_rows(conn)
+    assert (row["status"], row["lease_owner"]) == ("in_progress", "new-worker")
+    with engine.begin() as conn:
+        assert SyncQueue.ack(conn, [current]) == 1
+
+
+def test_a_record_is_never_held_by_two_workers_nor_claimed_twice_at_once(engine: Engine) -> None:
+    _, [customer_id] = _customers(engine, 1)
+    queue = SyncQueue(engine)
+    [held] = queue.claim("worker-a", limit=10, lease=LEASE)
+
+    def edit(note: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.update(s.customers).where(s.customers.c.id == customer_id).values(notes=note))
+
+    edit("edited while worker-a pushes")
+    assert queue.claim("worker-b", limit=10, lease=LEASE) == [], "the newer edit waits for the held row"
+    # worker-a crashes; after its lease the oldest row is taken over, alone
+    [taken_over] = queue.claim("worker-b", limit=10, lease=LEASE, now=utcnow() + LEASE * 2)
+    assert taken_over.id == held.id
+    with engine.begin() as conn:
+        SyncQueue.ack(conn, [taken_over])
+    [latest] = queue.claim("worker-b", limit=10, lease=LEASE)
+    assert latest.entity_id == customer_id and latest.id != held.id and latest.operation == "update"
+
+
+def test_retrying_a_dead_row_folds_into_a_newer_pending_edit(engine: Engine) -> None:
+    _, [customer_id] = _customers(engine, 1)
+    queue = SyncQueue(engine)
+    [item] = queue.claim("w", limit=1, lease=LEASE)
+    queue.fail(item, "customers.display_name: contains ':'", retryable=False)
+    with engine.begin() as conn:
+        conn.execute(sa.update(s.customers).where(s.customers.c.id == customer_id).values(display_name="Fixed"))
+    assert queue.retry_dead() == 1
+    with engine.connect() as conn:
+        rows = f.queue_rows(conn)
+    assert [(r["status"], r["attempts"], r["change_count"]) for r in rows] == [("done", 1, 1), ("pending", 0, 2)]
+    assert queue.depth()[rows[0]["organization_id"]]["dead"] == 0
