@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -130,7 +130,7 @@ class NameListPusher:
                 base, record.fields, policy=kind.policy, pending=held.get(entity_id, ())
             )
             if changes:
-                update = self._update_op(entity_id, changes, state.qbo_id, state.sync_token)
+                update = self._update_op(entity_id, record.fields, changes, state.qbo_id, state.sync_token)
                 attempts.append(_Attempt(record, update, base))
             else:
                 outcomes.append(
@@ -167,10 +167,13 @@ class NameListPusher:
             record, WriteOp(record.entity_id, self.kind.qbo_entity, "create", body, request), None
         )
 
-    def _update_op(self, entity_id: int, changes: Mapping[str, Any], qbo_id: str, sync_token: str) -> WriteOp:
-        """A sparse update of ``changes`` at ``sync_token``."""
+    def _update_op(
+        self, entity_id: int, fields: Mapping[str, Any], changes: Iterable[str], qbo_id: str, sync_token: str
+    ) -> WriteOp:
+        """A sparse update of the ``changes`` columns at ``sync_token``; ``fields`` is the whole intended record
+        (a nested object such as BillAddr is sent whole)."""
         body = with_identity(
-            self.kind.mapping.to_qbo(changes, only=changes), qbo_id=qbo_id, sync_token=sync_token, sparse=True
+            self.kind.mapping.to_qbo(fields, only=changes), qbo_id=qbo_id, sync_token=sync_token, sparse=True
         )
         request = self._request_id("update", entity_id, f"{sync_token}:{_digest(body)}")
         return WriteOp(entity_id, self.kind.qbo_entity, "update", body, request)
@@ -239,8 +242,9 @@ class NameListPusher:
         action = "link" if base is None else "update"
         if not result.to_qbo:
             return self._pushed(merged, action, current, result.base)
+        intended = {**self.kind.mapping.from_qbo(current), **result.to_qbo}
         update = self._update_op(
-            merged.record.entity_id, result.to_qbo, str(current["Id"]), str(current["SyncToken"])
+            merged.record.entity_id, intended, result.to_qbo, str(current["Id"]), str(current["SyncToken"])
         )
         return replace(merged, op=update, base=result.base)
 

@@ -105,12 +105,25 @@ class EntityMapping:
         return {spec.column: spec.normalise(_get_path(obj, spec.path)) for spec in self.specs}
 
     def to_qbo(self, fields: Mapping[str, Any], *, only: Iterable[str] | None = None) -> dict[str, Any]:
-        """A full body from ``fields``, or a sparse one limited to the columns in ``only``."""
+        """A full body from ``fields``, or a sparse one limited to the columns in ``only``.
+
+        A sparse body that touches one member of a nested object (``BillAddr``) carries the whole object, taken
+        from ``fields``: QuickBooks replaces a nested object as a unit, so sending only the changed member would
+        clear the others. ``fields`` must then hold every member of that object.
+        """
         sparse = only is not None
         wanted = set(self.fields if only is None else only)
         unknown = wanted - set(self.fields)
         if unknown:
             raise ValueError(f"not synced {self.entity} fields: {sorted(unknown)}")
+        if sparse:
+            groups = {spec.path[0] for spec in self.specs if spec.column in wanted and len(spec.path) > 1}
+            wanted |= {spec.column for spec in self.specs if len(spec.path) > 1 and spec.path[0] in groups}
+            missing = wanted - set(fields)
+            if missing:
+                raise ValueError(
+                    f"a sparse {self.entity} update sends {sorted(groups)} whole: fields lacks {sorted(missing)}"
+                )
         body: dict[str, Any] = {}
         for spec in self.specs:
             if spec.column not in wanted:

@@ -44,6 +44,30 @@ def test_customer_update_sends_only_the_changed_fields(
     assert qbo["Notes"] == "VIP" and qbo["SyncToken"] == "1"
 
 
+def test_changing_one_address_line_keeps_the_rest_of_the_address(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, sent: list[WriteOp]
+) -> None:
+    address = {
+        "bill_line1": "1 King's Rd",
+        "bill_city": "Boise",
+        "bill_region": "ID",
+        "bill_postal_code": "83702",
+    }
+    customer = _pushed_customer(engine, org, push, **address)
+    update(engine, s.customers, customer, bill_city="Coeur d'Alene")
+
+    assert push().actions == {"customer.update": 1}
+
+    assert set(sent[-1].body) == {"Id", "SyncToken", "sparse", "BillAddr"}
+    bill = _customer_in_qbo(books)["BillAddr"]
+    assert (bill["Line1"], bill["City"], bill["CountrySubDivisionCode"], bill["PostalCode"]) == (
+        "1 King's Rd",
+        "Coeur d'Alene",
+        "ID",
+        "83702",
+    )
+
+
 def test_ten_edits_coalesce_into_one_push_of_the_latest_state(
     engine: Engine, org: int, push: Callable[..., PushStats], books: Books, sent: list[WriteOp]
 ) -> None:

@@ -82,12 +82,30 @@ def test_full_customer_body_omits_empty_fields() -> None:
     assert customer_to_qbo(row) == {"DisplayName": "Acme", "BillAddr": {"City": "Oslo"}, "Active": False}
 
 
-def test_sparse_customer_body_builds_only_the_requested_nested_fields() -> None:
-    row = dict.fromkeys(CUSTOMER_FIELDS) | {"display_name": "Acme", "email": "a@b.co", "bill_city": "Oslo"}
+def test_sparse_customer_body_sends_a_changed_nested_object_whole() -> None:
+    row = dict.fromkeys(CUSTOMER_FIELDS) | {
+        "display_name": "Acme",
+        "email": "a@b.co",
+        "bill_line1": "1 King's Rd",
+        "bill_city": "Oslo",
+        "bill_country": "NO",
+    }
+    # only the city changed, but QuickBooks replaces BillAddr as a unit: the other lines must travel with it
     assert customer_to_qbo(row, only=["email", "bill_city"]) == {
         "PrimaryEmailAddr": {"Address": "a@b.co"},
-        "BillAddr": {"City": "Oslo"},
+        "BillAddr": {
+            "Line1": "1 King's Rd",
+            "City": "Oslo",
+            "CountrySubDivisionCode": "",
+            "PostalCode": "",
+            "Country": "NO",
+        },
     }
+
+
+def test_sparse_nested_update_refuses_a_partial_record() -> None:
+    with pytest.raises(ValueError, match="BillAddr"):
+        customer_to_qbo({"bill_city": "Oslo"}, only=["bill_city"])
 
 
 def test_sparse_body_clears_an_emptied_text_field_explicitly() -> None:
