@@ -14,11 +14,14 @@ from batchly_pipelines.sync.mapping import CUSTOMER_MAPPING, ITEM_MAPPING, to_de
 
 PUSHABLE_ENTITIES = frozenset({"customer", "item", "invoice"})
 ITEM_TYPES = frozenset({"Service", "NonInventory", "Inventory"})
-DISPLAY_NAME_MAX = 500
-PHONE_MAX = 30
-NOTES_MAX = 2000
-ITEM_NAME_MAX = 100
-SKU_MAX = 100
+# QuickBooks' length limits per synced column (Intuit's entity reference); SQLite does not enforce VARCHAR sizes
+CUSTOMER_MAX_LENGTHS = {
+    "display_name": 500, "given_name": 100, "family_name": 100, "company_name": 100, "email": 100, "phone": 30,
+    "bill_line1": 500, "bill_city": 255, "bill_region": 255, "bill_postal_code": 30, "bill_country": 255,
+    "notes": 2000,
+}  # fmt: skip
+ITEM_MAX_LENGTHS = {"name": 100, "sku": 100, "description": 4000}
+LINE_DESCRIPTION_MAX = 4000
 DOC_NUMBER_MAX = 21
 _FORBIDDEN_IN_DISPLAY_NAME = re.compile(r"[:\t\r\n]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
@@ -78,9 +81,8 @@ def validate_customer(row: Mapping[str, Any]) -> list[ValidationIssue]:
             issues.add("display_name", "required (or a given or family name)")
     elif _FORBIDDEN_IN_DISPLAY_NAME.search(display_name):
         issues.add("display_name", "must not contain ':', a tab or a line break")
-    issues.max_length(fields, "display_name", DISPLAY_NAME_MAX)
-    issues.max_length(fields, "phone", PHONE_MAX)
-    issues.max_length(fields, "notes", NOTES_MAX)
+    for field, limit in CUSTOMER_MAX_LENGTHS.items():
+        issues.max_length(fields, field, limit)
     if fields["email"] is not None and not _EMAIL.match(fields["email"]):
         issues.add("email", f"not an e-mail address: {fields['email']!r}")
     return issues.found
@@ -92,13 +94,19 @@ def validate_item(row: Mapping[str, Any]) -> list[ValidationIssue]:
     issues = _Issues("item", row.get("id"))
     if fields["name"] is None:
         issues.add("name", "required")
-    issues.max_length(fields, "name", ITEM_NAME_MAX)
-    issues.max_length(fields, "sku", SKU_MAX)
+    for field, limit in ITEM_MAX_LENGTHS.items():
+        issues.max_length(fields, field, limit)
     if fields["unit_price"] is not None and fields["unit_price"] < 0:
         issues.add("unit_price", f"must not be negative ({fields['unit_price']})")
     if fields["item_type"] not in ITEM_TYPES:
         issues.add(
             "item_type", f"must be one of {', '.join(sorted(ITEM_TYPES))} (got {fields['item_type']!r})"
+        )
+    elif fields["item_type"] == "Inventory" and row.get("qbo_id") is None:
+        issues.add(
+            "item_type",
+            "Inventory items need stock accounts and quantities: create them in QuickBooks (the pull brings them "
+            "to Batchly)",
         )
     return issues.found
 
@@ -144,6 +152,11 @@ def _check_line(issues: _Issues, line: Mapping[str, Any], items: Mapping[Any, Ma
     prefix = f"lines[{line['line_no']}]"
     item_id = line.get("item_id")
     _check_reference(issues, f"{prefix}.item_id", item_id, items.get(item_id), validate_item)
+    description = line.get("description")
+    if description is not None and len(description) > LINE_DESCRIPTION_MAX:
+        issues.add(
+            f"{prefix}.description", f"longer than {LINE_DESCRIPTION_MAX} characters ({len(description)})"
+        )
     quantity, unit_price, amount = (_number(line.get(name)) for name in ("quantity", "unit_price", "amount"))
     if quantity is None or quantity <= 0:
         issues.add(f"{prefix}.quantity", f"must be greater than zero (got {quantity})")

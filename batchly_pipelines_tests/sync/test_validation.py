@@ -106,6 +106,10 @@ def test_valid_records_have_no_issues() -> None:
         ({"display_name": "x" * 501}, "display_name"),
         ({"phone": "1" * 31}, "phone"),
         ({"notes": "n" * 2001}, "notes"),
+        ({"company_name": "c" * 101}, "company_name"),
+        ({"given_name": "g" * 101}, "given_name"),
+        ({"bill_postal_code": "9" * 31}, "bill_postal_code"),
+        ({"bill_line1": "l" * 501}, "bill_line1"),
         ({"email": "not-an-email"}, "email"),
         ({"email": "a@b"}, "email"),
         ({"email": "a b@c.test"}, "email"),
@@ -132,10 +136,16 @@ def test_customer_name_parts_replace_a_display_name_and_limits_are_inclusive() -
         ({"unit_price": Decimal("-0.01")}, "unit_price"),
         ({"item_type": "Category"}, "item_type"),
         ({"item_type": None}, "item_type"),
+        ({"item_type": "Inventory", "qbo_id": None}, "item_type"),
+        ({"description": "d" * 4001}, "description"),
     ],
 )
 def test_item_rules(changes: dict[str, Any], field: str) -> None:
     assert fields_of(validate_item(ITEM | changes)) == {field}
+
+
+def test_inventory_items_already_in_quickbooks_are_fine_to_reference() -> None:
+    assert validate_item(ITEM | {"item_type": "Inventory", "qbo_id": "12", "description": "d" * 4000}) == []
 
 
 def test_item_without_price_is_fine() -> None:
@@ -163,6 +173,7 @@ def line(number: int, **changes: Any) -> list[dict[str, Any]]:
         (LINES, {"status": "void"}, {"status"}),
         (LINES, {"status": "paid"}, {"status"}),
         (LINES, {"doc_number": "D" * 22}, {"doc_number"}),
+        (line(1, description="d" * 4001), {}, {"lines[1].description"}),
     ],
 )  # fmt: skip
 def test_invoice_rules(
