@@ -4,6 +4,7 @@ The sandbox runs as its own process with Intuit's limits on and ``--latency-ms``
 ``--customers`` customers spread over the last year. The pull is the pipeline's own (``services.pull``): one window
 over the whole history streamed page by page into the mirror, then reconciled into Batchly (every customer created).
 ``peak_rss_mb`` is this process's highest resident memory while it runs — it must not grow with the row count.
+``quickbooks_seconds`` is the time spent waiting for query answers (the next page is fetched while one is stored).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from batchly_pipelines.quickbooks.client import QueryPage, QuickBooksClient
 from batchly_pipelines.services.mirror import Window
 from batchly_pipelines.services.pull import EPOCH, pull_customers, reconcile_customers
 from batchly_pipelines.store import schema as s
@@ -33,11 +35,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _time_queries(client: QuickBooksClient) -> list[float]:
+    """Make ``client.query`` add the seconds it waits for QuickBooks to the returned one-item list."""
+    spent = [0.0]
+    query = client.query
+
+    def timed(statement: str) -> QueryPage:
+        started = time.monotonic()
+        try:
+            return query(statement)
+        finally:
+            spent[0] += time.monotonic() - started
+
+    client.query = timed  # type: ignore[method-assign]
+    return spent
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure ``rows_per_s``, ``api_calls`` and ``peak_rss_mb`` of the initial import."""
     seed = {"customers": args.customers, "items": 0, "invoices": 0, "payments": 0, "days": 365, "seed": 7}
     with connected_company(args.database_url, seed, latency_ms=args.latency_ms) as company:
         window = Window(EPOCH, utcnow())
+        waiting = _time_queries(company.client)
         with PeakMemory() as memory:
             started = time.monotonic()
             pulled = pull_customers(company.engine, company.client, company.organization_id, window)
@@ -55,6 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "pull_seconds": round(mirrored - started, 1),
         "reconcile_seconds": round(seconds - (mirrored - started), 1),
+        "quickbooks_seconds": round(waiting[0], 1),
         "created": reconciled.created,
         "in_batchly": in_batchly,
         "latency_ms": args.latency_ms,
