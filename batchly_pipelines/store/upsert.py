@@ -24,8 +24,10 @@ def bulk_upsert(
 ) -> int:
     """Insert ``rows``, updating ``update`` columns (default: all but the key) where ``key`` already exists.
 
-    Every row must have the same columns. One compiled statement runs over chunks of rows, which SQLAlchemy's
-    "insertmanyvalues" sends as multi-row INSERTs. Returns the number of rows written.
+    Every row must have the same columns. Where rows share a key, the later one wins, on both backends
+    (PostgreSQL refuses to touch a row twice in one statement; SQLite would keep whichever came last). One compiled
+    statement runs over chunks of rows, which SQLAlchemy's "insertmanyvalues" sends as multi-row INSERTs. Returns
+    the number of rows written.
     """
     iterator = iter(rows)
     first = next(iterator, None)
@@ -49,7 +51,8 @@ def bulk_upsert(
     pending: list[Mapping[str, Any]] = [first]
     while pending:
         pending.extend(islice(iterator, chunk_size - len(pending)))
-        conn.execute(batched, [dict(r) for r in pending]).all()
-        written += len(pending)
+        latest = {tuple(row[k] for k in key): dict(row) for row in pending}
+        conn.execute(batched, list(latest.values())).all()
+        written += len(latest)
         pending = list(islice(iterator, chunk_size))
     return written

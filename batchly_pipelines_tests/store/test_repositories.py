@@ -110,3 +110,25 @@ def test_money_is_decimal_and_times_are_utc(engine: Engine) -> None:
 def test_naive_datetimes_are_refused(engine: Engine) -> None:
     with engine.begin() as conn, pytest.raises(sa.exc.StatementError, match="naive datetime"):
         conn.execute(sa.insert(s.organizations).values(name="x", created_at=datetime(2026, 1, 1)))
+
+
+def test_bulk_upsert_keeps_the_last_of_rows_sharing_a_key(engine: Engine) -> None:
+    with engine.begin() as conn:
+        org = f.organization(conn)
+    now = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
+    row = {
+        "organization_id": org,
+        "entity_type": "Customer",
+        "qbo_id": "7",
+        "last_updated_time": now,
+        "pulled_at": now,
+    }
+    versions = [{**row, "sync_token": token, "data": {"SyncToken": token}} for token in ("3", "4")]
+    with sync_transaction(engine) as conn:
+        assert (
+            bulk_upsert(conn, s.qbo_mirror, versions, key=("organization_id", "entity_type", "qbo_id")) == 1
+        )
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(s.qbo_mirror.c.sync_token, s.qbo_mirror.c.data)).all() == [
+            ("4", {"SyncToken": "4"})
+        ]
