@@ -15,6 +15,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.pull_cli import add_pull_commands
+from batchly_pipelines.push_cli import add_push_commands
 from batchly_pipelines.quickbooks.callback import CallbackListener
 from batchly_pipelines.quickbooks.connections import AuthorizationCallback, connect_organization
 from batchly_pipelines.quickbooks.errors import QboError
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(handler=cmd_dev)
 
     add_pull_commands(sub)
+    add_push_commands(sub)
     return parser
 
 

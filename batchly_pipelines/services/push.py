@@ -39,7 +39,9 @@ from batchly_pipelines.store.queue import QueueItem, SyncQueue
 from batchly_pipelines.sync.requestids import BATCH_MAX
 from batchly_pipelines.sync.validation import NotPushableError, assert_pushable
 
-CLAIM_SIZE = 300  # queue rows per round: ten batch calls
+CLAIM_SIZE = (
+    1200  # queue rows per round: a QuickBooks minute of batch calls, so rounds rarely idle the budget
+)
 DEFAULT_LEASE = timedelta(minutes=5)
 LINGER_POLL_SECONDS = 1.0
 

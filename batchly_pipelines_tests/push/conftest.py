@@ -87,6 +87,15 @@ def settings(sandbox: SandboxServer, engine: Engine, tmp_path: Path) -> Settings
 
 
 @pytest.fixture
+def environment(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a Dagster deployment reads from its environment."""
+    monkeypatch.setenv("QBO_ENVIRONMENT", "local")
+    monkeypatch.setenv("QBO_BASE_URL", settings.qbo_base_url)
+    monkeypatch.setenv("BATCHLY_SECRET_KEY", settings.secret_key)
+    monkeypatch.setenv("BATCHLY_DATABASE_URL", settings.database_url)
+
+
+@pytest.fixture
 def org(engine: Engine, settings: Settings, sandbox: SandboxServer) -> int:
     """An organisation connected to a fresh, empty realm."""
     with engine.begin() as conn:

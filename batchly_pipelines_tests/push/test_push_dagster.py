@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-import pytest
 from dagster import (
     DagsterInstance,
     DagsterRun,
@@ -22,7 +21,6 @@ from batchly_pipelines.definitions import defs
 from batchly_pipelines.push_job import push_to_quickbooks
 from batchly_pipelines.push_sensor import ORGANIZATION_TAG, REALM_TAG, sync_queue_sensor
 from batchly_pipelines.resources import BatchlyDatabase, QuickBooksResource
-from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.queue import SyncQueue
 from batchly_pipelines_tests import factories as f
 from batchly_pipelines_tests.push.conftest import TIME_SCALE, Books, queue_status
@@ -30,15 +28,6 @@ from batchly_pipelines_tests.push.conftest import TIME_SCALE, Books, queue_statu
 
 def _url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
-
-
-@pytest.fixture
-def environment(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a Dagster deployment reads from its environment."""
-    monkeypatch.setenv("QBO_ENVIRONMENT", "local")
-    monkeypatch.setenv("QBO_BASE_URL", settings.qbo_base_url)
-    monkeypatch.setenv("BATCHLY_SECRET_KEY", settings.secret_key)
-    monkeypatch.setenv("BATCHLY_DATABASE_URL", settings.database_url)
 
 
 def test_sync_now_pushes_only_the_chosen_invoices_and_reports_progress(
