@@ -89,7 +89,7 @@ class AdminApi:
             return json_response(200, global_handler(payload))
         except AdminError as exc:
             return json_response(exc.status, {"error": str(exc)})
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
             return json_response(400, {"error": f"{type(exc).__name__}: {exc}"})
         except QboError as exc:
             return json_response(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -18,8 +19,11 @@ from batchly_pipelines.sandbox.wire import (
     business,
     json_response,
     required,
+    system_fault,
     validation,
 )
+
+logger = logging.getLogger(__name__)
 
 MAX_BATCH_ITEMS = 30
 REQUESTID_LIMIT = 50
@@ -88,6 +92,7 @@ class DataApi:
                 if replay is None:
                     response = self._execute(request, realm, parts)
                     realm.remember_reply(requestid, response.status, response.body)
+                    self.state.dirty = True  # stored answers are persisted with the state
             if replay is not None:
                 self.state.counters.add(realm.realm_id, "replays")
                 response = Response(replay[0], replay[1])
@@ -112,9 +117,7 @@ class DataApi:
         books = Books(realm, self.clock, self.state.emit)
         resource = parts[0].lower()
         if resource == "query":
-            statement = (
-                request.query.get("query") if request.method == "GET" else request.body.decode("utf-8")
-            )
+            statement = request.query.get("query") if request.method == "GET" else request.text()
             if not statement:
                 raise required("query")
             return {"QueryResponse": books.query(statement)}
@@ -194,3 +197,6 @@ class DataApi:
             return {"bId": bid, name: obj}
         except QboError as error:
             return {"bId": bid, "Fault": error.fault()}
+        except Exception:  # one broken item must not lose the answers (and the requestid) of the others
+            logger.exception("sandbox error in batch item %r", bid)
+            return {"bId": bid, "Fault": system_fault().fault()}

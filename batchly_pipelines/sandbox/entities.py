@@ -12,9 +12,18 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from batchly_pipelines.sandbox.wire import QboError, business, not_found, required, too_long, validation
+from batchly_pipelines.sandbox.wire import (
+    QboError,
+    business,
+    not_found,
+    out_of_range,
+    required,
+    too_long,
+    validation,
+)
 
 CENT = Decimal("0.01")
+MAX_MAGNITUDE = Decimal("1e12")  # amounts, quantities and prices beyond ±1e12 are refused (2050)
 USD = {"value": "USD", "name": "United States Dollar"}
 SYSTEM_FIELDS = frozenset({"Id", "SyncToken", "MetaData", "domain", "sparse"})
 
@@ -72,7 +81,14 @@ def number(value: Any, element: str) -> Decimal:
         raise validation(
             "2010", "Request has invalid or unsupported property", f"{element} must be finite", element
         )
-    return result
+    return within_range(result, element)
+
+
+def within_range(value: Decimal, element: str) -> Decimal:
+    """``value`` unless its magnitude exceeds :data:`MAX_MAGNITUDE` (a 2050 fault)."""
+    if abs(value) > MAX_MAGNITUDE:
+        raise out_of_range(element, MAX_MAGNITUDE)
+    return value
 
 
 def _text(fields: dict[str, Any], key: str, limit: int) -> str | None:
@@ -141,7 +157,9 @@ def _sales_line(lookup: Lookup, line: Any, line_no: int) -> dict[str, Any]:
     detail["ItemRef"] = _required_reference(lookup, detail, "ItemRef", "Item", "Name")
     qty = number(detail["Qty"], "Qty") if detail.get("Qty") is not None else None
     price = number(detail["UnitPrice"], "UnitPrice") if detail.get("UnitPrice") is not None else None
-    computed = (qty * price).quantize(CENT, ROUND_HALF_UP) if qty is not None and price is not None else None
+    computed = None
+    if qty is not None and price is not None:
+        computed = within_range((qty * price).quantize(CENT, ROUND_HALF_UP), "Line.Amount")
     if line.get("Amount") is None:
         if computed is None:
             raise required("Line.Amount")
@@ -173,7 +191,7 @@ def sales_lines(lookup: Lookup, lines: Any) -> tuple[list[dict[str, Any]], Decim
     if not items:
         raise required("Line")
     normalised = [_sales_line(lookup, line, n) for n, line in enumerate(items, start=1)]
-    total = sum((line["Amount"] for line in normalised), Decimal("0.00"))
+    total = within_range(sum((line["Amount"] for line in normalised), Decimal("0.00")), "TotalAmt")
     normalised.append({"Amount": total, "DetailType": "SubTotalLineDetail", "SubTotalLineDetail": {}})
     return normalised, total
 

@@ -1,4 +1,5 @@
-"""Per-realm fault injection: 500/503 answers, slow answers, connections dropped after a write was applied."""
+"""Per-realm fault injection: 500/503 answers, slow answers, connections dropped after a write or a token refresh
+was applied."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from batchly_pipelines.sandbox.clock import Clock, envelope_time
 from batchly_pipelines.sandbox.state import FaultConfig, Realm
 from batchly_pipelines.sandbox.wire import QboError, Response, dumps
 
-PROBABILITIES = ("error_500", "error_503", "drop_after_write", "slow")
+PROBABILITIES = ("error_500", "error_503", "drop_after_write", "token_drop_after_refresh", "slow")
 
 
 def configure(realm: Realm, payload: dict[str, Any]) -> FaultConfig:

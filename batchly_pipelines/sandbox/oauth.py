@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from batchly_pipelines.sandbox import faults
 from batchly_pipelines.sandbox.clock import Clock, envelope_time
 from batchly_pipelines.sandbox.state import Realm, SandboxState, TokenRecord
 from batchly_pipelines.sandbox.wire import Request, Response, json_response, loads
@@ -132,6 +133,11 @@ class OAuthServer:
             record.successor = response
         self.state.counters.add("global", "token_refreshes")
         self.state.counters.add(record.realm_id, "token_refreshes")
+        realm = self.state.realm(record.realm_id)
+        if realm is not None and faults.roll(realm, "token_drop_after_refresh"):
+            # the grant was applied (new tokens issued, the old refresh token used up); the answer is lost
+            self.state.counters.add(record.realm_id, "dropped_connections")
+            return Response(0, drop=True)
         return json_response(200, response, _NO_STORE)
 
     def issue(self, realm_id: str, grant_id: str | None = None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from batchly_pipelines.sandbox.seed import (
 from batchly_pipelines.sandbox.state import SandboxState
 from batchly_pipelines.sandbox.throttle import Throttle
 from batchly_pipelines.sandbox.webhooks import WebhookConfig, WebhookDispatcher
-from batchly_pipelines.sandbox.wire import QboError, Request, Response, dumps, json_response
+from batchly_pipelines.sandbox.wire import Request, Response, dumps, json_response, system_fault
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
             response = self.server.sandbox.handle(request)
         except Exception:
             logger.exception("sandbox error on %s %s", self.command, self.path)
-            error = QboError(
-                500,
-                "10000",
-                "An application error has occurred while processing your request",
-                "System Failure Error",
-                fault_type="SystemFault",
-            )
-            response = Response(500, dumps({"Fault": error.fault()}))
+            response = Response(500, dumps({"Fault": system_fault().fault()}))
         if response.drop:
             self.close_connection = True
             with contextlib.suppress(OSError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import tempfile
@@ -26,6 +27,7 @@ class FaultConfig:
     error_500: float = 0.0
     error_503: float = 0.0
     drop_after_write: float = 0.0
+    token_drop_after_refresh: float = 0.0
     slow: float = 0.0
     slow_ms: int = 0
     same_second: bool = False
@@ -89,7 +91,7 @@ class Realm:
         return str(value)
 
     def snapshot(self) -> dict[str, Any]:
-        """The persistent part of the realm as JSON-ready data."""
+        """The persistent part of the realm as JSON-ready data (stored ``requestid`` answers included)."""
         return {
             "realm_id": self.realm_id,
             "company_name": self.company_name,
@@ -98,6 +100,7 @@ class Realm:
             "unique_doc_numbers": self.unique_doc_numbers,
             "objects": self.objects,
             "tombstones": self.tombstones,
+            "replies": [_encode_reply(key, status, body) for key, (status, body) in self.replies.items()],
         }
 
     @classmethod
@@ -109,11 +112,27 @@ class Realm:
         realm.unique_doc_numbers = data["unique_doc_numbers"]
         realm.objects.update(data["objects"])
         realm.tombstones.update(data["tombstones"])
+        for reply in data.get("replies", []):  # absent in state files written before replies were persisted
+            realm.remember_reply(*_decode_reply(reply))
         for payment in realm.objects["Payment"].values():
             for line in payment.get("Line", []):
                 for link in line["LinkedTxn"]:
                     realm.applied[link["TxnId"]][payment["Id"]] = Decimal(str(line["Amount"]))
         return realm
+
+
+def _encode_reply(requestid: str, status: int, body: bytes) -> dict[str, Any]:
+    try:
+        return {"requestid": requestid, "status": status, "body": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"requestid": requestid, "status": status, "body_b64": base64.b64encode(body).decode("ascii")}
+
+
+def _decode_reply(reply: dict[str, Any]) -> tuple[str, int, bytes]:
+    requestid, status = str(reply["requestid"]), int(reply["status"])
+    if "body_b64" in reply:
+        return requestid, status, base64.b64decode(reply["body_b64"])
+    return requestid, status, str(reply["body"]).encode("utf-8")
 
 
 @dataclass

@@ -105,9 +105,34 @@ def too_long(element: str, limit: int) -> QboError:
     )
 
 
+def system_fault() -> QboError:
+    """10000: an unexpected server-side error (HTTP 500, SystemFault)."""
+    return QboError(
+        500,
+        "10000",
+        "An application error has occurred while processing your request",
+        "System Failure Error",
+        fault_type="SystemFault",
+    )
+
+
+def out_of_range(element: str, limit: Any) -> QboError:
+    """2050: a number beyond what QuickBooks stores."""
+    return validation(
+        "2050",
+        "Number is either smaller or larger than supported by specification",
+        f"The value of {element} is out of range. Max magnitude: {limit}",
+        element,
+    )
+
+
 def query_error(detail: str) -> QboError:
     """4000: the query could not be parsed or validated."""
     return validation("4000", "Error parsing query", detail)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not valid JSON")
 
 
 @dataclass
@@ -120,11 +145,20 @@ class Request:
     headers: Mapping[str, str]
     body: bytes = b""
 
+    def text(self) -> str:
+        """The body as UTF-8 text; undecodable bytes are a 400 fault."""
+        try:
+            return self.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise validation(
+                "2010", "Request has invalid or unsupported property", f"The body is not UTF-8: {exc}"
+            ) from exc
+
     def json(self) -> Any:
         """The body parsed as JSON (decimals exact); malformed JSON is a 400 fault."""
         try:
-            return loads(self.body or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
+            return json.loads(self.body or b"{}", parse_float=Decimal, parse_constant=_not_json)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise validation(
                 "2010", "Request has invalid or unsupported property", f"Malformed JSON: {exc}"
             ) from exc

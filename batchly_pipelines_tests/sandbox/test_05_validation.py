@@ -126,3 +126,53 @@ def test_deleting_an_invoice_frees_its_doc_number(qbo: Qbo) -> None:
     invoice = qbo.invoice(customer, item, DocNumber="D-1")
     qbo.ok(qbo.post("invoice", {"Id": invoice["Id"], "SyncToken": "0"}, operation="delete"))
     assert qbo.invoice(customer, item, DocNumber="D-1")["DocNumber"] == "D-1"
+
+
+def _line(item: dict, amount: object = None, qty: object = None, price: object = None) -> dict:
+    detail: dict[str, object] = {"ItemRef": {"value": item["Id"]}}
+    if qty is not None:
+        detail["Qty"] = qty
+    if price is not None:
+        detail["UnitPrice"] = price
+    line: dict[str, object] = {"DetailType": "SalesItemLineDetail", "SalesItemLineDetail": detail}
+    if amount is not None:
+        line["Amount"] = amount
+    return line
+
+
+def test_out_of_range_numbers_are_2050(qbo: Qbo) -> None:
+    customer, item = qbo.customer(), qbo.item()
+    ref = {"value": customer["Id"]}
+    for line in (
+        _line(item, qty=Decimal("1e30"), price=1),
+        _line(item, qty=Decimal("1e7"), price=Decimal("1e7")),
+        _line(item, amount=Decimal("1e13")),
+        _line(item, amount=Decimal("-1e13")),
+    ):
+        response = qbo.post("invoice", {"CustomerRef": ref, "Line": [line]})
+        assert response.status_code == 400, response.text
+        assert response.json()["Fault"]["type"] == "ValidationFault" and fault_code(response) == "2050"
+    assert fault_code(qbo.post("item", {**item, "sparse": True, "UnitPrice": Decimal("1e13")})) == "2050"
+    payment = {"CustomerRef": ref, "TotalAmt": Decimal("1e300")}
+    assert fault_code(qbo.post("payment", payment)) == "2050"
+    largest = qbo.create(
+        "Invoice", {"CustomerRef": ref, "Line": [_line(item, amount=Decimal("999999999999.99"))]}
+    )
+    assert largest["TotalAmt"] == Decimal("999999999999.99")
+    assert qbo.query("SELECT COUNT(*) FROM Invoice")["totalCount"] == 1
+
+
+def test_malformed_bodies_are_400_validation_faults(qbo: Qbo) -> None:
+    headers = {**qbo.headers(), "Content-Type": "application/json"}
+    for path, body in (
+        ("customer", b'{"DisplayName": "Half'),
+        ("customer", b'{"DisplayName": NaN}'),
+        ("customer", b"[" * 100_000),
+        ("customer", b"\xff\xfe"),
+        ("batch", b'{"BatchItemRequest": [Infinity]}'),
+        ("query", b"SELECT * FROM Customer \xff"),
+    ):
+        response = qbo.session.post(f"{qbo.url}/{path}", data=body, headers=headers, timeout=10)
+        assert response.status_code == 400, (path, body[:30], response.text)
+        assert response.json()["Fault"]["type"] == "ValidationFault"
+    assert qbo.query("SELECT COUNT(*) FROM Customer")["totalCount"] == 0

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from batchly_pipelines.sandbox.server import SandboxServer
+from pathlib import Path
+
+import pytest
+
+from batchly_pipelines.sandbox import state
+from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines_tests.sandbox.client import Qbo, fault_code
 
 
@@ -41,3 +46,36 @@ def test_requestid_length_limits(qbo: Qbo) -> None:
     assert qbo.post("batch", batch, requestid="z" * 36).status_code == 200
     assert fault_code(qbo.post("batch", batch, requestid="w" * 37)) == "6000"
     assert qbo.query("SELECT COUNT(*) FROM Customer")["totalCount"] == 2
+
+
+def test_requestid_answers_survive_a_restart(tmp_path: Path) -> None:
+    config = SandboxConfig(throttle=False, state_file=tmp_path / "sandbox.json")
+    with SandboxServer(config) as sandbox:
+        qbo = Qbo(sandbox)
+        created = qbo.post("customer", {"DisplayName": "Kept"}, requestid="persist-ok")
+        refused = qbo.post("customer", {"DisplayName": "Kept"}, requestid="persist-err")
+        assert created.status_code == 200 and refused.status_code == 400
+    with SandboxServer(config) as sandbox:
+        qbo = Qbo(sandbox, qbo.realm_id)
+        replayed = qbo.post("customer", {"DisplayName": "Kept"}, requestid="persist-ok")
+        assert replayed.status_code == 200, "replayed, not executed again (6240)"
+        assert replayed.content == created.content
+        replayed_error = qbo.post("customer", {"DisplayName": "Other"}, requestid="persist-err")
+        assert replayed_error.content == refused.content
+        assert qbo.query("SELECT COUNT(*) FROM Customer")["totalCount"] == 1
+        assert sandbox.state.counters.report()["realms"][qbo.realm_id]["replays"] == 2
+
+
+def test_persisted_requestid_answers_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state, "REPLY_RETENTION", 2)
+    config = SandboxConfig(throttle=False, state_file=tmp_path / "sandbox.json")
+    with SandboxServer(config) as sandbox:
+        qbo = Qbo(sandbox)
+        for n in range(3):
+            qbo.create("Customer", {"DisplayName": f"Bounded {n}"}, requestid=f"bounded-{n}")
+    with SandboxServer(config) as sandbox:
+        qbo = Qbo(sandbox, qbo.realm_id)
+        assert list(sandbox.state.realms[qbo.realm_id].replies) == ["bounded-1", "bounded-2"]
+        forgotten = qbo.post("customer", {"DisplayName": "Bounded 0"}, requestid="bounded-0")
+        assert fault_code(forgotten) == "6240", "the oldest answer was forgotten, so it executes again"
+        assert qbo.post("customer", {"DisplayName": "Bounded 2"}, requestid="bounded-2").status_code == 200

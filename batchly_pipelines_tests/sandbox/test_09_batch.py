@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from batchly_pipelines.sandbox.books import Books
 from batchly_pipelines_tests.sandbox.client import Qbo, fault_code
 
 
@@ -84,3 +90,45 @@ def test_batch_delete(qbo: Qbo) -> None:
     items = [{"bId": "d", "operation": "delete", "Invoice": {"Id": invoice["Id"], "SyncToken": "0"}}]
     response = qbo.ok(qbo.post("batch", {"BatchItemRequest": items}))["BatchItemResponse"][0]
     assert response["Invoice"]["status"] == "Deleted"
+
+
+def test_unexpected_error_in_one_item_is_a_system_fault_and_the_answer_is_kept(
+    qbo: Qbo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create = Books.create
+
+    def broken(self: Books, entity: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if payload.get("DisplayName") == "Boom":
+            raise RuntimeError("an unexpected bug")
+        return create(self, entity, payload)
+
+    monkeypatch.setattr(Books, "create", broken)
+    items = [_create(1), {"bId": "2", "operation": "create", "Customer": {"DisplayName": "Boom"}}, _create(3)]
+    first = qbo.post("batch", {"BatchItemRequest": items}, requestid="batch-boom")
+    answers = qbo.ok(first)["BatchItemResponse"]
+    assert answers[0]["Customer"]["DisplayName"] == "Batch 1"
+    assert answers[1]["bId"] == "2" and answers[1]["Fault"]["type"] == "SystemFault"
+    assert answers[1]["Fault"]["Error"][0]["code"] == "10000"
+    assert answers[2]["Customer"]["DisplayName"] == "Batch 3"
+    retry = qbo.post("batch", {"BatchItemRequest": items}, requestid="batch-boom")
+    assert retry.status_code == 200 and retry.content == first.content, "replayed, not executed again"
+    assert qbo.query("SELECT COUNT(*) FROM Customer")["totalCount"] == 2
+
+
+def test_out_of_range_quantity_is_a_per_item_fault_and_the_answer_is_kept(qbo: Qbo) -> None:
+    customer, item = qbo.customer(), qbo.item()
+    line = {
+        "DetailType": "SalesItemLineDetail",
+        "SalesItemLineDetail": {"ItemRef": {"value": item["Id"]}, "Qty": Decimal("1e30"), "UnitPrice": 1},
+    }
+    invoice = {"CustomerRef": {"value": customer["Id"]}, "Line": [line]}
+    items = [_create(1), {"bId": "2", "operation": "create", "Invoice": invoice}]
+    first = qbo.post("batch", {"BatchItemRequest": items}, requestid="batch-huge")
+    answers = qbo.ok(first)["BatchItemResponse"]
+    assert answers[0]["Customer"]["DisplayName"] == "Batch 1"
+    assert answers[1]["Fault"]["type"] == "ValidationFault"
+    assert answers[1]["Fault"]["Error"][0]["code"] == "2050"
+    retry = qbo.post("batch", {"BatchItemRequest": items}, requestid="batch-huge")
+    assert retry.content == first.content
+    assert qbo.query("SELECT COUNT(*) FROM Customer")["totalCount"] == 2
+    assert qbo.query("SELECT COUNT(*) FROM Invoice")["totalCount"] == 0

@@ -91,3 +91,52 @@ def test_latency_is_added_and_scaled() -> None:
         qbo.get("companyinfo/" + qbo.realm_id)
         elapsed = time.monotonic() - started
     assert 0.2 <= elapsed < 0.6, "800 ms of latency compressed 4 times"
+
+
+def test_token_answer_dropped_after_the_refresh_was_applied(qbo: Qbo) -> None:
+    old = admin(qbo.sandbox, f"realms/{qbo.realm_id}/tokens")["refresh_token"]
+    url = f"{qbo.sandbox.base_url}/oauth2/v1/tokens/bearer"
+    form = {"grant_type": "refresh_token", "refresh_token": old}
+    auth = ("batchly-local-client", "batchly-local-secret")
+    _faults(qbo, token_drop_after_refresh=1.0)
+    assert (
+        requests.get(f"{qbo.sandbox.base_url}/__sandbox__/realms/{qbo.realm_id}/faults", timeout=10).json()[
+            "token_drop_after_refresh"
+        ]
+        == 1.0
+    )
+    with pytest.raises(requests.ConnectionError):
+        requests.post(url, data=form, auth=auth, timeout=10)
+    _faults(qbo)
+    retry = requests.post(url, data=form, auth=auth, timeout=10)
+    assert retry.status_code == 400 and retry.json()["error"] == "invalid_grant", "the old token was used up"
+    successor = qbo.sandbox.state.tokens[old].successor
+    assert successor is not None, "new tokens were issued before the answer was lost"
+    qbo.token = successor["access_token"]
+    assert qbo.get("companyinfo/" + qbo.realm_id).status_code == 200
+    counts = qbo.sandbox.state.counters.report()["realms"][qbo.realm_id]
+    assert counts["token_refreshes"] == 1 and counts["dropped_connections"] == 1
+    fresh = requests.post(
+        url, data={**form, "refresh_token": successor["refresh_token"]}, auth=auth, timeout=10
+    )
+    assert fresh.status_code == 200, "only refresh answers are dropped, and only while the fault is on"
+
+
+def test_token_drop_spares_authorization_codes_and_data_calls(qbo: Qbo) -> None:
+    _faults(qbo, token_drop_after_refresh=1.0)
+    assert qbo.get("companyinfo/" + qbo.realm_id).status_code == 200
+    assert qbo.post("customer", {"DisplayName": "Still answered"}).status_code == 200
+    callback = requests.get(
+        f"{qbo.sandbox.base_url}/connect/oauth2",
+        params={"client_id": "batchly-local-client", "redirect_uri": "http://cb", "realmId": qbo.realm_id},
+        allow_redirects=False,
+        timeout=10,
+    )
+    code = callback.headers["Location"].split("code=")[1].split("&")[0]
+    exchanged = requests.post(
+        f"{qbo.sandbox.base_url}/oauth2/v1/tokens/bearer",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": "http://cb"},
+        auth=("batchly-local-client", "batchly-local-secret"),
+        timeout=10,
+    )
+    assert exchanged.status_code == 200
