@@ -45,7 +45,10 @@ def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=root,
-        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},  # `make test` exports a home that may not exist yet
+        env={
+            **os.environ,
+            "DAGSTER_HOME": str(tmp_path),
+        },  # `make test` exports a home that may not exist yet
         capture_output=True,
         text=True,
         timeout=120,

@@ -186,9 +186,14 @@ def test_retrying_a_dead_row_folds_into_a_newer_pending_edit(engine: Engine) -> 
     [item] = queue.claim("w", limit=1, lease=LEASE)
     queue.fail(item, "customers.display_name: contains ':'", retryable=False)
     with engine.begin() as conn:
-        conn.execute(sa.update(s.customers).where(s.customers.c.id == customer_id).values(display_name="Fixed"))
+        conn.execute(
+            sa.update(s.customers).where(s.customers.c.id == customer_id).values(display_name="Fixed")
+        )
     assert queue.retry_dead() == 1
     with engine.connect() as conn:
         rows = f.queue_rows(conn)
-    assert [(r["status"], r["attempts"], r["change_count"]) for r in rows] == [("done", 1, 1), ("pending", 0, 2)]
+    assert [(r["status"], r["attempts"], r["change_count"]) for r in rows] == [
+        ("done", 1, 1),
+        ("pending", 0, 2),
+    ]
     assert queue.depth()[rows[0]["organization_id"]]["dead"] == 0
