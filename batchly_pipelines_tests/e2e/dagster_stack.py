@@ -23,6 +23,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0
+ACTIVE_STATUSES = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED"})
 
 
 def free_port() -> int:
@@ -101,6 +102,15 @@ class DagsterStack:
         """Every run with its id, status and tags."""
         data = self.graphql("{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }")
         return list(data["runsOrError"]["results"])
+
+    def settled_runs(self, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """The runs once none is queued or in progress (a push run lingers briefly for new records)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = self.runs()
+            if all(run["status"] not in ACTIVE_STATUSES for run in runs) or time.monotonic() > deadline:
+                return runs
+            time.sleep(1.0)
 
     def run_worker_pids(self, run_id: str) -> list[int]:
         """Processes executing a run (``dagster api execute_run`` / ``execute_step`` carrying its id)."""

@@ -11,7 +11,6 @@ import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -27,7 +26,6 @@ from batchly_pipelines_tests.push.conftest import Books, admin
 INVOICES = 20
 SPACING_S = 2.0
 DEADLINE_S = 60.0
-ACTIVE = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED"}
 
 
 @pytest.fixture
@@ -67,7 +65,7 @@ def test_inserted_invoices_reach_quickbooks_within_a_minute(sandbox: SandboxServ
             inserted[doc_number] = time.monotonic()
             _watch(books, inserted, arrived, until=time.monotonic() + SPACING_S)
         _watch(books, inserted, arrived, until=time.monotonic() + DEADLINE_S)
-        runs = _finished_runs(dagster)
+        runs = dagster.settled_runs()
 
     latencies = sorted(arrived[d] - inserted[d] for d in arrived)
     p50 = statistics.median(latencies) if latencies else float("nan")
@@ -92,13 +90,3 @@ def _watch(books: Books, inserted: dict[str, float], arrived: dict[str, float], 
         time.sleep(0.1)
     if len(arrived) < len(inserted):
         time.sleep(max(0.0, until - time.monotonic()))
-
-
-def _finished_runs(dagster: DagsterStack, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """The runs, once none is queued or in progress any more (a run lingers a little after its last record)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = dagster.runs()
-        if all(run["status"] not in ACTIVE for run in runs) or time.monotonic() > deadline:
-            return runs
-        time.sleep(1.0)

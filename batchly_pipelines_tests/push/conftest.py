@@ -1,33 +1,30 @@
-"""Fixtures for the push: a sandbox over real HTTP, an organisation connected to a fresh realm, a pusher."""
+"""Fixtures for the push: a sandbox over real HTTP, an organisation connected to a fresh realm, a pusher.
+
+``settings`` (local mode, pointing at this directory's ``sandbox``) is shared with the client's tests.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import sqlalchemy as sa
-from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp, WriteResult
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
 from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines.services.push import PushStats, push_organization
-from batchly_pipelines.settings import LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET, LOCAL_REDIRECT_URI, Settings
+from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
 from batchly_pipelines_tests import factories as f
+from batchly_pipelines_tests.quickbooks.conftest import settings
+from batchly_pipelines_tests.quickbooks.helpers import admin
+
+__all__ = ["admin", "settings"]  # re-exported: tests and benchmarks import them from here
 
 TIME_SCALE = 60.0  # client waits (backoff, 429) compressed like the sandbox's clock
-
-
-def admin(base_url: str, path: str, body: dict[str, Any] | None = None, method: str = "POST") -> Any:
-    """Call the sandbox's admin API and return its JSON answer (asserting success)."""
-    response = requests.request(method, f"{base_url}/__sandbox__/{path}", json=body or {}, timeout=30)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def connect(engine: Engine, settings: Settings, organization_id: int, realm_id: str) -> None:
@@ -68,22 +65,6 @@ def sandbox() -> Iterator[SandboxServer]:
     """One sandbox for the session, throttle off (the throttle is the benchmark's business); a realm per test."""
     with SandboxServer(SandboxConfig(port=0, time_scale=TIME_SCALE, throttle=False)) as server:
         yield server
-
-
-@pytest.fixture
-def settings(sandbox: SandboxServer, engine: Engine, tmp_path: Path) -> Settings:
-    """Local-mode settings pointing at the sandbox and the test database."""
-    return Settings(
-        database_url=engine.url.render_as_string(hide_password=False),
-        data_dir=tmp_path,
-        qbo_environment="local",
-        qbo_base_url=sandbox.base_url,
-        qbo_client_id=LOCAL_CLIENT_ID,
-        qbo_client_secret=LOCAL_CLIENT_SECRET,
-        qbo_redirect_uri=LOCAL_REDIRECT_URI,
-        secret_key=Fernet.generate_key().decode(),
-        webhook_verifier_token=None,
-    )
 
 
 @pytest.fixture

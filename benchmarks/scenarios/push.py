@@ -40,7 +40,6 @@ from batchly_pipelines_tests.push.conftest import Books, admin
 
 CEILING_PER_MINUTE = 40 * 30
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-ACTIVE = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with DagsterStack(Path(folder) / "dagster_home", env) as dagster:
                 kills = _drive(dagster, engine, args)
                 elapsed = time.monotonic() - started
-                runs = _settled_runs(dagster)
+                runs = dagster.settled_runs()
             books = Books(sandbox, realm_id)
             found = books.by_doc_number()
             counters = admin(sandbox.base_url, "counters", method="GET")["realms"].get(realm_id, {})
@@ -116,16 +115,6 @@ def _drive(dagster: DagsterStack, engine: Engine, args: argparse.Namespace) -> i
                 kills += 1
         time.sleep(0.2)
     return kills
-
-
-def _settled_runs(dagster: DagsterStack, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """The runs once none is in progress (the last one lingers briefly for new records)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = dagster.runs()
-        if all(run["status"] not in ACTIVE for run in runs) or time.monotonic() > deadline:
-            return runs
-        time.sleep(1.0)
 
 
 def _sigkill_run(dagster: DagsterStack, run_id: str) -> None:
