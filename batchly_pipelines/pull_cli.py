@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import sys
 from datetime import datetime
 from typing import Any
 
 from batchly_pipelines.cli_output import section
 from batchly_pipelines.quickbooks.connections import client_for_organization
+from batchly_pipelines.quickbooks.errors import ReauthorizationRequired
 from batchly_pipelines.services.pull import pull_organization, window_since_cursor
 from batchly_pipelines.services.resolve import WINNERS, resolve_conflicts
 from batchly_pipelines.settings import Settings
@@ -30,7 +32,12 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     engine = create_engine(settings.database_url)
     window = window_since_cursor(engine, args.org, args.since)
     section("window", f"{window.start.isoformat()} → {window.end.isoformat()}")
-    with client_for_organization(engine, settings, args.org) as client:
+    try:
+        client = client_for_organization(engine, settings, args.org)
+    except (LookupError, ReauthorizationRequired) as exc:
+        print(f"batchly-sync pull: {exc}", file=sys.stderr)
+        return 2
+    with client:
         result = pull_organization(engine, client, args.org, window, review_fields=args.review_field)
     for name, stats in result.as_dict().items():
         shown = {k: v for k, v in stats.items() if k not in ("entities", "by_entity") and v}

@@ -34,6 +34,8 @@ def test_pull_and_conflicts_from_the_command_line(
     assert connected.row(s.customers, id=row["id"])["notes"] == "from Batchly"
     with pytest.raises(SystemExit):
         main(["conflicts", "resolve", "--org", str(connected.org)])  # no --winner
+    assert main(["pull", "--org", "999"]) == 2
+    assert "no QuickBooks connection" in capsys.readouterr().err
 
 
 def test_a_link_review_is_settled_by_creating_or_linking(company: Company) -> None:
