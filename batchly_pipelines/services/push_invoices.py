@@ -44,6 +44,7 @@ class _Create:
     customer_qbo_id: str
     item_qbo_ids: Mapping[int, str]
     replaces_doc_number: str | None
+    owed_void: _Void | None  # a correction voids the invoice it replaces once it is in QuickBooks
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,8 @@ class InvoicePusher:
                 outcomes.append(decided)
         created = self._create(creates) if creates else []
         self.ctx.checkpoint([*outcomes, *created])
-        for outcome in created:
-            invoice = snap.invoices[outcome.entity_id]
-            if isinstance(outcome, Pushed) and (void := self._replaced_void(snap, invoice)) is not None:
-                voids.append(void)
+        owed = {create.invoice["id"]: create.owed_void for create in creates}
+        voids += [void for o in created if isinstance(o, Pushed) and (void := owed[o.entity_id]) is not None]
         voided = self._void(voids) if voids else []
         self.ctx.checkpoint(voided)
         return [*outcomes, *created, *voided]
@@ -152,7 +151,10 @@ class InvoicePusher:
         item_qbo_ids = {item_id: str(item["qbo_id"]) for item_id, item in snap.items.items()}
         old = snap.replaced.get(invoice["replaces_invoice_id"])
         replaces = old["doc_number"] if old is not None else None
-        creates.append(_Create(invoice, lines, fingerprint, str(customer["qbo_id"]), item_qbo_ids, replaces))
+        owed_void = self._replaced_void(snap, invoice)
+        creates.append(
+            _Create(invoice, lines, fingerprint, str(customer["qbo_id"]), item_qbo_ids, replaces, owed_void)
+        )
         return None
 
     @staticmethod
@@ -219,7 +221,7 @@ class InvoicePusher:
             qbo_obj=obj,
             base={"fingerprint": create.fingerprint},
             invoice_status="synced",
-            hold=create.invoice["replaces_invoice_id"] is not None,
+            hold=create.owed_void is not None,
         )
 
     def _existing_doc_numbers(self, doc_numbers: list[str]) -> dict[str, dict[str, Any]]:

@@ -218,3 +218,20 @@ def test_draft_invoices_wait_and_sales_orders_are_never_sent(
     assert books.objects("Invoice") == [] and stats.actions["invoice.skip"] == 1
     realm = books.sandbox.state.realm(books.realm_id)
     assert realm is not None and not any("sales" in name.lower() for name in realm.objects)
+
+
+def test_correction_of_an_invoice_never_pushed_creates_only_the_new_one(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books
+) -> None:
+    with engine.begin() as conn:
+        customer, item = f.customer(conn, org), f.item(conn, org)
+        old = f.invoice(conn, org, customer, item, doc_number="OLD-1")
+        conn.execute(sa.update(s.invoices).where(s.invoices.c.id == old).values(status="draft"))
+        new = f.invoice(conn, org, customer, item, doc_number="NEW-1")
+        conn.execute(sa.update(s.invoices).where(s.invoices.c.id == new).values(replaces_invoice_id=old))
+
+    stats = push()
+
+    assert list(books.by_doc_number()) == ["NEW-1"]
+    assert stats.actions["invoice.create"] == 1 and "invoice.void" not in stats.actions
+    assert queue_status(engine, "invoice", new) == ("done", None)  # acknowledged at once, nothing owed
