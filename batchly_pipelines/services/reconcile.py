@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.conflicts import ConflictRecord, record_conflicts
+from batchly_pipelines.store.conflicts import ConflictRecord, mark_resolved, record_conflicts
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
@@ -51,12 +51,12 @@ from batchly_pipelines.sync.merge import (
 
 m, st, sc = s.qbo_mirror.c, s.qbo_sync_state.c, s.sync_conflicts.c
 CHUNK = 1000
-CURSOR_OVERLAP = timedelta(
-    minutes=5
-)  # mirror writes that commit while a reconciliation runs are seen next time
-LINK_FIELD = (
-    "link"  # the conflict "field" of a QuickBooks record waiting for a person to pick its Batchly twin
-)
+# mirror writes that commit while a reconciliation runs are seen by the next one
+CURSOR_OVERLAP = timedelta(minutes=5)
+# who closes a review that later edits made moot
+SETTLED_BY = "sync (both sides agree)"
+# the conflict "field" of a QuickBooks record waiting for a person to pick its Batchly twin
+LINK_FIELD = "link"
 
 Candidates = Mapping[Hashable, Mapping[str, Any]]
 Matcher = Callable[[Mapping[str, Any], Candidates], Match | None]
@@ -127,6 +127,9 @@ class _Chunk:
     updates: dict[int, dict[str, Any]] = field(default_factory=dict)
     states: list[SyncState] = field(default_factory=list)
     conflicts: list[ConflictRecord] = field(default_factory=list)
+    settled: dict[int, Any] = field(
+        default_factory=dict
+    )  # open review id → the value both sides now agree on
     log: list[LogEntry] = field(default_factory=list)
 
     def note(
@@ -307,7 +310,7 @@ def _plan(
             qbo_updated_at=row["last_updated_time"],
             policy=policy,
         )
-        _settle(chunk, entity_id, row, current, result, open_fields.get(entity_id, set()), stats)
+        _settle(chunk, entity_id, row, current, result, open_fields.get(entity_id, {}), stats)
 
 
 def _settle(
@@ -316,7 +319,7 @@ def _settle(
     row: Mapping[str, Any],
     current: Mapping[str, Any],
     result: MergeResult,
-    open_fields: set[str],
+    open_fields: Mapping[str, int],
     stats: ReconcileStats,
 ) -> None:
     """Queue the merge's Batchly writes, its new link and base, and its conflicts (pending ones once)."""
@@ -336,8 +339,11 @@ def _settle(
     chunk.states.append(_state(chunk, entity_id, row, base))
     for conflict in result.conflicts:
         if conflict.resolution is Resolution.PENDING_REVIEW and conflict.field in open_fields:
-            continue
+            continue  # already waiting for review: one open row per record and field
         chunk.conflicts.append(_field_conflict(chunk, entity_id, row, current, conflict))
+    for name, conflict_id in open_fields.items():
+        if name not in result.pending_fields and name in result.base:
+            chunk.settled[conflict_id] = result.base[name]  # both sides came to agree: nothing left to review
 
 
 def _state(chunk: _Chunk, entity_id: int, row: Mapping[str, Any], base: Mapping[str, Any]) -> SyncState:
@@ -402,17 +408,17 @@ def _open_links(conn: Connection, kind: EntityKind, organization_id: int, qbo_id
 
 def _open_fields(
     conn: Connection, kind: EntityKind, organization_id: int, entity_ids: set[int]
-) -> dict[int, set[str]]:
-    """Fields with an open review, per Batchly record."""
-    query = sa.select(sc.entity_id, sc.field).where(
+) -> dict[int, dict[str, int]]:
+    """Open reviews per Batchly record: field → conflict id."""
+    query = sa.select(sc.entity_id, sc.field, sc.id).where(
         sc.organization_id == organization_id,
         sc.entity_type == kind.entity,
         sc.resolution == Resolution.PENDING_REVIEW.value,
         sc.entity_id.in_(sorted(entity_ids)),
     )
-    fields: dict[int, set[str]] = {}
-    for entity_id, name in conn.execute(query).all():
-        fields.setdefault(entity_id, set()).add(name)
+    fields: dict[int, dict[str, int]] = {}
+    for entity_id, name, conflict_id in conn.execute(query).all():
+        fields.setdefault(entity_id, {})[name] = conflict_id
     return fields
 
 
@@ -442,4 +448,6 @@ def _apply(conn: Connection, chunk: _Chunk, stats: ReconcileStats) -> None:
         conn.execute(sa.update(t).where(t.c.id == entity_id).values(**changes, updated_at=t.c.updated_at))
     save_states(conn, chunk.states)
     stats.conflicts += record_conflicts(conn, chunk.conflicts)
+    for conflict_id, value in chunk.settled.items():
+        mark_resolved(conn, conflict_id, winner="value", resolved_by=SETTLED_BY, value=value)
     write_log(conn, chunk.log)

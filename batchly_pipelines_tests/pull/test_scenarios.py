@@ -146,6 +146,24 @@ def test_a_needs_review_field_keeps_one_open_conflict_over_repeated_pulls(compan
     )
 
 
+def test_a_review_closes_itself_when_both_sides_come_to_agree(company: Company) -> None:
+    ada = company.qbo.customer("Ada", Notes="base")
+    company.pull()
+    row = company.row(s.customers, qbo_id=ada["Id"])
+    _app_update(company, s.customers, row["id"], notes="agreed")
+    company.act("update_customer", customer_id=ada["Id"], fields={"Notes": "from QuickBooks"})
+    company.pull(review_fields=["notes"])
+    [conflict] = open_conflicts(company.engine)
+    company.act(
+        "update_customer", customer_id=ada["Id"], fields={"Notes": "agreed"}
+    )  # the accountant gives in
+    company.pull(review_fields=["notes"])
+    assert open_conflicts(company.engine) == []
+    closed = company.row(s.sync_conflicts, id=conflict["id"])
+    assert (closed["resolution"], closed["resolved_value"]) == ("value", "agreed")
+    assert closed["resolved_by"].startswith("sync")
+
+
 def test_a_customer_deactivated_in_quickbooks_is_deactivated_never_deleted(company: Company) -> None:
     ada = company.qbo.customer("Ada")
     company.pull()
