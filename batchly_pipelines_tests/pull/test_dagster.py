@@ -25,7 +25,13 @@ from dagster import (
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.definitions import defs
-from batchly_pipelines.partitions import COMPANY, company_partitions_sensor, pull_key
+from batchly_pipelines.partitions import (
+    COMPANY,
+    company_partitions_sensor,
+    partition_tags,
+    pull_key,
+    windows_by_organization,
+)
 from batchly_pipelines.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
@@ -270,3 +276,18 @@ def test_resolving_for_batchly_or_a_value_sends_the_change_to_the_push(
         ("customer", conflict["entity_id"])
     ]
     assert connected.row(s.sync_conflicts, id=conflict["id"])["resolved_by"] == "dagster"
+
+
+def test_a_run_over_several_companies_and_days_pulls_one_window_per_company() -> None:
+    keys = [str(pull_key(org, day)) for org in (3, 12) for day in ("2026-11-02", "2026-11-01", "2026-11-04")]
+    windows = windows_by_organization(keys)
+    assert sorted(windows) == [3, 12]
+    assert windows[3].start == datetime(2026, 11, 1, tzinfo=UTC)
+    assert windows[3].end == datetime(2026, 11, 5, tzinfo=UTC)  # the last day included, whole
+    assert partition_tags({"dagster/partition/company": "12"}) == [12]
+    range_tags = {
+        "dagster/asset_partition_range_start": str(pull_key(3, "2026-11-01")),
+        "dagster/asset_partition_range_end": str(pull_key(3, "2026-11-04")),
+    }
+    assert partition_tags(range_tags) == [3]
+    assert partition_tags({}) is None
