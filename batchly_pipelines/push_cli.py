@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
 from batchly_pipelines.cli_output import section
 from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.connections import client_for_organization
-from batchly_pipelines.services.push import Progress, push_organization
+from batchly_pipelines.services.push import Progress, ProgressCallback, push_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.db import create_engine
+
+
+@contextmanager
+def progress_bar(description: str, *, leave: bool = True) -> Iterator[ProgressCallback]:
+    """A terminal progress bar (records done of the total, rate) fed by a push's progress callback."""
+    with tqdm(total=0, unit="record", desc=description, dynamic_ncols=True, leave=leave) as bar:
+
+        def show(progress: Progress) -> None:
+            bar.total = progress.total
+            bar.update(progress.done - bar.n)
+            bar.set_postfix_str(f"{progress.per_minute:.0f}/min")
+
+        yield show
 
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
@@ -21,14 +36,8 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     config = ClientConfig(time_scale=float(os.environ.get("QBO_TIME_SCALE", "1")))
     with (
         client_for_organization(engine, settings, args.org, config=config) as client,
-        tqdm(total=0, unit="record", desc=f"org {args.org}", dynamic_ncols=True) as bar,
+        progress_bar(f"org {args.org}") as show,
     ):
-
-        def show(progress: Progress) -> None:
-            bar.total = progress.total
-            bar.update(progress.done - bar.n)
-            bar.set_postfix_str(f"{progress.per_minute:.0f}/min")
-
         stats = push_organization(
             engine, client, args.org, worker=f"cli-{os.getpid()}", invoice_ids=args.invoice, progress=show
         )
