@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,8 +15,7 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.pull_cli import add_pull_commands
 from batchly_pipelines.push_cli import add_push_commands
-from batchly_pipelines.quickbooks.callback import CallbackListener
-from batchly_pipelines.quickbooks.connections import AuthorizationCallback, connect_organization
+from batchly_pipelines.quickbooks.callback import authorize
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.settings import Settings, SettingsError
 from batchly_pipelines.store import migrate
@@ -80,21 +78,15 @@ def cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
     if org is None:
         print(f"no organisation {args.org} (list them with `batchly-sync status`)", file=sys.stderr)
         return 1
-    auto_approve = settings.is_local and not args.manual
-
-    def show_and_wait(url: str) -> AuthorizationCallback:
-        print(f"Authorise Batchly for {org!r} (organisation {args.org}) by opening:\n  {url}")
-        if auto_approve:
-            print("local mode: the sandbox approves at once; following its redirect to the listener myself")
-            requests.get(url, timeout=30)
-        print(f"waiting up to {args.timeout:.0f}s for the callback on {settings.qbo_redirect_uri}")
-        return listener.wait()
-
+    print(f"connecting {org!r} (organisation {args.org})")
     try:
-        with CallbackListener(settings.qbo_redirect_uri, timeout=args.timeout) as listener:
-            record = connect_organization(
-                engine, settings, args.org, secrets.token_urlsafe(24), show_and_wait
-            )
+        record = authorize(
+            engine,
+            settings,
+            args.org,
+            auto_approve=settings.is_local and not args.manual,
+            timeout=args.timeout,
+        )
     except (QboError, TimeoutError, PermissionError, OSError, requests.RequestException) as exc:
         print(f"connect failed: {exc}", file=sys.stderr)
         return 1

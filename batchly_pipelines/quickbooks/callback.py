@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
-from batchly_pipelines.quickbooks.connections import AuthorizationCallback
+import requests
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.quickbooks.connections import (
+    AuthorizationCallback,
+    ConnectionRecord,
+    connect_organization,
+)
+from batchly_pipelines.settings import Settings
 
 PAGE = b"<html><body><h1>Batchly</h1><p>%s</p><p>You can close this tab.</p></body></html>"
 
@@ -82,3 +92,34 @@ class CallbackListener:
                 code=params.get("code", ""), realm_id=params.get("realmId", ""), state=params.get("state", "")
             )
         self._received.set()
+
+
+def authorize(
+    engine: Engine,
+    settings: Settings,
+    organization_id: int,
+    *,
+    auto_approve: bool,
+    timeout: float = 300.0,
+    say: Callable[[str], None] = print,
+    sandbox_realm_id: str | None = None,
+) -> ConnectionRecord:
+    """Run the authorisation-code flow for one organisation and store its tokens.
+
+    ``say`` shows the authorisation URL (and progress) to the person; with ``auto_approve`` (the local sandbox
+    approves at once) the redirect is followed here, so the flow runs unattended, approving the sandbox company
+    ``sandbox_realm_id`` (default: the sandbox's default company).
+    """
+
+    def show_and_wait(url: str) -> AuthorizationCallback:
+        say(f"authorise Batchly for organisation {organization_id} by opening:\n  {url}")
+        if auto_approve:
+            say("local mode: the sandbox approves at once; following its redirect to the listener here")
+            requests.get(url, params={"realmId": sandbox_realm_id} if sandbox_realm_id else None, timeout=30)
+        say(f"waiting up to {timeout:.0f}s for the callback on {settings.qbo_redirect_uri}")
+        return listener.wait()
+
+    with CallbackListener(settings.qbo_redirect_uri, timeout=timeout) as listener:
+        return connect_organization(
+            engine, settings, organization_id, secrets.token_urlsafe(24), show_and_wait
+        )
