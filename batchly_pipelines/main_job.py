@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import requests
@@ -53,6 +54,17 @@ class CycleSummary:
 def run_main_job(settings: Settings, *, seed: int = 42) -> int:
     """One whole cycle; returns the process exit code (1 when an organisation could not be synced)."""
     started = time.monotonic()
+    with prepared(settings, seed=seed) as (engine, summary):
+        for organization_id, name in _connected_organizations(engine):
+            _sync_organization(engine, settings, organization_id, name, summary)
+    _print_summary(engine, summary, time.monotonic() - started)
+    return 1 if summary.errors else 0
+
+
+@contextmanager
+def prepared(settings: Settings, *, seed: int = 42) -> Iterator[tuple[Engine, CycleSummary]]:
+    """The set-up ``make run`` and ``make dev`` share: migrate, demo data in an empty database and, in local mode,
+    the sandbox (for the duration of the block) with every organisation connected to it."""
     engine = create_engine(settings.database_url)
     before = migrate.current_revision(engine)
     migrate.upgrade(engine)
@@ -60,25 +72,20 @@ def run_main_job(settings: Settings, *, seed: int = 42) -> int:
         "database",
         f"{engine.url.render_as_string()} migrated {before or '(empty)'} → {migrate.head_revision()}",
     )
-    _ensure_demo_data(engine, seed)
-
+    ensure_demo_data(engine, seed)
     summary = CycleSummary()
     with ExitStack() as stack:
         if settings.is_local:
             sandbox = stack.enter_context(local_sandbox(settings))
             how = "started" if sandbox.started_here else "already running"
             section("quickbooks", f"local sandbox {how} at {sandbox.base_url}")
-            _connect_unconnected(engine, settings, summary)
+            connect_unconnected(engine, settings, summary)
         else:
             section("quickbooks", f"Intuit {settings.qbo_environment} at {settings.qbo_base_url}")
-        for organization_id, name in _connected_organizations(engine):
-            _sync_organization(engine, settings, organization_id, name, summary)
-
-    _print_summary(engine, summary, time.monotonic() - started)
-    return 1 if summary.errors else 0
+        yield engine, summary
 
 
-def _ensure_demo_data(engine: Engine, seed: int) -> None:
+def ensure_demo_data(engine: Engine, seed: int) -> None:
     with engine.connect() as conn:
         organisations = conn.execute(sa.select(sa.func.count()).select_from(s.organizations)).scalar_one()
     if organisations:
@@ -92,7 +99,7 @@ def _ensure_demo_data(engine: Engine, seed: int) -> None:
     )
 
 
-def _connect_unconnected(engine: Engine, settings: Settings, summary: CycleSummary) -> None:
+def connect_unconnected(engine: Engine, settings: Settings, summary: CycleSummary) -> None:
     """Local mode: connect organisations without a QuickBooks connection to the sandbox's demo company."""
     connected = sa.select(s.qbo_connections.c.organization_id)
     with engine.connect() as conn:  # closed before connecting: on SQLite an open read holds the write lock
