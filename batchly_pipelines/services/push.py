@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
@@ -36,6 +37,7 @@ from batchly_pipelines.services.push_records import (
     load_rows,
 )
 from batchly_pipelines.store.queue import QueueItem, SyncQueue
+from batchly_pipelines.store.schema import sync_queue, utcnow
 from batchly_pipelines.sync.requestids import BATCH_MAX
 from batchly_pipelines.sync.validation import NotPushableError, assert_pushable
 
@@ -129,6 +131,8 @@ def push_organization(
 
 
 class _Push:
+    """One push of one organisation: rounds of claimed work, checkpoints, statistics and progress."""
+
     def __init__(
         self,
         engine: Engine,
@@ -165,6 +169,7 @@ class _Push:
         self._started = time.monotonic()
         if invoice_ids is not None:
             self.stats.total = len(invoice_ids)
+            self._expedite(invoice_ids)
         try:
             while batch := self._claim_or_linger(invoice_ids, linger_seconds):
                 if invoice_ids is None:
@@ -175,6 +180,21 @@ class _Push:
             self.stats.elapsed_seconds = time.monotonic() - self._started
             self.stats.api = self.client.stats.as_dict()
         return self.stats
+
+    def _expedite(self, invoice_ids: list[int]) -> None:
+        """ "Sync now" does not wait out the backoff of the chosen invoices' pending queue rows."""
+        q = sync_queue.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(sync_queue)
+                .where(
+                    q.organization_id == self.org,
+                    q.entity_type == "invoice",
+                    q.entity_id.in_(invoice_ids),
+                    q.status == "pending",
+                )
+                .values(next_attempt_at=utcnow())
+            )
 
     def _claim_or_linger(self, invoice_ids: list[int] | None, linger_seconds: float) -> list[QueueItem]:
         """The next batch; when none is due, keep looking (once a second) for up to ``linger_seconds`` — unless

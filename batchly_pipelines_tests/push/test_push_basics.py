@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -45,3 +46,17 @@ def test_invoice_with_new_customer_and_item_lands_once(
 
     assert push().actions == {}  # nothing due: nothing sent again
     assert len(books.objects("Invoice")) == 1
+
+
+def test_sync_now_does_not_wait_for_the_backoff_of_chosen_invoices(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books
+) -> None:
+    with engine.begin() as conn:
+        invoice = f.invoice(conn, org, f.customer(conn, org), f.item(conn, org), doc_number="LATE-1")
+    queue = SyncQueue(engine)
+    for item in queue.claim("earlier-run", limit=10, lease=timedelta(minutes=1)):
+        queue.fail(item, "503 Service Unavailable")  # backing off now
+
+    assert push().actions == {}
+    assert push(invoice_ids=[invoice]).actions["invoice.create"] == 1
+    assert list(books.by_doc_number()) == ["LATE-1"]
