@@ -44,7 +44,7 @@ from batchly_pipelines.sync.validation import NotPushableError, assert_pushable
 CLAIM_SIZE = (
     1200  # queue rows per round: a QuickBooks minute of batch calls, so rounds rarely idle the budget
 )
-DEFAULT_LEASE = timedelta(minutes=5)
+DEFAULT_LEASE = timedelta(minutes=2)  # renewed while the run lives: a dead run's rows return within this
 LINGER_POLL_SECONDS = 1.0
 
 
@@ -170,6 +170,11 @@ class _Push:
         if invoice_ids is not None:
             self.stats.total = len(invoice_ids)
             self._expedite(invoice_ids)
+        stop_renewing = threading.Event()
+        renewer = threading.Thread(
+            target=self._renew_leases, args=(stop_renewing,), name="push-leases", daemon=True
+        )
+        renewer.start()
         try:
             while batch := self._claim_or_linger(invoice_ids, linger_seconds):
                 if invoice_ids is None:
@@ -177,9 +182,23 @@ class _Push:
                     self.stats.total = max(self.stats.total, self.stats.done + len(batch) + due)
                 self._round(batch)
         finally:
+            stop_renewing.set()
+            renewer.join()
             self.stats.elapsed_seconds = time.monotonic() - self._started
             self.stats.api = self.client.stats.as_dict()
         return self.stats
+
+    def _renew_leases(self, stop: threading.Event) -> None:
+        """Keep this worker's claimed rows leased while it runs (a third of the lease apart), so a long round never
+        looks abandoned; once the worker dies its leases lapse within one lease."""
+        q = sync_queue.c
+        while not stop.wait(self.lease.total_seconds() / 3):
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.update(sync_queue)
+                    .where(q.lease_owner == self.worker, q.status == "in_progress")
+                    .values(lease_expires_at=utcnow() + self.lease)
+                )
 
     def _expedite(self, invoice_ids: list[int]) -> None:
         """ "Sync now" does not wait out the backoff of the chosen invoices' pending queue rows."""

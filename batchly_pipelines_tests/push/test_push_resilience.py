@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines.services.push import PushStats
+from batchly_pipelines.services.push import Progress, PushStats
 from batchly_pipelines.services.push_records import Checkpointer, CheckpointResult, Outcome
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.demo import create_demo
@@ -104,3 +104,21 @@ def test_run_killed_after_quickbooks_wrote_is_resumed_without_duplicates(
     assert (
         sum(run.actions["invoice.link"] for run in runs) == lost
     )  # found by the DocNumber guard, not re-created
+
+
+def test_a_live_run_keeps_its_leases_however_long_a_round_takes(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books
+) -> None:
+    _demo_into(engine, org, 30)
+    intruder: list[int] = []
+
+    def slow_progress(progress: Progress) -> None:
+        if not intruder:
+            time.sleep(1.5)  # three leases long
+            stolen = SyncQueue(engine).claim("intruder", limit=1000, lease=timedelta(minutes=1))
+            intruder.append(len(stolen))
+
+    push(lease=timedelta(seconds=0.5), progress=slow_progress)
+
+    assert intruder == [0]
+    _assert_exactly_once(engine, books, 30)
