@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,9 @@ def run_dev(settings: Settings, *, port: int = 3000) -> int:
         for error in summary.errors:
             section("error", error)
         section("dagster", f"UI at http://127.0.0.1:{port} (Ctrl-C stops everything)")
+        home = os.environ.get("DAGSTER_HOME")
+        if home:  # Dagster warns that it ignores ./dagster.yaml: `make dev` copied it into DAGSTER_HOME
+            section("dagster home", f"{home} (its dagster.yaml is a copy of ./dagster.yaml)")
         dagster = subprocess.Popen(
             [
                 str(Path(sys.executable).with_name("dagster")),
