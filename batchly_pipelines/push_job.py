@@ -14,6 +14,7 @@ from dagster import (
     AssetKey,
     AssetObservation,
     Config,
+    Failure,
     In,
     MetadataValue,
     OpExecutionContext,
@@ -24,6 +25,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from batchly_pipelines.quickbooks.errors import AuthError
 from batchly_pipelines.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.services.push import CLAIM_SIZE, DEFAULT_LEASE, Progress, push_organization
 from batchly_pipelines.store.schema import QUEUE_STATES
@@ -101,7 +103,11 @@ def push_records(
 ) -> Output[dict[str, Any]]:
     """Claim, validate and push the organisation's due records; every chunk is checkpointed as it completes."""
     report = _ProgressReporter(context, config.organization_id)
-    with quickbooks.client_for(config.organization_id) as client:
+    try:
+        client = quickbooks.client_for(config.organization_id)
+    except (LookupError, AuthError) as exc:  # never connected, or the connection needs a person
+        raise Failure(description=str(exc), allow_retries=False) from None
+    with client:
         stats = push_organization(
             batchly_db.engine,
             client,

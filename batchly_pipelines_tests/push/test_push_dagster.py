@@ -126,3 +126,23 @@ def test_real_definitions_wire_the_push() -> None:
     job = defs.resolve_job_def("push_to_quickbooks")
     assert job.graph.node_named("push_records").definition.pools == {"qbo_api"}
     assert set(job.required_resource_keys) >= {"batchly_db", "quickbooks"}
+
+
+def test_an_unconnected_organisation_fails_the_run_with_what_to_do(engine: Engine, environment: None) -> None:
+    with engine.begin() as conn:
+        org = f.organization(conn, "Not connected")
+
+    result = push_to_quickbooks.execute_in_process(
+        run_config={"ops": {"push_records": {"config": {"organization_id": org}}}},
+        resources={
+            "batchly_db": BatchlyDatabase(database_url=_url(engine)),
+            "quickbooks": QuickBooksResource(database_url=_url(engine), time_scale=TIME_SCALE),
+        },
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    data = failure.step_failure_data
+    assert data.user_failure_data is not None  # a deliberate Failure, not a traceback; not retried
+    assert f"batchly-sync connect --org {org}" in (data.user_failure_data.description or "")
