@@ -7,7 +7,9 @@ and the customer's ``Balance`` is the sum of its open invoice balances.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from batchly_pipelines.sandbox import query as qlang
 from batchly_pipelines.sandbox.clock import Clock, metadata_time, pacific_date, parse_instant
 from batchly_pipelines.sandbox.entities import EntitySpec, spec_for
+from batchly_pipelines.sandbox.index import Entry, TimeIndex
 from batchly_pipelines.sandbox.state import Event, Realm
 from batchly_pipelines.sandbox.wire import (
     QboError,
@@ -56,6 +59,13 @@ def payment_links(payment: dict[str, Any]) -> dict[str, Decimal]:
         for link in line["LinkedTxn"]:
             links[link["TxnId"]] = links.get(link["TxnId"], ZERO) + line["Amount"]
     return links
+
+
+def _changes(name: str, index: TimeIndex, since: datetime) -> Iterator[tuple[Entry, str, dict[str, Any]]]:
+    """(index entry, entity name, object) of a store's objects updated at or after ``since``, oldest first."""
+    entries, store = index.entries, index.store
+    for n in range(index.span(since, True, None, True)[0], len(entries)):
+        yield entries[n], name, store[entries[n][2]]
 
 
 class Books:
@@ -130,16 +140,29 @@ class Books:
         with self.realm.lock:
             hidden = self.realm.hidden or set()
             store = self.realm.objects[spec.name]
+            active_only = spec.kind == "name" and not any(c.path == ("active",) for c in parsed.conditions)
             by_id = next((c for c in parsed.conditions if c.path == ("id",)), None)
-            if by_id is None:
-                keys: Iterable[str] = store.keys()
-            else:  # Id takes only = and IN: look the ids up instead of comparing every object with every id
-                keys = [key for key in dict.fromkeys(str(value) for value in by_id.values) if key in store]
-                parsed.conditions = [c for c in parsed.conditions if c is not by_id]
-            rows = [store[key] for key in keys if (spec.name, key) not in hidden]
-            if spec.kind == "name" and not any(c.path == ("active",) for c in parsed.conditions):
-                rows = [obj for obj in rows if obj.get("Active") is not False]
-            page, total = qlang.run(parsed, rows)
+            index = self.realm.time_index(spec.name) if by_id is None else None
+            if index is not None and index.regular:
+
+                def keep(key: str, obj: dict[str, Any]) -> bool:
+                    if active_only and obj.get("Active") is False:
+                        return False
+                    return not hidden or (spec.name, key) not in hidden
+
+                page, total = qlang.run_indexed(parsed, index, keep)
+            else:
+                if by_id is None:
+                    keys: Iterable[str] = store.keys()
+                else:  # Id takes only = and IN: look the ids up instead of comparing every object with every id
+                    keys = [
+                        key for key in dict.fromkeys(str(value) for value in by_id.values) if key in store
+                    ]
+                    parsed.conditions = [c for c in parsed.conditions if c is not by_id]
+                rows = [store[key] for key in keys if (spec.name, key) not in hidden]
+                if active_only:
+                    rows = [obj for obj in rows if obj.get("Active") is not False]
+                page, total = qlang.run(parsed, rows)
             page = clone(page)
         if parsed.count:
             return {"totalCount": total}
@@ -163,18 +186,30 @@ class Books:
                 "supported. (changedSince must be within the last 30 days)",
             )
         specs = [entity_spec(name) for name in entities]
-        changed: list[tuple[datetime, int, str, dict[str, Any]]] = []
-        with self.realm.lock:
-            for spec in specs:
-                for store in (self.realm.objects[spec.name], self.realm.tombstones[spec.name]):
-                    for obj in store.values():
-                        updated = parse_instant(obj["MetaData"]["LastUpdatedTime"])
-                        if updated >= since:
-                            changed.append((updated, int(obj["Id"]), spec.name, clone(obj)))
-        changed.sort(key=lambda row: (row[0], row[1]))
         grouped: dict[str, list[dict[str, Any]]] = {}
-        for _, _, name, obj in changed[:CDC_MAX_OBJECTS]:
-            grouped.setdefault(name, []).append(obj)
+        with self.realm.lock:
+            indexes = [
+                (spec.name, self.realm.time_index(spec.name, tombstones))
+                for spec in specs
+                for tombstones in (False, True)
+            ]
+            if all(index.regular for _, index in indexes):
+                # the oldest changes of every store, merged in (LastUpdatedTime, Id) order; ties keep store order
+                streams = [_changes(name, index, since) for name, index in indexes]
+                merged = heapq.merge(*streams, key=lambda row: row[0][:2])
+                for _, name, obj in itertools.islice(merged, CDC_MAX_OBJECTS):
+                    grouped.setdefault(name, []).append(clone(obj))
+            else:
+                changed: list[tuple[datetime, int, str, dict[str, Any]]] = []
+                for spec in specs:
+                    for store in (self.realm.objects[spec.name], self.realm.tombstones[spec.name]):
+                        for obj in store.values():
+                            updated = parse_instant(obj["MetaData"]["LastUpdatedTime"])
+                            if updated >= since:
+                                changed.append((updated, int(obj["Id"]), spec.name, obj))
+                changed.sort(key=lambda row: (row[0], row[1]))
+                for _, _, name, obj in changed[:CDC_MAX_OBJECTS]:
+                    grouped.setdefault(name, []).append(clone(obj))
         responses: list[dict[str, Any]] = [
             {name: rows, "startPosition": 1, "maxResults": len(rows)}
             for name in dict.fromkeys(spec.name for spec in specs)
@@ -263,13 +298,16 @@ class Books:
                 self._adjust_customer(existing["CustomerRef"]["value"], -existing["Balance"])
             stamp = self._stamp()
             self._reindex(spec, existing, None)
-            del self.realm.objects[spec.name][obj_id]
-            self.realm.tombstones[spec.name][obj_id] = {
-                "Id": obj_id,
-                "status": "Deleted",
-                "domain": "QBO",
-                "MetaData": {"LastUpdatedTime": metadata_time(stamp)},
-            }
+            self.realm.remove(spec.name, obj_id)
+            self.realm.bury(
+                spec.name,
+                {
+                    "Id": obj_id,
+                    "status": "Deleted",
+                    "domain": "QBO",
+                    "MetaData": {"LastUpdatedTime": metadata_time(stamp)},
+                },
+            )
             self.emit(Event(self.realm.realm_id, spec.name, obj_id, "Delete", stamp))
             return spec.name, {"status": "Deleted", "domain": "QBO", "Id": obj_id}
 
@@ -315,7 +353,7 @@ class Books:
 
     def _store(self, spec: EntitySpec, obj: dict[str, Any], operation: str) -> None:
         self._reindex(spec, self.realm.objects[spec.name].get(obj["Id"]), obj)
-        self.realm.objects[spec.name][obj["Id"]] = obj
+        self.realm.put(spec.name, obj)
         if operation == "Create" and self.realm.hidden is not None:
             self.realm.hidden.add((spec.name, obj["Id"]))
         updated = parse_instant(obj["MetaData"]["LastUpdatedTime"])

@@ -96,19 +96,26 @@ def create_company(
     for name, account_type, sub_type in CHART_OF_ACCOUNTS:
         books.create("Account", {"Name": name, "AccountType": account_type, "AccountSubType": sub_type})
     stamp = metadata_time(clock.now_dt())
-    realm.objects["CompanyInfo"]["1"] = {
-        "Id": "1",
-        "SyncToken": "0",
-        "domain": "QBO",
-        "sparse": False,
-        "CompanyName": realm.company_name,
-        "LegalName": realm.company_name,
-        "Country": "US",
-        "CompanyAddr": {"Line1": "2600 Marine Way", "City": "Mountain View", "CountrySubDivisionCode": "CA"},
-        "FiscalYearStartMonth": "January",
-        "SupportedLanguages": "en",
-        "MetaData": {"CreateTime": stamp, "LastUpdatedTime": stamp},
-    }
+    realm.put(
+        "CompanyInfo",
+        {
+            "Id": "1",
+            "SyncToken": "0",
+            "domain": "QBO",
+            "sparse": False,
+            "CompanyName": realm.company_name,
+            "LegalName": realm.company_name,
+            "Country": "US",
+            "CompanyAddr": {
+                "Line1": "2600 Marine Way",
+                "City": "Mountain View",
+                "CountrySubDivisionCode": "CA",
+            },
+            "FiscalYearStartMonth": "January",
+            "SupportedLanguages": "en",
+            "MetaData": {"CreateTime": stamp, "LastUpdatedTime": stamp},
+        },
+    )
     state.add_realm(realm)
     return realm
 
@@ -172,6 +179,9 @@ class Seeder:
             paid = self.rng.sample(invoices, min(self.plan.payments, len(invoices)))
             for invoice, kind in zip(paid, self._payment_kinds(len(paid)), strict=True):
                 self._payment(invoice, kind)
+            for entity in self.created:  # build the query/CDC indexes now rather than on the first query
+                self.realm.time_index(entity)
+                self.realm.time_index(entity, tombstones=True)
         return self.created
 
     def _customer(self, n: int) -> dict[str, Any]:

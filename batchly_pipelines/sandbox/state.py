@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from batchly_pipelines.sandbox.index import TimeIndex
 from batchly_pipelines.sandbox.wire import dumps, loads
 
 REPLY_RETENTION = 10_000
@@ -56,7 +57,11 @@ class Event:
 
 
 class Realm:
-    """One QBO company: its objects, deletion tombstones, and the per-realm settings. Guard with ``lock``."""
+    """One QBO company: its objects, deletion tombstones, and the per-realm settings. Guard with ``lock``.
+
+    Write objects and tombstones through :meth:`put`, :meth:`remove` and :meth:`bury`, which keep the time indexes
+    (:meth:`time_index`) current; an index that finds its store changed behind its back is rebuilt.
+    """
 
     def __init__(self, realm_id: str, company_name: str) -> None:
         self.realm_id = realm_id
@@ -72,6 +77,9 @@ class Realm:
             OrderedDict()
         )  # requestid -> original (status, body)
         self.indexes: dict[str, dict[str, set[str]]] = {}  # uniqueness indexes, rebuilt lazily by Books
+        self.time_indexes: dict[
+            tuple[str, bool], TimeIndex
+        ] = {}  # (entity, tombstones?) -> index, built lazily
         self.hidden: set[tuple[str, str]] | None = None  # objects created by the batch being executed
         self.faults = FaultConfig()
         self.rng = random.Random()
@@ -83,6 +91,36 @@ class Realm:
         self.replies[requestid] = (status, body)
         while len(self.replies) > REPLY_RETENTION:
             self.replies.popitem(last=False)
+
+    def put(self, entity: str, obj: dict[str, Any]) -> None:
+        """Store a (new version of an) object under its ``Id``."""
+        self.objects[entity][obj["Id"]] = obj
+        self._indexed(entity, False, obj["Id"], obj)
+
+    def remove(self, entity: str, obj_id: str) -> None:
+        """Drop an object (its tombstone is stored with :meth:`bury`)."""
+        del self.objects[entity][obj_id]
+        index = self.time_indexes.get((entity, False))
+        if index is not None:
+            index.remove(obj_id)
+
+    def bury(self, entity: str, tombstone: dict[str, Any]) -> None:
+        """Store the deletion tombstone of an object, for CDC."""
+        self.tombstones[entity][tombstone["Id"]] = tombstone
+        self._indexed(entity, True, tombstone["Id"], tombstone)
+
+    def _indexed(self, entity: str, tombstones: bool, key: str, obj: dict[str, Any]) -> None:
+        index = self.time_indexes.get((entity, tombstones))
+        if index is not None and not index.put(key, obj):
+            del self.time_indexes[(entity, tombstones)]
+
+    def time_index(self, entity: str, tombstones: bool = False) -> TimeIndex:
+        """The (LastUpdatedTime, Id) index of an entity's objects or tombstones; check ``regular`` before use."""
+        store = (self.tombstones if tombstones else self.objects)[entity]
+        index = self.time_indexes.get((entity, tombstones))
+        if index is None or index.store is not store or not index.regular or len(index) != len(store):
+            index = self.time_indexes[(entity, tombstones)] = TimeIndex(store)
+        return index
 
     def allocate_id(self) -> str:
         """The next object id (one sequence per company)."""
