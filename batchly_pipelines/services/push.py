@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
@@ -37,7 +36,6 @@ from batchly_pipelines.services.push_records import (
     load_rows,
 )
 from batchly_pipelines.store.queue import QueueItem, SyncQueue
-from batchly_pipelines.store.schema import sync_queue, utcnow
 from batchly_pipelines.sync.requestids import BATCH_MAX
 from batchly_pipelines.sync.validation import NotPushableError, assert_pushable
 
@@ -169,7 +167,7 @@ class _Push:
         self._started = time.monotonic()
         if invoice_ids is not None:
             self.stats.total = len(invoice_ids)
-            self._expedite(invoice_ids)
+            self.queue.expedite(self.org, "invoice", invoice_ids)
         stop_renewing = threading.Event()
         renewer = threading.Thread(
             target=self._renew_leases, args=(stop_renewing,), name="push-leases", daemon=True
@@ -191,29 +189,8 @@ class _Push:
     def _renew_leases(self, stop: threading.Event) -> None:
         """Keep this worker's claimed rows leased while it runs (a third of the lease apart), so a long round never
         looks abandoned; once the worker dies its leases lapse within one lease."""
-        q = sync_queue.c
         while not stop.wait(self.lease.total_seconds() / 3):
-            with self.engine.begin() as conn:
-                conn.execute(
-                    sa.update(sync_queue)
-                    .where(q.lease_owner == self.worker, q.status == "in_progress")
-                    .values(lease_expires_at=utcnow() + self.lease)
-                )
-
-    def _expedite(self, invoice_ids: list[int]) -> None:
-        """ "Sync now" does not wait out the backoff of the chosen invoices' pending queue rows."""
-        q = sync_queue.c
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(sync_queue)
-                .where(
-                    q.organization_id == self.org,
-                    q.entity_type == "invoice",
-                    q.entity_id.in_(invoice_ids),
-                    q.status == "pending",
-                )
-                .values(next_attempt_at=utcnow())
-            )
+            self.queue.renew_leases(self.worker, self.lease)
 
     def _claim_or_linger(self, invoice_ids: list[int] | None, linger_seconds: float) -> list[QueueItem]:
         """The next batch; when none is due, keep looking (once a second) for up to ``linger_seconds`` — unless

@@ -176,6 +176,32 @@ class SyncQueue:
         requeued = _requeue(conn, owned, item.id, now + self.policy.delay(item.attempts), error, now)
         return "pending" if requeued else "lost_lease"
 
+    def renew_leases(self, worker: str, lease: timedelta, now: datetime | None = None) -> int:
+        """Extend every lease ``worker`` holds, so a long-running worker's rows never look abandoned."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.update(sync_queue)
+                .where(q.lease_owner == worker, q.status == "in_progress")
+                .values(lease_expires_at=now + lease)
+            ).rowcount
+
+    def expedite(
+        self, organization_id: int, entity_type: str, entity_ids: Iterable[int], now: datetime | None = None
+    ) -> int:
+        """Make the pending rows of these records due now, skipping their backoff ("Sync now")."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.update(sync_queue)
+                .where(
+                    q.organization_id == organization_id,
+                    q.entity_type == entity_type,
+                    q.entity_id.in_(list(entity_ids)),
+                    q.status == "pending",
+                )
+                .values(next_attempt_at=now or utcnow())
+            ).rowcount
+
     def retry_dead(
         self,
         *,

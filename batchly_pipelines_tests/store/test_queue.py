@@ -197,3 +197,25 @@ def test_retrying_a_dead_row_folds_into_a_newer_pending_edit(engine: Engine) -> 
         ("pending", 0, 2),
     ]
     assert queue.depth()[rows[0]["organization_id"]]["dead"] == 0
+
+
+def test_a_live_worker_renews_its_leases_and_only_its_own(engine: Engine) -> None:
+    _customers(engine, 2)
+    queue = SyncQueue(engine)
+    now = utcnow()
+    [mine] = queue.claim("alive", limit=1, lease=LEASE, now=now)
+    [theirs] = queue.claim("crashed", limit=1, lease=LEASE, now=now)
+    assert queue.renew_leases("alive", LEASE, now=now + LEASE / 2) == 1
+    later = now + LEASE + timedelta(seconds=1)
+    assert [item.id for item in queue.claim("other", limit=10, lease=LEASE, now=later)] == [theirs.id]
+    assert mine.id != theirs.id
+
+
+def test_expedite_makes_backed_off_rows_due_now(engine: Engine) -> None:
+    org, ids = _customers(engine, 2)
+    queue = SyncQueue(engine, RetryPolicy(base_delay=timedelta(hours=1)))
+    for item in queue.claim("w", limit=2, lease=LEASE):
+        queue.fail(item, "HTTP 503")
+    assert queue.claim("w", limit=2, lease=LEASE) == []
+    assert queue.expedite(org, "customer", [ids[1]]) == 1
+    assert [item.entity_id for item in queue.claim("w", limit=2, lease=LEASE)] == [ids[1]]
