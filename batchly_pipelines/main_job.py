@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from tqdm import tqdm
 
-from batchly_pipelines.cli_output import section
+from batchly_pipelines.cli_output import progress_bar, section
 from batchly_pipelines.local_sandbox import local_sandbox
 from batchly_pipelines.quickbooks.callback import authorize
 from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.connections import client_for_organization
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.services.pull import OrganizationPull, pull_organization, window_since_cursor
-from batchly_pipelines.services.push import Progress, PushStats, push_organization
+from batchly_pipelines.services.push import PushStats, push_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
@@ -161,13 +160,7 @@ def _sync_organization(
             window = window_since_cursor(engine, organization_id)
             pulled = pull_organization(engine, client, organization_id, window, run_id="make-run")
             _count_pull(pulled, summary)
-            # a progress bar on a terminal only (disable=None), so piped logs stay readable
-            with tqdm(total=0, unit="record", desc=f"push {name[:24]}", leave=False, disable=None) as bar:
-
-                def show(progress: Progress) -> None:
-                    bar.total = progress.total
-                    bar.update(progress.done - bar.n)
-
+            with progress_bar(f"push {name[:24]}", leave=False) as show:
                 pushed = push_organization(
                     engine, client, organization_id, worker=f"make-run-{os.getpid()}", progress=show
                 )

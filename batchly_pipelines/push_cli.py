@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from tqdm import tqdm
-
-from batchly_pipelines.cli_output import section
+from batchly_pipelines.cli_output import progress_bar, section
 from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.connections import client_for_organization
-from batchly_pipelines.services.push import Progress, ProgressCallback, push_organization
+from batchly_pipelines.services.push import push_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.db import create_engine
-
-
-@contextmanager
-def progress_bar(description: str, *, leave: bool = True) -> Iterator[ProgressCallback]:
-    """A terminal progress bar (records done of the total, rate) fed by a push's progress callback."""
-    with tqdm(total=0, unit="record", desc=description, dynamic_ncols=True, leave=leave) as bar:
-
-        def show(progress: Progress) -> None:
-            bar.total = progress.total
-            bar.update(progress.done - bar.n)
-            bar.set_postfix_str(f"{progress.per_minute:.0f}/min")
-
-        yield show
 
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
