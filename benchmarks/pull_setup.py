@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
-from batchly_pipelines.settings import LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET, LOCAL_REDIRECT_URI, Settings
+from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import organizations
@@ -77,16 +77,13 @@ def connected_company(
     with _sandbox(time_scale, latency_ms) as base_url, fresh_database(database_url) as engine:
         realm_id = str(_admin(base_url, "realms")["realm_id"])
         seeded = _admin(base_url, f"realms/{realm_id}/seed", seed)["created"]
-        settings = Settings(
-            database_url=engine.url.render_as_string(hide_password=False),
-            data_dir=Path(tempfile.gettempdir()),
-            qbo_environment="local",
-            qbo_base_url=base_url,
-            qbo_client_id=LOCAL_CLIENT_ID,
-            qbo_client_secret=LOCAL_CLIENT_SECRET,
-            qbo_redirect_uri=LOCAL_REDIRECT_URI,
-            secret_key=Fernet.generate_key().decode(),
-            webhook_verifier_token=None,
+        settings = Settings.from_env(
+            {
+                "BATCHLY_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+                "QBO_BASE_URL": base_url,
+                "BATCHLY_SECRET_KEY": Fernet.generate_key().decode(),
+            },
+            cwd=Path(tempfile.gettempdir()),
         )
         with engine.begin() as conn:
             key = conn.execute(

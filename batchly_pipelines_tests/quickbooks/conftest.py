@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
 from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
-from batchly_pipelines.settings import LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET, LOCAL_REDIRECT_URI, Settings
+from batchly_pipelines.settings import Settings
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin
 
 
@@ -50,14 +50,11 @@ def client(sandbox: SandboxServer, realm_id: str, config: ClientConfig) -> Itera
 @pytest.fixture
 def settings(sandbox: SandboxServer, engine: Engine, tmp_path: Path) -> Settings:
     """Local-mode settings pointing at the sandbox and the test database."""
-    return Settings(
-        database_url=engine.url.render_as_string(hide_password=False),
-        data_dir=tmp_path,
-        qbo_environment="local",
-        qbo_base_url=sandbox.base_url,
-        qbo_client_id=LOCAL_CLIENT_ID,
-        qbo_client_secret=LOCAL_CLIENT_SECRET,
-        qbo_redirect_uri=LOCAL_REDIRECT_URI,
-        secret_key=Fernet.generate_key().decode(),
-        webhook_verifier_token=None,
+    return Settings.from_env(
+        {
+            "BATCHLY_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+            "QBO_BASE_URL": sandbox.base_url,
+            "BATCHLY_SECRET_KEY": Fernet.generate_key().decode(),
+        },
+        cwd=tmp_path,
     )

@@ -28,7 +28,7 @@ from cryptography.fernet import Fernet
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
-from batchly_pipelines.settings import LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET, LOCAL_REDIRECT_URI, Settings
+from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import organizations
@@ -121,16 +121,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, _sandbox(args.time_scale, args.latency_ms) as base_url:
         engine = create_engine(args.database_url or f"sqlite:///{Path(tmp) / 'batchly.sqlite'}")
         migrate.upgrade(engine)
-        settings = Settings(
-            database_url=engine.url.render_as_string(hide_password=False),
-            data_dir=Path(tmp),
-            qbo_environment="local",
-            qbo_base_url=base_url,
-            qbo_client_id=LOCAL_CLIENT_ID,
-            qbo_client_secret=LOCAL_CLIENT_SECRET,
-            qbo_redirect_uri=LOCAL_REDIRECT_URI,
-            secret_key=Fernet.generate_key().decode(),
-            webhook_verifier_token=None,
+        settings = Settings.from_env(
+            {
+                "BATCHLY_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+                "QBO_BASE_URL": base_url,
+                "BATCHLY_SECRET_KEY": Fernet.generate_key().decode(),
+            },
+            cwd=Path(tmp),
         )
         realm_id = str(_admin(base_url, "realms")["realm_id"])
         with engine.begin() as conn:
