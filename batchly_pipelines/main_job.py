@@ -27,7 +27,7 @@ from batchly_pipelines.quickbooks.connections import client_for_organization
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.services.pull import OrganizationPull, pull_organization, window_since_cursor
 from batchly_pipelines.services.push import PushStats, push_organization
-from batchly_pipelines.settings import Settings
+from batchly_pipelines.settings import RuntimeSettings, Settings
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import create_engine
@@ -154,7 +154,7 @@ def _sync_organization(
     engine: Engine, settings: Settings, organization_id: int, name: str, summary: CycleSummary
 ) -> None:
     """Pull, then push, one organisation; a failure is recorded and the next organisation still runs."""
-    config = ClientConfig(time_scale=float(os.environ.get("QBO_TIME_SCALE", "1")))
+    config = ClientConfig(time_scale=RuntimeSettings.from_env().qbo_time_scale)
     try:
         with client_for_organization(engine, settings, organization_id, config=config) as client:
             window = window_since_cursor(engine, organization_id)

@@ -6,7 +6,6 @@ The daily dimension starts at ``BATCHLY_PULL_START_DATE`` (default 2024-01-01) a
 changed so far today can be pulled on demand; the nightly schedules pull the last complete day.
 """
 
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -28,15 +27,17 @@ from dagster import (
 
 from batchly_pipelines.resources import BatchlyDatabase
 from batchly_pipelines.services.mirror import Window
+from batchly_pipelines.settings import RuntimeSettings
 from batchly_pipelines.store import schema as s
 
+RUNTIME = RuntimeSettings.from_env()
 COMPANY = "company"
 DAY = "day"
 
 company_partitions = DynamicPartitionsDefinition(name=COMPANY)
 daily_partitions = DailyPartitionsDefinition(
-    start_date=os.environ.get("BATCHLY_PULL_START_DATE", "2024-01-01"),
-    timezone=os.environ.get("BATCHLY_PULL_TIMEZONE", "UTC"),
+    start_date=RUNTIME.pull_start_date.isoformat(),
+    timezone=RUNTIME.pull_timezone,
     end_offset=1,  # today's partition exists too: an on-demand pull of what changed so far today
 )
 pull_partitions = MultiPartitionsDefinition({COMPANY: company_partitions, DAY: daily_partitions})

@@ -4,7 +4,6 @@ Each tick asks for one run per company of the last complete day. The time zone i
 (default UTC), read when the code location loads. RUNNING by default, so a fresh install pulls without clicks.
 """
 
-import os
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -28,8 +27,9 @@ from batchly_pipelines.assets.pull import (
     qbo_payments,
 )
 from batchly_pipelines.partitions import COMPANY, daily_partitions, pull_key, pull_partitions
+from batchly_pipelines.settings import RuntimeSettings
 
-SCHEDULE_TIMEZONE = os.environ.get("BATCHLY_SCHEDULE_TIMEZONE", "UTC")
+SCHEDULE_TIMEZONE = RuntimeSettings.from_env().schedule_timezone
 
 pull_customers_job = define_asset_job(
     "pull_customers",

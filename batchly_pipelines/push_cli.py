@@ -9,14 +9,14 @@ from batchly_pipelines.cli_output import progress_bar, section
 from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.connections import client_for_organization
 from batchly_pipelines.services.push import push_organization
-from batchly_pipelines.settings import Settings
+from batchly_pipelines.settings import RuntimeSettings, Settings
 from batchly_pipelines.store.db import create_engine
 
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     """Push the organisation's due records (or only ``--invoice`` ids) now; exit 1 if any record failed."""
     engine = create_engine(settings.database_url)
-    config = ClientConfig(time_scale=float(os.environ.get("QBO_TIME_SCALE", "1")))
+    config = ClientConfig(time_scale=RuntimeSettings.from_env().qbo_time_scale)
     with (
         client_for_organization(engine, settings, args.org, config=config) as client,
         progress_bar(f"org {args.org}") as show,

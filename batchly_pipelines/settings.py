@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cryptography.fernet import Fernet
 
@@ -152,3 +154,47 @@ def _local_secret_key(data_dir: Path) -> str:
     finally:
         tmp.unlink()
     return key
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Knobs for scheduling and pacing, read when the Dagster code location loads (no secrets involved)."""
+
+    pull_start_date: date  # BATCHLY_PULL_START_DATE: the first day of the daily pull partitions
+    pull_timezone: str  # BATCHLY_PULL_TIMEZONE: where partition days start and end
+    schedule_timezone: (
+        str  # BATCHLY_SCHEDULE_TIMEZONE: the zone of the 02:00 / 03:00 / 04:00 nightly schedules
+    )
+    qbo_time_scale: float  # QBO_TIME_SCALE: the local sandbox's --time-scale; 1 against Intuit
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
+        """Read and validate the runtime knobs; each has a default."""
+        env = os.environ if environ is None else environ
+        start = env.get("BATCHLY_PULL_START_DATE") or "2024-01-01"
+        try:
+            start_date = date.fromisoformat(start)
+        except ValueError:
+            raise SettingsError("BATCHLY_PULL_START_DATE", "a date as YYYY-MM-DD", start) from None
+        scale = env.get("QBO_TIME_SCALE") or "1"
+        try:
+            time_scale = float(scale)
+        except ValueError:
+            time_scale = 0.0
+        if not time_scale > 0:
+            raise SettingsError("QBO_TIME_SCALE", "a number greater than 0", scale)
+        return cls(
+            pull_start_date=start_date,
+            pull_timezone=_time_zone(env, "BATCHLY_PULL_TIMEZONE"),
+            schedule_timezone=_time_zone(env, "BATCHLY_SCHEDULE_TIMEZONE"),
+            qbo_time_scale=time_scale,
+        )
+
+
+def _time_zone(env: Mapping[str, str], variable: str) -> str:
+    name = env.get(variable) or "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(variable, "an IANA time zone such as America/Los_Angeles", name) from None
+    return name

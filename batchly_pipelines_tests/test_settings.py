@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from batchly_pipelines.settings import LOCAL_SANDBOX_URL, Settings, SettingsError
+from batchly_pipelines.settings import LOCAL_SANDBOX_URL, RuntimeSettings, Settings, SettingsError
 
 
 def test_local_defaults_need_no_configuration(tmp_path: Path) -> None:
@@ -82,3 +82,26 @@ def test_secrets_never_appear_in_the_repr(tmp_path: Path) -> None:
     for secret in (settings.secret_key, "s3cr3t-client", "v3rifier"):
         assert secret not in shown
     assert "qbo_base_url" in shown
+
+
+def test_runtime_knobs_have_defaults_and_are_validated() -> None:
+    defaults = RuntimeSettings.from_env({})
+    assert (defaults.pull_start_date.isoformat(), defaults.pull_timezone, defaults.qbo_time_scale) == (
+        "2024-01-01",
+        "UTC",
+        1.0,
+    )
+    chosen = RuntimeSettings.from_env(
+        {"BATCHLY_SCHEDULE_TIMEZONE": "America/Los_Angeles", "QBO_TIME_SCALE": "60"}
+    )
+    assert (chosen.schedule_timezone, chosen.qbo_time_scale) == ("America/Los_Angeles", 60.0)
+    for env, variable in (
+        ({"BATCHLY_PULL_START_DATE": "yesterday"}, "BATCHLY_PULL_START_DATE"),
+        ({"BATCHLY_PULL_TIMEZONE": "Mars/Olympus"}, "BATCHLY_PULL_TIMEZONE"),
+        ({"BATCHLY_SCHEDULE_TIMEZONE": "../etc"}, "BATCHLY_SCHEDULE_TIMEZONE"),
+        ({"QBO_TIME_SCALE": "0"}, "QBO_TIME_SCALE"),
+        ({"QBO_TIME_SCALE": "fast"}, "QBO_TIME_SCALE"),
+    ):
+        with pytest.raises(SettingsError) as error:
+            RuntimeSettings.from_env(env)
+        assert error.value.variable == variable
