@@ -555,7 +555,7 @@ class QuickBooksClient:
                     headers=headers,
                     timeout=(self.config.connect_timeout, self.config.read_timeout),
                 )
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except TRANSPORT_ERRORS as exc:
                 raise ServerError(f"no answer from QuickBooks ({type(exc).__name__})", detail=path) from None
         tid = response.headers.get("intuit_tid")
         if response.status_code == 200:
@@ -566,6 +566,15 @@ class QuickBooksClient:
                     "QuickBooks answered 200 with a body that is not JSON", intuit_tid=tid
                 ) from None
         raise error_from_response(response.status_code, response.content, response.headers)
+
+
+# no (complete) answer: retried like any dropped connection — a connection cut in the middle of the body included
+TRANSPORT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 
 
 def _pooled_session(size: int) -> requests.Session:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 import requests
 
@@ -167,3 +170,35 @@ def test_retry_after_is_kept_when_sent() -> None:
     hinted = error_from_response(429, body, {"Retry-After": "7", "intuit_tid": "1-a"})
     assert isinstance(hinted, ThrottledError) and hinted.retry_after == 7.0
     assert error_from_response(429, body, {}).retry_after is None  # type: ignore[attr-defined]
+
+
+def test_an_answer_cut_mid_body_is_retried_with_the_same_request_id() -> None:
+    """QuickBooks wrote, then the connection broke while its answer was being read: retry, never a new id."""
+    request_lines: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                request_lines.append(conn.recv(65536).split(b"\r\n")[0])
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{"
+                )
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = server.getsockname()[1]
+    config = ClientConfig(time_scale=1000, attempts=3)
+    client = QuickBooksClient("123", f"http://127.0.0.1:{port}", FixedToken("tok"), config=config)
+    try:
+        [result] = client.write_batch([WriteOp(1, "Invoice", "create", {"DocNumber": "1"}, "a" * 36)])
+    finally:
+        server.close()
+    assert not result.ok and isinstance(result.error, ServerError)
+    assert "no answer from QuickBooks" in str(result.error)
+    assert len(request_lines) == 3, "every attempt was sent"
+    request_ids = {line.split(b"requestid=")[1].split(b"&")[0].split(b" ")[0] for line in request_lines}
+    assert len(request_ids) == 1, request_lines
