@@ -1,8 +1,15 @@
 """Payment status of Batchly invoices from the mirrored QuickBooks invoices and payments (DESIGN.md §1: QuickBooks
 is the truth), and the daily local re-derivation of "overdue" without any QuickBooks call.
 
-An invoice is examined when its mirrored QuickBooks invoice was pulled after its last payment sync, so a second run
-over the same mirror examines nothing.
+An invoice is examined when its mirrored QuickBooks invoice has another ``qbo_mirror.version`` than the one its
+payment columns were derived from (``invoices.payment_mirror_version``), so a second run over the same mirror examines
+nothing. The version is read with the invoice's data in one row and compared for equality, never a time: a mirror row
+committed after a concurrent reconciliation read the older one keeps a version that reconciliation did not record, and
+is examined next time.
+
+An invoice deleted in QuickBooks (mirror row flagged deleted) has no payment there any more: its payment columns are
+settled as for a voided invoice — nothing paid, nothing due, no payment, status ``voided`` — and the Batchly invoice
+itself stays.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.store.sync_state import LogEntry, write_log
 from batchly_pipelines.sync.payments import (
+    ZERO,
+    PaymentState,
     PaymentStatus,
     overdue_status,
     payment_facts_from_qbo,
@@ -31,6 +40,8 @@ from batchly_pipelines.sync.payments import (
 m, inv = s.qbo_mirror.c, s.invoices.c
 CHUNK = 1000
 PAYMENT_COLUMNS = ("amount_paid", "amount_due", "payment_status", "payment_date", "qb_payment_id")
+# an invoice QuickBooks deleted: no payment applies to it any more, nothing is owed there (as for a void)
+DELETED_IN_QUICKBOOKS = PaymentState(ZERO, ZERO, PaymentStatus.VOIDED, None, None)
 
 
 def linked_ids(obj: Mapping[str, Any], txn_type: str) -> list[str]:
@@ -75,16 +86,26 @@ def reconcile_payments(
             if not rows:
                 break
             payments = mirrored_payments(
-                conn, organization_id, (pid for r in rows for pid in linked_ids(r["data"], "Payment"))
+                conn,
+                organization_id,
+                (pid for r in rows if not r["deleted"] for pid in linked_ids(r["data"], "Payment")),
             )
             log: list[LogEntry] = []
             for row in rows:
-                columns = expected_columns(row["data"], payments, today)
+                if row["deleted"]:
+                    columns = DELETED_IN_QUICKBOOKS.as_columns()
+                else:
+                    columns = expected_columns(row["data"], payments, today)
                 changed = {key: value for key, value in columns.items() if row[key] != value}
                 conn.execute(
                     sa.update(s.invoices)
                     .where(inv.id == row["id"])
-                    .values(**changed, last_payment_sync_at=now, updated_at=inv.updated_at)
+                    .values(
+                        **changed,
+                        last_payment_sync_at=now,
+                        payment_mirror_version=row["version"],
+                        updated_at=inv.updated_at,
+                    )
                 )
                 if changed:
                     stats.updated += 1
@@ -118,9 +139,9 @@ def expected_columns(
 
 
 def _pending(organization_id: int, after: int) -> sa.Select[Any]:
-    """Linked invoices whose QuickBooks twin was pulled since their last payment sync."""
+    """Linked invoices whose QuickBooks twin (live or deleted) has a mirror version they were not reconciled with."""
     return (
-        sa.select(inv.id, inv.qbo_id, *(inv[c] for c in PAYMENT_COLUMNS), m.data)
+        sa.select(inv.id, inv.qbo_id, *(inv[c] for c in PAYMENT_COLUMNS), m.data, m.deleted, m.version)
         .join(
             s.qbo_mirror,
             sa.and_(
@@ -130,8 +151,7 @@ def _pending(organization_id: int, after: int) -> sa.Select[Any]:
         .where(
             inv.organization_id == organization_id,
             inv.id > after,
-            m.deleted.is_(False),
-            sa.or_(inv.last_payment_sync_at.is_(None), m.pulled_at > inv.last_payment_sync_at),
+            sa.or_(inv.payment_mirror_version.is_(None), inv.payment_mirror_version != m.version),
         )
         .order_by(inv.id)
         .limit(CHUNK)

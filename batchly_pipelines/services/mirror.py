@@ -1,12 +1,19 @@
 """Reading what QuickBooks changed in a window into ``qbo_mirror``, page by page, with CDC for deletions.
 
 Windows are read with keyset paging on ``(MetaData.LastUpdatedTime, Id)``: each page starts at the newest second of
-the previous one (``>=``) and skips the ids already seen in that second. Rows that change while the window is read
-move to a later second and are met again, never skipped, so no re-count is needed; only the ids of one second are held
-in memory. More than a page of rows in one second is read by position inside that second.
+the previous one (``>=``) and skips the versions — ``(Id, SyncToken)`` — already seen in that second. A row that
+changes while the window is read moves to a later second with a new SyncToken and is met again, never skipped (an
+edited row is not dropped for having been seen at its old time); only the versions of one second are held in memory.
+
+More than a page of rows in one second is read by position inside that second (ordered by Id). A row edited during
+that read leaves the second and shifts the rows after it down a position, so one pass alone can miss an untouched
+row: the second is re-read until a whole pass ran while its ``COUNT(*)`` did not move and the pass met exactly that
+many distinct rows (at most ``SECOND_PASSES`` passes; past that the pull fails before its cursor moves).
 
 A mirror row is written only when QuickBooks has a new version of it (another SyncToken, or a deletion), so pulling
-the same window twice writes nothing. ``pulled_at`` therefore says when the mirror last learnt something new.
+the same window twice writes nothing. ``pulled_at`` therefore says when the mirror last learnt something new, and every
+write gives the row a new ``version`` (a random token, compared for equality only: no clock is involved), which the
+payment reconciliation records to know which mirror version it has seen.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,6 +45,24 @@ ORDER = "MetaData.LastUpdatedTime, Id"
 CDC_REACH = timedelta(days=30)
 CDC_SATURATED = "CDC saturated"  # the client's QboError detail when one second holds more than a CDC answer
 CDC_MARGIN = timedelta(minutes=10)  # stay clear of the 30-day edge: QuickBooks refuses older changedSince
+# reads by position of one crowded second before giving up (the pull then fails, its cursor unmoved)
+SECOND_PASSES = 5
+
+Version = tuple[str, str]  # (Id, SyncToken): one version of one QuickBooks object
+
+
+class IncompleteSecond(RuntimeError):
+    """A crowded second kept changing while it was read by position: some of its rows may not have been read."""
+
+
+def version_of(obj: Mapping[str, Any]) -> Version:
+    """``(Id, SyncToken)`` of a QuickBooks object."""
+    return str(obj["Id"]), str(obj["SyncToken"])
+
+
+def new_version() -> str:
+    """A fresh ``qbo_mirror.version``: unique per write, so equal versions mean the same write."""
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -64,13 +90,13 @@ class Window:
 
 
 def changed_pages(client: QuickBooksClient, entity: str, window: Window) -> Iterator[list[dict[str, Any]]]:
-    """Every object of ``entity`` updated in ``window``, one page at a time, each id once per version."""
+    """Every object of ``entity`` updated in ``window``, one page at a time, each version (Id, SyncToken) once."""
     cursor = window.start
-    seen_at_cursor: set[str] = set()
+    seen_at_cursor: set[Version] = set()
     while True:
         where = Window(cursor, window.end).conditions(entity)
         page = client.query(q.select(entity, where, ORDER, 1, q.MAX_RESULTS)).rows
-        fresh = [obj for obj in page if obj["Id"] not in seen_at_cursor]
+        fresh = [obj for obj in page if version_of(obj) not in seen_at_cursor]
         if fresh:
             yield fresh
         if len(page) < q.MAX_RESULTS:
@@ -80,10 +106,7 @@ def changed_pages(client: QuickBooksClient, entity: str, window: Window) -> Iter
             yield from _one_second(client, entity, cursor, seen_at_cursor)
             cursor, seen_at_cursor = cursor + timedelta(seconds=1), set()
             continue
-        if newest != cursor:
-            seen_at_cursor = set()
-        cursor = newest
-        seen_at_cursor |= {obj["Id"] for obj in page if qbo_last_updated(obj) == newest}
+        cursor, seen_at_cursor = newest, {version_of(obj) for obj in page if qbo_last_updated(obj) == newest}
 
 
 def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
@@ -128,19 +151,44 @@ def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str,
 
 
 def _one_second(
-    client: QuickBooksClient, entity: str, second: datetime, skip: set[str]
+    client: QuickBooksClient, entity: str, second: datetime, skip: set[Version]
 ) -> Iterator[list[dict[str, Any]]]:
+    """Every row of one crowded second not in ``skip``, read by position until a pass is known complete.
+
+    A pass is complete when the second's ``COUNT(*)`` was the same before and after it and the pass met that many
+    distinct ids: rows only leave a past second (an edit moves a row to the present), so an unchanged count means
+    no row left during the pass and no position shifted. Rows that left are met later in the window, at their new
+    time."""
     where = Window(second, second + timedelta(seconds=1)).conditions(entity)
-    start = 1
-    while True:
-        page = client.query(q.select(entity, where, "Id", start, q.MAX_RESULTS)).rows
-        fresh = [obj for obj in page if obj["Id"] not in skip]
-        skip.update(obj["Id"] for obj in fresh)
-        if fresh:
-            yield fresh
-        if len(page) < q.MAX_RESULTS:
+    before = client.count(entity, where)
+    for _ in range(SECOND_PASSES):
+        ids: set[str] = set()
+        start = 1
+        while True:
+            page = client.query(q.select(entity, where, "Id", start, q.MAX_RESULTS)).rows
+            ids.update(str(obj["Id"]) for obj in page)
+            fresh = [obj for obj in page if version_of(obj) not in skip]
+            skip.update(version_of(obj) for obj in fresh)
+            if fresh:
+                yield fresh
+            if len(page) < q.MAX_RESULTS:
+                break
+            start += q.MAX_RESULTS
+        after = client.count(entity, where)
+        if before == len(ids) == after:
             return
-        start += q.MAX_RESULTS
+        logger.info(
+            "%s second %s changed while read (%s rows before, %s read, %s after): reading it again",
+            entity,
+            second.isoformat(),
+            before,
+            len(ids),
+            after,
+        )
+        before = after
+    raise IncompleteSecond(
+        f"{entity} rows of the second {second.isoformat()} kept changing over {SECOND_PASSES} reads; pull again"
+    )
 
 
 def store_objects(
@@ -179,6 +227,7 @@ def store_objects(
                 "deleted": False,
                 "data": as_json(obj),
                 "pulled_at": now,
+                "version": new_version(),
             }
             for obj in changed
         ),
@@ -220,7 +269,7 @@ def mark_deleted(
         conn.execute(
             sa.update(qbo_mirror)
             .where(m.organization_id == organization_id, m.entity_type == entity, m.qbo_id == qbo_id)
-            .values(deleted=True, last_updated_time=when[qbo_id], pulled_at=now)
+            .values(deleted=True, last_updated_time=when[qbo_id], pulled_at=now, version=new_version())
         )
     return [dict(data) for _, data in rows]
 

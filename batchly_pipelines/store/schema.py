@@ -175,6 +175,8 @@ invoices = sa.Table(
     sa.Column("payment_date", sa.Date),
     sa.Column("qb_payment_id", sa.String(32)),
     sa.Column("last_payment_sync_at", UTCDateTime),
+    # the qbo_mirror.version of the QuickBooks invoice the payment columns were last derived from
+    sa.Column("payment_mirror_version", sa.String(32)),
     *_timestamps(),
     sa.UniqueConstraint("organization_id", "doc_number"),
     sa.UniqueConstraint("organization_id", "qbo_id"),
@@ -340,6 +342,8 @@ qbo_mirror = sa.Table(
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("pulled_at", UTCDateTime, nullable=False, default=utcnow),
+    # a new random token on every write of the row: "has it changed since I read it" without any clock
+    sa.Column("version", sa.String(32), nullable=False, server_default="0"),
     sa.PrimaryKeyConstraint("organization_id", "entity_type", "qbo_id"),
     sa.Index(None, "organization_id", "entity_type", "last_updated_time"),
 )
