@@ -245,7 +245,7 @@ def invoice_to_qbo(
         "CustomerRef": {"value": customer_qbo_id},
         "Line": [_invoice_line(line, item_qbo_ids) for line in ordered],
     }
-    doc_number = _to_text(invoice.get("doc_number"))
+    doc_number = invoice_doc_number(invoice)
     if doc_number is not None:
         body["DocNumber"] = doc_number
     for column, key in (("txn_date", "TxnDate"), ("due_date", "DueDate")):
@@ -255,6 +255,11 @@ def invoice_to_qbo(
     if replaces_doc_number is not None:
         body["PrivateNote"] = f"Replaces invoice {replaces_doc_number}"
     return body
+
+
+def invoice_doc_number(invoice: Mapping[str, Any]) -> str | None:
+    """The DocNumber an invoice is sent with: trimmed, ``None`` when blank (QuickBooks would number it itself)."""
+    return _to_text(invoice.get("doc_number"))
 
 
 def _invoice_line(line: Mapping[str, Any], item_qbo_ids: Mapping[Any, str]) -> dict[str, Any]:

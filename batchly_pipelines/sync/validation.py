@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from batchly_pipelines.sync.mapping import CUSTOMER_MAPPING, ITEM_MAPPING, to_decimal, to_money
+from batchly_pipelines.sync.mapping import (
+    CUSTOMER_MAPPING,
+    ITEM_MAPPING,
+    invoice_doc_number,
+    to_decimal,
+    to_money,
+)
 
 PUSHABLE_ENTITIES = frozenset({"customer", "item", "invoice"})
 ITEM_TYPES = frozenset({"Service", "NonInventory", "Inventory"})
@@ -132,8 +138,14 @@ def validate_invoice(
         issues.add("status", _STATUS_MESSAGES.get(status, f"unknown invoice status {status!r}"))
     if invoice.get("qbo_id") is not None and invoice_fingerprint(invoice, lines) != pushed_fingerprint:
         issues.add("qbo_id", IMMUTABLE_MESSAGE)
-    doc_number = invoice.get("doc_number")
-    if doc_number is not None and len(doc_number) > DOC_NUMBER_MAX:
+    doc_number = invoice_doc_number(invoice)
+    if doc_number is None:
+        issues.add(
+            "doc_number",
+            "required (blank or only spaces): QuickBooks would number the invoice itself, so a retry could not "
+            "find it and would create it twice",
+        )
+    elif len(doc_number) > DOC_NUMBER_MAX:
         issues.add("doc_number", f"longer than {DOC_NUMBER_MAX} characters ({len(doc_number)})")
     _check_reference(issues, "customer_id", invoice.get("customer_id"), customer, validate_customer)
     if not lines:

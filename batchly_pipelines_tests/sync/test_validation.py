@@ -184,6 +184,16 @@ def test_invoice_rules(
     assert all(issue.entity == "invoice" and issue.record_id == 100 for issue in issues)
 
 
+@pytest.mark.parametrize("doc_number", [None, "", "   ", "\t"])
+def test_a_blank_doc_number_is_refused_naming_the_record_and_field(doc_number: str | None) -> None:
+    (issue,) = invoice_issues(INVOICE | {"doc_number": doc_number})
+    assert str(issue).startswith("invoice 100 doc_number: required (blank or only spaces)")
+
+
+def test_doc_number_is_checked_as_sent_trimmed() -> None:
+    assert invoice_issues(INVOICE | {"doc_number": " " + "D" * 21 + " "}) == []
+
+
 def test_amount_is_quantity_times_price_rounded_to_cents() -> None:
     lines = [
         LINES[0] | {"quantity": Decimal("0.333"), "unit_price": Decimal("10.00"), "amount": Decimal("3.33")}
