@@ -8,7 +8,6 @@ what happened.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.connections import client_for_organization
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.services.pull import OrganizationPull, pull_organization, window_since_cursor
-from batchly_pipelines.services.push import PushStats, push_organization
+from batchly_pipelines.services.push import PushStats, push_organization, worker_name
 from batchly_pipelines.settings import RuntimeSettings, Settings
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
@@ -162,7 +161,7 @@ def _sync_organization(
             _count_pull(pulled, summary)
             with progress_bar(f"push {name[:24]}", leave=False) as show:
                 pushed = push_organization(
-                    engine, client, organization_id, worker=f"make-run-{os.getpid()}", progress=show
+                    engine, client, organization_id, worker=worker_name("make-run"), progress=show
                 )
             _count_push(pushed, summary)
             summary.api_calls += sum(client.stats.calls.values())

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from batchly_pipelines.cli_output import progress_bar, section
 from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.connections import client_for_organization
-from batchly_pipelines.services.push import push_organization
+from batchly_pipelines.services.push import push_organization, worker_name
 from batchly_pipelines.settings import RuntimeSettings, Settings
 from batchly_pipelines.store.db import create_engine
 
@@ -22,7 +21,7 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
         progress_bar(f"org {args.org}") as show,
     ):
         stats = push_organization(
-            engine, client, args.org, worker=f"cli-{os.getpid()}", invoice_ids=args.invoice, progress=show
+            engine, client, args.org, worker=worker_name("cli"), invoice_ids=args.invoice, progress=show
         )
     summary = stats.as_dict()
     section(

@@ -27,7 +27,13 @@ from pydantic import Field
 
 from batchly_pipelines.quickbooks.errors import AuthError
 from batchly_pipelines.resources import BatchlyDatabase, QuickBooksResource
-from batchly_pipelines.services.push import CLAIM_SIZE, DEFAULT_LEASE, Progress, push_organization
+from batchly_pipelines.services.push import (
+    CLAIM_SIZE,
+    DEFAULT_LEASE,
+    Progress,
+    push_organization,
+    worker_name,
+)
 from batchly_pipelines.store.schema import QUEUE_STATES
 
 PROGRESS_ASSET = AssetKey("sync_status")
@@ -112,7 +118,7 @@ def push_records(
             batchly_db.engine,
             client,
             config.organization_id,
-            worker=f"run-{context.run_id[:8]}",
+            worker=worker_name(f"run-{context.run_id[:8]}"),
             invoice_ids=config.invoice_ids or None,
             progress=report,
             run_id=context.run_id,

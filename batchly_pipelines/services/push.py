@@ -10,8 +10,11 @@ callback after every checkpoint.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +102,11 @@ class PushStats:
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "api": self.api,
         }
+
+
+def worker_name(prefix: str) -> str:
+    """A lease owner unique across machines and processes (``pid`` alone repeats across containers)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}"[:64]  # unique part first
 
 
 def push_organization(
