@@ -13,7 +13,7 @@ many distinct rows (at most ``SECOND_PASSES`` passes; past that the pull fails b
 A mirror row is written only when QuickBooks has a new version of it (another SyncToken, or a deletion), so pulling
 the same window twice writes nothing. ``pulled_at`` therefore says when the mirror last learnt something new, and every
 write gives the row a new ``version`` (a random token, compared for equality only: no clock is involved), which the
-payment reconciliation records to know which mirror version it has seen.
+reconciliations record (``invoices.payment_mirror_version``, ``qbo_reconciled``) to know which version they have seen.
 """
 
 from __future__ import annotations

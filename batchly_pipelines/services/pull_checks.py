@@ -158,11 +158,12 @@ def _voided(invoice: Mapping[str, Any]) -> bool:
 
 
 def payment_status(engine: Engine, organization_id: int, today: date) -> CheckOutcome:
-    """Linked invoices synced since their QuickBooks twin was pulled whose payment columns differ from what the
-    mirrored invoice and payments say."""
+    """Linked invoices reconciled with their QuickBooks twin's current mirror version (``payment_mirror_version``
+    equal to ``qbo_mirror.version``: no clocks compared) whose payment columns differ from what the mirrored invoice
+    and payments say."""
     outcome = CheckOutcome()
     query = _linked_invoices(organization_id, *(inv[c] for c in PAYMENT_COLUMNS)).where(
-        inv.last_payment_sync_at >= m.pulled_at
+        inv.payment_mirror_version == m.version
     )
     for rows in _chunks(engine, query, inv.id):
         with engine.connect() as conn:

@@ -1,7 +1,11 @@
 """Reconciling mirrored QuickBooks customers and items into Batchly (DESIGN.md §1).
 
-Only mirror rows pulled since the last reconciliation are read (a cursor per organisation and entity), and of those
-only the ones with news are examined: unlinked ones, ones whose SyncToken is newer than the link's, and deletions of
+Only mirror rows whose ``qbo_mirror.version`` differs from the one recorded when they were last reconciled
+(``qbo_reconciled``) are read — an equality test, never a comparison of clock stamps, so a mirror write committed after
+a concurrent reconciliation read the row keeps a version that reconciliation did not record and is read by the next
+one. Every row read records its version in the chunk's transaction, whatever came of it (merged, created, sent to
+review, nothing new), so a second run over the same mirror reads nothing. Of the rows read, only the ones with news are
+examined: unlinked ones, ones whose SyncToken is newer than the link's, and deletions of
 records Batchly still has active. For each, in chunks of one transaction:
 
 - linked: three-way merge against the base (``sync.merge``); what QuickBooks wins is written to Batchly, what Batchly
@@ -19,7 +23,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,10 +30,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.conflicts import ConflictRecord, mark_resolved, record_conflicts
-from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.db import sync_transaction
-from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, save_states, write_log
+from batchly_pipelines.store.upsert import bulk_upsert
 from batchly_pipelines.sync.mapping import (
     CUSTOMER_MAPPING,
     ITEM_MAPPING,
@@ -49,10 +51,8 @@ from batchly_pipelines.sync.merge import (
     merge,
 )
 
-m, st, sc = s.qbo_mirror.c, s.qbo_sync_state.c, s.sync_conflicts.c
+m, st, sc, rc = s.qbo_mirror.c, s.qbo_sync_state.c, s.sync_conflicts.c, s.qbo_reconciled.c
 CHUNK = 1000
-# mirror writes that commit while a reconciliation runs are seen by the next one
-CURSOR_OVERLAP = timedelta(minutes=5)
 # who closes a review that later edits made moot
 SETTLED_BY = "sync (both sides agree)"
 # the conflict "field" of a QuickBooks record waiting for a person to pick its Batchly twin
@@ -160,19 +160,16 @@ def reconcile(
     only: Sequence[str] | None = None,
 ) -> ReconcileStats:
     """Bring Batchly in line with the mirrored QuickBooks records of ``kind`` that have news (see module doc);
-    ``only`` limits it to those QuickBooks ids, whenever they were pulled, and leaves the cursor alone."""
-    started, started_at = time.monotonic(), utcnow()
+    ``only`` limits it to those QuickBooks ids, whatever version they were reconciled at."""
+    started = time.monotonic()
     stats = ReconcileStats(kind.entity)
     policy = policy or kind.policy
-    cursor = f"reconciled.{kind.entity}"
     with engine.connect() as conn:
         unlinked = _unlinked_by_name(conn, kind, organization_id)
-        mark = get_cursor(conn, organization_id, cursor)
-    since = datetime.fromisoformat(mark) if mark and only is None else None
     after = ""
     while True:
         with engine.connect() as conn:
-            query = _pulled(kind, organization_id, since, after)
+            query = _pulled(kind, organization_id, after, every=only is not None)
             if only is not None:
                 query = query.where(m.qbo_id.in_(list(only)))
             pulled = [dict(r) for r in conn.execute(query).mappings()]
@@ -180,27 +177,56 @@ def reconcile(
                 break
             rows = _with_news(conn, kind, organization_id, pulled)
         after = pulled[-1]["qbo_id"]
-        if rows:
-            with sync_transaction(engine) as conn:
+        with sync_transaction(engine) as conn:
+            if rows:
                 chunk = _Chunk(kind, organization_id, run_id)
                 _plan(conn, chunk, rows, unlinked, policy, stats)
                 _apply(conn, chunk, stats)
-            stats.examined += len(rows)
-    if only is None:
-        with engine.begin() as conn:
-            set_cursor(conn, organization_id, cursor, (started_at - CURSOR_OVERLAP).isoformat())
+            _record_versions(conn, kind, organization_id, pulled)
+        stats.examined += len(rows)
     stats.duration_s = round(time.monotonic() - started, 3)
     return stats
 
 
-def _pulled(kind: EntityKind, organization_id: int, since: datetime | None, after: str) -> sa.Select[Any]:
-    """The next chunk of mirror rows pulled since the last reconciliation (all of them the first time)."""
-    query = sa.select(m.qbo_id, m.sync_token, m.last_updated_time, m.deleted, m.data).where(
-        m.organization_id == organization_id, m.entity_type == kind.qbo_entity, m.qbo_id > after
+def _pulled(kind: EntityKind, organization_id: int, after: str, *, every: bool = False) -> sa.Select[Any]:
+    """The next chunk of mirror rows (by ``qbo_id``, the mirror's primary key order) whose version is not the one
+    they were last reconciled at — never reconciled ones included; ``every`` reads them whatever their version."""
+    joined = s.qbo_mirror.outerjoin(
+        s.qbo_reconciled,
+        sa.and_(
+            rc.organization_id == m.organization_id,
+            rc.entity_type == m.entity_type,
+            rc.qbo_id == m.qbo_id,
+        ),
     )
-    if since is not None:
-        query = query.where(m.pulled_at >= since)
+    query = (
+        sa.select(m.qbo_id, m.sync_token, m.last_updated_time, m.deleted, m.data, m.version)
+        .select_from(joined)
+        .where(m.organization_id == organization_id, m.entity_type == kind.qbo_entity, m.qbo_id > after)
+    )
+    if not every:
+        query = query.where(sa.or_(rc.mirror_version.is_(None), rc.mirror_version != m.version))
     return query.order_by(m.qbo_id).limit(CHUNK)
+
+
+def _record_versions(
+    conn: Connection, kind: EntityKind, organization_id: int, pulled: Sequence[Mapping[str, Any]]
+) -> None:
+    """Record the mirror version each row read was reconciled at, in the transaction that applied it."""
+    bulk_upsert(
+        conn,
+        s.qbo_reconciled,
+        [
+            {
+                "organization_id": organization_id,
+                "entity_type": kind.qbo_entity,
+                "qbo_id": row["qbo_id"],
+                "mirror_version": row["version"],
+            }
+            for row in pulled
+        ],
+        key=("organization_id", "entity_type", "qbo_id"),
+    )
 
 
 def _with_news(

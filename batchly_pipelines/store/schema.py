@@ -348,6 +348,18 @@ qbo_mirror = sa.Table(
     sa.Index(None, "organization_id", "entity_type", "last_updated_time"),
 )
 
+# the mirror version each QuickBooks customer/item was last reconciled at (linked, created, sent to review or without
+# news alike): reconciliation examines the mirror rows whose version differs, an equality test on the primary key
+qbo_reconciled = sa.Table(
+    "qbo_reconciled",
+    metadata,
+    _org_fk(),
+    sa.Column("entity_type", sa.String(16), nullable=False),  # QBO entity name, as in qbo_mirror
+    sa.Column("qbo_id", sa.String(32), nullable=False),
+    sa.Column("mirror_version", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("organization_id", "entity_type", "qbo_id"),
+)
+
 sync_log = sa.Table(
     "sync_log",
     metadata,
