@@ -23,6 +23,7 @@ from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines.store.queue import SyncQueue
+from batchly_pipelines.store.status import organization_status
 
 
 def _engine(settings: Settings) -> Engine:
@@ -56,11 +57,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         today=args.today,
         name=args.name,
     )
-    print(
-        f"created organisation {summary.organization_id} ({args.name!r}): {summary.customers} customers, "
-        f"{summary.items} items, {summary.sales_orders} sales orders, {summary.invoices} invoices "
-        f"({summary.invoice_lines} lines) in {time.monotonic() - started:.1f}s"
-    )
+    print(f"created {args.name!r}, {summary} in {time.monotonic() - started:.1f}s")
     return 0
 
 
@@ -105,23 +102,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def status_report(engine: Engine) -> str:
     """A plain-text table: per organisation, its QuickBooks connection and queue depth by state."""
-    depth = SyncQueue(engine).depth()
-    with engine.connect() as conn:
-        orgs = conn.execute(sa.select(s.organizations.c.id, s.organizations.c.name).order_by("id")).all()
-        connections = {
-            row.organization_id: f"{row.realm_id} ({row.status})"
-            for row in conn.execute(sa.select(s.qbo_connections))
-        }
+    rows = organization_status(engine)
     lines = [
         f"{'org':>4}  {'name':<28} {'quickbooks':<28} {'pending':>8} {'in_prog':>8} {'done':>8} {'dead':>6}"
     ]
-    for org_id, name in orgs:
-        d = depth.get(org_id, {})
-        lines.append(
-            f"{org_id:>4}  {name[:28]:<28} {connections.get(org_id, 'not connected'):<28} "
-            f"{d.get('pending', 0):>8} {d.get('in_progress', 0):>8} {d.get('done', 0):>8} {d.get('dead', 0):>6}"
-        )
-    return "\n".join(lines) if orgs else "no organisations yet (create one with `batchly-sync demo`)"
+    lines += [
+        f"{r['organization_id']:>4}  {r['name'][:28]:<28} {r['quickbooks']:<28} "
+        f"{r['pending']:>8} {r['in_progress']:>8} {r['done']:>8} {r['dead']:>6}"
+        for r in rows
+    ]
+    return "\n".join(lines) if rows else "no organisations yet (create one with `batchly-sync demo`)"
 
 
 def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:

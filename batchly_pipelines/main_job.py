@@ -90,11 +90,7 @@ def ensure_demo_data(engine: Engine, seed: int) -> None:
         section("batchly data", f"kept the {organisations} existing organisation(s)")
         return
     demo = create_demo(engine, customers=50, items=20, invoices=100, seed=seed)
-    section(
-        "batchly data",
-        f"created demo organisation {demo.organization_id}: {demo.customers} customers, {demo.items} items, "
-        f"{demo.sales_orders} sales orders, {demo.invoices} invoices ({demo.invoice_lines} lines)",
-    )
+    section("batchly data", f"created demo {demo}")
 
 
 def connect_unconnected(engine: Engine, settings: Settings, summary: CycleSummary) -> None:

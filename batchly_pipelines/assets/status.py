@@ -1,7 +1,6 @@
 """``sync_status``: a per-organisation view of connections and the push queue, with a dead-letter check."""
 
 import pandas as pd
-import sqlalchemy as sa
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -15,26 +14,15 @@ from dagster import (
 )
 
 from batchly_pipelines.resources import BatchlyDatabase
-from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import QUEUE_STATES
+from batchly_pipelines.store.status import organization_status
 
 
 def status_frame(database: BatchlyDatabase) -> pd.DataFrame:
-    """One row per organisation: QuickBooks connection state and queue depth by state."""
-    depth = database.queue.depth()
-    with database.engine.connect() as conn:
-        orgs = conn.execute(sa.select(s.organizations.c.id, s.organizations.c.name).order_by("id")).all()
-        connections = {r.organization_id: r.status for r in conn.execute(sa.select(s.qbo_connections))}
-    rows = [
-        {
-            "organization_id": org_id,
-            "name": name,
-            "quickbooks": connections.get(org_id, "not connected"),
-            **{state: depth.get(org_id, {}).get(state, 0) for state in QUEUE_STATES},
-        }
-        for org_id, name in orgs
-    ]
-    return pd.DataFrame(rows, columns=["organization_id", "name", "quickbooks", *QUEUE_STATES])
+    """One row per organisation: QuickBooks connection and queue depth by state."""
+    return pd.DataFrame(
+        organization_status(database.engine), columns=["organization_id", "name", "quickbooks", *QUEUE_STATES]
+    )
 
 
 @asset(

@@ -52,6 +52,12 @@ class DemoSummary:
     invoices: int
     invoice_lines: int
 
+    def __str__(self) -> str:
+        return (
+            f"organisation {self.organization_id}: {self.customers} customers, {self.items} items, "
+            f"{self.sales_orders} sales orders, {self.invoices} invoices ({self.invoice_lines} lines)"
+        )
+
 
 def create_demo(
     engine: Engine,
