@@ -16,7 +16,7 @@ from batchly_pipelines.sandbox.oauth import OAuthServer
 from batchly_pipelines.sandbox.seed import Seeder, SeedPlan, create_company
 from batchly_pipelines.sandbox.state import Limits, Realm, SandboxState
 from batchly_pipelines.sandbox.webhooks import WebhookConfig, WebhookDispatcher
-from batchly_pipelines.sandbox.wire import QboError, Request, Response, json_response, loads
+from batchly_pipelines.sandbox.wire import QboError, Request, Response, fault_response, json_response, loads
 
 PREFIX = "/__sandbox__/"
 
@@ -92,9 +92,7 @@ class AdminApi:
         except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
             return json_response(400, {"error": f"{type(exc).__name__}: {exc}"})
         except QboError as exc:
-            return json_response(
-                exc.status, {"Fault": exc.fault(), "time": envelope_time(self.clock.now_dt())}
-            )
+            return fault_response(exc, self.clock.now_dt())
 
     # -- global routes ---------------------------------------------------------------------------------------
     def _list_realms(self, _: dict[str, Any]) -> dict[str, Any]:

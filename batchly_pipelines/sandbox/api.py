@@ -17,6 +17,7 @@ from batchly_pipelines.sandbox.wire import (
     Request,
     Response,
     business,
+    fault_response,
     json_response,
     required,
     system_fault,
@@ -102,7 +103,7 @@ class DataApi:
         return response
 
     def _fault(self, error: QboError) -> Response:
-        return json_response(error.status, {"Fault": error.fault(), "time": self._time()})
+        return fault_response(error, self.clock.now_dt())
 
     def _time(self) -> str:
         return envelope_time(self.clock.now_dt())

@@ -8,9 +8,9 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from batchly_pipelines.sandbox.clock import Clock, envelope_time
+from batchly_pipelines.sandbox.clock import Clock
 from batchly_pipelines.sandbox.state import FaultConfig, Realm
-from batchly_pipelines.sandbox.wire import QboError, Response, dumps
+from batchly_pipelines.sandbox.wire import Response, fault_response, system_fault
 
 PROBABILITIES = ("error_500", "error_503", "drop_after_write", "token_drop_after_refresh", "slow")
 
@@ -51,12 +51,6 @@ def before_request(realm: Realm, clock: Clock) -> Response | None:
         body = b"<html><body><h1>503 Service Unavailable</h1>No server is available to handle this request.</body></html>"
         return Response(503, body, "text/html")
     if roll(realm, "error_500"):
-        error = QboError(
-            500,
-            "10000",
-            "An application error has occurred while processing your request",
-            "System Failure Error: An unexpected error occurred while accessing or saving your data.",
-            fault_type="SystemFault",
-        )
-        return Response(500, dumps({"Fault": error.fault(), "time": envelope_time(clock.now_dt())}))
+        detail = "System Failure Error: An unexpected error occurred while accessing or saving your data."
+        return fault_response(system_fault(detail), clock.now_dt())
     return None

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
+
+from batchly_pipelines.sandbox.clock import envelope_time
 
 JSON_TYPE = "application/json;charset=UTF-8"
 
@@ -105,13 +108,13 @@ def too_long(element: str, limit: int) -> QboError:
     )
 
 
-def system_fault() -> QboError:
+def system_fault(detail: str = "System Failure Error") -> QboError:
     """10000: an unexpected server-side error (HTTP 500, SystemFault)."""
     return QboError(
         500,
         "10000",
         "An application error has occurred while processing your request",
-        "System Failure Error",
+        detail,
         fault_type="SystemFault",
     )
 
@@ -178,3 +181,8 @@ class Response:
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
     """A JSON response."""
     return Response(status, dumps(payload), JSON_TYPE, dict(headers or {}))
+
+
+def fault_response(error: QboError, now: datetime) -> Response:
+    """A fault in Intuit's ``{"Fault": ..., "time": ...}`` envelope, stamped with the sandbox time ``now``."""
+    return json_response(error.status, {"Fault": error.fault(), "time": envelope_time(now)})
