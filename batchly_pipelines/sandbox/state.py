@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batchly_pipelines.sandbox.index import TimeIndex
-from batchly_pipelines.sandbox.wire import dumps, loads
+from batchly_pipelines.sandbox.wire import clone, dumps, loads
 
 REPLY_RETENTION = 10_000
 
@@ -274,7 +274,7 @@ class SandboxState:
         snapshots = []
         for realm in realms:
             with realm.lock:
-                snapshots.append(loads(dumps(realm.snapshot())))
+                snapshots.append(clone(realm.snapshot()))  # a copy, so the lock is not held while writing
         payload = {
             "default_realm_id": self.default_realm_id,
             "realms": snapshots,
