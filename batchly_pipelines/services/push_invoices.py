@@ -285,12 +285,10 @@ class InvoicePusher:
         """One query for every DocNumber the chunk may find in QuickBooks: its creates, and the invoices to void
         (void ones, the chains of corrections) that Batchly has no link for."""
         docs = {create.doc_number for create in plan.creates}
-        chains = [*plan.owed.values(), *(create.replaces for create in plan.creates)]
-        for target in [*plan.own_voids, *(target for chain in chains for target in chain)]:
-            if target not in snap.states and snap.rows[target]["sync_status"] != "voided":
-                doc_number = invoice_doc_number(snap.rows[target])
-                if doc_number is not None:
-                    docs.add(doc_number)
+        for target in _unlinked_voids(snap, plan):
+            doc_number = invoice_doc_number(snap.rows[target])
+            if doc_number is not None:
+                docs.add(doc_number)
         found = _Found()
         if not docs:
             return found
@@ -309,9 +307,8 @@ class InvoicePusher:
         """Links for invoices to void that QuickBooks holds but Batchly never recorded: the unlinked QuickBooks
         invoice with the same DocNumber and customer."""
         links: dict[int, SyncState] = {}
-        chains = [*plan.owed.values(), *(create.replaces for create in plan.creates)]
-        for target in [*plan.own_voids, *(target for chain in chains for target in chain)]:
-            if target in snap.states or target in links or snap.rows[target]["sync_status"] == "voided":
+        for target in _unlinked_voids(snap, plan):
+            if target in links:
                 continue
             customer = snap.customer_qbo_id(target)
             doc_number = invoice_doc_number(snap.rows[target])
@@ -481,6 +478,13 @@ class InvoicePusher:
                 message = f"voided invoice {voided}, which it replaces"
                 outcomes.append(Pushed("invoice", owner, "correct", message=message))
         return outcomes
+
+
+def _unlinked_voids(snap: _Snapshot, plan: _Plan) -> list[int]:
+    """Invoices to void (void ones, the chains of corrections) that Batchly has no link for and has not voided."""
+    chains = [*plan.owed.values(), *(create.replaces for create in plan.creates)]
+    targets = [*plan.own_voids, *(target for chain in chains for target in chain)]
+    return [t for t in targets if t not in snap.states and snap.rows[t]["sync_status"] != "voided"]
 
 
 def _owe(voids: dict[int, _Void], target: int, state: SyncState, owner: int) -> None:
