@@ -198,11 +198,6 @@ class Counters:
         with self._lock:
             self._counts[(scope, name)] += amount
 
-    def get(self, scope: str, name: str) -> int:
-        """One count."""
-        with self._lock:
-            return self._counts[(scope, name)]
-
     def report(self) -> dict[str, Any]:
         """All counts: ``{"global": {...}, "realms": {realm: {"requests": {endpoint: n}, "throttled": n, ...}}}``."""
         with self._lock:
