@@ -264,12 +264,21 @@ def mark_deleted(
             m.qbo_id.in_(list(when)),
         )
     ).all()
-    now = utcnow()
-    for qbo_id, _ in rows:
+    if rows:
         conn.execute(
             sa.update(qbo_mirror)
-            .where(m.organization_id == organization_id, m.entity_type == entity, m.qbo_id == qbo_id)
-            .values(deleted=True, last_updated_time=when[qbo_id], pulled_at=now, version=new_version())
+            .where(
+                m.organization_id == organization_id,
+                m.entity_type == entity,
+                m.qbo_id == sa.bindparam("b_qbo_id"),
+            )
+            .values(
+                deleted=True,
+                last_updated_time=sa.bindparam("b_when"),
+                pulled_at=utcnow(),
+                version=sa.bindparam("b_version"),
+            ),
+            [{"b_qbo_id": qbo_id, "b_when": when[qbo_id], "b_version": new_version()} for qbo_id, _ in rows],
         )
     return [dict(data) for _, data in rows]
 
