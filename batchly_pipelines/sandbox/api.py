@@ -18,10 +18,10 @@ from batchly_pipelines.sandbox.wire import (
     Response,
     business,
     fault_response,
+    invalid,
     json_response,
     required,
     system_fault,
-    validation,
 )
 
 logger = logging.getLogger(__name__)
@@ -139,14 +139,10 @@ class DataApi:
         if request.method == "POST" and len(parts) == 1:
             payload = request.json()
             if not isinstance(payload, dict):
-                raise validation(
-                    "2010", "Request has invalid or unsupported property", "The body must be an object"
-                )
+                raise invalid("The body must be an object")
             name, obj = self._write(books, resource, payload, request.query)
             return {name: obj}
-        raise validation(
-            "2010", "Request has invalid or unsupported property", f"Unsupported request: {request.path}"
-        )
+        raise invalid(f"Unsupported request: {request.path}")
 
     @staticmethod
     def _write(books: Books, entity: str, payload: dict[str, Any], query: dict[str, str]) -> tuple[str, dict]:
@@ -179,21 +175,15 @@ class DataApi:
         bid = item.get("bId") if isinstance(item, dict) else None
         try:
             if not isinstance(item, dict):
-                raise validation(
-                    "2010", "Request has invalid or unsupported property", "A batch item must be an object"
-                )
+                raise invalid("A batch item must be an object")
             if "Query" in item:
                 return {"bId": bid, "QueryResponse": books.query(str(item["Query"]))}
             entities = [key for key in item if key not in _BATCH_KEYS]
             if len(entities) != 1 or not isinstance(item[entities[0]], dict):
-                raise validation(
-                    "2010", "Request has invalid or unsupported property", "One entity per batch item"
-                )
+                raise invalid("One entity per batch item")
             operation = str(item.get("operation", "create")).lower()
             if operation not in ("create", "update", "delete", "void"):
-                raise validation(
-                    "2010", "Request has invalid or unsupported property", f"operation {operation}"
-                )
+                raise invalid(f"operation {operation}")
             name, obj = getattr(books, operation)(entities[0], item[entities[0]])
             return {"bId": bid, name: obj}
         except QboError as error:

@@ -23,6 +23,7 @@ from batchly_pipelines.sandbox.wire import (
     QboError,
     business,
     clone,
+    invalid,
     not_found,
     query_error,
     required,
@@ -38,7 +39,7 @@ def entity_spec(name: str) -> EntitySpec:
     """The spec for an entity name in any case; an unknown entity is a 400 fault."""
     spec = spec_for(name)
     if spec is None:
-        raise validation("2010", "Request has invalid or unsupported property", f"Unsupported entity: {name}")
+        raise invalid(f"Unsupported entity: {name}")
     return spec
 
 
@@ -175,13 +176,9 @@ class Books:
         try:
             since = parse_instant(changed_since)
         except ValueError as exc:
-            raise validation(
-                "2010", "Request has invalid or unsupported property", f"changedSince: {exc}"
-            ) from exc
+            raise invalid(f"changedSince: {exc}") from exc
         if since < self.clock.now_dt() - CDC_LOOKBACK:
-            raise validation(
-                "2010",
-                "Request has invalid or unsupported property",
+            raise invalid(
                 f"Operation cdc with changedSince date {changed_since} which is older than fixed days is not "
                 "supported. (changedSince must be within the last 30 days)",
             )

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from batchly_pipelines.sandbox.wire import (
     QboError,
     business,
+    invalid,
     not_found,
     out_of_range,
     required,
@@ -68,19 +69,13 @@ def money(value: Any, element: str) -> Decimal:
 def number(value: Any, element: str) -> Decimal:
     """A JSON number (or numeric string) as a Decimal."""
     if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
-        raise validation(
-            "2010", "Request has invalid or unsupported property", f"{element} must be a number", element
-        )
+        raise invalid(f"{element} must be a number", element)
     try:
         result = Decimal(str(value))
     except InvalidOperation as exc:
-        raise validation(
-            "2010", "Request has invalid or unsupported property", f"{element} must be a number", element
-        ) from exc
+        raise invalid(f"{element} must be a number", element) from exc
     if not result.is_finite():
-        raise validation(
-            "2010", "Request has invalid or unsupported property", f"{element} must be finite", element
-        )
+        raise invalid(f"{element} must be finite", element)
     return within_range(result, element)
 
 

@@ -70,6 +70,11 @@ def validation(code: str, message: str, detail: str, element: str = "") -> QboEr
     return QboError(400, code, message, detail, element)
 
 
+def invalid(detail: str, element: str = "") -> QboError:
+    """2010: an invalid or unsupported property or request."""
+    return validation("2010", "Request has invalid or unsupported property", detail, element)
+
+
 def required(element: str) -> QboError:
     """2020: a required field is missing."""
     return validation(
@@ -153,18 +158,14 @@ class Request:
         try:
             return self.body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise validation(
-                "2010", "Request has invalid or unsupported property", f"The body is not UTF-8: {exc}"
-            ) from exc
+            raise invalid(f"The body is not UTF-8: {exc}") from exc
 
     def json(self) -> Any:
         """The body parsed as JSON (decimals exact); malformed JSON is a 400 fault."""
         try:
             return json.loads(self.body or b"{}", parse_float=Decimal, parse_constant=_not_json)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise validation(
-                "2010", "Request has invalid or unsupported property", f"Malformed JSON: {exc}"
-            ) from exc
+            raise invalid(f"Malformed JSON: {exc}") from exc
 
 
 @dataclass
