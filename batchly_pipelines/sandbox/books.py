@@ -27,6 +27,7 @@ from batchly_pipelines.sandbox.wire import (
     not_found,
     query_error,
     required,
+    unsupported,
     validation,
 )
 
@@ -279,10 +280,7 @@ class Books:
         """Delete a transaction; returns (entity name, ``{"status": "Deleted", "domain": "QBO", "Id": ...}``)."""
         spec = entity_spec(entity)
         if spec.kind != "transaction":
-            raise QboError(
-                400,
-                "500",
-                "Unsupported Operation",
+            raise unsupported(
                 f"Operation Delete is not supported for {spec.name}; set Active false",
             )
         with self.realm.lock:
@@ -312,9 +310,7 @@ class Books:
         """Void an invoice or payment: amounts zeroed, ``Voided`` prepended to PrivateNote, SyncToken bumped."""
         spec = entity_spec(entity)
         if spec.name not in ("Invoice", "Payment"):
-            raise QboError(
-                400, "500", "Unsupported Operation", f"Operation Void is not supported for {spec.name}"
-            )
+            raise unsupported(f"Operation Void is not supported for {spec.name}")
         with self.realm.lock:
             existing = self._existing(spec, payload)
             self._refuse_if_paid(existing)

@@ -13,13 +13,13 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from batchly_pipelines.sandbox.wire import (
-    QboError,
     business,
     invalid,
     not_found,
     out_of_range,
     required,
     too_long,
+    unsupported,
     validation,
 )
 
@@ -375,7 +375,7 @@ def build_account(lookup: Lookup, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_only(lookup: Lookup, fields: dict[str, Any]) -> dict[str, Any]:
-    raise QboError(400, "500", "Unsupported Operation", "Operation is not supported for this entity.")
+    raise unsupported("Operation is not supported for this entity.")
 
 
 _SALES_WRITABLE = frozenset(

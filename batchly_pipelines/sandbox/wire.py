@@ -75,6 +75,11 @@ def invalid(detail: str, element: str = "") -> QboError:
     return validation("2010", "Request has invalid or unsupported property", detail, element)
 
 
+def unsupported(detail: str) -> QboError:
+    """500 (as a 400 ValidationFault): an operation the entity does not support."""
+    return validation("500", "Unsupported Operation", detail)
+
+
 def required(element: str) -> QboError:
     """2020: a required field is missing."""
     return validation(
