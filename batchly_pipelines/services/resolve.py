@@ -73,10 +73,8 @@ def resolve_conflicts(
             raise ValueError(
                 f"conflict {conflict['id']}: {conflict['entity_type']} conflicts are not resolvable"
             )
-        if conflict["field"] == LINK_FIELD:
-            resolved.append(_resolve_link(engine, kind, conflict, winner, value, resolved_by, run_id))
-        else:
-            resolved.append(_resolve_field(engine, kind, conflict, winner, value, resolved_by, run_id))
+        resolve = _resolve_link if conflict["field"] == LINK_FIELD else _resolve_field
+        resolved.append(resolve(engine, kind, conflict, winner, value, resolved_by, run_id))
     return resolved
 
 
