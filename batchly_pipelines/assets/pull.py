@@ -37,6 +37,7 @@ from batchly_pipelines.services.pull import (
     reconcile_invoice_payments,
     reconcile_items,
 )
+from batchly_pipelines.services.reconcile import ReconcileStats
 from batchly_pipelines.sync.mapping import CUSTOMER_FIELDS
 
 QBO_GROUP, MIRROR_GROUP, BATCHLY_GROUP = "quickbooks", "quickbooks_mirror", "batchly"
@@ -113,6 +114,11 @@ def _reconciled(
     return _result(rows, row_count)
 
 
+def _with_changed(stats: ReconcileStats) -> dict[str, Any]:
+    """A reconciliation's numbers, with the Batchly records it changed."""
+    return asdict(stats) | {"changed": stats.changed}
+
+
 MIRROR_ASSET: dict[str, Any] = {
     "partitions_def": pull_partitions,
     "backfill_policy": BackfillPolicy.single_run(),
@@ -185,7 +191,7 @@ def batchly_customers(
         stats = reconcile_customers(
             batchly_db.engine, organization_id, review_fields=config.review_fields, run_id=context.run_id
         )
-        return asdict(stats) | {"changed": stats.changed}
+        return _with_changed(stats)
 
     return _reconciled(context, run, "changed")
 
@@ -198,8 +204,7 @@ def batchly_customers(
 )
 def batchly_items(context: AssetExecutionContext, batchly_db: BatchlyDatabase) -> MaterializeResult:
     def run(organization_id: int) -> dict[str, Any]:
-        stats = reconcile_items(batchly_db.engine, organization_id, run_id=context.run_id)
-        return asdict(stats) | {"changed": stats.changed}
+        return _with_changed(reconcile_items(batchly_db.engine, organization_id, run_id=context.run_id))
 
     return _reconciled(context, run, "changed")
 
