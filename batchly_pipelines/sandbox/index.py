@@ -23,8 +23,8 @@ from batchly_pipelines.sandbox.clock import parse_instant
 
 Entry = tuple[datetime, int, str]  # (LastUpdatedTime, int(Id), Id)
 
-_instant = itemgetter(0)
-_DATE_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}")  # as in query.py
+entry_instant = itemgetter(0)  # an Entry's LastUpdatedTime, the key bisect searches by
+DATE_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}")  # text query.py compares and orders as instants
 
 
 def entry_of(key: str, obj: Any) -> Entry | None:
@@ -36,7 +36,7 @@ def entry_of(key: str, obj: Any) -> Entry | None:
         return None
     if not isinstance(text, str) or obj_id != key or not (key.isascii() and key.isdigit()):
         return None
-    if not _DATE_LIKE.match(text) or str(int(key)) != key:  # query.sort_key orders date-like text as instants
+    if not DATE_LIKE.match(text) or str(int(key)) != key:  # query.sort_key orders date-like text as instants
         return None
     try:
         return parse_instant(text), int(key), key
@@ -104,7 +104,7 @@ class TimeIndex:
         """The slice ``[i, j)`` of :attr:`entries` whose instants lie within the bounds (None: unbounded)."""
         i, j = 0, len(self.entries)
         if low is not None:
-            i = (bisect_left if low_inclusive else bisect_right)(self.entries, low, key=_instant)
+            i = (bisect_left if low_inclusive else bisect_right)(self.entries, low, key=entry_instant)
         if high is not None:
-            j = (bisect_right if high_inclusive else bisect_left)(self.entries, high, key=_instant)
+            j = (bisect_right if high_inclusive else bisect_left)(self.entries, high, key=entry_instant)
         return i, max(i, j)

@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from operator import itemgetter
 from typing import Any
 
 from batchly_pipelines.sandbox.clock import parse_instant
-from batchly_pipelines.sandbox.index import Entry, TimeIndex
+from batchly_pipelines.sandbox.index import DATE_LIKE, Entry, TimeIndex, entry_instant
 
 Value = str | Decimal | bool
 
@@ -56,7 +55,6 @@ _TOKEN = re.compile(
       |(?P<word>[A-Za-z_][A-Za-z0-9_.]*)""",
     re.VERBOSE,
 )
-_DATE_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 LAST_UPDATED = ("metadata", "lastupdatedtime")
 ID = ("id",)
 
@@ -297,7 +295,7 @@ def _comparable(field_value: Any, literal: Value) -> tuple[Any, Any] | None:
         except InvalidOperation:
             return None
     if isinstance(field_value, str) and isinstance(literal, str):
-        if _DATE_LIKE.match(field_value) and _DATE_LIKE.match(literal):
+        if DATE_LIKE.match(field_value) and DATE_LIKE.match(literal):
             try:
                 return parse_instant(field_value), parse_instant(literal)
             except ValueError:
@@ -344,7 +342,7 @@ def sort_key(value: Any) -> tuple[int, Any]:
     if isinstance(value, int | Decimal):
         return 1, Decimal(value)
     text = str(value)
-    if _DATE_LIKE.match(text):
+    if DATE_LIKE.match(text):
         try:
             return 2, parse_instant(text).timestamp()
         except ValueError:
@@ -421,7 +419,7 @@ def split_bounds(conditions: Iterable[Condition]) -> tuple[Bounds, list[Conditio
         instant = None
         literal = condition.values[0] if len(condition.values) == 1 else None
         bound = condition.path == LAST_UPDATED and condition.op in COMPARISONS
-        if bound and isinstance(literal, str) and _DATE_LIKE.match(literal):
+        if bound and isinstance(literal, str) and DATE_LIKE.match(literal):
             try:
                 instant = parse_instant(literal)
             except ValueError:
@@ -431,9 +429,6 @@ def split_bounds(conditions: Iterable[Condition]) -> tuple[Bounds, list[Conditio
         else:
             bounds.add(condition.op, instant)
     return bounds, rest
-
-
-_instant = itemgetter(0)
 
 
 def _time_walk(entries: list[Entry], i: int, j: int, time_desc: bool, id_desc: bool) -> Iterator[str]:
@@ -446,10 +441,10 @@ def _time_walk(entries: list[Entry], i: int, j: int, time_desc: bool, id_desc: b
     while i <= n < j:  # runs of one instant, each walked against the index's Id order
         instant = entries[n][0]
         if time_desc:
-            first = bisect_left(entries, instant, i, n + 1, key=_instant)
+            first = bisect_left(entries, instant, i, n + 1, key=entry_instant)
             run, n = range(first, n + 1), first - 1
         else:
-            after = bisect_right(entries, instant, n, j, key=_instant)
+            after = bisect_right(entries, instant, n, j, key=entry_instant)
             run, n = range(after - 1, n - 1, -1), after
         for m in run:
             yield entries[m][2]
