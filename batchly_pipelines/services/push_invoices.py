@@ -32,6 +32,7 @@ from batchly_pipelines.services.push_records import (
     PushContext,
     Pushed,
     describe,
+    link_state,
     load_invoice_lines,
     load_rows,
 )
@@ -40,7 +41,6 @@ from batchly_pipelines.store.sync_state import SyncState, load_states
 from batchly_pipelines.sync.mapping import (
     invoice_doc_number,
     invoice_to_qbo,
-    qbo_last_updated,
     to_decimal,
     to_money,
 )
@@ -318,15 +318,8 @@ class InvoicePusher:
             if customer is None or match is None:
                 continue
             found.taken.add(str(match["Id"]))
-            links[target] = SyncState(
-                organization_id=self.ctx.organization_id,
-                entity_type="invoice",
-                entity_id=target,
-                qbo_id=str(match["Id"]),
-                sync_token=str(match["SyncToken"]),
-                base={"fingerprint": snap.fingerprint(target)},
-                qbo_updated_at=qbo_last_updated(match) if match.get("MetaData") else None,
-            )
+            base = {"fingerprint": snap.fingerprint(target)}
+            links[target] = link_state(self.ctx.organization_id, ("invoice", target), match, base)
         return links
 
     @staticmethod

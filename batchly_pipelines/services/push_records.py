@@ -66,6 +66,21 @@ def open_conflict_fields(conn: Connection, organization_id: int, entity_type: st
     return held
 
 
+def link_state(
+    organization_id: int, key: RecordKey, obj: Mapping[str, Any], base: Mapping[str, Any]
+) -> SyncState:
+    """The link of a Batchly record to QuickBooks' ``obj`` (its Id and SyncToken), with the agreed ``base``."""
+    return SyncState(
+        organization_id=organization_id,
+        entity_type=key[0],
+        entity_id=key[1],
+        qbo_id=str(obj["Id"]),
+        sync_token=str(obj["SyncToken"]),
+        base=base,
+        qbo_updated_at=qbo_last_updated(obj) if obj.get("MetaData") else None,
+    )
+
+
 @dataclass(frozen=True)
 class Pushed:
     """A record QuickBooks now holds (or that needed nothing): what to store about it.
@@ -160,7 +175,9 @@ class Checkpointer:
                     values.update(sync_status=outcome.invoice_status, synced_at=now)
                 self._update_row(conn, outcome.key, values)
                 if outcome.qbo_obj is not None and outcome.base is not None:
-                    states.append(self._state(outcome.key, outcome.qbo_obj, outcome.base))
+                    states.append(
+                        link_state(self.organization_id, outcome.key, outcome.qbo_obj, outcome.base)
+                    )
                 if not outcome.hold:
                     result.acked += SyncQueue.ack(conn, items, now=now)
                 log.append(self._log(outcome.key, outcome.action, "ok", qbo_id, outcome.message))
@@ -168,17 +185,6 @@ class Checkpointer:
             record_conflicts(conn, conflicts)
             write_log(conn, log)
         return result
-
-    def _state(self, key: RecordKey, obj: Mapping[str, Any], base: Mapping[str, Any]) -> SyncState:
-        return SyncState(
-            organization_id=self.organization_id,
-            entity_type=key[0],
-            entity_id=key[1],
-            qbo_id=str(obj["Id"]),
-            sync_token=str(obj["SyncToken"]),
-            base=base,
-            qbo_updated_at=qbo_last_updated(obj) if obj.get("MetaData") else None,
-        )
 
     def _log(
         self, key: RecordKey, action: str, outcome: str, qbo_id: str | None, message: str | None
