@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -63,7 +62,6 @@ class OAuthServer:
         self.client_secret = client_secret
         self.refresh_grace_seconds = refresh_grace_seconds
         self.open_realm = open_realm
-        self._refresh_lock = threading.Lock()
 
     # -- consent ---------------------------------------------------------------------------------------------
     def authorize(self, request: Request) -> Response:
@@ -113,7 +111,7 @@ class OAuthServer:
         return json_response(200, self.issue(record.realm_id, record.grant_id), _NO_STORE)
 
     def _refresh(self, refresh_token: str) -> Response:
-        with self._refresh_lock, self.state.lock:
+        with self.state.lock:
             record = self.state.tokens.get(refresh_token)
             now = self.clock.now()
             if (
