@@ -26,10 +26,9 @@ from batchly_pipelines.assets.pull import (
     qbo_items,
     qbo_payments,
 )
-from batchly_pipelines.partitions import COMPANY, daily_partitions, pull_key, pull_partitions
-from batchly_pipelines.settings import RuntimeSettings
+from batchly_pipelines.partitions import COMPANY, RUNTIME, daily_partitions, pull_key, pull_partitions
 
-SCHEDULE_TIMEZONE = RuntimeSettings.from_env().schedule_timezone
+SCHEDULE_TIMEZONE = RUNTIME.schedule_timezone
 
 pull_customers_job = define_asset_job(
     "pull_customers",
