@@ -35,6 +35,7 @@ from batchly_pipelines.quickbooks.errors import (
     error_from_fault,
     error_from_response,
 )
+from batchly_pipelines.sync.mapping import format_qbo_time, qbo_last_updated
 from batchly_pipelines.sync.requestids import BATCH_MAX, REQUEST_ID_MAX, assign_batch_ids, batch_request_id
 
 MINOR_VERSION = "75"
@@ -279,7 +280,7 @@ class QuickBooksClient:
                 _keep_newest(latest, obj)
             if len(page.rows) < q.MAX_RESULTS:
                 break
-            newest = _last_updated(page.rows[-1])
+            newest = qbo_last_updated(page.rows[-1])
             if newest > cursor:
                 cursor = newest
                 continue
@@ -316,7 +317,7 @@ class QuickBooksClient:
                 "cdc",
                 "GET",
                 "cdc",
-                params={"entities": ",".join(group), "changedSince": q.format_datetime(since)},
+                params={"entities": ",".join(group), "changedSince": format_qbo_time(since)},
             )
             calls += 1
             times.append(_server_time(reply.payload))
@@ -329,7 +330,7 @@ class QuickBooksClient:
                     for obj in rows:
                         returned += 1
                         _keep_newest(latest[entity], obj)
-                        newest = max(newest, _last_updated(obj))
+                        newest = max(newest, qbo_last_updated(obj))
             if returned < CDC_CAP:
                 continue
             if len(group) > 1:
@@ -607,12 +608,8 @@ def _whole_second(instant: datetime) -> datetime:
     return instant.replace(microsecond=0)
 
 
-def _last_updated(obj: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(obj["MetaData"]["LastUpdatedTime"]).astimezone(UTC)
-
-
 def _change_order(obj: dict[str, Any]) -> tuple[datetime, int]:
-    return _last_updated(obj), int(obj["Id"]) if str(obj["Id"]).isdigit() else 0
+    return qbo_last_updated(obj), int(obj["Id"]) if str(obj["Id"]).isdigit() else 0
 
 
 def _keep_newest(latest: dict[str, dict[str, Any]], obj: dict[str, Any]) -> None:

@@ -7,8 +7,10 @@ Only what the query language has: ``AND``-ed conditions with ``= < > <= >= IN LI
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
+
+from batchly_pipelines.sync.mapping import format_qbo_time
 
 MAX_RESULTS = 1000
 OPERATORS = frozenset({"=", "<", ">", "<=", ">=", "IN", "LIKE"})
@@ -23,19 +25,12 @@ def quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def format_datetime(instant: datetime) -> str:
-    """An aware instant as QuickBooks compares ``MetaData`` times: UTC, whole seconds (``2026-01-02T03:04:05+00:00``)."""
-    if instant.tzinfo is None:
-        raise ValueError(f"naive datetime {instant!r}: pass an aware (UTC) instant")
-    return instant.astimezone(UTC).replace(microsecond=0).isoformat()
-
-
 def literal(value: Literal) -> str:
     """A value as it appears on the right of an operator."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
-        return quote(format_datetime(value))
+        return quote(format_qbo_time(value))
     if isinstance(value, date):
         return quote(value.isoformat())
     if isinstance(value, int | Decimal):
