@@ -336,20 +336,20 @@ def _plan(
             qbo_updated_at=row["last_updated_time"],
             policy=policy,
         )
-        _settle(chunk, entity_id, row, current, result, open_fields.get(entity_id, {}), stats)
+        _settle(chunk, entity_id, row, qbo_fields, current, result, open_fields.get(entity_id, {}), stats)
 
 
 def _settle(
     chunk: _Chunk,
     entity_id: int,
     row: Mapping[str, Any],
+    qbo_fields: Mapping[str, Any],
     current: Mapping[str, Any],
     result: MergeResult,
     open_fields: Mapping[str, int],
     stats: ReconcileStats,
 ) -> None:
     """Queue the merge's Batchly writes, its new link and base, and its conflicts (pending ones once)."""
-    qbo_fields = chunk.kind.mapping.from_qbo(row["data"])
     changes = dict(result.to_batchly)
     if current["qbo_id"] != row["qbo_id"]:
         changes["qbo_id"] = row["qbo_id"]
