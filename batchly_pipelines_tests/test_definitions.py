@@ -11,9 +11,10 @@ from pathlib import Path
 from dagster import Definitions, materialize
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines.assets.status import dead_letter_empty, sync_status
 from batchly_pipelines.definitions import defs
-from batchly_pipelines.resources import BatchlyDatabase
+from batchly_pipelines.defs.monitoring.assets import sync_status
+from batchly_pipelines.defs.monitoring.checks import dead_letter_empty
+from batchly_pipelines.defs.resources import BatchlyDatabase
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines.store.queue import SyncQueue
 

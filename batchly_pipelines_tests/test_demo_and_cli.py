@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines import cli
+from batchly_pipelines.cli import main as cli
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.demo import create_demo

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from batchly_pipelines.main_job import run_main_job
+from batchly_pipelines.cli.cycle import run_main_job
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import create_engine

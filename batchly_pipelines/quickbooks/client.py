@@ -35,8 +35,8 @@ from batchly_pipelines.quickbooks.errors import (
     error_from_fault,
     error_from_response,
 )
-from batchly_pipelines.sync.mapping import format_qbo_time, qbo_last_updated
-from batchly_pipelines.sync.requestids import BATCH_MAX, REQUEST_ID_MAX, assign_batch_ids, batch_request_id
+from batchly_pipelines.rules.mapping import format_qbo_time, qbo_last_updated
+from batchly_pipelines.rules.requestids import BATCH_MAX, REQUEST_ID_MAX, assign_batch_ids, batch_request_id
 
 MINOR_VERSION = "75"
 CDC_CAP = 1000

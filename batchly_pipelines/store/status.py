@@ -30,3 +30,12 @@ def organization_status(engine: Engine) -> list[dict[str, Any]]:
         }
         for org_id, name in orgs
     ]
+
+
+def connected_organization_ids(engine: Engine) -> list[int]:
+    """Organisations with a QuickBooks connection row (whatever its status), by id."""
+    c = s.qbo_connections.c
+    with engine.connect() as conn:
+        return list(
+            conn.execute(sa.select(c.organization_id).distinct().order_by(c.organization_id)).scalars()
+        )

@@ -14,16 +14,16 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from batchly_pipelines.partitions import pull_key
+from batchly_pipelines.defs.partitions import pull_key
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
-from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests import factories
 from batchly_pipelines_tests.e2e.dagster_stack import DagsterStack
-from batchly_pipelines_tests.sandbox.client import admin
+from batchly_pipelines_tests.qbo_sandbox.client import admin
+from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 SEED = {"customers": 40, "items": 5, "invoices": 10, "payments": 5, "days": 6, "seed": 9}
 DAYS = 8

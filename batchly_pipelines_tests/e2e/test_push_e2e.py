@@ -16,12 +16,12 @@ import pytest
 from cryptography.fernet import Fernet
 
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
-from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines_tests import factories as f
 from batchly_pipelines_tests.e2e.dagster_stack import DagsterStack
 from batchly_pipelines_tests.push.conftest import Books, admin
+from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 INVOICES = 20
 SPACING_S = 2.0

@@ -15,15 +15,15 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
-from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
-from batchly_pipelines.services.mirror import Window
-from batchly_pipelines.services.pull import EPOCH, OrganizationPull, pull_organization
+from batchly_pipelines.services.pull.mirror import Window
+from batchly_pipelines.services.pull.organization import EPOCH, OrganizationPull, pull_organization
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests import factories
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin
 from batchly_pipelines_tests.quickbooks.conftest import SandboxTokens
-from batchly_pipelines_tests.sandbox.client import Qbo, admin
+from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 
 @pytest.fixture(scope="session")

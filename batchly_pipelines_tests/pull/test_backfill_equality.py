@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from batchly_pipelines.services.pull import pull_organization
+from batchly_pipelines.rules.mapping import CUSTOMER_MAPPING, ITEM_MAPPING
+from batchly_pipelines.rules.payments import payment_facts_from_qbo, payment_state, today_in
+from batchly_pipelines.services.pull.organization import pull_organization
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines.sync.mapping import CUSTOMER_MAPPING, ITEM_MAPPING
-from batchly_pipelines.sync.payments import payment_facts_from_qbo, payment_state, today_in
 from batchly_pipelines_tests.pull.conftest import Company, link_invoices_as_pushed, queue
-from batchly_pipelines_tests.sandbox.client import admin
+from batchly_pipelines_tests.qbo_sandbox.client import admin
 
 PLAN = {"customers": 5000, "items": 500, "invoices": 3000, "payments": 2000, "days": 60, "seed": 5}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from batchly_pipelines.cli import main
-from batchly_pipelines.services.resolve import resolve_conflicts
+from batchly_pipelines.cli.main import main
+from batchly_pipelines.services.pull.resolve import resolve_conflicts
 from batchly_pipelines.store import schema as s
 from batchly_pipelines_tests import factories
 from batchly_pipelines_tests.pull.conftest import Company, open_conflicts

@@ -25,19 +25,19 @@ from dagster import (
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.definitions import defs
-from batchly_pipelines.partitions import (
+from batchly_pipelines.defs.partitions import (
     COMPANY,
-    company_partitions_sensor,
     partition_tags,
     pull_key,
     windows_by_organization,
 )
-from batchly_pipelines.resources import BatchlyDatabase, QuickBooksResource
+from batchly_pipelines.defs.pull.sensors import company_partitions_sensor
+from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.pull.conftest import Company, link_invoices_as_pushed, open_conflicts, queue
-from batchly_pipelines_tests.sandbox.client import admin
+from batchly_pipelines_tests.qbo_sandbox.client import admin
 
 SEED = {"customers": 30, "items": 6, "invoices": 25, "payments": 15, "days": 10, "seed": 3}
 

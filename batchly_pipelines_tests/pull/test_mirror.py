@@ -9,12 +9,12 @@ import pytest
 import sqlalchemy as sa
 
 from batchly_pipelines.quickbooks.client import WriteOp
-from batchly_pipelines.services.mirror import Window, changed_pages
-from batchly_pipelines.services.pull import pull_customers
+from batchly_pipelines.services.pull.mirror import Window, changed_pages
+from batchly_pipelines.services.pull.organization import pull_customers
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.pull.conftest import Company
-from batchly_pipelines_tests.sandbox.client import admin
+from batchly_pipelines_tests.qbo_sandbox.client import admin
 
 
 def _create_customers(company: Company, count: int, prefix: str) -> None:

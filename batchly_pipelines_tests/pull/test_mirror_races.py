@@ -9,18 +9,18 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import batchly_pipelines.services.pull as pull_module
+import batchly_pipelines.services.pull.organization as pull_module
 from batchly_pipelines.quickbooks.client import QueryPage
 from batchly_pipelines.quickbooks.query import MAX_RESULTS, with_all_active_states
-from batchly_pipelines.services import mirror
-from batchly_pipelines.services.mirror import IncompleteSecond, Window
-from batchly_pipelines.services.pull import cursor_name, pull_customers, window_since_cursor
+from batchly_pipelines.rules.mapping import qbo_last_updated
+from batchly_pipelines.services.pull import mirror
+from batchly_pipelines.services.pull.mirror import IncompleteSecond, Window
+from batchly_pipelines.services.pull.organization import cursor_name, pull_customers, window_since_cursor
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines.sync.mapping import qbo_last_updated
 from batchly_pipelines_tests.pull.conftest import Company
-from batchly_pipelines_tests.sandbox.client import admin
+from batchly_pipelines_tests.qbo_sandbox.client import admin
 
 POSITION_READ = "ORDERBY Id STARTPOSITION"  # how _one_second reads a crowded second
 

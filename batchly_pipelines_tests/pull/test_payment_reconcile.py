@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from batchly_pipelines.services.invoice_payments import linked_ids
-from batchly_pipelines.services.mirror import store_objects
-from batchly_pipelines.services.pull import pull_payments, reconcile_invoice_payments
+from batchly_pipelines.services.pull.invoice_payments import linked_ids
+from batchly_pipelines.services.pull.mirror import store_objects
+from batchly_pipelines.services.pull.organization import pull_payments, reconcile_invoice_payments
 from batchly_pipelines.store import schema as s
 from batchly_pipelines_tests.pull.conftest import Company, queue
 from batchly_pipelines_tests.pull.test_scenarios import _linked_invoice

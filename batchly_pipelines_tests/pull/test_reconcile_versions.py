@@ -7,9 +7,13 @@ from datetime import date, timedelta
 import pytest
 import sqlalchemy as sa
 
-from batchly_pipelines.services.mirror import store_objects
-from batchly_pipelines.services.pull import reconcile_customers, reconcile_invoice_payments, reconcile_items
-from batchly_pipelines.services.pull_checks import payment_status
+from batchly_pipelines.services.pull.checks import payment_status
+from batchly_pipelines.services.pull.mirror import store_objects
+from batchly_pipelines.services.pull.organization import (
+    reconcile_customers,
+    reconcile_invoice_payments,
+    reconcile_items,
+)
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests import factories

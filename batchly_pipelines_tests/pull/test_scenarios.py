@@ -7,12 +7,12 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
+from batchly_pipelines.rules.mapping import decode_snapshot
+from batchly_pipelines.rules.merge import ITEM_POLICY, changes_to_push
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.store.sync_state import load_states
-from batchly_pipelines.sync.mapping import decode_snapshot
-from batchly_pipelines.sync.merge import ITEM_POLICY, changes_to_push
 from batchly_pipelines_tests import factories
 from batchly_pipelines_tests.pull.conftest import Company, open_conflicts, queue
 

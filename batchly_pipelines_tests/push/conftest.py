@@ -14,13 +14,13 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp, WriteResult
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
-from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
-from batchly_pipelines.services.push import PushStats, push_organization
+from batchly_pipelines.services.push.organization import PushStats, push_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
 from batchly_pipelines_tests import factories as f
 from batchly_pipelines_tests.quickbooks.conftest import settings
 from batchly_pipelines_tests.quickbooks.helpers import admin
+from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 __all__ = ["admin", "settings"]  # re-exported: tests and benchmarks import them from here
 

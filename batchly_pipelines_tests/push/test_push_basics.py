@@ -8,7 +8,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines.services.push import PushStats
+from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import SyncQueue
 from batchly_pipelines.store.sync_state import load_states

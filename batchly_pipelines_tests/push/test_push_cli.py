@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines.cli import main
+from batchly_pipelines.cli.main import main
 from batchly_pipelines_tests import factories as f
 from batchly_pipelines_tests.push.conftest import Books
 

@@ -18,9 +18,9 @@ from dagster import (
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.definitions import defs
-from batchly_pipelines.push_job import push_to_quickbooks
-from batchly_pipelines.push_sensor import ORGANIZATION_TAG, REALM_TAG, sync_queue_sensor
-from batchly_pipelines.resources import BatchlyDatabase, QuickBooksResource
+from batchly_pipelines.defs.push.job import push_to_quickbooks
+from batchly_pipelines.defs.push.sensor import ORGANIZATION_TAG, REALM_TAG, sync_queue_sensor
+from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.store.queue import SyncQueue
 from batchly_pipelines_tests import factories as f
 from batchly_pipelines_tests.push.conftest import TIME_SCALE, Books, queue_status

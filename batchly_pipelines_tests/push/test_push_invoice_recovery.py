@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines.services.push import PushStats
-from batchly_pipelines.services.push_records import Checkpointer, Outcome, RecordKey
+from batchly_pipelines.services.push.checkpoint import Checkpointer, Outcome, RecordKey
+from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import QueueItem
 from batchly_pipelines_tests import factories as f

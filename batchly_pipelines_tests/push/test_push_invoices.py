@@ -11,10 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batchly_pipelines.services.push import PushStats
+from batchly_pipelines.rules.validation import IMMUTABLE_MESSAGE
+from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines.sync.validation import IMMUTABLE_MESSAGE
 from batchly_pipelines_tests import factories as f
 from batchly_pipelines_tests.push.conftest import Books, queue_status, update
 

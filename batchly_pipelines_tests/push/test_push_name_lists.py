@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient, WriteOp
-from batchly_pipelines.services.push import PushStats
+from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.conflicts import list_conflicts
 from batchly_pipelines_tests import factories as f

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines.services.push import Progress, PushStats
-from batchly_pipelines.services.push_records import Checkpointer, CheckpointResult, Outcome
+from batchly_pipelines.services.push.checkpoint import Checkpointer, CheckpointResult, Outcome
+from batchly_pipelines.services.push.organization import Progress, PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines.store.queue import RetryPolicy, SyncQueue

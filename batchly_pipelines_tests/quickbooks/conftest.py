@@ -14,9 +14,9 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
-from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines.settings import Settings
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin
+from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 
 @pytest.fixture(scope="session")

@@ -19,15 +19,15 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines import cli
+from batchly_pipelines.cli import main as cli
 from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
 from batchly_pipelines.quickbooks.errors import ReauthorizationRequired, ServerError
-from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.schema import organizations, qbo_connections, utcnow
 from batchly_pipelines_tests.quickbooks import workers
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, admin, counter
+from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 CONFIG = ClientConfig(time_scale=TIME_SCALE)
 

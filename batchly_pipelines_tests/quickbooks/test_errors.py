@@ -20,8 +20,8 @@ from batchly_pipelines.quickbooks.errors import (
     ValidationError,
     error_from_response,
 )
-from batchly_pipelines.sandbox.server import SandboxServer
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin
+from qbo_sandbox.server import SandboxServer
 
 
 class FixedToken:

@@ -13,10 +13,10 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
 from batchly_pipelines.quickbooks.ratelimit import DatabaseRateLimiter, RateLimits
-from batchly_pipelines.sandbox.server import SandboxServer
 from batchly_pipelines.store.schema import qbo_rate_requests
 from batchly_pipelines_tests.quickbooks import workers
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin, counter
+from qbo_sandbox.server import SandboxServer
 
 WINDOW = 60.0 / TIME_SCALE  # one documented minute
 

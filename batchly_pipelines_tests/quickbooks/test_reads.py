@@ -8,8 +8,8 @@ from typing import Any
 
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import ClientConfig, QueryPage, QuickBooksClient, WriteOp
-from batchly_pipelines.sandbox.server import SandboxServer
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin
+from qbo_sandbox.server import SandboxServer
 
 
 def _seed(sandbox: SandboxServer, realm_id: str, **counts: int) -> dict[str, list[str]]:

@@ -7,11 +7,11 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
+from batchly_pipelines.defs.resources import QuickBooksResource
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
-from batchly_pipelines.resources import QuickBooksResource
-from batchly_pipelines.sandbox.server import SandboxServer
 from batchly_pipelines.store.schema import organizations
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, admin
+from qbo_sandbox.server import SandboxServer
 
 
 def test_resource_builds_a_working_client_from_the_environment(

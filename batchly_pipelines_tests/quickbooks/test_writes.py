@@ -12,9 +12,9 @@ from sqlalchemy.engine import Engine
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
 from batchly_pipelines.quickbooks.errors import StaleObjectError
 from batchly_pipelines.quickbooks.ratelimit import DatabaseRateLimiter, RateLimits
-from batchly_pipelines.sandbox.server import SandboxServer
-from batchly_pipelines.sync.requestids import request_id
+from batchly_pipelines.rules.requestids import request_id
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin, counter
+from qbo_sandbox.server import SandboxServer
 
 
 def _customer_and_item(client: QuickBooksClient) -> tuple[str, str]:

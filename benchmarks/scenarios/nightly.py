@@ -13,8 +13,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from batchly_pipelines.services.mirror import Window
-from batchly_pipelines.services.pull import (
+from batchly_pipelines.services.pull.mirror import Window
+from batchly_pipelines.services.pull.organization import (
     EPOCH,
     pull_customers,
     pull_organization,

@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from batchly_pipelines.quickbooks.client import QueryPage, QuickBooksClient
-from batchly_pipelines.services.mirror import Window
-from batchly_pipelines.services.pull import EPOCH, pull_customers, reconcile_customers
+from batchly_pipelines.services.pull.mirror import Window
+from batchly_pipelines.services.pull.organization import EPOCH, pull_customers, reconcile_customers
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
 from benchmarks.pull_setup import POSTGRES_URL, PeakMemory, connected_company

@@ -30,13 +30,13 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
-from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines_tests.e2e.dagster_stack import DagsterStack
 from batchly_pipelines_tests.push.conftest import Books, admin
+from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 CEILING_PER_MINUTE = 40 * 30
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

@@ -28,11 +28,11 @@ from cryptography.fernet import Fernet
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
 from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
+from batchly_pipelines.rules.requestids import request_id
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import organizations
-from batchly_pipelines.sync.requestids import request_id
 
 CEILING_PER_MINUTE = 1200  # 40 batch calls/min x 30 items, per realm
 
@@ -57,7 +57,7 @@ def _sandbox(time_scale: float, latency_ms: float) -> Iterator[str]:
     command = [
         sys.executable,
         "-m",
-        "batchly_pipelines.sandbox.cli",
+        "qbo_sandbox.cli",
         "serve",
         "--port",
         "0",

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from batchly_pipelines.sandbox.server import SandboxConfig, SandboxServer
+from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 BATCH_SIZE = 30
 STARTUP_GRACE = 3.0  # seconds for the client processes to start before the measured window opens

@@ -1,0 +1,66 @@
+"""``resolve_conflicts``: settle reviewed conflicts from the Dagster UI (run config picks them and the winner)."""
+
+from dagster import Config, Failure, OpExecutionContext, job, op
+from pydantic import Field
+
+from batchly_pipelines.defs.resources import BatchlyDatabase
+from batchly_pipelines.services.pull.resolve import WINNERS, resolve_conflicts
+
+
+class ResolveConflictsConfig(Config):
+    """Which open conflicts to settle, and on what."""
+
+    conflict_ids: list[int] = Field(default_factory=list, description="Conflict ids (sync_conflicts.id).")
+    organization_id: int | None = Field(
+        default=None, description="Or every open conflict of an organisation …"
+    )
+    entity_type: str | None = Field(
+        default=None, description="… optionally only of this entity (customer, item) …"
+    )
+    field: str | None = Field(default=None, description="… and this field (or 'link').")
+    winner: str = Field(description=f"One of {', '.join(WINNERS)}.")
+    value: str | None = Field(default=None, description="The value to apply when winner is 'value'.")
+    resolved_by: str = Field(
+        default="", description="Who decided (default: the run's user tag, else 'dagster')."
+    )
+
+
+@op(description="Apply the chosen side to the losing one and record who resolved each conflict and when.")
+def resolve_selected_conflicts(
+    context: OpExecutionContext, config: ResolveConflictsConfig, batchly_db: BatchlyDatabase
+) -> None:
+    if not config.conflict_ids and config.organization_id is None:
+        raise Failure("choose conflict_ids or an organization_id (with optional entity_type and field)")
+    resolved_by = config.resolved_by or context.run.tags.get("user") or "dagster"
+    try:
+        resolved = resolve_conflicts(
+            batchly_db.engine,
+            winner=config.winner,
+            value=config.value,
+            resolved_by=resolved_by,
+            conflict_ids=config.conflict_ids or None,
+            organization_id=config.organization_id,
+            entity_type=config.entity_type,
+            field=config.field,
+            run_id=context.run_id,
+        )
+    except ValueError as exc:
+        raise Failure(str(exc), allow_retries=False) from exc
+    for outcome in resolved:
+        context.log.info(
+            "conflict %s: %s → %r (Batchly %s, QuickBooks %s)",
+            outcome.conflict_id,
+            outcome.field,
+            outcome.chosen,
+            "written" if outcome.to_batchly else "unchanged",
+            "queued for the push" if outcome.to_quickbooks else "unchanged",
+        )
+    context.log.info("%s conflict(s) resolved by %s", len(resolved), resolved_by)
+
+
+@job(
+    name="resolve_conflicts",
+    description="Resolve reviewed sync conflicts: winner batchly, quickbooks or an explicit value.",
+)
+def resolve_conflicts_job() -> None:
+    resolve_selected_conflicts()

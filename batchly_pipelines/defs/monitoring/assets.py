@@ -1,0 +1,44 @@
+"""``sync_status``: a per-organisation view of connections and the push queue, with a dead-letter check."""
+
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    define_asset_job,
+)
+
+from batchly_pipelines.defs.resources import BatchlyDatabase
+from batchly_pipelines.store.schema import QUEUE_STATES
+from batchly_pipelines.store.status import organization_status
+
+
+def status_frame(database: BatchlyDatabase) -> pd.DataFrame:
+    """One row per organisation: QuickBooks connection and queue depth by state."""
+    return pd.DataFrame(
+        organization_status(database.engine), columns=["organization_id", "name", "quickbooks", *QUEUE_STATES]
+    )
+
+
+@asset(
+    group_name="monitoring",
+    kinds={"postgres", "sqlite"},
+    description="Queue depth by state and QuickBooks connection status for every organisation.",
+)
+def sync_status(context: AssetExecutionContext, batchly_db: BatchlyDatabase) -> MaterializeResult:
+    frame = status_frame(batchly_db)
+    totals = {state: int(frame[state].sum()) if len(frame) else 0 for state in QUEUE_STATES}
+    context.log.info("queue depth: %s", totals)
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": len(frame),
+            "status": MetadataValue.md(
+                frame.to_markdown(index=False) if len(frame) else "_no organisations_"
+            ),
+            **{f"queue_{state}": MetadataValue.int(count) for state, count in totals.items()},
+        }
+    )
+
+
+sync_status_job = define_asset_job("sync_status_job", selection=[sync_status])

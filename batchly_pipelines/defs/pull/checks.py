@@ -1,0 +1,144 @@
+"""Asset checks of the pull: mirror vs Batchly drift, open conflicts (warn), invoice totals, payment status.
+
+A check evaluates the organisations of the run's partition (from its tags), or every connected one when it runs on
+its own. The work is in ``services.pull_checks``.
+"""
+
+from collections.abc import Callable
+
+import pandas as pd
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    MetadataValue,
+    asset_check,
+)
+
+from batchly_pipelines.defs.partitions import partition_tags
+from batchly_pipelines.defs.pull.assets import batchly_customers, batchly_invoice_payments, batchly_items
+from batchly_pipelines.defs.resources import BatchlyDatabase
+from batchly_pipelines.services.pull import checks as pull_checks
+from batchly_pipelines.services.pull.checks import CheckOutcome
+from batchly_pipelines.services.pull.invoice_payments import organization_today
+from batchly_pipelines.services.pull.reconcile import CUSTOMERS, ITEMS
+from batchly_pipelines.store.conflicts import list_conflicts
+from batchly_pipelines.store.status import connected_organization_ids
+
+REVIEW_ROWS = 20
+
+
+def _organizations(context: AssetCheckExecutionContext, database: BatchlyDatabase) -> list[int]:
+    return partition_tags(context.run.tags) or connected_organization_ids(database.engine)
+
+
+def _outcome_result(
+    context: AssetCheckExecutionContext,
+    database: BatchlyDatabase,
+    check: Callable[[int], CheckOutcome],
+    what: str,
+) -> AssetCheckResult:
+    outcomes = {org: check(org) for org in _organizations(context, database)}
+    failed = sum(o.failed for o in outcomes.values())
+    examples = [{"organization": org, **ex} for org, o in outcomes.items() for ex in o.examples]
+    return AssetCheckResult(
+        passed=failed == 0,
+        metadata={
+            "checked": sum(o.checked for o in outcomes.values()),
+            "failed": failed,
+            "examples": MetadataValue.json(examples),
+        },
+        description=f"{failed} {what}" if failed else f"no {what}",
+    )
+
+
+@asset_check(
+    asset=batchly_customers, description="Linked customers differ from the mirrored QuickBooks version."
+)
+def customers_match_quickbooks(
+    context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase
+) -> AssetCheckResult:
+    return _outcome_result(
+        context,
+        batchly_db,
+        lambda org: pull_checks.record_drift(batchly_db.engine, CUSTOMERS, org),
+        "drifted customers",
+    )
+
+
+@asset_check(asset=batchly_items, description="Linked items differ from the mirrored QuickBooks version.")
+def items_match_quickbooks(
+    context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase
+) -> AssetCheckResult:
+    return _outcome_result(
+        context,
+        batchly_db,
+        lambda org: pull_checks.record_drift(batchly_db.engine, ITEMS, org),
+        "drifted items",
+    )
+
+
+@asset_check(
+    asset=batchly_customers,
+    description="Conflicts waiting for review (resolve them with the resolve_conflicts job or "
+    "`batchly-sync conflicts resolve`).",
+)
+def conflicts_reviewed(context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase) -> AssetCheckResult:
+    organizations = _organizations(context, batchly_db)
+    counts = {org: pull_checks.open_conflicts(batchly_db.engine, org) for org in organizations}
+    total = sum(sum(c.values()) for c in counts.values())
+    with batchly_db.engine.connect() as conn:
+        rows = [
+            row
+            for org in organizations
+            for row in list_conflicts(conn, organization_id=org, limit=REVIEW_ROWS)
+        ][:REVIEW_ROWS]
+    columns = [
+        "id",
+        "organization_id",
+        "entity_type",
+        "entity_id",
+        "qbo_id",
+        "field",
+        "base_value",
+        "batchly_value",
+        "qbo_value",
+    ]
+    table = pd.DataFrame(rows, columns=columns).to_markdown(index=False) if rows else "_nothing to review_"
+    return AssetCheckResult(
+        passed=total == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "open": total,
+            "by_organization": MetadataValue.json({str(org): c for org, c in counts.items()}),
+            "review": MetadataValue.md(table),
+        },
+        description=f"{total} conflict(s) waiting for review" if total else "no conflict waiting for review",
+    )
+
+
+@asset_check(asset=batchly_invoice_payments, description="Batchly invoice totals equal QuickBooks' TotalAmt.")
+def invoice_totals_match(
+    context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase
+) -> AssetCheckResult:
+    return _outcome_result(
+        context,
+        batchly_db,
+        lambda org: pull_checks.invoice_totals(batchly_db.engine, org),
+        "invoices whose total differs from QuickBooks",
+    )
+
+
+@asset_check(
+    asset=batchly_invoice_payments,
+    description="Payment columns of synced invoices agree with the mirrored QuickBooks invoice and payments.",
+)
+def payment_status_consistent(
+    context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase
+) -> AssetCheckResult:
+    def check(org: int) -> CheckOutcome:
+        with batchly_db.engine.connect() as conn:
+            today = organization_today(conn, org)
+        return pull_checks.payment_status(batchly_db.engine, org, today)
+
+    return _outcome_result(context, batchly_db, check, "invoices with inconsistent payment columns")

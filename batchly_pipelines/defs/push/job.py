@@ -1,0 +1,166 @@
+"""``push_to_quickbooks``: push one organisation's due records (or a list of invoices) to QuickBooks.
+
+Launched per organisation by ``sync_queue_sensor``, or by hand from the launchpad ("Sync to QuickBooks now") with
+``organization_id`` and optionally ``invoice_ids``. The work lives in :mod:`batchly_pipelines.services.push.organization`; the ops
+report progress (done/total, throughput, ETA) as logs and as observations of the ``sync_status`` asset.
+"""
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    Config,
+    Failure,
+    In,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    Output,
+    job,
+    op,
+)
+from pydantic import Field
+
+from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
+from batchly_pipelines.quickbooks.errors import AuthError
+from batchly_pipelines.services.push.organization import (
+    CLAIM_SIZE,
+    DEFAULT_LEASE,
+    Progress,
+    push_organization,
+    worker_name,
+)
+from batchly_pipelines.store.schema import QUEUE_STATES
+
+PROGRESS_ASSET = AssetKey("sync_status")
+PROGRESS_EVERY_SECONDS = 2.0
+LINGER_SECONDS = 15.0
+
+
+class PushConfig(Config):
+    """Which records to push: everything due for one organisation, or only some of its invoices."""
+
+    organization_id: int = Field(
+        description="The Batchly organisation whose QuickBooks company receives the push."
+    )
+    invoice_ids: list[int] = Field(
+        default_factory=list,
+        description="Push only these invoices (and the customers and items they need); empty = all due records.",
+    )
+    claim_size: int = Field(default=CLAIM_SIZE, description="Queue rows claimed per round.")
+    linger_seconds: float = Field(
+        default=LINGER_SECONDS,
+        description="After the queue runs dry, keep watching it this long (real seconds) for records created meanwhile.",
+    )
+    lease_seconds: float = Field(
+        default=DEFAULT_LEASE.total_seconds(),
+        description=(
+            "How long claimed rows stay leased (a crashed run's rows are picked up again after this), in QuickBooks "
+            "time: compressed by the QuickBooks resource's time_scale like every other wait."
+        ),
+    )
+
+
+class _ProgressReporter:
+    """Logs and observes progress at most every few seconds (callbacks arrive from the push's threads)."""
+
+    def __init__(self, context: OpExecutionContext, organization_id: int) -> None:
+        self.context = context
+        self.organization_id = organization_id
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def __call__(self, progress: Progress, final: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if not final and now - self._last < PROGRESS_EVERY_SECONDS:
+                return
+            self._last = now
+            self.context.log.info(f"organisation {self.organization_id}: {progress}")
+            eta = progress.eta_seconds
+            self.context.log_event(
+                AssetObservation(
+                    asset_key=PROGRESS_ASSET,
+                    metadata={
+                        "organization_id": self.organization_id,
+                        "done": progress.done,
+                        "total": progress.total,
+                        "per_minute": MetadataValue.float(round(progress.per_minute, 1)),
+                        "eta_seconds": MetadataValue.float(round(eta, 1) if eta is not None else -1.0),
+                    },
+                )
+            )
+
+
+@op(
+    pool="qbo_api",
+    out=Out(dict, description="What the push did (actions per entity, failures, API use)."),
+    tags={"kind": "quickbooks"},
+)
+def push_records(
+    context: OpExecutionContext,
+    config: PushConfig,
+    batchly_db: BatchlyDatabase,
+    quickbooks: QuickBooksResource,
+) -> Output[dict[str, Any]]:
+    """Claim, validate and push the organisation's due records; every chunk is checkpointed as it completes."""
+    report = _ProgressReporter(context, config.organization_id)
+    try:
+        client = quickbooks.client_for(config.organization_id)
+    except (LookupError, AuthError) as exc:  # never connected, or the connection needs a person
+        raise Failure(description=str(exc), allow_retries=False) from None
+    with client:
+        stats = push_organization(
+            batchly_db.engine,
+            client,
+            config.organization_id,
+            worker=worker_name(f"run-{context.run_id[:8]}"),
+            invoice_ids=config.invoice_ids or None,
+            progress=report,
+            run_id=context.run_id,
+            claim_size=config.claim_size,
+            linger_seconds=config.linger_seconds,
+            lease=timedelta(seconds=config.lease_seconds / quickbooks.time_scale),
+        )
+    report(Progress(stats.done, stats.total, stats.elapsed_seconds), final=True)
+    summary = stats.as_dict()
+    return Output(
+        summary,
+        metadata={
+            "done": stats.done,
+            "failed": stats.failed,
+            "dead": stats.dead,
+            "seconds": MetadataValue.float(round(stats.elapsed_seconds, 2)),
+            "actions": MetadataValue.json(summary["actions"]),
+            "api_calls": stats.api.get("calls_total", 0),
+            "throttled": stats.api.get("throttled", 0),
+        },
+    )
+
+
+@op(ins={"summary": In(dict)})
+def record_queue_depth(
+    context: OpExecutionContext, summary: dict[str, Any], batchly_db: BatchlyDatabase
+) -> None:
+    """Observe the organisation's queue depth by state after the push (what is left, what is dead)."""
+    organization_id = int(summary["organization_id"])
+    depth = batchly_db.queue.depth(organization_id).get(organization_id, dict.fromkeys(QUEUE_STATES, 0))
+    context.log.info(f"organisation {organization_id} queue after the push: {depth}")
+    context.log_event(
+        AssetObservation(
+            asset_key=PROGRESS_ASSET,
+            metadata={"organization_id": organization_id, **{f"queue_{k}": v for k, v in depth.items()}},
+        )
+    )
+
+
+@job(
+    description="Push one organisation's pending customers, items and invoices (or chosen invoices) to QuickBooks.",
+    tags={"batchly/direction": "push"},
+)
+def push_to_quickbooks() -> None:
+    record_queue_depth(push_records())

@@ -1,0 +1,62 @@
+"""Dagster resources: thin wrappers over ``store/`` (and, as it lands, ``quickbooks/``)."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource, Definitions, definitions
+from pydantic import PrivateAttr
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
+from batchly_pipelines.quickbooks.connections import client_for_organization
+from batchly_pipelines.settings import RuntimeSettings, Settings
+from batchly_pipelines.store.db import create_engine
+from batchly_pipelines.store.queue import SyncQueue
+
+
+class BatchlyDatabase(ConfigurableResource):
+    """The Batchly database. ``database_url`` empty means ``BATCHLY_DATABASE_URL`` / the local default."""
+
+    database_url: str = ""
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = create_engine(self.database_url or Settings.from_env().database_url)
+        return self._engine
+
+    @property
+    def queue(self) -> SyncQueue:
+        return SyncQueue(self.engine)
+
+
+class QuickBooksResource(ConfigurableResource):
+    """QuickBooks clients per organisation; tokens and rate limits are shared through the Batchly database.
+
+    ``time_scale`` must match the sandbox's ``--time-scale`` (1 against Intuit). Settings (client id and secret,
+    ``BATCHLY_SECRET_KEY``) come from the environment, never from run config.
+    """
+
+    database_url: str = ""
+    time_scale: float = 1.0
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    def client_for(self, organization_id: int) -> QuickBooksClient:
+        """A client for the organisation's realm (close it when done); raises ReauthorizationRequired if needed."""
+        settings = Settings.from_env()
+        if self._engine is None:
+            self._engine = create_engine(self.database_url or settings.database_url)
+        config = ClientConfig(time_scale=self.time_scale)
+        return client_for_organization(self._engine, settings, organization_id, config=config)
+
+
+@definitions
+def resources() -> Definitions:
+    """The shared resources of every area; configured from the environment only."""
+    return Definitions(
+        resources={
+            "batchly_db": BatchlyDatabase(),
+            # QBO_TIME_SCALE: the local sandbox's --time-scale (benchmarks compress QuickBooks' minutes); 1 for Intuit
+            "quickbooks": QuickBooksResource(time_scale=RuntimeSettings.from_env().qbo_time_scale),
+        }
+    )

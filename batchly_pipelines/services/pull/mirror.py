@@ -1,0 +1,320 @@
+"""Reading what QuickBooks changed in a window into ``qbo_mirror``, page by page, with CDC for deletions.
+
+Windows are read with keyset paging on ``(MetaData.LastUpdatedTime, Id)``: each page starts at the newest second of
+the previous one (``>=``) and skips the versions — ``(Id, SyncToken)`` — already seen in that second. A row that
+changes while the window is read moves to a later second with a new SyncToken and is met again, never skipped (an
+edited row is not dropped for having been seen at its old time); only the versions of one second are held in memory.
+
+More than a page of rows in one second is read by position inside that second (ordered by Id). A row edited during
+that read leaves the second and shifts the rows after it down a position, so one pass alone can miss an untouched
+row: the second is re-read until a whole pass ran while its ``COUNT(*)`` did not move and the pass met exactly that
+many distinct rows (at most ``SECOND_PASSES`` passes; past that the pull fails before its cursor moves).
+
+A mirror row is written only when QuickBooks has a new version of it (another SyncToken, or a deletion), so pulling
+the same window twice writes nothing. ``pulled_at`` therefore says when the mirror last learnt something new, and every
+write gives the row a new ``version`` (a random token, compared for equality only: no clock is involved), which the
+reconciliations record (``invoices.payment_mirror_version``, ``qbo_reconciled``) to know which version they have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from batchly_pipelines.quickbooks import query as q
+from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.quickbooks.errors import QboError
+from batchly_pipelines.rules.mapping import qbo_last_updated
+from batchly_pipelines.store.schema import qbo_mirror, utcnow
+from batchly_pipelines.store.upsert import bulk_upsert
+
+m = qbo_mirror.c
+logger = logging.getLogger(__name__)
+
+ORDER = "MetaData.LastUpdatedTime, Id"
+CDC_REACH = timedelta(days=30)
+CDC_SATURATED = "CDC saturated"  # the client's QboError detail when one second holds more than a CDC answer
+CDC_MARGIN = timedelta(minutes=10)  # stay clear of the 30-day edge: QuickBooks refuses older changedSince
+# reads by position of one crowded second before giving up (the pull then fails, its cursor unmoved)
+SECOND_PASSES = 5
+
+Version = tuple[str, str]  # (Id, SyncToken): one version of one QuickBooks object
+
+
+class IncompleteSecond(RuntimeError):
+    """A crowded second kept changing while it was read by position: some of its rows may not have been read."""
+
+
+def version_of(obj: Mapping[str, Any]) -> Version:
+    """``(Id, SyncToken)`` of a QuickBooks object."""
+    return str(obj["Id"]), str(obj["SyncToken"])
+
+
+def new_version() -> str:
+    """A fresh ``qbo_mirror.version``: unique per write, so equal versions mean the same write."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open interval of QuickBooks ``LastUpdatedTime``: ``[start, end)``, aware UTC datetimes."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("window bounds must be timezone-aware")
+        if self.end <= self.start:
+            raise ValueError(f"empty window: {self.start.isoformat()} … {self.end.isoformat()}")
+
+    def conditions(self, entity: str) -> list[str]:
+        """The query conditions selecting the window, inactive name-list rows included."""
+        return q.with_all_active_states(
+            entity,
+            [
+                q.condition("MetaData.LastUpdatedTime", ">=", self.start),
+                q.condition("MetaData.LastUpdatedTime", "<", self.end),
+            ],
+        )
+
+
+def changed_pages(client: QuickBooksClient, entity: str, window: Window) -> Iterator[list[dict[str, Any]]]:
+    """Every object of ``entity`` updated in ``window``, one page at a time, each version (Id, SyncToken) once."""
+    cursor = window.start
+    seen_at_cursor: set[Version] = set()
+    while True:
+        where = Window(cursor, window.end).conditions(entity)
+        page = client.query(q.select(entity, where, ORDER, 1, q.MAX_RESULTS)).rows
+        fresh = [obj for obj in page if version_of(obj) not in seen_at_cursor]
+        if fresh:
+            yield fresh
+        if len(page) < q.MAX_RESULTS:
+            return
+        newest = qbo_last_updated(page[-1])
+        if newest == cursor:  # a whole page inside one second: read that second by position
+            yield from _one_second(client, entity, cursor, seen_at_cursor)
+            cursor, seen_at_cursor = cursor + timedelta(seconds=1), set()
+            continue
+        cursor, seen_at_cursor = newest, {version_of(obj) for obj in page if qbo_last_updated(obj) == newest}
+
+
+def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+    """``pages``, with the next page fetched in a thread while the caller stores the current one (two pages in
+    memory at most). A fetch error is raised where the caller would have got that page; a caller that stops early
+    stops the thread."""
+    Item = tuple[list[dict[str, Any]] | None, BaseException | None]
+    ahead: queue.Queue[Item] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(item: Item) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                if not hand_over((page, None)):
+                    return
+            hand_over((None, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            hand_over((None, exc))
+
+    worker = threading.Thread(target=fetch, name="qbo-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            page, error = ahead.get()
+            if error is not None:
+                raise error
+            if page is None:
+                return
+            yield page
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _one_second(
+    client: QuickBooksClient, entity: str, second: datetime, skip: set[Version]
+) -> Iterator[list[dict[str, Any]]]:
+    """Every row of one crowded second not in ``skip``, read by position until a pass is known complete.
+
+    A pass is complete when the second's ``COUNT(*)`` was the same before and after it and the pass met that many
+    distinct ids: rows only leave a past second (an edit moves a row to the present), so an unchanged count means
+    no row left during the pass and no position shifted. Rows that left are met later in the window, at their new
+    time."""
+    where = Window(second, second + timedelta(seconds=1)).conditions(entity)
+    before = client.count(entity, where)
+    for _ in range(SECOND_PASSES):
+        ids: set[str] = set()
+        start = 1
+        while True:
+            page = client.query(q.select(entity, where, "Id", start, q.MAX_RESULTS)).rows
+            ids.update(str(obj["Id"]) for obj in page)
+            fresh = [obj for obj in page if version_of(obj) not in skip]
+            skip.update(version_of(obj) for obj in fresh)
+            if fresh:
+                yield fresh
+            if len(page) < q.MAX_RESULTS:
+                break
+            start += q.MAX_RESULTS
+        after = client.count(entity, where)
+        if before == len(ids) == after:
+            return
+        logger.info(
+            "%s second %s changed while read (%s rows before, %s read, %s after): reading it again",
+            entity,
+            second.isoformat(),
+            before,
+            len(ids),
+            after,
+        )
+        before = after
+    raise IncompleteSecond(
+        f"{entity} rows of the second {second.isoformat()} kept changing over {SECOND_PASSES} reads; pull again"
+    )
+
+
+def store_objects(
+    conn: Connection,
+    organization_id: int,
+    entity: str,
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    force: bool = False,
+) -> list[Mapping[str, Any]]:
+    """Write the objects QuickBooks has a new version of (all of them with ``force``); returns those written."""
+    if not objects:
+        return []
+    known = dict(
+        conn.execute(
+            sa.select(m.qbo_id, m.sync_token).where(
+                m.organization_id == organization_id,
+                m.entity_type == entity,
+                m.deleted.is_(False),
+                m.qbo_id.in_([obj["Id"] for obj in objects]),
+            )
+        ).all()
+    )
+    changed = [obj for obj in objects if force or known.get(obj["Id"]) != obj["SyncToken"]]
+    now = utcnow()
+    bulk_upsert(
+        conn,
+        qbo_mirror,
+        (
+            {
+                "organization_id": organization_id,
+                "entity_type": entity,
+                "qbo_id": obj["Id"],
+                "sync_token": obj["SyncToken"],
+                "last_updated_time": qbo_last_updated(obj),
+                "deleted": False,
+                "data": as_json(obj),
+                "pulled_at": now,
+                "version": new_version(),
+            }
+            for obj in changed
+        ),
+        key=("organization_id", "entity_type", "qbo_id"),
+    )
+    return changed
+
+
+def as_json(value: Any) -> Any:
+    """A decoded QuickBooks object as the JSON column stores it: amounts as JSON numbers (as on the wire), or as
+    strings in the rare case a float would not carry the exact decimal."""
+    if isinstance(value, Mapping):
+        return {key: as_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_json(item) for item in value]
+    if isinstance(value, Decimal):
+        number = float(value)
+        return number if Decimal(repr(number)) == value else str(value)
+    return value
+
+
+def mark_deleted(
+    conn: Connection, organization_id: int, entity: str, tombstones: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Flag mirrored objects that QuickBooks deleted; returns their last known data (unknown ids are ignored)."""
+    when = {obj["Id"]: qbo_last_updated(obj) for obj in tombstones}
+    if not when:
+        return []
+    rows = conn.execute(
+        sa.select(m.qbo_id, m.data).where(
+            m.organization_id == organization_id,
+            m.entity_type == entity,
+            m.deleted.is_(False),
+            m.qbo_id.in_(list(when)),
+        )
+    ).all()
+    if rows:
+        conn.execute(
+            sa.update(qbo_mirror)
+            .where(
+                m.organization_id == organization_id,
+                m.entity_type == entity,
+                m.qbo_id == sa.bindparam("b_qbo_id"),
+            )
+            .values(
+                deleted=True,
+                last_updated_time=sa.bindparam("b_when"),
+                pulled_at=utcnow(),
+                version=sa.bindparam("b_version"),
+            ),
+            [{"b_qbo_id": qbo_id, "b_when": when[qbo_id], "b_version": new_version()} for qbo_id, _ in rows],
+        )
+    return [dict(data) for _, data in rows]
+
+
+def cdc_since(window: Window, now: datetime | None = None) -> datetime | None:
+    """Where CDC should start to see the window's deletions, or None when the window is out of CDC's reach."""
+    earliest = (now or utcnow()) - CDC_REACH + CDC_MARGIN
+    if window.end <= earliest:
+        return None
+    return max(window.start, earliest)
+
+
+def pull_deletions(
+    engine: Engine, client: QuickBooksClient, organization_id: int, entities: Sequence[str], window: Window
+) -> dict[str, list[dict[str, Any]]]:
+    """Apply CDC deletions since the window's start (when within 30 days); returns the deleted objects' last data."""
+    since = cdc_since(window)
+    if since is None:
+        return {entity: [] for entity in entities}
+    try:
+        result = client.cdc(entities, since)
+    except QboError as exc:
+        if exc.detail != CDC_SATURATED:
+            raise
+        # more than 1000 changes of one entity in one second: CDC cannot page past them (the window query did)
+        logger.warning(
+            "organisation %s: deletions of %s not read this time: %s", organization_id, entities, exc
+        )
+        return {entity: [] for entity in entities}
+    with engine.begin() as conn:
+        return {
+            entity: mark_deleted(
+                conn,
+                organization_id,
+                entity,
+                (obj for obj in result.objects.get(entity, []) if obj.get("status") == "Deleted"),
+            )
+            for entity in entities
+        }

@@ -1,0 +1,225 @@
+"""Reading the Batchly records a push needs, and writing its outcomes back as one checkpoint per chunk.
+
+A checkpoint is one :func:`~batchly_pipelines.store.db.sync_transaction`: the QuickBooks ids, SyncTokens and merge
+bases, the sync-owned invoice columns, conflicts, the sync log and the queue acknowledgements (or failures) commit
+together, so a killed run never leaves a record written to QuickBooks but unrecorded in Batchly beyond the chunk
+that was in flight — and that chunk is replayed without duplicates (request ids, the DocNumber guard).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.quickbooks.errors import QboError
+from batchly_pipelines.rules.mapping import qbo_last_updated
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.conflicts import ConflictRecord, record_conflicts
+from batchly_pipelines.store.db import sync_transaction
+from batchly_pipelines.store.queue import QueueItem, SyncQueue
+from batchly_pipelines.store.schema import utcnow
+from batchly_pipelines.store.sync_state import LogEntry, SyncState, save_states, write_log
+
+TABLES: Mapping[str, sa.Table] = {"customer": s.customers, "item": s.items, "invoice": s.invoices}
+
+RecordKey = tuple[str, int]  # (entity_type, entity_id)
+
+
+def load_rows(conn: Connection, entity_type: str, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Batchly rows of ``entity_type`` by id (missing ids are left out)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    table = TABLES[entity_type]
+    rows = conn.execute(sa.select(table).where(table.c.id.in_(wanted))).mappings()
+    return {row["id"]: dict(row) for row in rows}
+
+
+def load_invoice_lines(conn: Connection, invoice_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """The lines of each invoice, ordered by line number."""
+    wanted = sorted(set(invoice_ids))
+    lines: dict[int, list[dict[str, Any]]] = {invoice_id: [] for invoice_id in wanted}
+    if wanted:
+        il = s.invoice_lines.c
+        query = (
+            sa.select(s.invoice_lines).where(il.invoice_id.in_(wanted)).order_by(il.invoice_id, il.line_no)
+        )
+        for row in conn.execute(query).mappings():
+            lines[row["invoice_id"]].append(dict(row))
+    return lines
+
+
+def open_conflict_fields(conn: Connection, organization_id: int, entity_type: str) -> dict[int, set[str]]:
+    """Fields awaiting review per record: a push leaves them alone until a person decides."""
+    c = s.sync_conflicts.c
+    query = sa.select(c.entity_id, c.field).where(
+        c.organization_id == organization_id, c.entity_type == entity_type, c.resolution == "pending_review"
+    )
+    held: dict[int, set[str]] = {}
+    for entity_id, name in conn.execute(query):
+        held.setdefault(entity_id, set()).add(name)
+    return held
+
+
+def link_state(
+    organization_id: int, key: RecordKey, obj: Mapping[str, Any], base: Mapping[str, Any]
+) -> SyncState:
+    """The link of a Batchly record to QuickBooks' ``obj`` (its Id and SyncToken), with the agreed ``base``."""
+    return SyncState(
+        organization_id=organization_id,
+        entity_type=key[0],
+        entity_id=key[1],
+        qbo_id=str(obj["Id"]),
+        sync_token=str(obj["SyncToken"]),
+        base=base,
+        qbo_updated_at=qbo_last_updated(obj) if obj.get("MetaData") else None,
+    )
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """A record QuickBooks now holds (or that needed nothing): what to store about it.
+
+    ``hold`` keeps its queue rows leased: a correction is acknowledged only once the invoice it replaces is void.
+    """
+
+    entity_type: str
+    entity_id: int
+    action: str  # create | update | link | void | skip
+    qbo_obj: Mapping[str, Any] | None = None
+    base: Mapping[str, Any] | None = None
+    batchly_changes: Mapping[str, Any] = field(default_factory=dict)
+    invoice_status: str | None = None  # synced | voided
+    conflicts: Sequence[ConflictRecord] = ()
+    message: str | None = None
+    hold: bool = False
+
+    @property
+    def key(self) -> RecordKey:
+        return (self.entity_type, self.entity_id)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A record that could not be pushed: its queue rows back off (``retryable``) or go to the dead letter."""
+
+    entity_type: str
+    entity_id: int
+    action: str
+    message: str
+    retryable: bool
+    invoice_status: str | None = None  # error, for invoices refused by validation
+    conflicts: Sequence[ConflictRecord] = ()
+
+    @property
+    def key(self) -> RecordKey:
+        return (self.entity_type, self.entity_id)
+
+
+Outcome = Pushed | Failed
+
+
+@dataclass
+class CheckpointResult:
+    """What one checkpoint acknowledged and where the failures went."""
+
+    acked: int = 0
+    retrying: int = 0
+    dead: int = 0
+
+
+class Checkpointer:
+    """Writes outcomes of one organisation's push, each call one transaction."""
+
+    def __init__(self, engine: Engine, queue: SyncQueue, organization_id: int, run_id: str | None) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.organization_id = organization_id
+        self.run_id = run_id
+
+    def write(
+        self, outcomes: Sequence[Outcome], queue_items: Mapping[RecordKey, Sequence[QueueItem]]
+    ) -> CheckpointResult:
+        """Store ``outcomes`` and settle their queue rows in one sync transaction."""
+        result = CheckpointResult()
+        if not outcomes:
+            return result
+        now = utcnow()
+        with sync_transaction(self.engine) as conn:
+            states: list[SyncState] = []
+            conflicts: list[ConflictRecord] = []
+            log: list[LogEntry] = []
+            for outcome in outcomes:
+                conflicts += outcome.conflicts
+                items = queue_items.get(outcome.key, ())
+                if isinstance(outcome, Failed):
+                    self._update_row(conn, outcome.key, {"sync_status": outcome.invoice_status})
+                    for item in items:
+                        status = self.queue.fail_in(
+                            conn, item, outcome.message, retryable=outcome.retryable, now=now
+                        )
+                        result.dead += status == "dead"
+                        result.retrying += status == "pending"
+                    log.append(self._log(outcome.key, outcome.action, "error", None, outcome.message))
+                    continue
+                qbo_id = str(outcome.qbo_obj["Id"]) if outcome.qbo_obj else None
+                values: dict[str, Any] = dict(outcome.batchly_changes)
+                if qbo_id is not None:
+                    values["qbo_id"] = qbo_id
+                if outcome.invoice_status is not None:
+                    values.update(sync_status=outcome.invoice_status, synced_at=now)
+                self._update_row(conn, outcome.key, values)
+                if outcome.qbo_obj is not None and outcome.base is not None:
+                    states.append(
+                        link_state(self.organization_id, outcome.key, outcome.qbo_obj, outcome.base)
+                    )
+                if not outcome.hold:
+                    result.acked += SyncQueue.ack(conn, items, now=now)
+                log.append(self._log(outcome.key, outcome.action, "ok", qbo_id, outcome.message))
+            save_states(conn, states)
+            record_conflicts(conn, conflicts)
+            write_log(conn, log)
+        return result
+
+    def _log(
+        self, key: RecordKey, action: str, outcome: str, qbo_id: str | None, message: str | None
+    ) -> LogEntry:
+        return LogEntry(
+            organization_id=self.organization_id,
+            direction="push",
+            entity_type=key[0],
+            action=action,
+            outcome=outcome,
+            entity_id=key[1],
+            qbo_id=qbo_id,
+            message=message,
+            run_id=self.run_id,
+        )
+
+    @staticmethod
+    def _update_row(conn: Connection, key: RecordKey, values: Mapping[str, Any]) -> None:
+        values = {name: value for name, value in values.items() if value is not None}
+        if values:
+            table = TABLES[key[0]]
+            conn.execute(sa.update(table).where(table.c.id == key[1]).values(**values))
+
+
+@dataclass(frozen=True)
+class PushContext:
+    """What a chunk of work needs: the database, the realm's client, and where to checkpoint outcomes."""
+
+    engine: Engine
+    client: QuickBooksClient
+    organization_id: int
+    run_id: str | None
+    checkpoint: Callable[[Sequence[Outcome]], None]
+
+
+def describe(error: QboError) -> str:
+    """A QuickBooks error as one line for the sync log and the queue."""
+    return f"QuickBooks refused it: {error}"

@@ -1,0 +1,323 @@
+"""Pushing customers and items: creates, sparse updates of what Batchly changed, 5010 and duplicate-name recovery.
+
+- No link yet → create the full record. A duplicate name (6240) looks the name up in QuickBooks: the same customer
+  (same e-mail or phone; for items, the same name) is linked and merged; anything else becomes a conflict for review.
+- Linked → a sparse update of the fields Batchly changed since the base (items: the description only, QuickBooks owns
+  the rest), with the base's SyncToken. A stale token (5010) merges against the re-read object and retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from batchly_pipelines.quickbooks import query as q
+from batchly_pipelines.quickbooks.client import WriteOp, WriteResult
+from batchly_pipelines.quickbooks.errors import DuplicateNameError, QboError, StaleObjectError
+from batchly_pipelines.rules.mapping import (
+    CUSTOMER_MAPPING,
+    ITEM_MAPPING,
+    EntityMapping,
+    decode_snapshot,
+    encode_snapshot,
+    qbo_last_updated,
+    with_identity,
+)
+from batchly_pipelines.rules.matching import MatchDecision, match_customer
+from batchly_pipelines.rules.merge import (
+    CUSTOMER_POLICY,
+    ITEM_POLICY,
+    MergePolicy,
+    MergeResult,
+    changes_to_push,
+    merge,
+)
+from batchly_pipelines.rules.requestids import request_id
+from batchly_pipelines.rules.validation import ValidationIssue, validate_customer, validate_item
+from batchly_pipelines.services.push.checkpoint import (
+    Failed,
+    Outcome,
+    PushContext,
+    Pushed,
+    describe,
+    load_rows,
+    open_conflict_fields,
+)
+from batchly_pipelines.store.conflicts import ConflictRecord
+from batchly_pipelines.store.sync_state import load_states
+
+ROUNDS = 3  # write, then at most two follow-ups (after a 5010 or a duplicate-name link)
+
+
+@dataclass(frozen=True)
+class NameList:
+    """How one QuickBooks name list (Customer, Item) is pushed."""
+
+    entity_type: str
+    qbo_entity: str
+    name_field: str  # the QuickBooks field that must be unique
+    mapping: EntityMapping
+    policy: MergePolicy
+    validate: Callable[[Mapping[str, Any]], list[ValidationIssue]]
+
+
+CUSTOMERS = NameList(
+    "customer", "Customer", "DisplayName", CUSTOMER_MAPPING, CUSTOMER_POLICY, validate_customer
+)
+ITEMS = NameList("item", "Item", "Name", ITEM_MAPPING, ITEM_POLICY, validate_item)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """A valid Batchly record: its synced fields and when Batchly last changed it."""
+
+    entity_id: int
+    fields: Mapping[str, Any]
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One write on its way to QuickBooks, with what earlier rounds decided about the record."""
+
+    record: _Record
+    op: WriteOp
+    base: Mapping[str, Any] | None
+    conflicts: tuple[ConflictRecord, ...] = ()
+    batchly_changes: Mapping[str, Any] = field(default_factory=dict)
+
+
+class NameListPusher:
+    """Pushes chunks of one name list for one organisation (thread-safe)."""
+
+    def __init__(self, ctx: PushContext, kind: NameList) -> None:
+        self.ctx = ctx
+        self.kind = kind
+        self._income_account: str | None = None
+        self._lock = threading.Lock()
+
+    def push(self, ids: Sequence[int]) -> list[Outcome]:
+        """Push these records (≤ 30) and return one outcome per record."""
+        kind, org = self.kind, self.ctx.organization_id
+        with self.ctx.engine.connect() as conn:
+            rows = load_rows(conn, kind.entity_type, ids)
+            states = {st.entity_id: st for st in load_states(conn, org, kind.entity_type, entity_ids=ids)}
+            held = open_conflict_fields(conn, org, kind.entity_type)
+        outcomes: list[Outcome] = []
+        attempts: list[_Attempt] = []
+        for entity_id in ids:
+            row = rows.get(entity_id)
+            if row is None:
+                outcomes.append(Pushed(kind.entity_type, entity_id, "skip", message="deleted in Batchly"))
+                continue
+            issues = kind.validate(row)
+            if issues:
+                message = "; ".join(str(issue) for issue in issues)
+                outcomes.append(Failed(kind.entity_type, entity_id, "validate", message, retryable=False))
+                continue
+            record = _Record(entity_id, kind.mapping.from_row(row), row["updated_at"])
+            state = states.get(entity_id)
+            if state is None:
+                attempts.append(self._create(record))
+                continue
+            base = decode_snapshot(kind.entity_type, state.base)
+            changes = changes_to_push(
+                base, record.fields, policy=kind.policy, pending=held.get(entity_id, ())
+            )
+            if changes:
+                update = self._update_op(entity_id, record.fields, changes, state.qbo_id, state.sync_token)
+                attempts.append(_Attempt(record, update, base))
+            else:
+                outcomes.append(
+                    Pushed(kind.entity_type, entity_id, "skip", message="no change since the last sync")
+                )
+        for _ in range(ROUNDS):
+            if not attempts:
+                break
+            results = self.ctx.client.write_batch([attempt.op for attempt in attempts])
+            settled = [
+                self._settle(attempt, result) for attempt, result in zip(attempts, results, strict=True)
+            ]
+            attempts = [item for item in settled if isinstance(item, _Attempt)]
+            outcomes += [item for item in settled if not isinstance(item, _Attempt)]
+        outcomes += [
+            Failed(
+                kind.entity_type,
+                a.record.entity_id,
+                a.op.operation,
+                "QuickBooks kept changing it; retrying later",
+                True,
+            )
+            for a in attempts
+        ]
+        return outcomes
+
+    # -- building writes -------------------------------------------------------------------------------------
+    def _create(self, record: _Record) -> _Attempt:
+        body = self.kind.mapping.to_qbo(record.fields)
+        if self.kind is ITEMS:
+            body["IncomeAccountRef"] = {"value": self._income_account_id()}
+        request = self._request_id("create", record.entity_id, body)
+        return _Attempt(
+            record, WriteOp(record.entity_id, self.kind.qbo_entity, "create", body, request), None
+        )
+
+    def _update_op(
+        self, entity_id: int, fields: Mapping[str, Any], changes: Iterable[str], qbo_id: str, sync_token: str
+    ) -> WriteOp:
+        """A sparse update of the ``changes`` columns at ``sync_token``; ``fields`` is the whole intended record
+        (a nested object such as BillAddr is sent whole)."""
+        body = with_identity(
+            self.kind.mapping.to_qbo(fields, only=changes), qbo_id=qbo_id, sync_token=sync_token, sparse=True
+        )
+        request = self._request_id("update", entity_id, f"{sync_token}:{_digest(body)}")
+        return WriteOp(entity_id, self.kind.qbo_entity, "update", body, request)
+
+    def _request_id(self, kind: str, entity_id: int, version: object) -> str:
+        return request_id(
+            kind, self.kind.entity_type, f"{self.ctx.organization_id}:{entity_id}", _digest(version)
+        )
+
+    def _income_account_id(self) -> str:
+        """An income account for new items (QuickBooks requires one), looked up once per push."""
+        with self._lock:
+            if self._income_account is None:
+                where = [q.condition("AccountType", "=", "Income"), q.condition("Active", "=", True)]
+                rows = self.ctx.client.query(q.select("Account", where, "Id", max_results=1)).rows
+                if not rows:
+                    raise QboError("the QuickBooks company has no active income account for new items")
+                self._income_account = str(rows[0]["Id"])
+            return self._income_account
+
+    # -- reading answers -------------------------------------------------------------------------------------
+    def _settle(self, attempt: _Attempt, result: WriteResult) -> Outcome | _Attempt:
+        kind = self.kind
+        if result.ok and result.entity_obj is not None:
+            return self._pushed(attempt, attempt.op.operation, result.entity_obj)
+        error = result.error or QboError("no answer for this write")
+        if isinstance(error, StaleObjectError) and result.current is not None:
+            return self._merge(attempt, result.current, attempt.base)
+        if isinstance(error, DuplicateNameError) and attempt.op.operation == "create":
+            return self._link_duplicate(attempt, error)
+        return Failed(
+            kind.entity_type, attempt.record.entity_id, attempt.op.operation, describe(error), error.retryable
+        )
+
+    def _pushed(
+        self, attempt: _Attempt, action: str, obj: Mapping[str, Any], base: Mapping[str, Any] | None = None
+    ) -> Pushed:
+        agreed = base if base is not None else self.kind.mapping.from_qbo(obj)
+        return Pushed(
+            self.kind.entity_type,
+            attempt.record.entity_id,
+            action,
+            qbo_obj=obj,
+            base=encode_snapshot(agreed),
+            batchly_changes=attempt.batchly_changes,
+            conflicts=attempt.conflicts,
+        )
+
+    def _merge(
+        self, attempt: _Attempt, current: Mapping[str, Any], base: Mapping[str, Any] | None
+    ) -> Outcome | _Attempt:
+        """Three-way merge against QuickBooks' current object; push what Batchly still has to say."""
+        result = merge(
+            base,
+            attempt.record.fields,
+            self.kind.mapping.from_qbo(current),
+            batchly_updated_at=attempt.record.updated_at,
+            qbo_updated_at=qbo_last_updated(current),
+            policy=self.kind.policy,
+        )
+        merged = replace(
+            attempt,
+            conflicts=attempt.conflicts + self._conflicts(attempt, current, result),
+            batchly_changes={**attempt.batchly_changes, **result.to_batchly},
+        )
+        action = "link" if base is None else "update"
+        if not result.to_qbo:
+            return self._pushed(merged, action, current, result.base)
+        intended = {**self.kind.mapping.from_qbo(current), **result.to_qbo}
+        update = self._update_op(
+            merged.record.entity_id, intended, result.to_qbo, str(current["Id"]), str(current["SyncToken"])
+        )
+        return replace(merged, op=update, base=result.base)
+
+    def _link_duplicate(self, attempt: _Attempt, error: QboError) -> Outcome | _Attempt:
+        """6240: link to the QuickBooks record of that name when it is the same one, else leave it for review."""
+        kind, org = self.kind, self.ctx.organization_id
+        name = attempt.op.body[kind.name_field]
+        where = q.with_all_active_states(kind.qbo_entity, [q.condition(kind.name_field, "=", name)])
+        found = self.ctx.client.query(q.select(kind.qbo_entity, where)).rows
+        with self.ctx.engine.connect() as conn:
+            linked = {
+                st.qbo_id
+                for st in load_states(conn, org, kind.entity_type, qbo_ids=[str(o["Id"]) for o in found])
+            }
+        candidates = {str(obj["Id"]): obj for obj in found if str(obj["Id"]) not in linked}
+        if kind is ITEMS and len(candidates) == 1:
+            return self._merge(attempt, next(iter(candidates.values())), None)
+        if kind is CUSTOMERS:
+            match = match_customer(
+                attempt.record.fields, {cid: kind.mapping.from_qbo(obj) for cid, obj in candidates.items()}
+            )
+            if match is not None and match.decision is MatchDecision.LINK:
+                return self._merge(attempt, candidates[str(match.candidate_id)], None)
+        others = (
+            ", ".join(sorted(candidates)) or "a record that is already linked or not a " + kind.entity_type
+        )
+        conflict = ConflictRecord(
+            organization_id=org,
+            entity_type=kind.entity_type,
+            entity_id=attempt.record.entity_id,
+            qbo_id=next(iter(candidates), None),
+            field=kind.mapping.specs[0].column,
+            base_value=None,
+            batchly_value=name,
+            qbo_value=name,
+            resolution="pending_review",
+            batchly_updated_at=attempt.record.updated_at,
+            run_id=self.ctx.run_id,
+        )
+        message = (
+            f"{kind.entity_type} {attempt.record.entity_id} {conflict.field}: QuickBooks already has {name!r} "
+            f"(Id {others}) and it is not the same {kind.entity_type}; left for review ({error.code})"
+        )
+        return Failed(
+            kind.entity_type,
+            attempt.record.entity_id,
+            "create",
+            message,
+            retryable=False,
+            conflicts=(conflict,),
+        )
+
+    def _conflicts(
+        self, attempt: _Attempt, current: Mapping[str, Any], result: MergeResult
+    ) -> tuple[ConflictRecord, ...]:
+        return tuple(
+            ConflictRecord(
+                organization_id=self.ctx.organization_id,
+                entity_type=self.kind.entity_type,
+                entity_id=attempt.record.entity_id,
+                qbo_id=str(current["Id"]),
+                field=conflict.field,
+                base_value=conflict.base_value,
+                batchly_value=conflict.batchly_value,
+                qbo_value=conflict.qbo_value,
+                resolution=conflict.resolution.value,
+                batchly_updated_at=attempt.record.updated_at,
+                qbo_updated_at=qbo_last_updated(current),
+                run_id=self.ctx.run_id,
+            )
+            for conflict in result.conflicts
+        )
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]

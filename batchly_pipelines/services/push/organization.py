@@ -1,0 +1,319 @@
+"""The push to QuickBooks for one organisation: claim → validate → customers and items first → invoices → voids.
+
+Work comes from the durable queue in rounds: a round claims due rows with a lease, adds the unlinked customers and
+items its invoices depend on, and pushes name lists before invoices (a batch cannot reference what it creates).
+Records go 30 to a batch call, up to the client's in-flight limit at once, and every chunk is checkpointed as soon
+as QuickBooks answers (see :mod:`.push_records`). Validation failures go to the dead letter with a message naming the
+record and field; they never hold up the other records. Progress (done/total, throughput, ETA) is reported through a
+callback after every checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.quickbooks.errors import AuthError
+from batchly_pipelines.rules.requestids import BATCH_MAX
+from batchly_pipelines.rules.validation import NotPushableError, assert_pushable
+from batchly_pipelines.services.push.checkpoint import (
+    Checkpointer,
+    Failed,
+    Outcome,
+    PushContext,
+    Pushed,
+    RecordKey,
+    load_invoice_lines,
+    load_rows,
+)
+from batchly_pipelines.services.push.invoices import InvoicePusher
+from batchly_pipelines.services.push.name_lists import CUSTOMERS, ITEMS, NameListPusher
+from batchly_pipelines.store.queue import QueueItem, SyncQueue
+
+CLAIM_SIZE = (
+    1200  # queue rows per round: a QuickBooks minute of batch calls, so rounds rarely idle the budget
+)
+DEFAULT_LEASE = timedelta(minutes=2)  # renewed while the run lives: a dead run's rows return within this
+LINGER_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a push stands: queue rows settled out of the total known so far, rate and an ETA."""
+
+    done: int
+    total: int
+    elapsed_seconds: float
+
+    @property
+    def per_minute(self) -> float:
+        """Records settled per minute so far."""
+        return self.done / self.elapsed_seconds * 60 if self.elapsed_seconds > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the current rate (``None`` before the first record)."""
+        if not self.done:
+            return None
+        return max(0, self.total - self.done) / self.done * self.elapsed_seconds
+
+    def __str__(self) -> str:
+        eta = "?" if self.eta_seconds is None else f"{self.eta_seconds:.0f}s"
+        return f"{self.done}/{self.total} records, {self.per_minute:.0f}/min, ETA {eta}"
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class PushStats:
+    """What a push did: actions per entity (``invoice.create`` …), failures, dead letters, API use."""
+
+    organization_id: int
+    done: int = 0
+    total: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+    dead: int = 0
+    elapsed_seconds: float = 0.0
+    api: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for logs, metadata and JSON."""
+        return {
+            "organization_id": self.organization_id,
+            "done": self.done,
+            "total": self.total,
+            "actions": dict(sorted(self.actions.items())),
+            "failed": self.failed,
+            "dead": self.dead,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "api": self.api,
+        }
+
+
+def worker_name(prefix: str) -> str:
+    """A lease owner unique across machines and processes (``pid`` alone repeats across containers)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}"[:64]  # unique part first
+
+
+def push_organization(
+    engine: Engine,
+    client: QuickBooksClient,
+    organization_id: int,
+    *,
+    worker: str,
+    invoice_ids: Iterable[int] | None = None,
+    progress: ProgressCallback | None = None,
+    run_id: str | None = None,
+    claim_size: int = CLAIM_SIZE,
+    lease: timedelta = DEFAULT_LEASE,
+    queue: SyncQueue | None = None,
+    linger_seconds: float = 0.0,
+) -> PushStats:
+    """Push everything due for ``organization_id`` (or only ``invoice_ids`` and what they depend on).
+
+    Runs until no due row is left, then keeps watching the queue for ``linger_seconds`` (a warm run picks up records
+    created meanwhile within a second instead of waiting for the next sensor tick and a new run). Raises :class:`AuthError` when the realm's connection must be re-authorised
+    (after checkpointing what was done); every other failure is per record.
+    """
+    push = _Push(
+        engine, client, organization_id, worker, run_id, claim_size, lease, queue or SyncQueue(engine)
+    )
+    wanted = sorted(set(invoice_ids)) if invoice_ids is not None else None
+    return push.run(wanted, progress, linger_seconds)
+
+
+class _Push:
+    """One push of one organisation: rounds of claimed work, checkpoints, statistics and progress."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: QuickBooksClient,
+        organization_id: int,
+        worker: str,
+        run_id: str | None,
+        claim_size: int,
+        lease: timedelta,
+        queue: SyncQueue,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.org = organization_id
+        self.worker = worker
+        self.claim_size = claim_size
+        self.lease = lease
+        self.queue = queue
+        self.checkpointer = Checkpointer(engine, queue, organization_id, run_id)
+        self.stats = PushStats(organization_id)
+        self.ctx = PushContext(engine, client, organization_id, run_id, self._checkpoint)
+        self.customers = NameListPusher(self.ctx, CUSTOMERS)
+        self.items = NameListPusher(self.ctx, ITEMS)
+        self.invoices = InvoicePusher(self.ctx)
+        self.claimed: dict[RecordKey, list[QueueItem]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._progress: ProgressCallback | None = None
+        self._started = time.monotonic()
+
+    def run(
+        self, invoice_ids: list[int] | None, progress: ProgressCallback | None, linger_seconds: float
+    ) -> PushStats:
+        self._progress = progress
+        self._started = time.monotonic()
+        if invoice_ids is not None:
+            self.stats.total = len(invoice_ids)
+            self.queue.expedite(self.org, "invoice", invoice_ids)
+        stop_renewing = threading.Event()
+        renewer = threading.Thread(
+            target=self._renew_leases, args=(stop_renewing,), name="push-leases", daemon=True
+        )
+        renewer.start()
+        try:
+            while batch := self._claim_or_linger(invoice_ids, linger_seconds):
+                if invoice_ids is None:
+                    due = self.queue.due_by_organization().get(self.org, (0, 0))[0]
+                    self.stats.total = max(self.stats.total, self.stats.done + len(batch) + due)
+                self._round(batch)
+        finally:
+            stop_renewing.set()
+            renewer.join()
+            self.stats.elapsed_seconds = time.monotonic() - self._started
+            self.stats.api = self.client.stats.as_dict()
+        return self.stats
+
+    def _renew_leases(self, stop: threading.Event) -> None:
+        """Keep this worker's claimed rows leased while it runs (a third of the lease apart), so a long round never
+        looks abandoned; once the worker dies its leases lapse within one lease."""
+        while not stop.wait(self.lease.total_seconds() / 3):
+            self.queue.renew_leases(self.worker, self.lease)
+
+    def _claim_or_linger(self, invoice_ids: list[int] | None, linger_seconds: float) -> list[QueueItem]:
+        """The next batch; when none is due, keep looking (once a second) for up to ``linger_seconds`` — unless
+        only chosen invoices are pushed: they are all claimed at once."""
+        deadline = time.monotonic() + (linger_seconds if invoice_ids is None else 0.0)
+        while not (batch := self._claim(invoice_ids)) and time.monotonic() < deadline:
+            time.sleep(min(LINGER_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        return batch
+
+    def _claim(self, invoice_ids: list[int] | None) -> list[QueueItem]:
+        return self.queue.claim(
+            self.worker,
+            limit=self.claim_size,
+            lease=self.lease,
+            organization_id=self.org,
+            entity_types=["invoice"] if invoice_ids is not None else None,
+            entity_ids=invoice_ids,
+        )
+
+    def _round(self, batch: list[QueueItem]) -> None:
+        """Push one claimed batch: dependencies first, then invoices (creates, then voids)."""
+        self.claimed.clear()
+        refused: list[Outcome] = []
+        for item in batch:
+            try:
+                assert_pushable(item.entity_type)
+            except NotPushableError as exc:
+                refused.append(Failed(item.entity_type, item.entity_id, "refuse", str(exc), retryable=False))
+            self.claimed[(item.entity_type, item.entity_id)].append(item)
+        self._checkpoint(refused)
+        invoice_ids = self._ids("invoice")
+        customer_deps, item_deps = self._dependencies(invoice_ids)
+        self._claim_dependencies("customer", customer_deps)
+        self._claim_dependencies("item", item_deps)
+        self._in_chunks("customer", sorted(set(self._ids("customer")) | customer_deps), self.customers.push)
+        self._in_chunks("item", sorted(set(self._ids("item")) | item_deps), self.items.push)
+        self._in_chunks("invoice", invoice_ids, self.invoices.push, checkpointed=True)
+
+    def _ids(self, entity_type: str) -> list[int]:
+        return sorted(entity_id for kind, entity_id in self.claimed if kind == entity_type)
+
+    def _dependencies(self, invoice_ids: list[int]) -> tuple[set[int], set[int]]:
+        """Customers and items that the invoices reference and QuickBooks does not have yet."""
+        with self.engine.connect() as conn:
+            invoices = load_rows(conn, "invoice", invoice_ids)
+            lines = load_invoice_lines(conn, invoices)
+            customers = load_rows(conn, "customer", {inv["customer_id"] for inv in invoices.values()})
+            items = load_rows(conn, "item", {line["item_id"] for rows in lines.values() for line in rows})
+        return (
+            {cid for cid, row in customers.items() if row["qbo_id"] is None},
+            {iid for iid, row in items.items() if row["qbo_id"] is None},
+        )
+
+    def _claim_dependencies(self, entity_type: str, ids: set[int]) -> None:
+        """Lease the queue rows of dependencies too, so their push is acknowledged with the rest."""
+        missing = sorted(i for i in ids if (entity_type, i) not in self.claimed)
+        if not missing:
+            return
+        for item in self.queue.claim(
+            self.worker,
+            limit=len(missing),
+            lease=self.lease,
+            organization_id=self.org,
+            entity_types=[entity_type],
+            entity_ids=missing,
+        ):
+            self.claimed[(item.entity_type, item.entity_id)].append(item)
+
+    def _in_chunks(
+        self,
+        entity_type: str,
+        ids: Sequence[int],
+        push: Callable[[Sequence[int]], list[Outcome]],
+        *,
+        checkpointed: bool = False,
+    ) -> None:
+        """Push ``ids`` 30 at a time, as many chunks at once as the client may have requests in flight.
+
+        An unexpected error fails the chunk's records for a later retry (with the error as their message); an
+        :class:`AuthError` stops the push once the other chunks are done.
+        """
+        chunks = [ids[i : i + BATCH_MAX] for i in range(0, len(ids), BATCH_MAX)]
+
+        def run(chunk: Sequence[int]) -> None:
+            try:
+                outcomes = push(chunk)
+            except AuthError:
+                raise
+            except Exception as exc:  # a bug or an outage must not strand the chunk's leases
+                message = f"push failed: {type(exc).__name__}: {exc}"
+                self._checkpoint([Failed(entity_type, i, "push", message, retryable=True) for i in chunk])
+                raise
+            if not checkpointed:
+                self._checkpoint(outcomes)
+
+        with ThreadPoolExecutor(max_workers=self.client.config.in_flight, thread_name_prefix="push") as pool:
+            errors = [future.exception() for future in [pool.submit(run, chunk) for chunk in chunks]]
+        failure = next((e for e in errors if isinstance(e, AuthError)), None) or next(
+            (e for e in errors if e is not None), None
+        )
+        if failure is not None:
+            raise failure
+
+    def _checkpoint(self, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        result = self.checkpointer.write(outcomes, self.claimed)
+        with self._lock:
+            for outcome in outcomes:
+                ok = isinstance(outcome, Pushed)
+                self.stats.actions[f"{outcome.entity_type}.{outcome.action if ok else 'failed'}"] += 1
+            self.stats.done += result.acked + result.retrying + result.dead
+            self.stats.failed += result.retrying + result.dead
+            self.stats.dead += result.dead
+            self.stats.total = max(self.stats.total, self.stats.done)
+            snapshot = Progress(self.stats.done, self.stats.total, time.monotonic() - self._started)
+            if self._progress is not None:
+                self._progress(snapshot)

@@ -1,0 +1,169 @@
+"""Checklist 11: OAuth at Intuit's paths, rotating single-use refresh tokens, invalid_grant, 1-hour access tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from batchly_pipelines_tests.qbo_sandbox.client import admin, new_realm
+from qbo_sandbox.server import SandboxConfig, SandboxServer
+
+CLIENT = ("batchly-local-client", "batchly-local-secret")
+REDIRECT = "http://localhost:9999/callback"
+
+
+@pytest.fixture(scope="module")
+def oauth_sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer(SandboxConfig(throttle=False, refresh_grace_seconds=0.0)) as server:
+        yield server
+
+
+def _authorize(sandbox: SandboxServer, **extra: str) -> dict[str, str]:
+    params = {
+        "client_id": CLIENT[0],
+        "response_type": "code",
+        "scope": "com.intuit.quickbooks.accounting",
+        "redirect_uri": REDIRECT,
+        "state": "xyz",
+        **extra,
+    }
+    response = requests.get(
+        f"{sandbox.base_url}/connect/oauth2", params=params, allow_redirects=False, timeout=10
+    )
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert location.startswith(REDIRECT + "?")
+    return {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
+
+
+def _token(sandbox: SandboxServer, basic: bool = True, **form: str) -> requests.Response:
+    url = f"{sandbox.base_url}/oauth2/v1/tokens/bearer"
+    if basic:
+        return requests.post(url, data=form, auth=CLIENT, timeout=10)
+    return requests.post(url, data={**form, "client_id": CLIENT[0], "client_secret": CLIENT[1]}, timeout=10)
+
+
+def _code_flow(sandbox: SandboxServer, **extra: str) -> tuple[str, dict]:
+    callback = _authorize(sandbox, **extra)
+    response = _token(sandbox, grant_type="authorization_code", code=callback["code"], redirect_uri=REDIRECT)
+    assert response.status_code == 200, response.text
+    return callback["realmId"], response.json()
+
+
+def _company_info(sandbox: SandboxServer, realm: str, access_token: str) -> int:
+    url = f"{sandbox.base_url}/v3/company/{realm}/companyinfo/{realm}"
+    return requests.get(url, headers={"Authorization": f"Bearer {access_token}"}, timeout=10).status_code
+
+
+def test_authorization_code_flow(oauth_sandbox: SandboxServer) -> None:
+    realm = new_realm(oauth_sandbox)
+    callback = _authorize(oauth_sandbox, realmId=realm)
+    assert callback["state"] == "xyz" and callback["realmId"] == realm
+    tokens = _token(
+        oauth_sandbox, grant_type="authorization_code", code=callback["code"], redirect_uri=REDIRECT
+    ).json()
+    assert tokens["token_type"] == "bearer" and tokens["expires_in"] == 3600
+    assert tokens["x_refresh_token_expires_in"] == 100 * 86400
+    assert _company_info(oauth_sandbox, realm, tokens["access_token"]) == 200
+    reused = _token(
+        oauth_sandbox, grant_type="authorization_code", code=callback["code"], redirect_uri=REDIRECT
+    )
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+
+
+def test_default_realm_when_none_named(oauth_sandbox: SandboxServer) -> None:
+    realm, _ = _code_flow(oauth_sandbox)
+    assert realm == oauth_sandbox.state.default_realm_id
+
+
+def test_refresh_rotates_and_old_token_is_single_use(oauth_sandbox: SandboxServer) -> None:
+    realm, tokens = _code_flow(oauth_sandbox)
+    refreshed = _token(
+        oauth_sandbox, basic=False, grant_type="refresh_token", refresh_token=tokens["refresh_token"]
+    )
+    assert refreshed.status_code == 200
+    new = refreshed.json()
+    assert new["refresh_token"] != tokens["refresh_token"] and new["access_token"] != tokens["access_token"]
+    reused = _token(oauth_sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    assert reused.status_code == 400
+    assert reused.json() == {
+        "error": "invalid_grant",
+        "error_description": "Incorrect or invalid refresh token",
+    }
+    assert (
+        _token(oauth_sandbox, grant_type="refresh_token", refresh_token=new["refresh_token"]).status_code
+        == 200
+    )
+    assert _company_info(oauth_sandbox, realm, new["access_token"]) == 200
+
+
+def test_refresh_grace_period_returns_the_same_successor() -> None:
+    with SandboxServer(SandboxConfig(throttle=False, refresh_grace_seconds=60)) as sandbox:
+        _, tokens = _code_flow(sandbox)
+        first = _token(sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"]).json()
+        again = _token(sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"]).json()
+        assert again == first
+        admin(sandbox, "clock", {"advance_seconds": 61})
+        late = _token(sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+        assert late.json()["error"] == "invalid_grant"
+
+
+def test_bad_client_credentials(oauth_sandbox: SandboxServer) -> None:
+    url = f"{oauth_sandbox.base_url}/oauth2/v1/tokens/bearer"
+    response = requests.post(
+        url, data={"grant_type": "refresh_token", "refresh_token": "x"}, auth=("a", "b"), timeout=10
+    )
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+
+
+def test_access_token_expires_after_an_hour(oauth_sandbox: SandboxServer) -> None:
+    realm, tokens = _code_flow(oauth_sandbox)
+    admin(oauth_sandbox, "clock", {"advance_seconds": 3599})
+    assert _company_info(oauth_sandbox, realm, tokens["access_token"]) == 200
+    admin(oauth_sandbox, "clock", {"advance_seconds": 2})
+    assert _company_info(oauth_sandbox, realm, tokens["access_token"]) == 401
+    refreshed = _token(
+        oauth_sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"]
+    ).json()
+    assert _company_info(oauth_sandbox, realm, refreshed["access_token"]) == 200
+
+
+def test_revoke_kills_the_grant(oauth_sandbox: SandboxServer) -> None:
+    realm, tokens = _code_flow(oauth_sandbox)
+    url = f"{oauth_sandbox.base_url}/oauth2/v1/tokens/revoke"
+    assert (
+        requests.post(url, json={"token": tokens["refresh_token"]}, auth=CLIENT, timeout=10).status_code
+        == 200
+    )
+    assert _company_info(oauth_sandbox, realm, tokens["access_token"]) == 401
+    reused = _token(oauth_sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    assert reused.json()["error"] == "invalid_grant"
+
+
+def test_token_counters(oauth_sandbox: SandboxServer) -> None:
+    before = requests.get(f"{oauth_sandbox.base_url}/__sandbox__/counters", timeout=10).json()["global"]
+    _, tokens = _code_flow(oauth_sandbox)
+    _token(oauth_sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    after = requests.get(f"{oauth_sandbox.base_url}/__sandbox__/counters", timeout=10).json()["global"]
+    assert after["token_endpoint_calls"] == before.get("token_endpoint_calls", 0) + 2
+    assert after["token_refreshes"] == before.get("token_refreshes", 0) + 1
+
+
+@pytest.mark.parametrize("path", ["openid_configuration", "openid_sandbox_configuration"])
+def test_discovery_documents(oauth_sandbox: SandboxServer, path: str) -> None:
+    document = requests.get(f"{oauth_sandbox.base_url}/.well-known/{path}", timeout=10).json()
+    assert document["token_endpoint"] == f"{oauth_sandbox.base_url}/oauth2/v1/tokens/bearer"
+    assert document["authorization_endpoint"] == f"{oauth_sandbox.base_url}/connect/oauth2"
+    assert document["revocation_endpoint"].endswith("/oauth2/v1/tokens/revoke")
+
+
+def test_token_lifetimes_follow_the_time_scale() -> None:
+    with SandboxServer(SandboxConfig(throttle=False, time_scale=60.0)) as sandbox:
+        realm, tokens = _code_flow(sandbox)
+        assert tokens["expires_in"] == 60 and tokens["x_refresh_token_expires_in"] == 100 * 86400 // 60
+        assert _company_info(sandbox, realm, tokens["access_token"]) == 200
+        admin(sandbox, "clock", {"advance_seconds": 61})
+        assert _company_info(sandbox, realm, tokens["access_token"]) == 401

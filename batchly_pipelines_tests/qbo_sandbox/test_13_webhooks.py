@@ -1,0 +1,127 @@
+"""Checklist 13: signed webhooks (legacy and CloudEvents) retried on Intuit's (scaled) schedule until a 200."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin
+from qbo_sandbox.server import SandboxConfig, SandboxServer
+
+VERIFIER = "verifier-token"
+
+
+class Receiver:
+    """A webhook endpoint that fails the first ``failures`` deliveries."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.deliveries: list[tuple[float, int, dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = 500 if len(receiver.deliveries) < receiver.failures else 200
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                receiver.deliveries.append((time.monotonic(), status, headers, body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def wait(self, count: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.deliveries) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.deliveries) >= count, self.deliveries
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.httpd.shutdown()
+
+
+def _signature_ok(headers: dict[str, str], body: bytes) -> bool:
+    expected = base64.b64encode(hmac.new(VERIFIER.encode(), body, hashlib.sha256).digest()).decode()
+    return hmac.compare_digest(headers["intuit-signature"], expected)
+
+
+def _sandbox(receiver: Receiver, webhook_format: str) -> SandboxServer:
+    config = SandboxConfig(
+        throttle=False,
+        time_scale=100.0,
+        webhook_url=receiver.url,
+        webhook_verifier=VERIFIER,
+        webhook_format=webhook_format,
+    )
+    return SandboxServer(config)
+
+
+def test_legacy_payload_is_signed(receiver: Receiver) -> None:
+    with _sandbox(receiver, "legacy") as sandbox:
+        qbo = Qbo(sandbox)
+        customer = qbo.customer("Hooked")
+        receiver.wait(1)
+    _, status, headers, body = receiver.deliveries[-1]
+    assert status == 200 and _signature_ok(headers, body)
+    notifications: list[dict[str, Any]] = json.loads(body)["eventNotifications"]
+    mine = [n for n in notifications if n["realmId"] == qbo.realm_id]
+    entities = mine[0]["dataChangeEvent"]["entities"]
+    assert {"name": "Customer", "id": customer["Id"], "operation": "Create"}.items() <= entities[-1].items()
+    assert entities[-1]["lastUpdated"].endswith("Z")
+
+
+def test_cloudevents_payload_is_signed(receiver: Receiver) -> None:
+    with _sandbox(receiver, "legacy") as sandbox:
+        qbo = Qbo(sandbox)
+        admin(sandbox, "webhooks", {"url": receiver.url, "verifier": VERIFIER, "format": "cloudevents"})
+        customer = qbo.customer("Cloudy")
+        qbo.create("Customer", {"Id": customer["Id"], "SyncToken": "0", "sparse": True, "Notes": "n"})
+        receiver.wait(1)
+        time.sleep(0.05)
+    bodies = [json.loads(body) for _, _, _, body in receiver.deliveries]
+    assert all(_signature_ok(headers, body) for _, _, headers, body in receiver.deliveries)
+    events = [event for batch in bodies for event in batch]
+    assert [e["type"] for e in events] == ["qbo.customer.created.v1", "qbo.customer.updated.v1"]
+    assert events[0]["specversion"] == "1.0" and events[0]["intuitentityid"] == customer["Id"]
+    assert events[0]["intuitaccountid"] == qbo.realm_id
+
+
+def test_failed_deliveries_are_retried_on_the_scaled_schedule() -> None:
+    receiver = Receiver(failures=2)
+    try:
+        with _sandbox(receiver, "legacy") as sandbox:
+            Qbo(sandbox).customer("Retry Me")
+            receiver.wait(3)
+            counters = admin_counters(sandbox)
+    finally:
+        receiver.httpd.shutdown()
+    times = [at for at, _, _, _ in receiver.deliveries]
+    assert [status for _, status, _, _ in receiver.deliveries] == [500, 500, 200]
+    assert receiver.deliveries[0][3] == receiver.deliveries[2][3], "the same notification is retried"
+    assert times[1] - times[0] >= 0.1 * 0.9 and times[2] - times[1] >= 0.2 * 0.9  # 10 s and 20 s / 100
+    assert counters["global"]["webhook_failures"] == 2 and counters["global"]["webhook_deliveries"] == 1
+
+
+def admin_counters(sandbox: SandboxServer) -> dict[str, Any]:
+    import requests
+
+    return dict(requests.get(f"{sandbox.base_url}/__sandbox__/counters", timeout=10).json())
