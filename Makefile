@@ -19,12 +19,13 @@ install: $(STAMP)
 run: install
 	$(BIN)/batchly-sync run
 
-## lint, type checks and the whole suite
+## lint (ruff, the layer contracts), type checks and the whole suite
 test: lint typecheck pytest
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy batchly_pipelines

@@ -8,4 +8,4 @@ from pathlib import Path
 
 from dagster.components import load_from_defs_folder
 
-defs = load_from_defs_folder(project_root=Path(__file__).resolve().parent.parent)
+defs = load_from_defs_folder(path_within_project=Path(__file__).resolve().parent)

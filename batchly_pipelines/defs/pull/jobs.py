@@ -3,7 +3,6 @@ over the company x day partitions."""
 
 from dagster import AssetSelection, define_asset_job
 
-from batchly_pipelines.defs.partitions import pull_partitions
 from batchly_pipelines.defs.pull.assets import (
     batchly_customers,
     batchly_invoice_payments,
@@ -16,18 +15,15 @@ from batchly_pipelines.defs.pull.assets import (
 pull_customers_job = define_asset_job(
     "pull_customers",
     selection=AssetSelection.assets(qbo_customers, batchly_customers),
-    partitions_def=pull_partitions,
     description="Pull customers from QuickBooks and reconcile them into Batchly.",
 )
 pull_items_job = define_asset_job(
     "pull_items",
     selection=AssetSelection.assets(qbo_items, batchly_items),
-    partitions_def=pull_partitions,
     description="Pull items from QuickBooks and reconcile them into Batchly.",
 )
 pull_payments_job = define_asset_job(
     "pull_payments",
     selection=AssetSelection.assets(qbo_payments, batchly_invoice_payments),
-    partitions_def=pull_partitions,
     description="Pull payments and invoices from QuickBooks into the invoices' payment columns.",
 )
