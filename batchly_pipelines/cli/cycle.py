@@ -15,8 +15,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import requests
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from batchly_pipelines.cli.local_sandbox import local_sandbox
 from batchly_pipelines.cli.output import progress_bar, section
@@ -32,9 +30,13 @@ from batchly_pipelines.services.pull.organization import (
 from batchly_pipelines.services.push.organization import PushStats, push_organization, worker_name
 from batchly_pipelines.settings import RuntimeSettings, Settings
 from batchly_pipelines.store import migrate
-from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.db import create_engine
+from batchly_pipelines.store.db import Engine, create_engine
 from batchly_pipelines.store.demo import create_demo
+from batchly_pipelines.store.organizations import (
+    connected_organizations,
+    count_organizations,
+    unconnected_organizations,
+)
 from batchly_pipelines.store.queue import SyncQueue
 
 
@@ -57,7 +59,7 @@ def run_main_job(settings: Settings, *, seed: int = 42) -> int:
     """One whole cycle; returns the process exit code (1 when an organisation could not be synced)."""
     started = time.monotonic()
     with prepared(settings, seed=seed) as (engine, summary):
-        for organization_id, name in _connected_organizations(engine):
+        for organization_id, name in connected_organizations(engine):
             _sync_organization(engine, settings, organization_id, name, summary)
     _print_summary(engine, summary, time.monotonic() - started)
     return 1 if summary.errors else 0
@@ -88,8 +90,7 @@ def prepared(settings: Settings, *, seed: int = 42) -> Iterator[tuple[Engine, Cy
 
 
 def ensure_demo_data(engine: Engine, seed: int) -> None:
-    with engine.connect() as conn:
-        organisations = conn.execute(sa.select(sa.func.count()).select_from(s.organizations)).scalar_one()
+    organisations = count_organizations(engine)
     if organisations:
         section("batchly data", f"kept the {organisations} existing organisation(s)")
         return
@@ -99,14 +100,7 @@ def ensure_demo_data(engine: Engine, seed: int) -> None:
 
 def connect_unconnected(engine: Engine, settings: Settings, summary: CycleSummary) -> None:
     """Local mode: connect organisations without a QuickBooks connection to the sandbox's demo company."""
-    connected = sa.select(s.qbo_connections.c.organization_id)
-    with engine.connect() as conn:  # closed before connecting: on SQLite an open read holds the write lock
-        already = conn.execute(sa.select(sa.func.count()).select_from(s.qbo_connections)).scalar_one()
-        missing = conn.execute(
-            sa.select(s.organizations.c.id, s.organizations.c.name)
-            .where(s.organizations.c.id.not_in(connected))
-            .order_by("id")
-        ).all()
+    already, missing = unconnected_organizations(engine)  # read and closed before connecting (SQLite's lock)
     for organization_id, name in missing:
         try:
             # the first organisation gets the sandbox's demo company, every other one a company of its own
@@ -134,19 +128,6 @@ def _new_sandbox_company(settings: Settings, name: str) -> str:
     )
     response.raise_for_status()
     return str(response.json()["realm_id"])
-
-
-def _connected_organizations(engine: Engine) -> list[tuple[int, str]]:
-    with engine.connect() as conn:
-        return [
-            (row.id, row.name)
-            for row in conn.execute(
-                sa.select(s.organizations.c.id, s.organizations.c.name)
-                .join(s.qbo_connections, s.qbo_connections.c.organization_id == s.organizations.c.id)
-                .where(s.qbo_connections.c.status == "connected")
-                .order_by(s.organizations.c.id)
-            )
-        ]
 
 
 def _sync_organization(

@@ -9,9 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import date
 
 import requests
-import sqlalchemy as sa
 from cryptography.fernet import Fernet
-from sqlalchemy.engine import Engine
 
 from batchly_pipelines.cli.pull import add_pull_commands
 from batchly_pipelines.cli.push import add_push_commands
@@ -19,10 +17,11 @@ from batchly_pipelines.quickbooks.callback import authorize
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.settings import Settings, SettingsError
 from batchly_pipelines.store import migrate
-from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.db import create_engine
+from batchly_pipelines.store.db import Engine, create_engine
 from batchly_pipelines.store.demo import create_demo
+from batchly_pipelines.store.organizations import organization_name
 from batchly_pipelines.store.queue import SyncQueue
+from batchly_pipelines.store.schema import QUEUE_STATES
 from batchly_pipelines.store.status import organization_status
 
 
@@ -70,8 +69,7 @@ def cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
     """The OAuth authorisation-code flow for one organisation; tokens are stored encrypted."""
     engine = _engine(settings)
     migrate.upgrade(engine)
-    with engine.connect() as conn:
-        org = conn.execute(sa.select(s.organizations.c.name).where(s.organizations.c.id == args.org)).scalar()
+    org = organization_name(engine, args.org)
     if org is None:
         print(f"no organisation {args.org} (list them with `batchly-sync status`)", file=sys.stderr)
         return 1
@@ -181,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     queue = sub.add_parser("queue", help="inspect the sync queue; retry the dead letter")
     queue.add_argument("action", choices=["list", "retry"])
-    queue.add_argument("--status", choices=s.QUEUE_STATES)
+    queue.add_argument("--status", choices=QUEUE_STATES)
     queue.add_argument("--org", type=int)
     queue.add_argument("--id", type=int, action="append", help="queue row id (repeatable) for retry")
     queue.add_argument("--limit", type=int, default=50)

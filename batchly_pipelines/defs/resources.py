@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dagster import ConfigurableResource, Definitions, definitions
 from pydantic import PrivateAttr
-from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
 from batchly_pipelines.quickbooks.connections import client_for_organization
 from batchly_pipelines.settings import RuntimeSettings, Settings
-from batchly_pipelines.store.db import create_engine
+from batchly_pipelines.store.db import Engine, create_engine
 from batchly_pipelines.store.queue import SyncQueue
 
 

@@ -82,6 +82,17 @@ def list_conflicts(
     return [dict(r) for r in conn.execute(query).mappings()]
 
 
+def open_conflict_fields(conn: Connection, organization_id: int, entity_type: str) -> dict[int, set[str]]:
+    """Fields awaiting review per record of ``entity_type``: a push leaves them alone until a person decides."""
+    query = sa.select(c.entity_id, c.field).where(
+        c.organization_id == organization_id, c.entity_type == entity_type, c.resolution == "pending_review"
+    )
+    held: dict[int, set[str]] = {}
+    for entity_id, name in conn.execute(query):
+        held.setdefault(entity_id, set()).add(name)
+    return held
+
+
 def mark_resolved(
     conn: Connection, conflict_id: int, *, winner: str, resolved_by: str, value: Any = None
 ) -> bool:

@@ -1,4 +1,8 @@
-"""Engines and transactions for the Batchly database, identical in behaviour on SQLite and PostgreSQL."""
+"""Engines and transactions for the Batchly database, identical in behaviour on SQLite and PostgreSQL.
+
+``Connection`` and ``Engine`` are re-exported here: the layers above ``store/`` name them in signatures without
+importing SQLAlchemy.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from batchly_pipelines.store.schema import sync_write_marker, utcnow
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "Connection",
+    "Engine",
+    "create_engine",
+    "normalise_url",
+    "sync_transaction",
+]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

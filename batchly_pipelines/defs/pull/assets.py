@@ -22,7 +22,6 @@ from dagster import (
     asset,
 )
 from pydantic import Field
-from sqlalchemy.engine import Engine
 
 from batchly_pipelines.defs.partitions import pull_partitions, windows_by_organization
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
@@ -39,6 +38,7 @@ from batchly_pipelines.services.pull.organization import (
     reconcile_items,
 )
 from batchly_pipelines.services.pull.reconcile import ReconcileStats
+from batchly_pipelines.store.db import Engine
 
 QBO_GROUP, MIRROR_GROUP, BATCHLY_GROUP = "quickbooks", "quickbooks_mirror", "batchly"
 

@@ -9,7 +9,6 @@ organisation, which makes every run key unique and traceable (``push-org<id>-upt
 
 import json
 
-import sqlalchemy as sa
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -23,7 +22,7 @@ from dagster import (
 
 from batchly_pipelines.defs.push.job import push_to_quickbooks
 from batchly_pipelines.defs.resources import BatchlyDatabase
-from batchly_pipelines.store.schema import qbo_connections
+from batchly_pipelines.store.organizations import connected_realms
 
 REALM_TAG = "batchly/realm"
 ORGANIZATION_TAG = "batchly/organization"
@@ -57,15 +56,7 @@ def sync_queue_sensor(
     due = batchly_db.queue.due_by_organization()
     if not due:
         return SkipReason("nothing due in the sync queue")
-    c = qbo_connections.c
-    with batchly_db.engine.connect() as conn:
-        realms = dict(
-            conn.execute(
-                sa.select(c.organization_id, c.realm_id)
-                .where(c.organization_id.in_(list(due)), c.status == "connected")
-                .order_by(c.id)
-            ).all()
-        )
+    realms = connected_realms(batchly_db.engine, due)
     active = {
         run.tags.get(ORGANIZATION_TAG)
         for run in context.instance.get_runs(

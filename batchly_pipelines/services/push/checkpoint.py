@@ -1,4 +1,4 @@
-"""Reading the Batchly records a push needs, and writing its outcomes back as one checkpoint per chunk.
+"""Writing a push's outcomes back to Batchly as one checkpoint per chunk (its SQL lives in ``store/``).
 
 A checkpoint is one :func:`~batchly_pipelines.store.db.sync_transaction`: the QuickBooks ids, SyncTokens and merge
 bases, the sync-owned invoice columns, conflicts, the sync log and the queue acknowledgements (or failures) commit
@@ -8,62 +8,21 @@ that was in flight — and that chunk is replayed without duplicates (request id
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.rules.mapping import qbo_last_updated
-from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.conflicts import ConflictRecord, record_conflicts
-from batchly_pipelines.store.db import sync_transaction
+from batchly_pipelines.store.db import Engine, sync_transaction
+from batchly_pipelines.store.push_rows import write_back
 from batchly_pipelines.store.queue import QueueItem, SyncQueue
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, save_states, write_log
 
-TABLES: Mapping[str, sa.Table] = {"customer": s.customers, "item": s.items, "invoice": s.invoices}
-
 RecordKey = tuple[str, int]  # (entity_type, entity_id)
-
-
-def load_rows(conn: Connection, entity_type: str, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-    """Batchly rows of ``entity_type`` by id (missing ids are left out)."""
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    table = TABLES[entity_type]
-    rows = conn.execute(sa.select(table).where(table.c.id.in_(wanted))).mappings()
-    return {row["id"]: dict(row) for row in rows}
-
-
-def load_invoice_lines(conn: Connection, invoice_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
-    """The lines of each invoice, ordered by line number."""
-    wanted = sorted(set(invoice_ids))
-    lines: dict[int, list[dict[str, Any]]] = {invoice_id: [] for invoice_id in wanted}
-    if wanted:
-        il = s.invoice_lines.c
-        query = (
-            sa.select(s.invoice_lines).where(il.invoice_id.in_(wanted)).order_by(il.invoice_id, il.line_no)
-        )
-        for row in conn.execute(query).mappings():
-            lines[row["invoice_id"]].append(dict(row))
-    return lines
-
-
-def open_conflict_fields(conn: Connection, organization_id: int, entity_type: str) -> dict[int, set[str]]:
-    """Fields awaiting review per record: a push leaves them alone until a person decides."""
-    c = s.sync_conflicts.c
-    query = sa.select(c.entity_id, c.field).where(
-        c.organization_id == organization_id, c.entity_type == entity_type, c.resolution == "pending_review"
-    )
-    held: dict[int, set[str]] = {}
-    for entity_id, name in conn.execute(query):
-        held.setdefault(entity_id, set()).add(name)
-    return held
 
 
 def link_state(
@@ -158,7 +117,9 @@ class Checkpointer:
                 conflicts += outcome.conflicts
                 items = queue_items.get(outcome.key, ())
                 if isinstance(outcome, Failed):
-                    self._update_row(conn, outcome.key, {"sync_status": outcome.invoice_status})
+                    write_back(
+                        conn, outcome.entity_type, outcome.entity_id, {"sync_status": outcome.invoice_status}
+                    )
                     for item in items:
                         status = self.queue.fail_in(
                             conn, item, outcome.message, retryable=outcome.retryable, now=now
@@ -173,7 +134,7 @@ class Checkpointer:
                     values["qbo_id"] = qbo_id
                 if outcome.invoice_status is not None:
                     values.update(sync_status=outcome.invoice_status, synced_at=now)
-                self._update_row(conn, outcome.key, values)
+                write_back(conn, outcome.entity_type, outcome.entity_id, values)
                 if outcome.qbo_obj is not None and outcome.base is not None:
                     states.append(
                         link_state(self.organization_id, outcome.key, outcome.qbo_obj, outcome.base)
@@ -200,13 +161,6 @@ class Checkpointer:
             message=message,
             run_id=self.run_id,
         )
-
-    @staticmethod
-    def _update_row(conn: Connection, key: RecordKey, values: Mapping[str, Any]) -> None:
-        values = {name: value for name, value in values.items() if value is not None}
-        if values:
-            table = TABLES[key[0]]
-            conn.execute(sa.update(table).where(table.c.id == key[1]).values(**values))
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,9 @@ checkpoint lost) is linked to QuickBooks' invoice with its DocNumber and custome
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import sqlalchemy as sa
 
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import WriteOp
@@ -41,10 +38,8 @@ from batchly_pipelines.services.push.checkpoint import (
     Pushed,
     describe,
     link_state,
-    load_invoice_lines,
-    load_rows,
 )
-from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.push_rows import load_invoice_lines, load_replacements, load_rows
 from batchly_pipelines.store.sync_state import SyncState, load_states
 
 VOID_ROUNDS = 2  # a stale SyncToken on a void is retried once with the current one
@@ -113,13 +108,7 @@ class _Snapshot:
             self.customers = load_rows(conn, "customer", {row["customer_id"] for row in self.rows.values()})
             item_ids = {line["item_id"] for lines in self.lines.values() for line in lines}
             self.items = load_rows(conn, "item", item_ids)
-            inv = s.invoices.c
-            self.replacements: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
-            query = sa.select(inv.id, inv.replaces_invoice_id, inv.status, inv.sync_status, inv.qbo_id).where(
-                inv.replaces_invoice_id.in_(list(ids))
-            )
-            for row in conn.execute(query.order_by(inv.id)).mappings():
-                self.replacements[row["replaces_invoice_id"]].append(dict(row))
+            self.replacements = load_replacements(conn, ids)  # by the invoice they replace
 
     def chain(self, invoice_id: int) -> tuple[int, ...]:
         """The invoices ``invoice_id`` supersedes: the one it replaces, the one that one replaces, and so on."""

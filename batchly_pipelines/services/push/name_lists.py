@@ -45,10 +45,9 @@ from batchly_pipelines.services.push.checkpoint import (
     PushContext,
     Pushed,
     describe,
-    load_rows,
-    open_conflict_fields,
 )
-from batchly_pipelines.store.conflicts import ConflictRecord
+from batchly_pipelines.store.conflicts import ConflictRecord, open_conflict_fields
+from batchly_pipelines.store.push_rows import load_rows
 from batchly_pipelines.store.sync_state import load_states
 
 ROUNDS = 3  # write, then at most two follow-ups (after a 5010 or a duplicate-name link)

@@ -3,7 +3,7 @@
 Work comes from the durable queue in rounds: a round claims due rows with a lease, adds the unlinked customers and
 items its invoices depend on, and pushes name lists before invoices (a batch cannot reference what it creates).
 Records go 30 to a batch call, up to the client's in-flight limit at once, and every chunk is checkpointed as soon
-as QuickBooks answers (see :mod:`.push_records`). Validation failures go to the dead letter with a message naming the
+as QuickBooks answers (see :mod:`.checkpoint`). Validation failures go to the dead letter with a message naming the
 record and field; they never hold up the other records. Progress (done/total, throughput, ETA) is reported through a
 callback after every checkpoint.
 """
@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import AuthError
 from batchly_pipelines.rules.requestids import BATCH_MAX
@@ -35,11 +33,11 @@ from batchly_pipelines.services.push.checkpoint import (
     PushContext,
     Pushed,
     RecordKey,
-    load_invoice_lines,
-    load_rows,
 )
 from batchly_pipelines.services.push.invoices import InvoicePusher
 from batchly_pipelines.services.push.name_lists import CUSTOMERS, ITEMS, NameListPusher
+from batchly_pipelines.store.db import Engine
+from batchly_pipelines.store.push_rows import load_invoice_lines, load_rows
 from batchly_pipelines.store.queue import QueueItem, SyncQueue
 
 CLAIM_SIZE = (
