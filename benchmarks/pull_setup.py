@@ -18,9 +18,11 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine, make_url
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
-from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
+from batchly_pipelines.quickbooks.oauth import TokenSet
+from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import migrate
+from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import organizations
 from benchmarks.scenarios.push_client import _admin, _sandbox

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import requests
 
+from batchly_pipelines.cli.connect import authorize
 from batchly_pipelines.cli.local_sandbox import local_sandbox
 from batchly_pipelines.cli.output import progress_bar, section
-from batchly_pipelines.quickbooks.callback import authorize
 from batchly_pipelines.quickbooks.client import ClientConfig
-from batchly_pipelines.quickbooks.connections import client_for_organization
 from batchly_pipelines.quickbooks.errors import QboError
+from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.pull.organization import (
     OrganizationPull,
     pull_organization,

@@ -11,9 +11,9 @@ from datetime import date
 import requests
 from cryptography.fernet import Fernet
 
+from batchly_pipelines.cli.connect import authorize
 from batchly_pipelines.cli.pull import add_pull_commands
 from batchly_pipelines.cli.push import add_push_commands
-from batchly_pipelines.quickbooks.callback import authorize
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.settings import Settings, SettingsError
 from batchly_pipelines.store import migrate

@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from batchly_pipelines.cli.output import section
-from batchly_pipelines.quickbooks.connections import client_for_organization
 from batchly_pipelines.quickbooks.errors import ReauthorizationRequired
 from batchly_pipelines.rules.mapping import CUSTOMER_FIELDS
+from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.pull.organization import pull_organization, window_since_cursor
 from batchly_pipelines.services.pull.resolve import WINNERS, resolve_conflicts
 from batchly_pipelines.settings import Settings

@@ -6,7 +6,7 @@ import argparse
 
 from batchly_pipelines.cli.output import progress_bar, section
 from batchly_pipelines.quickbooks.client import ClientConfig
-from batchly_pipelines.quickbooks.connections import client_for_organization
+from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.push.organization import push_organization, worker_name
 from batchly_pipelines.settings import RuntimeSettings, Settings
 from batchly_pipelines.store.db import create_engine

@@ -6,7 +6,7 @@ from dagster import ConfigurableResource, Definitions, definitions
 from pydantic import PrivateAttr
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
-from batchly_pipelines.quickbooks.connections import client_for_organization
+from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.settings import RuntimeSettings, Settings
 from batchly_pipelines.store.db import Engine, create_engine
 from batchly_pipelines.store.queue import SyncQueue

@@ -1,4 +1,4 @@
-"""The QuickBooks Online client for one realm: queries, incremental reads, CDC, reads by id, batched idempotent writes.
+"""The QuickBooks Online client for one realm: queries, CDC, reads by id, batched idempotent writes.
 
 Every request goes through the realm's shared rate limiter, carries ``minorversion=75`` and a timeout, and is decoded
 with exact decimals. Transient failures (connection errors, timeouts, 500/502/503/504) are retried with exponential
@@ -35,14 +35,19 @@ from batchly_pipelines.quickbooks.errors import (
     error_from_fault,
     error_from_response,
 )
-from batchly_pipelines.rules.mapping import format_qbo_time, qbo_last_updated
-from batchly_pipelines.rules.requestids import BATCH_MAX, REQUEST_ID_MAX, assign_batch_ids, batch_request_id
+from batchly_pipelines.quickbooks.wire import (
+    BATCH_MAX,
+    REQUEST_ID_MAX,
+    assign_batch_ids,
+    batch_request_id,
+    format_qbo_time,
+    qbo_last_updated,
+)
 
 MINOR_VERSION = "75"
 CDC_CAP = 1000
 SINGLE_REQUEST_ID_MAX = 50
 RESERVED_QUERY_KEYS = frozenset({"startPosition", "maxResults", "totalCount"})
-CHANGE_ORDER = "MetaData.LastUpdatedTime, Id"
 BATCH_VOIDABLE = frozenset({"Invoice"})  # other voids (a payment's is an update with include=void) go singly
 
 CallKind = Literal["query", "read", "cdc", "batch", "write"]
@@ -50,7 +55,7 @@ Operation = Literal["create", "update", "void"]
 
 
 class TokenSource(Protocol):
-    """Bearer tokens for one realm (``connections.RealmTokens`` in production)."""
+    """Bearer tokens for one realm (``services.connections.RealmTokens`` in production)."""
 
     def access_token(self) -> str: ...
 
@@ -58,7 +63,7 @@ class TokenSource(Protocol):
 
 
 class RateLimiter(Protocol):
-    """Admission to a realm's request budget (``ratelimit.DatabaseRateLimiter``)."""
+    """Admission to a realm's request budget (``ratelimit.SharedRateLimiter``)."""
 
     def slot(self, batch: bool = False) -> AbstractContextManager[float]: ...
 
@@ -135,18 +140,6 @@ class QueryPage:
     max_results: int | None
     total_count: int | None
     server_time: datetime | None
-
-
-@dataclass(frozen=True)
-class ChangedObjects:
-    """Objects changed in a window, newest version of each, ordered by LastUpdatedTime then Id.
-
-    ``high_water_mark`` is where the next window starts: the server's time minus the safety lag, at most ``end``.
-    """
-
-    objects: list[dict[str, Any]]
-    high_water_mark: datetime
-    calls: int
 
 
 @dataclass(frozen=True)
@@ -260,48 +253,6 @@ class QuickBooksClient:
         """``COUNT(*)`` of the rows matching ``where``."""
         return self.query(q.count(entity, where)).total_count or 0
 
-    def changed_between(self, entity: str, start: datetime, end: datetime) -> ChangedObjects:
-        """Objects whose ``LastUpdatedTime`` is in ``[start, end)`` (whole seconds), inactive ones included.
-
-        Pages are keyed on time, not position: each query starts at the newest time the previous page ended with, so
-        rows that change while the window is read (and move out of it) cannot shift unseen rows past the cursor.
-        Rows of a shared second are repeated across pages and de-duplicated by (Id, SyncToken); a full page inside a
-        single second is read on by position. The high-water mark comes from the server's clock of the first call,
-        minus the safety lag, never from this machine's clock.
-        """
-        start, end = _whole_second(start), _whole_second(end)
-        latest: dict[str, dict[str, Any]] = {}
-        calls, server_time, cursor = 0, None, start
-        while cursor < end:
-            page = self.query(q.select(entity, _window(entity, cursor, end), CHANGE_ORDER, 1, q.MAX_RESULTS))
-            calls += 1
-            server_time = server_time or page.server_time
-            for obj in page.rows:
-                _keep_newest(latest, obj)
-            if len(page.rows) < q.MAX_RESULTS:
-                break
-            newest = qbo_last_updated(page.rows[-1])
-            if newest > cursor:
-                cursor = newest
-                continue
-            second_end = min(
-                cursor + timedelta(seconds=1), end
-            )  # a page-full of one second: read on by position
-            for more in self._pages(
-                entity, _window(entity, cursor, second_end), CHANGE_ORDER, q.MAX_RESULTS + 1
-            ):
-                calls += 1
-                for obj in more.rows:
-                    _keep_newest(latest, obj)
-            cursor = second_end
-        if server_time is None:
-            server_time = self.query(q.count(entity, _window(entity, start, end))).server_time
-            calls += 1
-        if server_time is None:
-            raise QboError("the query answer carried no server time", detail=entity)
-        mark = _whole_second(min(end, server_time - self.config.safety_lag))
-        return ChangedObjects(sorted(latest.values(), key=_change_order), max(mark, start), calls)
-
     def cdc(self, entities: Sequence[str], changed_since: datetime) -> CdcResult:
         """Change data capture since ``changed_since`` (≤ 30 days), deletions included, past the 1000-object cap.
 
@@ -341,7 +292,7 @@ class QuickBooksClient:
             else:
                 raise QboError(
                     f"more than {CDC_CAP} {group[0]} changes share the second {since.isoformat()}; "
-                    "read that second with changed_between instead",
+                    "read that second with a query instead",
                     detail="CDC saturated",
                 )
         known = [t for t in times if t is not None]
@@ -391,15 +342,6 @@ class QuickBooksClient:
         futures += [self._pool.submit(self._write_single, op) for op in singles]
         results = {result.key: result for future in futures for result in future.result()}
         return self._with_current([results[key] for key in keys], {op.key: op for op in ops})
-
-    def void_invoice(self, qbo_id: str, sync_token: str, request_id: str) -> dict:
-        """Void an invoice (amounts zeroed, kept in QuickBooks); raises on failure, 5010 with ``error.current``."""
-        op = WriteOp(qbo_id, "Invoice", "void", {"Id": qbo_id, "SyncToken": sync_token}, request_id)
-        result = self._with_current(self._write_single(op), {op.key: op})[0]
-        if result.error is not None:
-            raise result.error
-        assert result.entity_obj is not None
-        return result.entity_obj
 
     def _write_chunk(self, chunk: list[WriteOp]) -> list[WriteResult]:
         by_bid = assign_batch_ids([op.key for op in chunk])
@@ -463,7 +405,8 @@ class QuickBooksClient:
         return results
 
     # -- transport -------------------------------------------------------------------------------------------
-    def _pages(self, entity: str, where: Sequence[str], order_by: str, start: int = 1) -> Iterator[QueryPage]:
+    def _pages(self, entity: str, where: Sequence[str], order_by: str) -> Iterator[QueryPage]:
+        start = 1
         while True:
             page = self.query(q.select(entity, where, order_by, start, q.MAX_RESULTS))
             yield page
@@ -593,15 +536,6 @@ def _server_time(payload: dict[str, Any]) -> datetime | None:
     if isinstance(value, str):
         return datetime.fromisoformat(value).astimezone(UTC)
     return None
-
-
-def _window(entity: str, start: datetime, end: datetime) -> list[str]:
-    """``LastUpdatedTime`` in ``[start, end)``, inactive name-list records included."""
-    bounds = [
-        q.condition("MetaData.LastUpdatedTime", ">=", start),
-        q.condition("MetaData.LastUpdatedTime", "<", end),
-    ]
-    return q.with_all_active_states(entity, bounds)
 
 
 def _whole_second(instant: datetime) -> datetime:

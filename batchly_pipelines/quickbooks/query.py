@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 
-from batchly_pipelines.rules.mapping import format_qbo_time
+from batchly_pipelines.quickbooks.wire import format_qbo_time
 
 MAX_RESULTS = 1000
 OPERATORS = frozenset({"=", "<", ">", "<=", ">=", "IN", "LIKE"})

@@ -1,16 +1,16 @@
-"""Per-realm QuickBooks limits shared by every thread and process, kept in the Batchly database.
+"""Per-realm QuickBooks limits shared by every thread and process that talks to the realm.
 
 Intuit's limits per realm: 500 requests per minute (batch calls included), 10 per second, 10 in flight, 40 batch calls
-per minute. The database is the shared backend, so the limiter behaves the same on SQLite and PostgreSQL and needs no
-other infrastructure:
+per minute. A :class:`SharedRateLimiter` admits each request against the realm's *ledger*, a record of its requests
+that every process sees (``store.rate_limits.DatabaseRateLedger`` keeps it in the Batchly database, so the limiter
+behaves the same on SQLite and PostgreSQL and needs no other infrastructure):
 
-- ``qbo_rate_realms``: one row per realm. Every admission locks it (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's
-  ``BEGIN IMMEDIATE`` serialises writers anyway), so two processes never both take the last slot. It also carries
-  ``paused_until``: after a 429 every process holds off until then.
-- ``qbo_rate_requests``: one row per request. While it is in flight it holds an in-flight slot (until
-  ``in_flight_until``, so a process that crashed mid-request cannot hold a slot for ever) and counts as "now" in every
-  window; when its answer arrives ``sent_at`` becomes that moment. The server admitted the request before it answered,
-  so a window measured from the answer can never end before the server's does, however late a process got to send.
+- every admission runs under the ledger's per-realm lock, so two processes never both take the last slot; the ledger
+  also carries a pause: after a 429 every process holds off until then;
+- a request holds an in-flight slot while it is in flight (until its lease ends, so a process that crashed mid-request
+  cannot hold a slot for ever) and counts as "now" in every window; when its answer arrives its time becomes that
+  moment. The server admitted the request before it answered, so a window measured from the answer can never end
+  before the server's does, however late a process got to send.
 
 Windows are compressed by ``time_scale`` exactly like the sandbox's ``--time-scale``, and stretched by a small safety
 margin in case the server's bookkeeping differs slightly from ours (Intuit does not document its algorithm).
@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
-from batchly_pipelines.store.schema import qbo_rate_realms, qbo_rate_requests
+from typing import Protocol
 
 MINUTE = 60.0
 SECOND = 1.0
@@ -52,21 +48,62 @@ class RateLimits:
         return seconds / self.time_scale * (1 + self.window_margin) + self.window_slack_seconds
 
 
-class DatabaseRateLimiter:
-    """Admission to one realm's request budget, shared through the Batchly database.
+class LoggedRequest(Protocol):
+    """One request in a realm's ledger (times in ``time.time()`` seconds).
+
+    ``sent_at`` is when its answer arrived (while in flight: when it was admitted); ``in_flight_until`` is when its
+    in-flight slot lapses, ``None`` once answered.
+    """
+
+    @property
+    def sent_at(self) -> float: ...
+
+    @property
+    def is_batch(self) -> bool: ...
+
+    @property
+    def in_flight_until(self) -> float | None: ...
+
+
+# (now, paused_until, the realm's logged requests) -> seconds to wait before a new request may go (0: now)
+AdmissionWait = Callable[[float, float, Sequence[LoggedRequest]], float]
+
+
+class RateLedger(Protocol):
+    """The shared record of one realm's requests (``store.rate_limits.DatabaseRateLedger`` in production)."""
+
+    def admit(
+        self, batch: bool, wait: AdmissionWait, *, forget_after: float, lease_seconds: float
+    ) -> int | float:
+        """Under the realm's lock: forget answered requests older than ``forget_after`` seconds, then ask ``wait``.
+
+        When it answers 0, log a new in-flight request (its slot lapses after ``lease_seconds``) and return its id
+        (an ``int``); otherwise return the wait (a ``float``) without logging anything.
+        """
+        ...
+
+    def finish(self, request_id: int) -> None:
+        """The request's answer arrived: it leaves the in-flight slots and its time becomes now."""
+        ...
+
+    def pause(self, until: float) -> None:
+        """Hold every request of the realm until ``until`` (``time.time()`` seconds); never shortens a pause."""
+        ...
+
+
+class SharedRateLimiter:
+    """Admission to one realm's request budget, shared by everyone who uses the same ledger.
 
     Use ``with limiter.slot(batch=…) as waited:`` around each HTTP request; ``waited`` is how long the call had to
     wait for a slot. :meth:`pause` makes every process hold off (after a 429).
     """
 
-    def __init__(self, engine: Engine, realm_id: str, limits: RateLimits | None = None) -> None:
-        self.engine = engine
-        self.realm_id = realm_id
+    def __init__(self, ledger: RateLedger, limits: RateLimits | None = None) -> None:
+        self.ledger = ledger
         self.limits = limits or RateLimits()
         # Threads of one process queue here first: cheap, and keeps SQLite's single writer lock uncontended.
         self._local_slots = threading.BoundedSemaphore(self.limits.concurrent or 1_000_000)
         self._admission = threading.Lock()
-        self._ensure_realm_row()
 
     @contextmanager
     def slot(self, batch: bool = False) -> Iterator[float]:
@@ -77,84 +114,43 @@ class DatabaseRateLimiter:
             try:
                 yield time.monotonic() - started
             finally:
-                with self.engine.begin() as conn:
-                    conn.execute(
-                        sa.update(qbo_rate_requests)
-                        .where(qbo_rate_requests.c.id == request_id)
-                        .values(sent_at=time.time(), in_flight_until=None)
-                    )
+                self.ledger.finish(request_id)
 
     def pause(self, seconds: float) -> None:
         """Hold every request for this realm, in every process, for ``seconds`` from now (never shortens a pause)."""
-        until = time.time() + seconds
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(qbo_rate_realms)
-                .where(qbo_rate_realms.c.realm_id == self.realm_id, qbo_rate_realms.c.paused_until < until)
-                .values(paused_until=until)
-            )
+        self.ledger.pause(time.time() + seconds)
 
     def _admit(self, batch: bool) -> int:
-        while True:
-            with self._admission, self.engine.begin() as conn:
-                wait = self._try_admit(conn, batch)
-            if isinstance(wait, int):
-                return wait
-            time.sleep(wait)
+        def wait(now: float, paused_until: float, requests: Sequence[LoggedRequest]) -> float:
+            return self._wait(now, paused_until, requests, batch)
 
-    def _try_admit(self, conn: Connection, batch: bool) -> int | float:
-        """Take a slot and return the request's row id, or return how long to wait (seconds) before trying again."""
-        limits, realm, r = self.limits, self.realm_id, qbo_rate_requests.c
-        paused_until = conn.execute(
-            sa.select(qbo_rate_realms.c.paused_until)
-            .where(qbo_rate_realms.c.realm_id == realm)
-            .with_for_update()
-        ).scalar_one()
-        now = time.time()
+        forget_after = self.limits.span(MINUTE)
+        while True:
+            with self._admission:
+                admitted = self.ledger.admit(
+                    batch, wait, forget_after=forget_after, lease_seconds=self.limits.lease_seconds
+                )
+            if isinstance(admitted, int):
+                return admitted
+            time.sleep(admitted)
+
+    def _wait(self, now: float, paused_until: float, requests: Sequence[LoggedRequest], batch: bool) -> float:
+        """Seconds until one more request fits every window, the in-flight limit and the pause (0: now)."""
+        limits = self.limits
         minute = limits.span(MINUTE)
-        finished = sa.or_(r.in_flight_until.is_(None), r.in_flight_until <= now)
-        conn.execute(
-            sa.delete(qbo_rate_requests).where(r.realm_id == realm, r.sent_at <= now - minute, finished)
-        )
-        rows = conn.execute(
-            sa.select(r.sent_at, r.is_batch, r.in_flight_until).where(r.realm_id == realm)
-        ).all()
-        flying = [row.in_flight_until is not None and row.in_flight_until > now for row in rows]
-        every = [_Sent(row.sent_at, fly) for row, fly in zip(rows, flying, strict=True)]
+        flying = [r.in_flight_until is not None and r.in_flight_until > now for r in requests]
+        every = [_Sent(r.sent_at, fly) for r, fly in zip(requests, flying, strict=True)]
         waits = [
             paused_until - now,
             _window_wait(every, now, minute, limits.per_minute, limits.poll_seconds),
             _window_wait(every, now, limits.span(SECOND), limits.per_second, limits.poll_seconds),
         ]
         if batch:
-            batches = [sent for sent, row in zip(every, rows, strict=True) if row.is_batch]
+            batches = [sent for sent, r in zip(every, requests, strict=True) if r.is_batch]
             waits.append(_window_wait(batches, now, minute, limits.batch_per_minute, limits.poll_seconds))
         if limits.concurrent and sum(flying) >= limits.concurrent:
             waits.append(limits.poll_seconds)
-        wait = max(waits)
-        if wait > 0:
-            return wait
-        inserted = conn.execute(
-            sa.insert(qbo_rate_requests).values(
-                realm_id=realm, is_batch=batch, sent_at=now, in_flight_until=now + limits.lease_seconds
-            )
-        ).inserted_primary_key
-        assert inserted is not None
-        return int(inserted[0])
-
-    def _ensure_realm_row(self) -> None:
-        with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(qbo_rate_realms.c.realm_id).where(qbo_rate_realms.c.realm_id == self.realm_id)
-            ).first()
-            if exists is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            sa.insert(qbo_rate_realms).values(realm_id=self.realm_id, paused_until=0.0)
-                        )
-                except sa.exc.IntegrityError:
-                    pass  # another process created it first
+        return max(waits)
 
 
 @dataclass(frozen=True)

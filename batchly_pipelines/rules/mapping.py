@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
@@ -284,26 +284,6 @@ def _invoice_line(line: Mapping[str, Any], item_qbo_ids: Mapping[Any, str]) -> d
 
 def _as_date(value: date) -> date:
     return value.date() if isinstance(value, datetime) else value
-
-
-def qbo_time(text: str) -> datetime:
-    """Parse an Intuit timestamp with an offset (``2015-07-23T11:04:15-07:00``) into an aware UTC datetime."""
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp without an offset: {text!r}")
-    return parsed.astimezone(UTC)
-
-
-def format_qbo_time(moment: datetime) -> str:
-    """Format an aware datetime for a QuickBooks query, in UTC, truncated to the second (safe for ``>=``)."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: QuickBooks times need a time zone")
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat()
-
-
-def qbo_last_updated(obj: Mapping[str, Any]) -> datetime:
-    """``MetaData.LastUpdatedTime`` of a QuickBooks object, in UTC."""
-    return qbo_time(obj["MetaData"]["LastUpdatedTime"])
 
 
 def encode_snapshot(fields: Mapping[str, Any]) -> dict[str, JSONScalar]:

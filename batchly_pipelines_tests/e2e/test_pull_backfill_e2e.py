@@ -15,9 +15,10 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from batchly_pipelines.defs.partitions import pull_key
-from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
+from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests import factories

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
+from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.store import migrate
+from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines_tests import factories as f
 from batchly_pipelines_tests.e2e.dagster_stack import DagsterStack

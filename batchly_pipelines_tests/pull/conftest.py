@@ -14,10 +14,11 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
-from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
+from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.services.pull.mirror import Window
 from batchly_pipelines.services.pull.organization import EPOCH, OrganizationPull, pull_organization
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests import factories

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import batchly_pipelines.services.pull.organization as pull_module
 from batchly_pipelines.quickbooks.client import QueryPage
 from batchly_pipelines.quickbooks.query import MAX_RESULTS, with_all_active_states
-from batchly_pipelines.rules.mapping import qbo_last_updated
+from batchly_pipelines.quickbooks.wire import qbo_last_updated
 from batchly_pipelines.services.pull import mirror
 from batchly_pipelines.services.pull.mirror import IncompleteSecond, Window
 from batchly_pipelines.services.pull.organization import cursor_name, pull_customers, window_since_cursor

@@ -13,10 +13,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp, WriteResult
-from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
+from batchly_pipelines.quickbooks.oauth import TokenSet
+from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.push.organization import PushStats, push_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines_tests import factories as f
 from batchly_pipelines_tests.quickbooks.conftest import settings
 from batchly_pipelines_tests.quickbooks.helpers import admin

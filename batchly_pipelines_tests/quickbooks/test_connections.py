@@ -21,9 +21,11 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.cli import main as cli
 from batchly_pipelines.quickbooks.client import ClientConfig
-from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
 from batchly_pipelines.quickbooks.errors import ReauthorizationRequired, ServerError
+from batchly_pipelines.quickbooks.oauth import TokenSet
+from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.settings import Settings
+from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.schema import organizations, qbo_connections, utcnow
 from batchly_pipelines_tests.quickbooks import workers
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, admin, counter

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
-from batchly_pipelines.quickbooks.ratelimit import DatabaseRateLimiter, RateLimits
+from batchly_pipelines.quickbooks.ratelimit import RateLimits, SharedRateLimiter
+from batchly_pipelines.services.connections import database_rate_limiter
 from batchly_pipelines.store.schema import qbo_rate_requests
 from batchly_pipelines_tests.quickbooks import workers
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin, counter
@@ -21,7 +22,7 @@ from qbo_sandbox.server import SandboxServer
 WINDOW = 60.0 / TIME_SCALE  # one documented minute
 
 
-def _timed_slots(limiter: DatabaseRateLimiter, count: int, batch: bool = False) -> list[float]:
+def _timed_slots(limiter: SharedRateLimiter, count: int, batch: bool = False) -> list[float]:
     started, marks = time.monotonic(), []
     for _ in range(count):
         with limiter.slot(batch=batch):
@@ -30,7 +31,7 @@ def _timed_slots(limiter: DatabaseRateLimiter, count: int, batch: bool = False) 
 
 
 def test_minute_window_holds_the_request_over_the_limit(engine: Engine) -> None:
-    limiter = DatabaseRateLimiter(engine, "realm-minute", RateLimits(per_minute=5, time_scale=TIME_SCALE))
+    limiter = database_rate_limiter(engine, "realm-minute", RateLimits(per_minute=5, time_scale=TIME_SCALE))
     marks = _timed_slots(limiter, 6)
     assert marks[4] < 0.3 * WINDOW
     assert WINDOW <= marks[5] < 1.5 * WINDOW
@@ -38,16 +39,16 @@ def test_minute_window_holds_the_request_over_the_limit(engine: Engine) -> None:
 
 def test_batch_window_is_separate_and_counts_towards_the_total(engine: Engine) -> None:
     limits = RateLimits(per_minute=3, batch_per_minute=2, time_scale=TIME_SCALE)
-    limiter = DatabaseRateLimiter(engine, "realm-batch", limits)
+    limiter = database_rate_limiter(engine, "realm-batch", limits)
     assert _timed_slots(limiter, 2, batch=True)[1] < 0.3 * WINDOW
-    other = DatabaseRateLimiter(engine, "realm-batch", limits)  # the same realm, seen by another client
+    other = database_rate_limiter(engine, "realm-batch", limits)  # the same realm, seen by another client
     assert _timed_slots(other, 1)[0] < 0.3 * WINDOW  # the batch window is full, plain requests still pass
     assert _timed_slots(other, 1, batch=True)[0] >= WINDOW
 
 
 def test_in_flight_slots_are_released_and_expire(engine: Engine) -> None:
     limits = RateLimits(concurrent=1, time_scale=TIME_SCALE)
-    limiter = DatabaseRateLimiter(engine, "realm-lease", limits)
+    limiter = database_rate_limiter(engine, "realm-lease", limits)
     # A process that crashed mid-request left its lease behind; it blocks only until it expires.
     with engine.begin() as conn:
         now = time.time()
@@ -62,7 +63,7 @@ def test_in_flight_slots_are_released_and_expire(engine: Engine) -> None:
             holding.set()
             released.wait(5)
 
-    second = DatabaseRateLimiter(engine, "realm-lease", limits)  # a different process's limiter
+    second = database_rate_limiter(engine, "realm-lease", limits)  # a different process's limiter
     worker = threading.Thread(target=hold)
     worker.start()
     holding.wait(5)
@@ -76,9 +77,9 @@ def test_in_flight_slots_are_released_and_expire(engine: Engine) -> None:
 
 
 def test_a_pause_holds_every_limiter_of_the_realm(engine: Engine) -> None:
-    first = DatabaseRateLimiter(engine, "realm-pause", RateLimits(time_scale=TIME_SCALE))
-    second = DatabaseRateLimiter(engine, "realm-pause", RateLimits(time_scale=TIME_SCALE))
-    unrelated = DatabaseRateLimiter(engine, "realm-other", RateLimits(time_scale=TIME_SCALE))
+    first = database_rate_limiter(engine, "realm-pause", RateLimits(time_scale=TIME_SCALE))
+    second = database_rate_limiter(engine, "realm-pause", RateLimits(time_scale=TIME_SCALE))
+    unrelated = database_rate_limiter(engine, "realm-other", RateLimits(time_scale=TIME_SCALE))
     first.pause(0.4)
     first.pause(0.1)  # never shortens
     assert _timed_slots(unrelated, 1)[0] < 0.2
@@ -113,7 +114,7 @@ def test_a_throttled_run_finishes_and_reports_its_waits(
 ) -> None:
     # The server allows far fewer batch calls than the client believes: every extra one is a 429 it must wait out.
     admin(sandbox.base_url, f"realms/{realm_id}/settings", {"limits": {"batch_per_minute": 4}})
-    limiter = DatabaseRateLimiter(engine, realm_id, RateLimits(time_scale=TIME_SCALE))
+    limiter = database_rate_limiter(engine, realm_id, RateLimits(time_scale=TIME_SCALE))
     config = ClientConfig(time_scale=TIME_SCALE)
     with QuickBooksClient(
         realm_id, sandbox.base_url, SandboxTokens(sandbox.base_url, realm_id), limiter=limiter, config=config

@@ -8,7 +8,8 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.defs.resources import QuickBooksResource
-from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
+from batchly_pipelines.quickbooks.oauth import TokenSet
+from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.schema import organizations
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, admin
 from qbo_sandbox.server import SandboxServer

@@ -11,8 +11,9 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
 from batchly_pipelines.quickbooks.errors import StaleObjectError
-from batchly_pipelines.quickbooks.ratelimit import DatabaseRateLimiter, RateLimits
-from batchly_pipelines.rules.requestids import request_id
+from batchly_pipelines.quickbooks.ratelimit import RateLimits
+from batchly_pipelines.quickbooks.wire import request_id
+from batchly_pipelines.services.connections import database_rate_limiter
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin, counter
 from qbo_sandbox.server import SandboxServer
 
@@ -144,17 +145,21 @@ def test_voids_go_through_batch_or_single_calls(
     assert results[1].entity_obj["TotalAmt"] == 0  # type: ignore[index]
     assert client.stats.calls["write"] - writes_before == 1  # the payment void is a single call
 
-    voided = client.void_invoice(invoices[1]["Id"], "0", "v-1")  # type: ignore[index]
-    assert voided["Balance"] == 0 and voided["SyncToken"] == "1"
-    with pytest.raises(StaleObjectError) as caught:
-        client.void_invoice(invoices[2]["Id"], "9", "v-2")  # type: ignore[index]
-    assert caught.value.current is not None and caught.value.current["Id"] == invoices[2]["Id"]  # type: ignore[index]
+    voided, stale = client.write_batch(
+        [
+            WriteOp("v1", "Invoice", "void", {"Id": invoices[1]["Id"], "SyncToken": "0"}, "v-1"),  # type: ignore[index]
+            WriteOp("v2", "Invoice", "void", {"Id": invoices[2]["Id"], "SyncToken": "9"}, "v-2"),  # type: ignore[index]
+        ]
+    )
+    assert voided.ok and voided.entity_obj["Balance"] == 0 and voided.entity_obj["SyncToken"] == "1"  # type: ignore[index]
+    assert not stale.ok and isinstance(stale.error, StaleObjectError)
+    assert stale.current is not None and stale.current["Id"] == invoices[2]["Id"]  # type: ignore[index]
 
 
 def test_three_thousand_invoices_through_drops_and_503s_land_exactly_once(
     sandbox: SandboxServer, realm_id: str, engine: Engine
 ) -> None:
-    limiter = DatabaseRateLimiter(engine, realm_id, RateLimits(time_scale=TIME_SCALE))
+    limiter = database_rate_limiter(engine, realm_id, RateLimits(time_scale=TIME_SCALE))
     tokens = SandboxTokens(sandbox.base_url, realm_id)
     config = ClientConfig(time_scale=TIME_SCALE, attempts=10)
     with QuickBooksClient(realm_id, sandbox.base_url, tokens, limiter=limiter, config=config) as qbo:

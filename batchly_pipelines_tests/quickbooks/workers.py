@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
-from batchly_pipelines.quickbooks.connections import client_for_organization
-from batchly_pipelines.quickbooks.ratelimit import DatabaseRateLimiter, RateLimits
+from batchly_pipelines.quickbooks.ratelimit import RateLimits
+from batchly_pipelines.services.connections import client_for_organization, database_rate_limiter
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
@@ -32,7 +32,7 @@ def hammer(
 ) -> None:
     """Send ``requests`` queries, ten at a time, through the shared limiter; report (outcome, 429s seen)."""
     engine = create_engine(database_url)
-    limiter = DatabaseRateLimiter(engine, realm_id, limits)
+    limiter = database_rate_limiter(engine, realm_id, limits)
     config = ClientConfig(time_scale=TIME_SCALE, max_throttled=0)
     tokens = SandboxTokens(base_url, realm_id)
     try:

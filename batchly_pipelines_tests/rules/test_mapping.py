@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -18,17 +18,14 @@ from batchly_pipelines.rules.mapping import (
     customer_to_qbo,
     decode_snapshot,
     encode_snapshot,
-    format_qbo_time,
     invoice_to_qbo,
     item_fields_from_qbo,
     item_fields_from_row,
     item_to_qbo,
-    qbo_last_updated,
-    qbo_time,
     to_money,
     with_identity,
 )
-from batchly_pipelines_tests.rules.strategies import SETTINGS, customer_rows, item_rows, utc_times
+from batchly_pipelines_tests.rules.strategies import SETTINGS, customer_rows, item_rows
 
 QBO_CUSTOMER = {
     "Id": "58",
@@ -291,35 +288,3 @@ def test_replacement_invoice_notes_what_it_replaces_and_omits_empty_header_field
 def test_invoice_to_qbo_refuses_a_line_whose_item_has_no_qbo_id() -> None:
     with pytest.raises(ValueError, match="item 11"):
         invoice_to_qbo(INVOICE, LINES, customer_qbo_id="58", item_qbo_ids={10: "5"})
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "2014-09-18T12:49:42-07:00",
-        "2014-09-18T19:49:42Z",
-        "2014-09-18T21:49:42+02:00",
-        "2014-09-18T12:49:42.000-07:00",
-    ],
-)
-def test_qbo_time_returns_utc(text: str) -> None:
-    parsed = qbo_time(text)
-    assert parsed == datetime(2014, 9, 18, 19, 49, 42, tzinfo=UTC)
-    assert parsed.utcoffset() is not None and parsed.tzinfo is UTC
-
-
-def test_qbo_time_refuses_naive_timestamps() -> None:
-    with pytest.raises(ValueError):
-        qbo_time("2014-09-18T12:49:42")
-    with pytest.raises(ValueError):
-        format_qbo_time(datetime(2014, 9, 18))
-
-
-def test_qbo_last_updated() -> None:
-    assert qbo_last_updated(QBO_CUSTOMER) == datetime(2014, 9, 18, 19, 49, 42, tzinfo=UTC)
-
-
-@SETTINGS
-@given(utc_times)
-def test_format_qbo_time_round_trips_at_second_precision(moment: datetime) -> None:
-    assert qbo_time(format_qbo_time(moment)) == moment.replace(microsecond=0)

@@ -29,9 +29,10 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet
+from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines_tests.e2e.dagster_stack import DagsterStack

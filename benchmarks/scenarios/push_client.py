@@ -27,10 +27,12 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
-from batchly_pipelines.quickbooks.connections import ConnectionStore, TokenSet, client_for_organization
-from batchly_pipelines.rules.requestids import request_id
+from batchly_pipelines.quickbooks.oauth import TokenSet
+from batchly_pipelines.quickbooks.wire import request_id
+from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import migrate
+from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import organizations
 

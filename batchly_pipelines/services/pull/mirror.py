@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import QboError
-from batchly_pipelines.rules.mapping import qbo_last_updated
+from batchly_pipelines.quickbooks.wire import qbo_last_updated
 from batchly_pipelines.store.schema import qbo_mirror, utcnow
 from batchly_pipelines.store.upsert import bulk_upsert
 

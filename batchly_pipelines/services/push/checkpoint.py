@@ -14,7 +14,7 @@ from typing import Any
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import QboError
-from batchly_pipelines.rules.mapping import qbo_last_updated
+from batchly_pipelines.quickbooks.wire import qbo_last_updated
 from batchly_pipelines.store.conflicts import ConflictRecord, record_conflicts
 from batchly_pipelines.store.db import Engine, sync_transaction
 from batchly_pipelines.store.push_rows import write_back

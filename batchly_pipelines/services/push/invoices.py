@@ -23,13 +23,13 @@ from typing import Any
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import WriteOp
 from batchly_pipelines.quickbooks.errors import QboError, StaleObjectError
+from batchly_pipelines.quickbooks.wire import request_id
 from batchly_pipelines.rules.mapping import (
     invoice_doc_number,
     invoice_to_qbo,
     to_decimal,
     to_money,
 )
-from batchly_pipelines.rules.requestids import request_id
 from batchly_pipelines.rules.validation import IMMUTABLE_MESSAGE, invoice_fingerprint, validate_invoice
 from batchly_pipelines.services.push.checkpoint import (
     Failed,

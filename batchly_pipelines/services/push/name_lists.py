@@ -19,13 +19,13 @@ from typing import Any
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import WriteOp, WriteResult
 from batchly_pipelines.quickbooks.errors import DuplicateNameError, QboError, StaleObjectError
+from batchly_pipelines.quickbooks.wire import qbo_last_updated, request_id
 from batchly_pipelines.rules.mapping import (
     CUSTOMER_MAPPING,
     ITEM_MAPPING,
     EntityMapping,
     decode_snapshot,
     encode_snapshot,
-    qbo_last_updated,
     with_identity,
 )
 from batchly_pipelines.rules.matching import MatchDecision, match_customer
@@ -37,7 +37,6 @@ from batchly_pipelines.rules.merge import (
     changes_to_push,
     merge,
 )
-from batchly_pipelines.rules.requestids import request_id
 from batchly_pipelines.rules.validation import ValidationIssue, validate_customer, validate_item
 from batchly_pipelines.services.push.checkpoint import (
     Failed,

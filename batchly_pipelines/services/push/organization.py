@@ -24,7 +24,7 @@ from typing import Any
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import AuthError
-from batchly_pipelines.rules.requestids import BATCH_MAX
+from batchly_pipelines.quickbooks.wire import BATCH_MAX
 from batchly_pipelines.rules.validation import NotPushableError, assert_pushable
 from batchly_pipelines.services.push.checkpoint import (
     Checkpointer,

@@ -1,11 +1,23 @@
+"""The wire format: QuickBooks timestamps, deterministic ``requestid`` idempotency keys and batch item ids."""
+
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchly_pipelines.rules.requestids import BATCH_MAX, assign_batch_ids, batch_request_id, request_id
-from batchly_pipelines_tests.rules.strategies import SETTINGS
+from batchly_pipelines.quickbooks.wire import (
+    BATCH_MAX,
+    assign_batch_ids,
+    batch_request_id,
+    format_qbo_time,
+    qbo_last_updated,
+    qbo_time,
+    request_id,
+)
+from batchly_pipelines_tests.rules.strategies import SETTINGS, utc_times
 
 parts = st.tuples(
     st.sampled_from(["create", "update", "void"]),
@@ -13,6 +25,39 @@ parts = st.tuples(
     st.one_of(st.integers(), st.text(max_size=8)),
     st.one_of(st.integers(), st.text(max_size=8)),
 )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2014-09-18T12:49:42-07:00",
+        "2014-09-18T19:49:42Z",
+        "2014-09-18T21:49:42+02:00",
+        "2014-09-18T12:49:42.000-07:00",
+    ],
+)
+def test_qbo_time_returns_utc(text: str) -> None:
+    parsed = qbo_time(text)
+    assert parsed == datetime(2014, 9, 18, 19, 49, 42, tzinfo=UTC)
+    assert parsed.utcoffset() is not None and parsed.tzinfo is UTC
+
+
+def test_qbo_time_refuses_naive_timestamps() -> None:
+    with pytest.raises(ValueError):
+        qbo_time("2014-09-18T12:49:42")
+    with pytest.raises(ValueError):
+        format_qbo_time(datetime(2014, 9, 18))
+
+
+def test_qbo_last_updated() -> None:
+    customer = {"Id": "58", "MetaData": {"LastUpdatedTime": "2014-09-18T12:49:42-07:00"}}
+    assert qbo_last_updated(customer) == datetime(2014, 9, 18, 19, 49, 42, tzinfo=UTC)
+
+
+@SETTINGS
+@given(utc_times)
+def test_format_qbo_time_round_trips_at_second_precision(moment: datetime) -> None:
+    assert qbo_time(format_qbo_time(moment)) == moment.replace(microsecond=0)
 
 
 @SETTINGS

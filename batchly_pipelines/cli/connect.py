@@ -1,4 +1,8 @@
-"""A short-lived local listener for the OAuth redirect: answers one callback on the redirect URI, then stops."""
+"""``batchly-sync connect``: the OAuth authorisation-code flow for one organisation, run from this machine.
+
+A short-lived local listener catches the OAuth redirect (one callback on the redirect URI, then it stops); the code
+is exchanged and the tokens stored by ``services.connections``. ``make run`` (``cli.cycle``) uses it too.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,12 @@ from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
 import requests
-from sqlalchemy.engine import Engine
 
-from batchly_pipelines.quickbooks.connections import (
-    AuthorizationCallback,
-    ConnectionRecord,
-    connect_organization,
-)
+from batchly_pipelines.quickbooks.oauth import AuthorizationCallback
+from batchly_pipelines.services.connections import connect_organization
 from batchly_pipelines.settings import Settings
+from batchly_pipelines.store.connections import ConnectionRecord
+from batchly_pipelines.store.db import Engine
 
 PAGE = b"<html><body><h1>Batchly</h1><p>%s</p><p>You can close this tab.</p></body></html>"
 

@@ -1,4 +1,4 @@
-"""Deterministic idempotency keys for QuickBooks writes (``?requestid=``) and batch item ids (``bId``).
+"""The QuickBooks Online wire format: its timestamps, ``requestid`` idempotency keys and batch item ids (``bId``).
 
 A retry of the same logical write must reuse its request id so that QuickBooks replays the original response
 instead of writing twice; a new version of the record must get a new one.
@@ -8,14 +8,35 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Hashable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 NAMESPACE = uuid.UUID("8f0a8f62-4d2e-5b8a-9c1e-6b7a2d3c4e5f")
 REQUEST_ID_MAX = 36
 BATCH_MAX = 30
 
 K = TypeVar("K", bound=Hashable)
+
+
+def qbo_time(text: str) -> datetime:
+    """Parse an Intuit timestamp with an offset (``2015-07-23T11:04:15-07:00``) into an aware UTC datetime."""
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without an offset: {text!r}")
+    return parsed.astimezone(UTC)
+
+
+def format_qbo_time(moment: datetime) -> str:
+    """Format an aware datetime for a QuickBooks query, in UTC, truncated to the second (safe for ``>=``)."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: QuickBooks times need a time zone")
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat()
+
+
+def qbo_last_updated(obj: Mapping[str, Any]) -> datetime:
+    """``MetaData.LastUpdatedTime`` of a QuickBooks object, in UTC."""
+    return qbo_time(obj["MetaData"]["LastUpdatedTime"])
 
 
 def request_id(kind: str, entity: str, record_id: object, version: object) -> str:

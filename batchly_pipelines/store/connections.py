@@ -1,0 +1,198 @@
+"""QuickBooks connections in ``qbo_connections``: one row per organisation and realm, tokens encrypted at rest.
+
+Tokens are encrypted by Fernet under ``BATCHLY_SECRET_KEY`` and left out of every ``repr``. A refresh runs under
+:meth:`ConnectionStore.locked`: the row is locked (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN
+IMMEDIATE`` transaction serialises writers) and re-read inside the lock, so another process's refresh is seen, and
+the new pair is committed with ``token_version`` bumped before the block ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from sqlalchemy.engine import Connection, Engine
+
+from batchly_pipelines.store.schema import qbo_connections, utcnow
+
+
+class TokenPair(Protocol):
+    """An access/refresh token pair and when each expires (``quickbooks.oauth.TokenSet`` is one)."""
+
+    @property
+    def access_token(self) -> str: ...
+
+    @property
+    def refresh_token(self) -> str: ...
+
+    @property
+    def access_expires_at(self) -> datetime: ...
+
+    @property
+    def refresh_expires_at(self) -> datetime | None: ...
+
+
+@dataclass(frozen=True)
+class StoredTokens:
+    """The decrypted token pair of a connection row. The tokens are left out of ``repr``."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    access_expires_at: datetime
+    refresh_expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    """One ``qbo_connections`` row with its tokens decrypted."""
+
+    id: int
+    organization_id: int
+    realm_id: str
+    environment: str
+    base_url: str
+    status: str
+    status_reason: str | None
+    token_version: int
+    tokens: StoredTokens | None
+
+
+class ConnectionStore:
+    """``qbo_connections`` with tokens encrypted by Fernet under ``BATCHLY_SECRET_KEY``."""
+
+    def __init__(self, engine: Engine, secret_key: str) -> None:
+        self.engine = engine
+        self._fernet = Fernet(secret_key.encode())
+
+    def save(
+        self, organization_id: int, realm_id: str, environment: str, base_url: str, tokens: TokenPair
+    ) -> ConnectionRecord:
+        """Store a freshly authorised connection (insert, or replace the tokens of the same org and realm)."""
+        c = qbo_connections.c
+        values = {
+            "environment": environment,
+            "base_url": base_url,
+            **self._token_values(tokens),
+            "status": "connected",
+            "status_reason": None,
+            "updated_at": utcnow(),
+        }
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                sa.select(c.id)
+                .where(c.organization_id == organization_id, c.realm_id == realm_id)
+                .with_for_update()
+            ).scalar()
+            if existing is None:
+                conn.execute(
+                    sa.insert(qbo_connections).values(
+                        organization_id=organization_id, realm_id=realm_id, token_version=1, **values
+                    )
+                )
+            else:
+                conn.execute(
+                    sa.update(qbo_connections)
+                    .where(c.id == existing)
+                    .values(token_version=c.token_version + 1, **values)
+                )
+            return self._load(conn, organization_id, realm_id, lock=False)
+
+    def load(self, organization_id: int, realm_id: str | None = None) -> ConnectionRecord:
+        """The organisation's connection (the one for ``realm_id`` if given). Raises LookupError if there is none."""
+        with self.engine.connect() as conn:
+            return self._load(conn, organization_id, realm_id, lock=False)
+
+    @contextmanager
+    def locked(self, organization_id: int, realm_id: str) -> Iterator[LockedConnection]:
+        """The connection row, locked and re-read, for one transaction: committed when the block ends normally,
+        rolled back when it raises."""
+        with self.engine.begin() as conn:
+            yield LockedConnection(self, conn, self._load(conn, organization_id, realm_id, lock=True))
+
+    def _load(
+        self, conn: Connection, organization_id: int, realm_id: str | None, *, lock: bool
+    ) -> ConnectionRecord:
+        c = qbo_connections.c
+        query = sa.select(qbo_connections).where(c.organization_id == organization_id).order_by(c.id.desc())
+        if realm_id is not None:
+            query = query.where(c.realm_id == realm_id)
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).mappings().first()
+        if row is None:
+            raise LookupError(
+                f"organisation {organization_id} has no QuickBooks connection: "
+                f"connect it with `batchly-sync connect --org {organization_id}`"
+            )
+        tokens = None
+        if row["access_token_enc"] and row["refresh_token_enc"]:
+            tokens = StoredTokens(
+                access_token=self._decrypt(row["access_token_enc"]),
+                refresh_token=self._decrypt(row["refresh_token_enc"]),
+                access_expires_at=row["access_token_expires_at"],
+                refresh_expires_at=row["refresh_token_expires_at"],
+            )
+        return ConnectionRecord(
+            id=row["id"],
+            organization_id=row["organization_id"],
+            realm_id=row["realm_id"],
+            environment=row["environment"],
+            base_url=row["base_url"],
+            status=row["status"],
+            status_reason=row["status_reason"],
+            token_version=row["token_version"],
+            tokens=tokens,
+        )
+
+    def _token_values(self, tokens: TokenPair) -> dict[str, Any]:
+        return {
+            "access_token_enc": self._encrypt(tokens.access_token),
+            "refresh_token_enc": self._encrypt(tokens.refresh_token),
+            "access_token_expires_at": tokens.access_expires_at,
+            "refresh_token_expires_at": tokens.refresh_expires_at,
+        }
+
+    def _encrypt(self, value: str) -> str:
+        return self._fernet.encrypt(value.encode()).decode()
+
+    def _decrypt(self, value: str) -> str:
+        return self._fernet.decrypt(value.encode()).decode()
+
+
+class LockedConnection:
+    """A connection row held under its lock inside :meth:`ConnectionStore.locked`."""
+
+    def __init__(self, store: ConnectionStore, conn: Connection, record: ConnectionRecord) -> None:
+        self._store = store
+        self._conn = conn
+        self.record = record
+
+    def replace_tokens(self, tokens: TokenPair) -> ConnectionRecord:
+        """Store a rotated pair (``token_version`` bumped) and return the row as it is now."""
+        self._conn.execute(
+            sa.update(qbo_connections)
+            .where(qbo_connections.c.id == self.record.id)
+            .values(
+                token_version=qbo_connections.c.token_version + 1,
+                updated_at=utcnow(),
+                **self._store._token_values(tokens),
+            )
+        )
+        self.record = self._store._load(
+            self._conn, self.record.organization_id, self.record.realm_id, lock=False
+        )
+        return self.record
+
+    def set_status(self, status: str, reason: str) -> None:
+        """Mark the connection (e.g. ``needs_reauth``) with a reason an operator can act on."""
+        self._conn.execute(
+            sa.update(qbo_connections)
+            .where(qbo_connections.c.id == self.record.id)
+            .values(status=status, status_reason=reason[:1000], updated_at=utcnow())
+        )
+        self.record = replace(self.record, status=status, status_reason=reason[:1000])

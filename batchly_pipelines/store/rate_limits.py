@@ -1,0 +1,112 @@
+"""The ledger behind the per-realm QuickBooks rate limiter, shared by every process through the Batchly database.
+
+- ``qbo_rate_realms``: one row per realm. Every admission locks it (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's
+  ``BEGIN IMMEDIATE`` serialises writers anyway), so two processes never both take the last slot. It also carries
+  ``paused_until``: after a 429 every process holds off until then.
+- ``qbo_rate_requests``: one row per request. While it is in flight it holds an in-flight slot (until
+  ``in_flight_until``, so a process that crashed mid-request cannot hold a slot for ever); when its answer arrives
+  ``sent_at`` becomes that moment.
+
+What counts against which window is the limiter's business (``quickbooks.ratelimit``): an admission hands it the
+realm's rows and logs a request only when it says so. Times are ``time.time()`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.store.schema import qbo_rate_realms, qbo_rate_requests
+
+
+@dataclass(frozen=True)
+class RateRequest:
+    """One ``qbo_rate_requests`` row: when it was answered (in flight: admitted), and until when it is in flight."""
+
+    sent_at: float
+    is_batch: bool
+    in_flight_until: float | None
+
+
+class DatabaseRateLedger:
+    """One realm's requests in ``qbo_rate_realms`` / ``qbo_rate_requests``; a ``quickbooks.ratelimit.RateLedger``."""
+
+    def __init__(self, engine: Engine, realm_id: str) -> None:
+        self.engine = engine
+        self.realm_id = realm_id
+        self._ensure_realm_row()
+
+    def admit(
+        self,
+        batch: bool,
+        wait: Callable[[float, float, Sequence[RateRequest]], float],
+        *,
+        forget_after: float,
+        lease_seconds: float,
+    ) -> int | float:
+        """Under the realm's lock: forget answered requests older than ``forget_after`` seconds, then ask
+        ``wait(now, paused_until, requests)``. When it answers 0, log an in-flight request and return its id (an
+        ``int``); otherwise return the wait (a ``float``)."""
+        realm, r = self.realm_id, qbo_rate_requests.c
+        with self.engine.begin() as conn:
+            paused_until = conn.execute(
+                sa.select(qbo_rate_realms.c.paused_until)
+                .where(qbo_rate_realms.c.realm_id == realm)
+                .with_for_update()
+            ).scalar_one()
+            now = time.time()
+            finished = sa.or_(r.in_flight_until.is_(None), r.in_flight_until <= now)
+            conn.execute(
+                sa.delete(qbo_rate_requests).where(
+                    r.realm_id == realm, r.sent_at <= now - forget_after, finished
+                )
+            )
+            rows = conn.execute(
+                sa.select(r.sent_at, r.is_batch, r.in_flight_until).where(r.realm_id == realm)
+            ).all()
+            seconds = wait(now, paused_until, [RateRequest(*row) for row in rows])
+            if seconds > 0:
+                return float(seconds)
+            inserted = conn.execute(
+                sa.insert(qbo_rate_requests).values(
+                    realm_id=realm, is_batch=batch, sent_at=now, in_flight_until=now + lease_seconds
+                )
+            ).inserted_primary_key
+        assert inserted is not None
+        return int(inserted[0])
+
+    def finish(self, request_id: int) -> None:
+        """The request's answer arrived: it leaves the in-flight slots and its time becomes now."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(qbo_rate_requests)
+                .where(qbo_rate_requests.c.id == request_id)
+                .values(sent_at=time.time(), in_flight_until=None)
+            )
+
+    def pause(self, until: float) -> None:
+        """Hold every request of the realm until ``until``; never shortens a pause."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(qbo_rate_realms)
+                .where(qbo_rate_realms.c.realm_id == self.realm_id, qbo_rate_realms.c.paused_until < until)
+                .values(paused_until=until)
+            )
+
+    def _ensure_realm_row(self) -> None:
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(qbo_rate_realms.c.realm_id).where(qbo_rate_realms.c.realm_id == self.realm_id)
+            ).first()
+            if exists is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            sa.insert(qbo_rate_realms).values(realm_id=self.realm_id, paused_until=0.0)
+                        )
+                except sa.exc.IntegrityError:
+                    pass  # another process created it first
