@@ -1,4 +1,5 @@
-"""Deciding whether a customer on one side is the same as an unlinked customer with the same display name.
+"""Deciding whether a customer on one side is the same as an unlinked customer with the same display name (and an
+item the same as an unlinked item of the same name).
 
 Works in both directions on normalised Batchly-keyed fields (``sync.mapping``): a pulled QuickBooks customer
 against unlinked Batchly customers, or a pushed Batchly customer against the QuickBooks customer that a
@@ -102,3 +103,17 @@ def match_customer(
     if same:
         return Match(MatchDecision.REVIEW, None, tuple(same), "several customers with this name match")
     return Match(MatchDecision.REVIEW, None, named, "same display name but neither e-mail nor phone match")
+
+
+def match_item(subject: Mapping[str, Any], candidates: Mapping[Hashable, Mapping[str, Any]]) -> Match | None:
+    """Item names are unique in QuickBooks: one unlinked Batchly item of that name is the same item."""
+    named = tuple(
+        cid
+        for cid, fields in candidates.items()
+        if normalize_name(fields["name"]) == normalize_name(subject["name"])
+    )
+    if not named:
+        return None
+    if len(named) == 1:
+        return Match(MatchDecision.LINK, named[0], named, "same name")
+    return Match(MatchDecision.REVIEW, None, named, "several items with this name")

@@ -93,6 +93,46 @@ def open_conflict_fields(conn: Connection, organization_id: int, entity_type: st
     return held
 
 
+def open_reviews(
+    conn: Connection, organization_id: int, entity_type: str, entity_ids: Iterable[int]
+) -> dict[int, dict[str, int]]:
+    """Open reviews of these records of ``entity_type``: record id → field → conflict id."""
+    query = sa.select(c.entity_id, c.field, c.id).where(
+        c.organization_id == organization_id,
+        c.entity_type == entity_type,
+        c.resolution == "pending_review",
+        c.entity_id.in_(sorted(entity_ids)),
+    )
+    fields: dict[int, dict[str, int]] = {}
+    for entity_id, name, conflict_id in conn.execute(query).all():
+        fields.setdefault(entity_id, {})[name] = conflict_id
+    return fields
+
+
+def open_reviews_of_qbo_ids(
+    conn: Connection, organization_id: int, entity_type: str, field: str, qbo_ids: Iterable[str]
+) -> set[str]:
+    """Which of ``qbo_ids`` have an open review of ``field``."""
+    query = sa.select(c.qbo_id).where(
+        c.organization_id == organization_id,
+        c.entity_type == entity_type,
+        c.field == field,
+        c.resolution == "pending_review",
+        c.qbo_id.in_(list(qbo_ids)),
+    )
+    return set(conn.execute(query).scalars())
+
+
+def count_open(conn: Connection, organization_id: int) -> dict[str, int]:
+    """Conflicts waiting for review, counted per entity type."""
+    rows = conn.execute(
+        sa.select(c.entity_type, sa.func.count())
+        .where(c.organization_id == organization_id, c.resolution == "pending_review")
+        .group_by(c.entity_type)
+    ).all()
+    return {entity: count for entity, count in rows}
+
+
 def mark_resolved(
     conn: Connection, conflict_id: int, *, winner: str, resolved_by: str, value: Any = None
 ) -> bool:

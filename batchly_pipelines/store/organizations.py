@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from batchly_pipelines.store import schema as s
 
@@ -26,6 +26,11 @@ def organization_name(engine: Engine, organization_id: int) -> str | None:
     """The organisation's name (``None`` when there is no such organisation)."""
     with engine.connect() as conn:
         return conn.execute(sa.select(org.name).where(org.id == organization_id)).scalar()
+
+
+def organization_timezone(conn: Connection, organization_id: int) -> str:
+    """The organisation's IANA time zone name, read in the caller's connection."""
+    return conn.execute(sa.select(org.timezone).where(org.id == organization_id)).scalar_one()
 
 
 def unconnected_organizations(engine: Engine) -> tuple[int, list[tuple[int, str]]]:

@@ -18,10 +18,10 @@ from dagster import (
 from batchly_pipelines.defs.partitions import partition_tags
 from batchly_pipelines.defs.pull.assets import batchly_customers, batchly_invoice_payments, batchly_items
 from batchly_pipelines.defs.resources import BatchlyDatabase
+from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS
 from batchly_pipelines.services.pull import checks as pull_checks
 from batchly_pipelines.services.pull.checks import CheckOutcome
 from batchly_pipelines.services.pull.invoice_payments import organization_today
-from batchly_pipelines.services.pull.reconcile import CUSTOMERS, ITEMS
 from batchly_pipelines.store.conflicts import list_conflicts
 from batchly_pipelines.store.status import connected_organization_ids
 

@@ -5,29 +5,26 @@ Each returns the number of records that fail and a few of them as examples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-
 from batchly_pipelines.rules.mapping import decode_snapshot, to_money
-from batchly_pipelines.rules.merge import Resolution
-from batchly_pipelines.services.pull.invoice_payments import (
-    PAYMENT_COLUMNS,
-    expected_columns,
-    linked_ids,
-    mirrored_payments,
-)
-from batchly_pipelines.services.pull.reconcile import EntityKind
-from batchly_pipelines.store import schema as s
+from batchly_pipelines.rules.name_lists import NameList
+from batchly_pipelines.services.pull.invoice_payments import expected_columns, linked_ids
+from batchly_pipelines.store.conflicts import count_open, open_conflict_fields
+from batchly_pipelines.store.db import Connection, Engine
+from batchly_pipelines.store.invoice_payments import linked_totals, reconciled_payments
+from batchly_pipelines.store.mirror import mirrored_payments
+from batchly_pipelines.store.records import reconciled_rows
 
-m, st, inv, sc = s.qbo_mirror.c, s.qbo_sync_state.c, s.invoices.c, s.sync_conflicts.c
 CHUNK = 1000
 EXAMPLES = 10
+
+# (conn, organisation, after id, limit) → the organisation's next rows by id
+Page = Callable[[Connection, int, int, int], list[dict[str, Any]]]
 
 
 @dataclass
@@ -50,62 +47,39 @@ class CheckOutcome:
             self.examples.append(example)
 
 
-def _chunks(
-    engine: Engine, query: sa.Select[Any], key: sa.ColumnElement[Any]
-) -> Iterator[list[dict[str, Any]]]:
-    """Rows of ``query`` in chunks, by keyset on the integer column ``key``."""
+def _chunks(engine: Engine, page: Page, organization_id: int) -> Iterator[list[dict[str, Any]]]:
+    """The rows ``page`` reads, in chunks by keyset on their integer ``id``, each read in its own connection."""
     after = 0
     while True:
         with engine.connect() as conn:
-            rows = [
-                dict(r) for r in conn.execute(query.where(key > after).order_by(key).limit(CHUNK)).mappings()
-            ]
+            rows = page(conn, organization_id, after, CHUNK)
         if not rows:
             return
         yield rows
         after = rows[-1]["id"]
 
 
-def record_drift(engine: Engine, kind: EntityKind, organization_id: int) -> CheckOutcome:
+def record_drift(engine: Engine, kind: NameList, organization_id: int) -> CheckOutcome:
     """Linked records reconciled with QuickBooks' current version whose fields differ from it — other than fields
     waiting for the push (changed in Batchly since the base) or for review (an open conflict)."""
-    t = kind.table.c
-    query = (
-        sa.select(kind.table, st.base, m.data)
-        .join(s.qbo_sync_state, sa.and_(st.entity_type == kind.entity, st.entity_id == t.id))
-        .join(
-            s.qbo_mirror,
-            sa.and_(
-                m.organization_id == t.organization_id,
-                m.entity_type == kind.qbo_entity,
-                m.qbo_id == st.qbo_id,
-                m.sync_token == st.sync_token,
-            ),
-        )
-        .where(t.organization_id == organization_id, m.deleted.is_(False))
-    )
+
+    def page(conn: Connection, organization_id: int, after: int, limit: int) -> list[dict[str, Any]]:
+        return reconciled_rows(conn, kind, organization_id, after, limit)
+
     with engine.connect() as conn:
-        held = set(
-            conn.execute(
-                sa.select(sc.entity_id, sc.field).where(
-                    sc.organization_id == organization_id,
-                    sc.entity_type == kind.entity,
-                    sc.resolution == Resolution.PENDING_REVIEW.value,
-                )
-            ).all()
-        )
+        held = open_conflict_fields(conn, organization_id, kind.entity_type)
     outcome = CheckOutcome()
-    for rows in _chunks(engine, query, t.id):
+    for rows in _chunks(engine, page, organization_id):
         for row in rows:
             outcome.checked += 1
             batchly, qbo = kind.mapping.from_row(row), kind.mapping.from_qbo(row["data"])
-            base = decode_snapshot(kind.entity, row["base"])
+            base = decode_snapshot(kind.entity_type, row["base"])
             drifted = [
                 name
                 for name in kind.mapping.fields
                 if batchly[name] != qbo[name]
                 and batchly[name] == base.get(name)
-                and (row["id"], name) not in held
+                and name not in held.get(row["id"], ())
             ]
             if drifted:
                 outcome.fail({"id": row["id"], "qbo_id": row["qbo_id"], "fields": drifted})
@@ -115,32 +89,13 @@ def record_drift(engine: Engine, kind: EntityKind, organization_id: int) -> Chec
 def open_conflicts(engine: Engine, organization_id: int) -> dict[str, int]:
     """Conflicts waiting for review, counted per entity type."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(sc.entity_type, sa.func.count())
-            .where(sc.organization_id == organization_id, sc.resolution == Resolution.PENDING_REVIEW.value)
-            .group_by(sc.entity_type)
-        ).all()
-    return {entity: count for entity, count in rows}
-
-
-def _linked_invoices(organization_id: int, *columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
-    return (
-        sa.select(inv.id, inv.qbo_id, *columns, m.data)
-        .join(
-            s.qbo_mirror,
-            sa.and_(
-                m.organization_id == inv.organization_id, m.entity_type == "Invoice", m.qbo_id == inv.qbo_id
-            ),
-        )
-        .where(inv.organization_id == organization_id, m.deleted.is_(False))
-    )
+        return count_open(conn, organization_id)
 
 
 def invoice_totals(engine: Engine, organization_id: int) -> CheckOutcome:
     """Linked invoices whose Batchly total differs from QuickBooks' ``TotalAmt`` (voided ones are zero there)."""
     outcome = CheckOutcome()
-    query = _linked_invoices(organization_id, inv.total_amount).where(inv.status != "void")
-    for rows in _chunks(engine, query, inv.id):
+    for rows in _chunks(engine, linked_totals, organization_id):
         for row in rows:
             outcome.checked += 1
             qbo_total = to_money(row["data"].get("TotalAmt", 0))
@@ -162,10 +117,7 @@ def payment_status(engine: Engine, organization_id: int, today: date) -> CheckOu
     equal to ``qbo_mirror.version``: no clocks compared) whose payment columns differ from what the mirrored invoice
     and payments say."""
     outcome = CheckOutcome()
-    query = _linked_invoices(organization_id, *(inv[c] for c in PAYMENT_COLUMNS)).where(
-        inv.payment_mirror_version == m.version
-    )
-    for rows in _chunks(engine, query, inv.id):
+    for rows in _chunks(engine, reconciled_payments, organization_id):
         with engine.connect() as conn:
             payments = mirrored_payments(
                 conn, organization_id, (pid for r in rows for pid in linked_ids(r["data"], "Payment"))

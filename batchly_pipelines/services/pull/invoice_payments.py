@@ -15,13 +15,10 @@ itself stays.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
 
 from batchly_pipelines.rules.payments import (
     ZERO,
@@ -32,14 +29,19 @@ from batchly_pipelines.rules.payments import (
     payment_state,
     today_in,
 )
-from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.db import sync_transaction
+from batchly_pipelines.store.db import Connection, Engine, sync_transaction
+from batchly_pipelines.store.invoice_payments import (
+    overdue_candidates,
+    set_payment_status,
+    unreconciled_payments,
+    write_payment_columns,
+)
+from batchly_pipelines.store.mirror import mirrored_payments
+from batchly_pipelines.store.organizations import organization_timezone
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.store.sync_state import LogEntry, write_log
 
-m, inv = s.qbo_mirror.c, s.invoices.c
 CHUNK = 1000
-PAYMENT_COLUMNS = ("amount_paid", "amount_due", "payment_status", "payment_date", "qb_payment_id")
 # an invoice QuickBooks deleted: no payment applies to it any more, nothing is owed there (as for a void)
 DELETED_IN_QUICKBOOKS = PaymentState(ZERO, ZERO, PaymentStatus.VOIDED, None, None)
 
@@ -64,10 +66,7 @@ class PaymentStats:
 
 def organization_today(conn: Connection, organization_id: int, now: datetime | None = None) -> date:
     """Today's date in the organisation's time zone."""
-    tz = conn.execute(
-        sa.select(s.organizations.c.timezone).where(s.organizations.c.id == organization_id)
-    ).scalar_one()
-    return today_in(tz, now or utcnow())
+    return today_in(organization_timezone(conn, organization_id), now or utcnow())
 
 
 def reconcile_payments(
@@ -82,7 +81,7 @@ def reconcile_payments(
     after = 0
     while True:
         with sync_transaction(engine) as conn:
-            rows = [dict(r) for r in conn.execute(_pending(organization_id, after)).mappings()]
+            rows = unreconciled_payments(conn, organization_id, after, CHUNK)
             if not rows:
                 break
             payments = mirrored_payments(
@@ -97,16 +96,7 @@ def reconcile_payments(
                 else:
                     columns = expected_columns(row["data"], payments, today)
                 changed = {key: value for key, value in columns.items() if row[key] != value}
-                conn.execute(
-                    sa.update(s.invoices)
-                    .where(inv.id == row["id"])
-                    .values(
-                        **changed,
-                        last_payment_sync_at=now,
-                        payment_mirror_version=row["version"],
-                        updated_at=inv.updated_at,
-                    )
-                )
+                write_payment_columns(conn, row["id"], changed, synced_at=now, mirror_version=row["version"])
                 if changed:
                     stats.updated += 1
                     log.append(
@@ -138,74 +128,19 @@ def expected_columns(
     return payment_state(payment_facts_from_qbo(invoice, linked), today=today).as_columns()
 
 
-def _pending(organization_id: int, after: int) -> sa.Select[Any]:
-    """Linked invoices whose QuickBooks twin (live or deleted) has a mirror version they were not reconciled with."""
-    return (
-        sa.select(inv.id, inv.qbo_id, *(inv[c] for c in PAYMENT_COLUMNS), m.data, m.deleted, m.version)
-        .join(
-            s.qbo_mirror,
-            sa.and_(
-                m.organization_id == inv.organization_id, m.entity_type == "Invoice", m.qbo_id == inv.qbo_id
-            ),
-        )
-        .where(
-            inv.organization_id == organization_id,
-            inv.id > after,
-            sa.or_(inv.payment_mirror_version.is_(None), inv.payment_mirror_version != m.version),
-        )
-        .order_by(inv.id)
-        .limit(CHUNK)
-    )
-
-
-def mirrored_payments(
-    conn: Connection, organization_id: int, ids: Iterable[str]
-) -> dict[str, dict[str, Any]]:
-    """Mirrored live payments by id."""
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    query = sa.select(m.qbo_id, m.data).where(
-        m.organization_id == organization_id,
-        m.entity_type == "Payment",
-        m.deleted.is_(False),
-        m.qbo_id.in_(wanted),
-    )
-    return {qbo_id: dict(data) for qbo_id, data in conn.execute(query).all()}
-
-
 def refresh_overdue(engine: Engine, organization_id: int, today: date) -> int:
     """Re-derive overdue from each invoice's own columns for ``today`` (no QuickBooks call); returns changes."""
-    candidates = sa.select(inv.id, inv.payment_status, inv.total_amount, inv.amount_due, inv.due_date).where(
-        inv.organization_id == organization_id,
-        inv.amount_due.is_not(None),
-        sa.or_(
-            sa.and_(
-                inv.payment_status.in_([PaymentStatus.UNPAID, PaymentStatus.PARTIAL]),
-                inv.amount_due > 0,
-                inv.due_date < today,
-            ),
-            sa.and_(
-                inv.payment_status == PaymentStatus.OVERDUE,
-                sa.or_(inv.due_date.is_(None), inv.due_date >= today, inv.amount_due <= 0),
-            ),
-        ),
-    )
     changed = 0
     with sync_transaction(engine) as conn:
-        for row in conn.execute(candidates).all():
+        for row in overdue_candidates(conn, organization_id, today):
             status = overdue_status(
-                current_status=row.payment_status,
-                total_amount=row.total_amount,
-                amount_due=row.amount_due,
-                due_date=row.due_date,
+                current_status=row["payment_status"],
+                total_amount=row["total_amount"],
+                amount_due=row["amount_due"],
+                due_date=row["due_date"],
                 today=today,
             )
-            if status != row.payment_status:
-                conn.execute(
-                    sa.update(s.invoices)
-                    .where(inv.id == row.id)
-                    .values(payment_status=status.value, updated_at=inv.updated_at)
-                )
+            if status != row["payment_status"]:
+                set_payment_status(conn, row["id"], status.value)
                 changed += 1
     return changed

@@ -11,9 +11,7 @@ row: the second is re-read until a whole pass ran while its ``COUNT(*)`` did not
 many distinct rows (at most ``SECOND_PASSES`` passes; past that the pull fails before its cursor moves).
 
 A mirror row is written only when QuickBooks has a new version of it (another SyncToken, or a deletion), so pulling
-the same window twice writes nothing. ``pulled_at`` therefore says when the mirror last learnt something new, and every
-write gives the row a new ``version`` (a random token, compared for equality only: no clock is involved), which the
-reconciliations record (``invoices.payment_mirror_version``, ``qbo_reconciled``) to know which version they have seen.
+the same window twice writes nothing (:mod:`batchly_pipelines.store.mirror` versions the rows).
 """
 
 from __future__ import annotations
@@ -21,24 +19,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
 
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.quickbooks.wire import qbo_last_updated
-from batchly_pipelines.store.schema import qbo_mirror, utcnow
-from batchly_pipelines.store.upsert import bulk_upsert
+from batchly_pipelines.store.db import Connection, Engine
+from batchly_pipelines.store.mirror import live_tokens, mark_deleted, write_versions
+from batchly_pipelines.store.schema import utcnow
 
-m = qbo_mirror.c
 logger = logging.getLogger(__name__)
 
 ORDER = "MetaData.LastUpdatedTime, Id"
@@ -58,11 +51,6 @@ class IncompleteSecond(RuntimeError):
 def version_of(obj: Mapping[str, Any]) -> Version:
     """``(Id, SyncToken)`` of a QuickBooks object."""
     return str(obj["Id"]), str(obj["SyncToken"])
-
-
-def new_version() -> str:
-    """A fresh ``qbo_mirror.version``: unique per write, so equal versions mean the same write."""
-    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -202,85 +190,15 @@ def store_objects(
     """Write the objects QuickBooks has a new version of (all of them with ``force``); returns those written."""
     if not objects:
         return []
-    known = dict(
-        conn.execute(
-            sa.select(m.qbo_id, m.sync_token).where(
-                m.organization_id == organization_id,
-                m.entity_type == entity,
-                m.deleted.is_(False),
-                m.qbo_id.in_([obj["Id"] for obj in objects]),
-            )
-        ).all()
-    )
+    known = live_tokens(conn, organization_id, entity, [obj["Id"] for obj in objects])
     changed = [obj for obj in objects if force or known.get(obj["Id"]) != obj["SyncToken"]]
-    now = utcnow()
-    bulk_upsert(
-        conn,
-        qbo_mirror,
-        (
-            {
-                "organization_id": organization_id,
-                "entity_type": entity,
-                "qbo_id": obj["Id"],
-                "sync_token": obj["SyncToken"],
-                "last_updated_time": qbo_last_updated(obj),
-                "deleted": False,
-                "data": as_json(obj),
-                "pulled_at": now,
-                "version": new_version(),
-            }
-            for obj in changed
-        ),
-        key=("organization_id", "entity_type", "qbo_id"),
-    )
+    write_versions(conn, organization_id, entity, ((obj, qbo_last_updated(obj)) for obj in changed))
     return changed
 
 
-def as_json(value: Any) -> Any:
-    """A decoded QuickBooks object as the JSON column stores it: amounts as JSON numbers (as on the wire), or as
-    strings in the rare case a float would not carry the exact decimal."""
-    if isinstance(value, Mapping):
-        return {key: as_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [as_json(item) for item in value]
-    if isinstance(value, Decimal):
-        number = float(value)
-        return number if Decimal(repr(number)) == value else str(value)
-    return value
-
-
-def mark_deleted(
-    conn: Connection, organization_id: int, entity: str, tombstones: Iterable[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """Flag mirrored objects that QuickBooks deleted; returns their last known data (unknown ids are ignored)."""
-    when = {obj["Id"]: qbo_last_updated(obj) for obj in tombstones}
-    if not when:
-        return []
-    rows = conn.execute(
-        sa.select(m.qbo_id, m.data).where(
-            m.organization_id == organization_id,
-            m.entity_type == entity,
-            m.deleted.is_(False),
-            m.qbo_id.in_(list(when)),
-        )
-    ).all()
-    if rows:
-        conn.execute(
-            sa.update(qbo_mirror)
-            .where(
-                m.organization_id == organization_id,
-                m.entity_type == entity,
-                m.qbo_id == sa.bindparam("b_qbo_id"),
-            )
-            .values(
-                deleted=True,
-                last_updated_time=sa.bindparam("b_when"),
-                pulled_at=utcnow(),
-                version=sa.bindparam("b_version"),
-            ),
-            [{"b_qbo_id": qbo_id, "b_when": when[qbo_id], "b_version": new_version()} for qbo_id, _ in rows],
-        )
-    return [dict(data) for _, data in rows]
+def _deleted_at(tombstones: Iterable[Mapping[str, Any]]) -> dict[str, datetime]:
+    """When QuickBooks deleted each of these CDC tombstones, by id."""
+    return {obj["Id"]: qbo_last_updated(obj) for obj in tombstones}
 
 
 def cdc_since(window: Window, now: datetime | None = None) -> datetime | None:
@@ -314,7 +232,7 @@ def pull_deletions(
                 conn,
                 organization_id,
                 entity,
-                (obj for obj in result.objects.get(entity, []) if obj.get("status") == "Deleted"),
+                _deleted_at(obj for obj in result.objects.get(entity, []) if obj.get("status") == "Deleted"),
             )
             for entity in entities
         }

@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.rules.merge import MergePolicy, Rule
+from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS
 from batchly_pipelines.services.pull.invoice_payments import PaymentStats, linked_ids, reconcile_payments
 from batchly_pipelines.services.pull.mirror import (
     Window,
@@ -27,9 +25,10 @@ from batchly_pipelines.services.pull.mirror import (
     pull_deletions,
     store_objects,
 )
-from batchly_pipelines.services.pull.reconcile import CUSTOMERS, ITEMS, ReconcileStats, reconcile
-from batchly_pipelines.store import schema as s
+from batchly_pipelines.services.pull.reconcile import ReconcileStats, reconcile
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
+from batchly_pipelines.store.db import Engine
+from batchly_pipelines.store.mirror import not_mirrored
 from batchly_pipelines.store.schema import utcnow
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # before any QuickBooks Online company existed
@@ -154,26 +153,14 @@ def pull_payments(
             # forced: a payment moved even when the invoice's own version did not
             store_objects(conn, organization_id, "Invoice", invoices, force=True)
         stats.count("Invoice", "changed", len(invoices))
-    missing = _not_mirrored(engine, organization_id, "Payment", wanted_payments)
+    with engine.connect() as conn:
+        missing = not_mirrored(conn, organization_id, "Payment", wanted_payments)
     if missing:
         payments = client.read_many("Payment", missing)
         with engine.begin() as conn:
             stats.count("Payment", "changed", len(store_objects(conn, organization_id, "Payment", payments)))
     _advance_cursors(engine, organization_id, stats.entities, window)
     return meter.finish(stats)
-
-
-def _not_mirrored(engine: Engine, organization_id: int, entity: str, ids: set[str]) -> list[str]:
-    m = s.qbo_mirror.c
-    with engine.connect() as conn:
-        known = set(
-            conn.execute(
-                sa.select(m.qbo_id).where(
-                    m.organization_id == organization_id, m.entity_type == entity, m.qbo_id.in_(sorted(ids))
-                )
-            ).scalars()
-        )
-    return sorted(ids - known)
 
 
 def review_policy(policy: MergePolicy, review_fields: Iterable[str]) -> MergePolicy:

@@ -8,9 +8,9 @@ review, nothing new), so a second run over the same mirror reads nothing. Of the
 examined: unlinked ones, ones whose SyncToken is newer than the link's, and deletions of
 records Batchly still has active. For each, in chunks of one transaction:
 
-- linked: three-way merge against the base (``sync.merge``); what QuickBooks wins is written to Batchly, what Batchly
+- linked: three-way merge against the base (``rules.merge``); what QuickBooks wins is written to Batchly, what Batchly
   wins stays for the push (the base keeps QuickBooks' value for those fields, so the push sees the difference);
-- unlinked: matched by name with unlinked Batchly records (``sync.matching`` for customers) — linked when it is the
+- unlinked: matched by name with unlinked Batchly records (``rules.matching``) — linked when it is the
   same record, flagged for review (a ``link`` conflict) when unsure, created in Batchly otherwise;
 - deleted (merged away) in QuickBooks: deactivated in Batchly, never deleted.
 
@@ -21,79 +21,32 @@ pending review keeps one open ``sync_conflicts`` row per record and field howeve
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
-from batchly_pipelines.rules.mapping import (
-    CUSTOMER_MAPPING,
-    ITEM_MAPPING,
-    EntityMapping,
-    decode_snapshot,
-    encode_snapshot,
+from batchly_pipelines.rules.mapping import decode_snapshot, encode_snapshot
+from batchly_pipelines.rules.matching import Match, MatchDecision, normalize_name
+from batchly_pipelines.rules.merge import Conflict, MergePolicy, MergeResult, Resolution, merge
+from batchly_pipelines.rules.name_lists import NameList
+from batchly_pipelines.store.conflicts import (
+    ConflictRecord,
+    mark_resolved,
+    open_reviews,
+    open_reviews_of_qbo_ids,
+    record_conflicts,
 )
-from batchly_pipelines.rules.matching import Match, MatchDecision, match_customer, normalize_name
-from batchly_pipelines.rules.merge import (
-    CUSTOMER_POLICY,
-    ITEM_POLICY,
-    Conflict,
-    MergePolicy,
-    MergeResult,
-    Resolution,
-    merge,
-)
-from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.conflicts import ConflictRecord, mark_resolved, record_conflicts
-from batchly_pipelines.store.db import sync_transaction
-from batchly_pipelines.store.sync_state import LogEntry, SyncState, save_states, write_log
-from batchly_pipelines.store.upsert import bulk_upsert
+from batchly_pipelines.store.db import Connection, Engine, sync_transaction
+from batchly_pipelines.store.mirror import record_reconciled, unreconciled
+from batchly_pipelines.store.push_rows import load_rows
+from batchly_pipelines.store.records import insert_records, twins, unlinked_rows, write_fields
+from batchly_pipelines.store.sync_state import LogEntry, SyncState, load_states, save_states, write_log
 
-m, st, sc, rc = s.qbo_mirror.c, s.qbo_sync_state.c, s.sync_conflicts.c, s.qbo_reconciled.c
 CHUNK = 1000
 # who closes a review that later edits made moot
 SETTLED_BY = "sync (both sides agree)"
 # the conflict "field" of a QuickBooks record waiting for a person to pick its Batchly twin
 LINK_FIELD = "link"
-
-Candidates = Mapping[Hashable, Mapping[str, Any]]
-Matcher = Callable[[Mapping[str, Any], Candidates], Match | None]
-
-
-def match_item(subject: Mapping[str, Any], candidates: Candidates) -> Match | None:
-    """Item names are unique in QuickBooks: one unlinked Batchly item of that name is the same item."""
-    named = tuple(
-        cid
-        for cid, fields in candidates.items()
-        if normalize_name(fields["name"]) == normalize_name(subject["name"])
-    )
-    if not named:
-        return None
-    if len(named) == 1:
-        return Match(MatchDecision.LINK, named[0], named, "same name")
-    return Match(MatchDecision.REVIEW, None, named, "several items with this name")
-
-
-@dataclass(frozen=True)
-class EntityKind:
-    """How one synced entity is stored on both sides and reconciled."""
-
-    entity: str  # Batchly name: customer | item
-    qbo_entity: str  # QuickBooks name: Customer | Item
-    table: sa.Table
-    mapping: EntityMapping
-    policy: MergePolicy
-    name_field: str
-    matcher: Matcher
-
-
-CUSTOMERS = EntityKind(
-    "customer", "Customer", s.customers, CUSTOMER_MAPPING, CUSTOMER_POLICY, "display_name", match_customer
-)
-ITEMS = EntityKind("item", "Item", s.items, ITEM_MAPPING, ITEM_POLICY, "name", match_item)
-KINDS: Mapping[str, EntityKind] = {kind.entity: kind for kind in (CUSTOMERS, ITEMS)}
 
 
 @dataclass
@@ -120,7 +73,7 @@ class ReconcileStats:
 class _Chunk:
     """The writes one chunk makes, applied together at the end of its transaction."""
 
-    kind: EntityKind
+    kind: NameList
     organization_id: int
     run_id: str | None
     creates: list[tuple[str, dict[str, Any], SyncState]] = field(default_factory=list)
@@ -139,7 +92,7 @@ class _Chunk:
             LogEntry(
                 self.organization_id,
                 "pull",
-                self.kind.entity,
+                self.kind.entity_type,
                 action,
                 "ok",
                 entity_id,
@@ -152,7 +105,7 @@ class _Chunk:
 
 def reconcile(
     engine: Engine,
-    kind: EntityKind,
+    kind: NameList,
     organization_id: int,
     *,
     policy: MergePolicy | None = None,
@@ -162,17 +115,14 @@ def reconcile(
     """Bring Batchly in line with the mirrored QuickBooks records of ``kind`` that have news (see module doc);
     ``only`` limits it to those QuickBooks ids, whatever version they were reconciled at."""
     started = time.monotonic()
-    stats = ReconcileStats(kind.entity)
+    stats = ReconcileStats(kind.entity_type)
     policy = policy or kind.policy
     with engine.connect() as conn:
         unlinked = _unlinked_by_name(conn, kind, organization_id)
     after = ""
     while True:
         with engine.connect() as conn:
-            query = _pulled(kind, organization_id, after, every=only is not None)
-            if only is not None:
-                query = query.where(m.qbo_id.in_(list(only)))
-            pulled = [dict(r) for r in conn.execute(query).mappings()]
+            pulled = unreconciled(conn, organization_id, kind.qbo_entity, after, CHUNK, only=only)
             if not pulled:
                 break
             rows = _with_news(conn, kind, organization_id, pulled)
@@ -182,79 +132,26 @@ def reconcile(
                 chunk = _Chunk(kind, organization_id, run_id)
                 _plan(conn, chunk, rows, unlinked, policy, stats)
                 _apply(conn, chunk, stats)
-            _record_versions(conn, kind, organization_id, pulled)
+            record_reconciled(conn, organization_id, kind.qbo_entity, pulled)
         stats.examined += len(rows)
     stats.duration_s = round(time.monotonic() - started, 3)
     return stats
 
 
-def _pulled(kind: EntityKind, organization_id: int, after: str, *, every: bool = False) -> sa.Select[Any]:
-    """The next chunk of mirror rows (by ``qbo_id``, the mirror's primary key order) whose version is not the one
-    they were last reconciled at — never reconciled ones included; ``every`` reads them whatever their version."""
-    joined = s.qbo_mirror.outerjoin(
-        s.qbo_reconciled,
-        sa.and_(
-            rc.organization_id == m.organization_id,
-            rc.entity_type == m.entity_type,
-            rc.qbo_id == m.qbo_id,
-        ),
-    )
-    query = (
-        sa.select(m.qbo_id, m.sync_token, m.last_updated_time, m.deleted, m.data, m.version)
-        .select_from(joined)
-        .where(m.organization_id == organization_id, m.entity_type == kind.qbo_entity, m.qbo_id > after)
-    )
-    if not every:
-        query = query.where(sa.or_(rc.mirror_version.is_(None), rc.mirror_version != m.version))
-    return query.order_by(m.qbo_id).limit(CHUNK)
-
-
-def _record_versions(
-    conn: Connection, kind: EntityKind, organization_id: int, pulled: Sequence[Mapping[str, Any]]
-) -> None:
-    """Record the mirror version each row read was reconciled at, in the transaction that applied it."""
-    bulk_upsert(
-        conn,
-        s.qbo_reconciled,
-        [
-            {
-                "organization_id": organization_id,
-                "entity_type": kind.qbo_entity,
-                "qbo_id": row["qbo_id"],
-                "mirror_version": row["version"],
-            }
-            for row in pulled
-        ],
-        key=("organization_id", "entity_type", "qbo_id"),
-    )
-
-
 def _with_news(
-    conn: Connection, kind: EntityKind, organization_id: int, pulled: Sequence[dict[str, Any]]
+    conn: Connection, kind: NameList, organization_id: int, pulled: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The pulled rows with news for Batchly — unlinked, newer than the link, or deleted while still active — each
     with its Batchly twin's id and the link's base."""
-    t = kind.table.c
     ids = [row["qbo_id"] for row in pulled]
-    twins = {
-        qbo_id: (entity_id, active)
-        for qbo_id, entity_id, active in conn.execute(
-            sa.select(t.qbo_id, t.id, t.is_active).where(
-                t.organization_id == organization_id, t.qbo_id.in_(ids)
-            )
-        ).all()
-    }
+    linked = twins(conn, kind.entity_type, organization_id, ids)
     links = {
-        qbo_id: (token, base)
-        for qbo_id, token, base in conn.execute(
-            sa.select(st.qbo_id, st.sync_token, st.base).where(
-                st.organization_id == organization_id, st.entity_type == kind.entity, st.qbo_id.in_(ids)
-            )
-        ).all()
+        state.qbo_id: (state.sync_token, state.base)
+        for state in load_states(conn, organization_id, kind.entity_type, qbo_ids=ids)
     }
     rows = []
     for row in pulled:
-        entity_id, active = twins.get(row["qbo_id"], (None, False))
+        entity_id, active = linked.get(row["qbo_id"], (None, False))
         token, base = links.get(row["qbo_id"], (None, None))
         if row["deleted"]:
             news = bool(active)
@@ -266,15 +163,13 @@ def _with_news(
 
 
 def _unlinked_by_name(
-    conn: Connection, kind: EntityKind, organization_id: int
+    conn: Connection, kind: NameList, organization_id: int
 ) -> dict[str, dict[Hashable, dict[str, Any]]]:
     """Batchly records without a QuickBooks twin, by normalised name (id → synced fields)."""
-    t = kind.table
     index: dict[str, dict[Hashable, dict[str, Any]]] = {}
-    query = sa.select(t).where(t.c.organization_id == organization_id, t.c.qbo_id.is_(None))
-    for row in conn.execute(query).mappings():
-        fields = kind.mapping.from_row(dict(row))
-        index.setdefault(normalize_name(fields[kind.name_field]), {})[row["id"]] = fields
+    for row in unlinked_rows(conn, kind.entity_type, organization_id):
+        fields = kind.mapping.from_row(row)
+        index.setdefault(normalize_name(fields[kind.name_column]), {})[row["id"]] = fields
     return index
 
 
@@ -287,21 +182,23 @@ def _plan(
     stats: ReconcileStats,
 ) -> None:
     kind, org = chunk.kind, chunk.organization_id
-    reviewing = _open_links(conn, kind, org, [row["qbo_id"] for row in rows])
+    reviewing = open_reviews_of_qbo_ids(
+        conn, org, kind.entity_type, LINK_FIELD, [row["qbo_id"] for row in rows]
+    )
     wanted: set[int] = {row["entity_id"] for row in rows if row["entity_id"] is not None}
     matches: dict[str, Match | None] = {}
     for row in rows:
         if row["entity_id"] is None and not row["deleted"]:
             subject = kind.mapping.from_qbo(row["data"])
-            named = unlinked.get(normalize_name(subject[kind.name_field]), {})
+            named = unlinked.get(normalize_name(subject[kind.name_column]), {})
             match = kind.matcher(subject, named) if named else None
             matches[row["qbo_id"]] = match
             if match is not None and match.decision is MatchDecision.LINK:
                 assert isinstance(match.candidate_id, int)
                 wanted.add(match.candidate_id)
                 named.pop(match.candidate_id)  # one QuickBooks record per Batchly record
-    batchly = _load_rows(conn, kind, wanted)
-    open_fields = _open_fields(conn, kind, org, wanted)
+    batchly = load_rows(conn, kind.entity_type, wanted)
+    open_fields = open_reviews(conn, org, kind.entity_type, wanted)
     for row in rows:
         qbo_id = row["qbo_id"]
         qbo_fields = kind.mapping.from_qbo(row["data"])
@@ -311,7 +208,7 @@ def _plan(
             stats.deactivated += 1
             continue
         entity_id = row["entity_id"]
-        base = decode_snapshot(kind.entity, row["base"]) if row["base"] is not None else None
+        base = decode_snapshot(kind.entity_type, row["base"]) if row["base"] is not None else None
         if entity_id is None:
             match = matches[qbo_id]
             if match is None:
@@ -375,7 +272,7 @@ def _settle(
 def _state(chunk: _Chunk, entity_id: int, row: Mapping[str, Any], base: Mapping[str, Any]) -> SyncState:
     return SyncState(
         chunk.organization_id,
-        chunk.kind.entity,
+        chunk.kind.entity_type,
         entity_id,
         row["qbo_id"],
         row["sync_token"],
@@ -389,7 +286,7 @@ def _field_conflict(
 ) -> ConflictRecord:
     return ConflictRecord(
         organization_id=chunk.organization_id,
-        entity_type=chunk.kind.entity,
+        entity_type=chunk.kind.entity_type,
         entity_id=entity_id,
         qbo_id=row["qbo_id"],
         field=conflict.field,
@@ -408,70 +305,34 @@ def _link_conflict(
 ) -> ConflictRecord:
     return ConflictRecord(
         organization_id=chunk.organization_id,
-        entity_type=chunk.kind.entity,
+        entity_type=chunk.kind.entity_type,
         entity_id=None,
         qbo_id=row["qbo_id"],
         field=LINK_FIELD,
         base_value=match.reason,
         batchly_value=",".join(str(cid) for cid in match.candidate_ids),
-        qbo_value=qbo_fields[chunk.kind.name_field],
+        qbo_value=qbo_fields[chunk.kind.name_column],
         resolution=Resolution.PENDING_REVIEW.value,
         qbo_updated_at=row["last_updated_time"],
         run_id=chunk.run_id,
     )
 
 
-def _open_links(conn: Connection, kind: EntityKind, organization_id: int, qbo_ids: Sequence[str]) -> set[str]:
-    query = sa.select(sc.qbo_id).where(
-        sc.organization_id == organization_id,
-        sc.entity_type == kind.entity,
-        sc.field == LINK_FIELD,
-        sc.resolution == Resolution.PENDING_REVIEW.value,
-        sc.qbo_id.in_(list(qbo_ids)),
-    )
-    return set(conn.execute(query).scalars())
-
-
-def _open_fields(
-    conn: Connection, kind: EntityKind, organization_id: int, entity_ids: set[int]
-) -> dict[int, dict[str, int]]:
-    """Open reviews per Batchly record: field → conflict id."""
-    query = sa.select(sc.entity_id, sc.field, sc.id).where(
-        sc.organization_id == organization_id,
-        sc.entity_type == kind.entity,
-        sc.resolution == Resolution.PENDING_REVIEW.value,
-        sc.entity_id.in_(sorted(entity_ids)),
-    )
-    fields: dict[int, dict[str, int]] = {}
-    for entity_id, name, conflict_id in conn.execute(query).all():
-        fields.setdefault(entity_id, {})[name] = conflict_id
-    return fields
-
-
-def _load_rows(conn: Connection, kind: EntityKind, ids: set[int]) -> dict[int, Mapping[str, Any]]:
-    if not ids:
-        return {}
-    query = sa.select(kind.table).where(kind.table.c.id.in_(sorted(ids)))
-    return {row["id"]: dict(row) for row in conn.execute(query).mappings()}
-
-
 def _apply(conn: Connection, chunk: _Chunk, stats: ReconcileStats) -> None:
-    t = chunk.kind.table
+    entity_type = chunk.kind.entity_type
     if chunk.creates:
-        inserted = conn.execute(
-            sa.insert(t).returning(t.c.id, t.c.qbo_id, sort_by_parameter_order=True),
-            [
-                {"organization_id": chunk.organization_id, "qbo_id": qbo_id, **fields}
-                for qbo_id, fields, _ in chunk.creates
-            ],
-        ).all()
+        inserted = insert_records(
+            conn,
+            entity_type,
+            chunk.organization_id,
+            [(qbo_id, fields) for qbo_id, fields, _ in chunk.creates],
+        )
         for (entity_id, qbo_id), (_, _, state) in zip(inserted, chunk.creates, strict=True):
             chunk.states.append(SyncState(**{**vars(state), "entity_id": entity_id}))
             chunk.note("create", qbo_id, entity_id)
         stats.created += len(inserted)
     for entity_id, changes in chunk.updates.items():
-        # the app's updated_at keeps meaning "last changed in Batchly": a pull write leaves it alone
-        conn.execute(sa.update(t).where(t.c.id == entity_id).values(**changes, updated_at=t.c.updated_at))
+        write_fields(conn, entity_type, entity_id, changes)
     save_states(conn, chunk.states)
     stats.conflicts += record_conflicts(conn, chunk.conflicts)
     for conflict_id, value in chunk.settled.items():

@@ -15,15 +15,15 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
 from batchly_pipelines.rules.mapping import decode_snapshot, encode_snapshot
 from batchly_pipelines.rules.merge import resolve_field
-from batchly_pipelines.services.pull.reconcile import KINDS, LINK_FIELD, EntityKind, reconcile
-from batchly_pipelines.store import schema as s
+from batchly_pipelines.rules.name_lists import NAME_LISTS, NameList
+from batchly_pipelines.services.pull.reconcile import LINK_FIELD, reconcile
 from batchly_pipelines.store.conflicts import list_conflicts, mark_resolved
-from batchly_pipelines.store.db import sync_transaction
+from batchly_pipelines.store.db import Connection, Engine, sync_transaction
+from batchly_pipelines.store.mirror import mirrored_data
+from batchly_pipelines.store.push_rows import load_rows
+from batchly_pipelines.store.records import insert_records, link_record, write_fields
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, load_states, save_states, write_log
 
 WINNERS = ("batchly", "quickbooks", "value")
@@ -68,7 +68,7 @@ def resolve_conflicts(
         )
     resolved = []
     for conflict in conflicts:
-        kind = KINDS.get(conflict["entity_type"])
+        kind = NAME_LISTS.get(conflict["entity_type"])
         if kind is None:
             raise ValueError(
                 f"conflict {conflict['id']}: {conflict['entity_type']} conflicts are not resolvable"
@@ -78,19 +78,13 @@ def resolve_conflicts(
     return resolved
 
 
-def _mirror_fields(conn: Connection, kind: EntityKind, organization_id: int, qbo_id: str) -> dict[str, Any]:
-    m = s.qbo_mirror.c
-    data = conn.execute(
-        sa.select(m.data).where(
-            m.organization_id == organization_id, m.entity_type == kind.qbo_entity, m.qbo_id == qbo_id
-        )
-    ).scalar_one()
-    return kind.mapping.from_qbo(data)
+def _mirror_fields(conn: Connection, kind: NameList, organization_id: int, qbo_id: str) -> dict[str, Any]:
+    return kind.mapping.from_qbo(mirrored_data(conn, organization_id, kind.qbo_entity, qbo_id))
 
 
 def _resolve_field(
     engine: Engine,
-    kind: EntityKind,
+    kind: NameList,
     conflict: dict[str, Any],
     winner: str,
     value: Any,
@@ -98,25 +92,24 @@ def _resolve_field(
     run_id: str | None,
 ) -> Resolved:
     org, name, entity_id = conflict["organization_id"], conflict["field"], conflict["entity_id"]
-    t = kind.table
     with engine.connect() as conn:
-        row = conn.execute(sa.select(t).where(t.c.id == entity_id)).mappings().one()
-        batchly_value = kind.mapping.from_row(dict(row))[name]
+        row = load_rows(conn, kind.entity_type, [entity_id])[entity_id]
+        batchly_value = kind.mapping.from_row(row)[name]
         qbo_value = _mirror_fields(conn, kind, org, conflict["qbo_id"])[name]
-        [state] = load_states(conn, org, kind.entity, entity_ids=[entity_id])
+        [state] = load_states(conn, org, kind.entity_type, entity_ids=[entity_id])
     spec = next(spec for spec in kind.mapping.specs if spec.column == name)
     chosen = {"batchly": batchly_value, "quickbooks": qbo_value}.get(winner, spec.normalise(value))
     result = resolve_field(name, chosen, batchly_value=batchly_value, qbo_value=qbo_value)
-    base = {**decode_snapshot(kind.entity, state.base), name: qbo_value if result.to_qbo else chosen}
+    base = {**decode_snapshot(kind.entity_type, state.base), name: qbo_value if result.to_qbo else chosen}
     # QuickBooks must change: an ordinary transaction, so the outbox queues the push (a write or a touch)
     transaction: AbstractContextManager[Connection] = (
         engine.begin() if result.to_qbo else sync_transaction(engine)
     )
     with transaction as conn:
-        new_value = chosen if result.to_batchly else t.c[name]
-        conn.execute(
-            sa.update(t).where(t.c.id == entity_id).values({name: new_value, "updated_at": t.c.updated_at})
-        )
+        if result.to_batchly:
+            write_fields(conn, kind.entity_type, entity_id, {name: chosen})
+        else:  # a touch: the outbox queues the push
+            write_fields(conn, kind.entity_type, entity_id, {}, touch=[name])
         save_states(conn, [SyncState(**{**vars(state), "base": encode_snapshot(base)})])
         _record(conn, kind, conflict, winner, resolved_by, chosen, f"{name} → {chosen!r} ({winner})", run_id)
     return Resolved(conflict["id"], name, chosen, bool(result.to_batchly), bool(result.to_qbo))
@@ -124,7 +117,7 @@ def _resolve_field(
 
 def _resolve_link(
     engine: Engine,
-    kind: EntityKind,
+    kind: NameList,
     conflict: dict[str, Any],
     winner: str,
     value: Any,
@@ -133,29 +126,19 @@ def _resolve_link(
 ) -> Resolved:
     org, qbo_id = conflict["organization_id"], conflict["qbo_id"]
     candidates = [int(c) for c in str(conflict["batchly_value"] or "").split(",") if c]
-    t = kind.table
     with sync_transaction(engine) as conn:
         if winner == "quickbooks":
             fields = _mirror_fields(conn, kind, org, qbo_id)
-            key = conn.execute(
-                sa.insert(t).values(organization_id=org, qbo_id=qbo_id, **fields)
-            ).inserted_primary_key
-            assert key is not None
-            entity_id = int(key[0])
+            [(entity_id, _)] = insert_records(conn, kind.entity_type, org, [(qbo_id, fields)])
         else:
             if winner == "batchly" and len(candidates) != 1:
                 raise ValueError(
                     f"conflict {conflict['id']}: {len(candidates)} candidates; choose one with winner 'value'"
                 )
             entity_id = int(value) if winner == "value" else candidates[0]
-            linked = conn.execute(
-                sa.update(t)
-                .where(t.c.id == entity_id, t.c.organization_id == org, t.c.qbo_id.is_(None))
-                .values(qbo_id=qbo_id, updated_at=t.c.updated_at)
-            ).rowcount
-            if not linked:
+            if not link_record(conn, kind.entity_type, org, entity_id, qbo_id):
                 raise ValueError(
-                    f"conflict {conflict['id']}: {kind.entity} {entity_id} is not an unlinked candidate"
+                    f"conflict {conflict['id']}: {kind.entity_type} {entity_id} is not an unlinked candidate"
                 )
         _record(
             conn, kind, conflict, winner, resolved_by, entity_id, f"linked to {entity_id} ({winner})", run_id
@@ -166,7 +149,7 @@ def _resolve_link(
 
 def _record(
     conn: Connection,
-    kind: EntityKind,
+    kind: NameList,
     conflict: dict[str, Any],
     winner: str,
     resolved_by: str,
@@ -180,7 +163,7 @@ def _record(
     entry = LogEntry(
         conflict["organization_id"],
         "pull",
-        kind.entity,
+        kind.entity_type,
         "resolve",
         "ok",
         conflict["entity_id"],

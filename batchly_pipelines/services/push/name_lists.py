@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -21,23 +21,13 @@ from batchly_pipelines.quickbooks.client import WriteOp, WriteResult
 from batchly_pipelines.quickbooks.errors import DuplicateNameError, QboError, StaleObjectError
 from batchly_pipelines.quickbooks.wire import qbo_last_updated, request_id
 from batchly_pipelines.rules.mapping import (
-    CUSTOMER_MAPPING,
-    ITEM_MAPPING,
-    EntityMapping,
     decode_snapshot,
     encode_snapshot,
     with_identity,
 )
 from batchly_pipelines.rules.matching import MatchDecision, match_customer
-from batchly_pipelines.rules.merge import (
-    CUSTOMER_POLICY,
-    ITEM_POLICY,
-    MergePolicy,
-    MergeResult,
-    changes_to_push,
-    merge,
-)
-from batchly_pipelines.rules.validation import ValidationIssue, validate_customer, validate_item
+from batchly_pipelines.rules.merge import MergeResult, changes_to_push, merge
+from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS, NameList
 from batchly_pipelines.services.push.checkpoint import (
     Failed,
     Outcome,
@@ -50,24 +40,6 @@ from batchly_pipelines.store.push_rows import load_rows
 from batchly_pipelines.store.sync_state import load_states
 
 ROUNDS = 3  # write, then at most two follow-ups (after a 5010 or a duplicate-name link)
-
-
-@dataclass(frozen=True)
-class NameList:
-    """How one QuickBooks name list (Customer, Item) is pushed."""
-
-    entity_type: str
-    qbo_entity: str
-    name_field: str  # the QuickBooks field that must be unique
-    mapping: EntityMapping
-    policy: MergePolicy
-    validate: Callable[[Mapping[str, Any]], list[ValidationIssue]]
-
-
-CUSTOMERS = NameList(
-    "customer", "Customer", "DisplayName", CUSTOMER_MAPPING, CUSTOMER_POLICY, validate_customer
-)
-ITEMS = NameList("item", "Item", "Name", ITEM_MAPPING, ITEM_POLICY, validate_item)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,110 @@
+"""Invoices' payment columns: the linked invoices with their mirrored QuickBooks twin, and the sync's writes to them.
+
+A payment write leaves ``updated_at`` alone: it keeps meaning "last changed in Batchly".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from batchly_pipelines.rules.payments import PaymentStatus
+from batchly_pipelines.store import schema as s
+
+m, inv = s.qbo_mirror.c, s.invoices.c
+PAYMENT_COLUMNS = ("amount_paid", "amount_due", "payment_status", "payment_date", "qb_payment_id")
+
+
+def _with_twin(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    """Linked invoices joined with their mirrored QuickBooks invoice (live or deleted)."""
+    return sa.select(inv.id, inv.qbo_id, *columns).join(
+        s.qbo_mirror,
+        sa.and_(m.organization_id == inv.organization_id, m.entity_type == "Invoice", m.qbo_id == inv.qbo_id),
+    )
+
+
+def _page(conn: Connection, query: sa.Select[Any], after: int, limit: int) -> list[dict[str, Any]]:
+    """The next ``limit`` rows of ``query`` after invoice id ``after``."""
+    rows = conn.execute(query.where(inv.id > after).order_by(inv.id).limit(limit)).mappings()
+    return [dict(r) for r in rows]
+
+
+def unreconciled_payments(
+    conn: Connection, organization_id: int, after: int, limit: int
+) -> list[dict[str, Any]]:
+    """Linked invoices whose QuickBooks twin (live or deleted) has a mirror version they were not reconciled with:
+    id, qbo_id, the payment columns and the twin's ``data``, ``deleted`` and ``version``."""
+    query = _with_twin(*(inv[c] for c in PAYMENT_COLUMNS), m.data, m.deleted, m.version).where(
+        inv.organization_id == organization_id,
+        sa.or_(inv.payment_mirror_version.is_(None), inv.payment_mirror_version != m.version),
+    )
+    return _page(conn, query, after, limit)
+
+
+def reconciled_payments(
+    conn: Connection, organization_id: int, after: int, limit: int
+) -> list[dict[str, Any]]:
+    """Linked invoices reconciled with their live twin's current mirror version: id, qbo_id, the payment columns
+    and the twin's ``data``."""
+    query = _with_twin(*(inv[c] for c in PAYMENT_COLUMNS), m.data).where(
+        inv.organization_id == organization_id, m.deleted.is_(False), inv.payment_mirror_version == m.version
+    )
+    return _page(conn, query, after, limit)
+
+
+def linked_totals(conn: Connection, organization_id: int, after: int, limit: int) -> list[dict[str, Any]]:
+    """Linked invoices that are not void, with a live twin: id, qbo_id, ``total_amount`` and the twin's ``data``."""
+    query = _with_twin(inv.total_amount, m.data).where(
+        inv.organization_id == organization_id, m.deleted.is_(False), inv.status != "void"
+    )
+    return _page(conn, query, after, limit)
+
+
+def write_payment_columns(
+    conn: Connection, invoice_id: int, changes: Mapping[str, Any], *, synced_at: datetime, mirror_version: str
+) -> None:
+    """Write changed payment columns and record when and from which mirror version they were derived."""
+    conn.execute(
+        sa.update(s.invoices)
+        .where(inv.id == invoice_id)
+        .values(
+            **changes,
+            last_payment_sync_at=synced_at,
+            payment_mirror_version=mirror_version,
+            updated_at=inv.updated_at,
+        )
+    )
+
+
+def overdue_candidates(conn: Connection, organization_id: int, today: date) -> list[dict[str, Any]]:
+    """Invoices whose overdue status may be wrong for ``today``: unpaid or partly paid, owing and past due, or
+    overdue but no longer owing or past due (id, payment_status, total_amount, amount_due, due_date)."""
+    query = sa.select(inv.id, inv.payment_status, inv.total_amount, inv.amount_due, inv.due_date).where(
+        inv.organization_id == organization_id,
+        inv.amount_due.is_not(None),
+        sa.or_(
+            sa.and_(
+                inv.payment_status.in_([PaymentStatus.UNPAID, PaymentStatus.PARTIAL]),
+                inv.amount_due > 0,
+                inv.due_date < today,
+            ),
+            sa.and_(
+                inv.payment_status == PaymentStatus.OVERDUE,
+                sa.or_(inv.due_date.is_(None), inv.due_date >= today, inv.amount_due <= 0),
+            ),
+        ),
+    )
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def set_payment_status(conn: Connection, invoice_id: int, status: str) -> None:
+    """Set one invoice's payment status."""
+    conn.execute(
+        sa.update(s.invoices)
+        .where(inv.id == invoice_id)
+        .values(payment_status=status, updated_at=inv.updated_at)
+    )

@@ -1,0 +1,205 @@
+"""``qbo_mirror``: what was pulled from QuickBooks, and ``qbo_reconciled``: which mirror version Batchly last took in.
+
+The pull writes a mirror row only when QuickBooks has a new version of it (another SyncToken, or a deletion), so
+``pulled_at`` says when the mirror last learnt something new. Every write gives the row a new ``version`` (a random
+token, compared for equality only: no clock is involved), which the reconciliations record
+(``invoices.payment_mirror_version``, ``qbo_reconciled``) to know which version they have seen.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from batchly_pipelines.store.schema import qbo_mirror, qbo_reconciled, utcnow
+from batchly_pipelines.store.upsert import bulk_upsert
+
+m, rc = qbo_mirror.c, qbo_reconciled.c
+
+
+def new_version() -> str:
+    """A fresh ``qbo_mirror.version``: unique per write, so equal versions mean the same write."""
+    return uuid.uuid4().hex
+
+
+def live_tokens(conn: Connection, organization_id: int, entity: str, ids: Sequence[str]) -> dict[str, str]:
+    """The SyncToken of each of ``ids`` the mirror holds live (not deleted)."""
+    return dict(
+        conn.execute(
+            sa.select(m.qbo_id, m.sync_token).where(
+                m.organization_id == organization_id,
+                m.entity_type == entity,
+                m.deleted.is_(False),
+                m.qbo_id.in_(ids),
+            )
+        ).all()
+    )
+
+
+def write_versions(
+    conn: Connection, organization_id: int, entity: str, objects: Iterable[tuple[Mapping[str, Any], datetime]]
+) -> None:
+    """Write each ``(object, its LastUpdatedTime)`` as the live mirror row of that object, with a new version."""
+    now = utcnow()
+    bulk_upsert(
+        conn,
+        qbo_mirror,
+        (
+            {
+                "organization_id": organization_id,
+                "entity_type": entity,
+                "qbo_id": obj["Id"],
+                "sync_token": obj["SyncToken"],
+                "last_updated_time": last_updated,
+                "deleted": False,
+                "data": as_json(obj),
+                "pulled_at": now,
+                "version": new_version(),
+            }
+            for obj, last_updated in objects
+        ),
+        key=("organization_id", "entity_type", "qbo_id"),
+    )
+
+
+def as_json(value: Any) -> Any:
+    """A decoded QuickBooks object as the JSON column stores it: amounts as JSON numbers (as on the wire), or as
+    strings in the rare case a float would not carry the exact decimal."""
+    if isinstance(value, Mapping):
+        return {key: as_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_json(item) for item in value]
+    if isinstance(value, Decimal):
+        number = float(value)
+        return number if Decimal(repr(number)) == value else str(value)
+    return value
+
+
+def mark_deleted(
+    conn: Connection, organization_id: int, entity: str, when: Mapping[str, datetime]
+) -> list[dict[str, Any]]:
+    """Flag the mirrored objects QuickBooks deleted (id → when it deleted them); returns their last known data
+    (unknown ids are ignored)."""
+    if not when:
+        return []
+    rows = conn.execute(
+        sa.select(m.qbo_id, m.data).where(
+            m.organization_id == organization_id,
+            m.entity_type == entity,
+            m.deleted.is_(False),
+            m.qbo_id.in_(list(when)),
+        )
+    ).all()
+    if rows:
+        conn.execute(
+            sa.update(qbo_mirror)
+            .where(
+                m.organization_id == organization_id,
+                m.entity_type == entity,
+                m.qbo_id == sa.bindparam("b_qbo_id"),
+            )
+            .values(
+                deleted=True,
+                last_updated_time=sa.bindparam("b_when"),
+                pulled_at=utcnow(),
+                version=sa.bindparam("b_version"),
+            ),
+            [{"b_qbo_id": qbo_id, "b_when": when[qbo_id], "b_version": new_version()} for qbo_id, _ in rows],
+        )
+    return [dict(data) for _, data in rows]
+
+
+def not_mirrored(conn: Connection, organization_id: int, entity: str, ids: set[str]) -> list[str]:
+    """The ``ids`` the mirror has no row of (live or deleted), sorted."""
+    known = set(
+        conn.execute(
+            sa.select(m.qbo_id).where(
+                m.organization_id == organization_id, m.entity_type == entity, m.qbo_id.in_(sorted(ids))
+            )
+        ).scalars()
+    )
+    return sorted(ids - known)
+
+
+def mirrored_data(conn: Connection, organization_id: int, entity: str, qbo_id: str) -> Any:
+    """The mirrored data of one QuickBooks object (it must be mirrored)."""
+    return conn.execute(
+        sa.select(m.data).where(
+            m.organization_id == organization_id, m.entity_type == entity, m.qbo_id == qbo_id
+        )
+    ).scalar_one()
+
+
+def mirrored_payments(
+    conn: Connection, organization_id: int, ids: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """Mirrored live payments by id."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    query = sa.select(m.qbo_id, m.data).where(
+        m.organization_id == organization_id,
+        m.entity_type == "Payment",
+        m.deleted.is_(False),
+        m.qbo_id.in_(wanted),
+    )
+    return {qbo_id: dict(data) for qbo_id, data in conn.execute(query).all()}
+
+
+def unreconciled(
+    conn: Connection,
+    organization_id: int,
+    entity: str,
+    after: str,
+    limit: int,
+    *,
+    only: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The next ``limit`` mirror rows after ``after`` (by ``qbo_id``, the mirror's primary key order) whose version
+    is not the one they were last reconciled at — never reconciled ones included; ``only`` reads those ids whatever
+    their version."""
+    joined = qbo_mirror.outerjoin(
+        qbo_reconciled,
+        sa.and_(
+            rc.organization_id == m.organization_id,
+            rc.entity_type == m.entity_type,
+            rc.qbo_id == m.qbo_id,
+        ),
+    )
+    query = (
+        sa.select(m.qbo_id, m.sync_token, m.last_updated_time, m.deleted, m.data, m.version)
+        .select_from(joined)
+        .where(m.organization_id == organization_id, m.entity_type == entity, m.qbo_id > after)
+    )
+    if only is None:
+        query = query.where(sa.or_(rc.mirror_version.is_(None), rc.mirror_version != m.version))
+    else:
+        query = query.where(m.qbo_id.in_(list(only)))
+    return [dict(r) for r in conn.execute(query.order_by(m.qbo_id).limit(limit)).mappings()]
+
+
+def record_reconciled(
+    conn: Connection, organization_id: int, entity: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Record the mirror version (``version``) each row (``qbo_id``) was reconciled at, in the caller's
+    transaction."""
+    bulk_upsert(
+        conn,
+        qbo_reconciled,
+        [
+            {
+                "organization_id": organization_id,
+                "entity_type": entity,
+                "qbo_id": row["qbo_id"],
+                "mirror_version": row["version"],
+            }
+            for row in rows
+        ],
+        key=("organization_id", "entity_type", "qbo_id"),
+    )

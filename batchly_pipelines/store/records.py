@@ -1,0 +1,106 @@
+"""Batchly customers and items as the pull reads them and writes their sync-owned columns (``qbo_id``, synced
+fields). A pull write leaves ``updated_at`` alone: it keeps meaning "last changed in Batchly".
+
+Rows by id are :func:`batchly_pipelines.store.push_rows.load_rows`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from batchly_pipelines.rules.name_lists import NameList
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.push_rows import TABLES
+
+m, st = s.qbo_mirror.c, s.qbo_sync_state.c
+
+
+def unlinked_rows(conn: Connection, entity_type: str, organization_id: int) -> Iterator[dict[str, Any]]:
+    """The organisation's rows of ``entity_type`` without a QuickBooks twin, streamed (read them while ``conn`` is
+    open)."""
+    t = TABLES[entity_type]
+    query = sa.select(t).where(t.c.organization_id == organization_id, t.c.qbo_id.is_(None))
+    return (dict(row) for row in conn.execute(query).mappings())
+
+
+def twins(
+    conn: Connection, entity_type: str, organization_id: int, qbo_ids: Sequence[str]
+) -> dict[str, tuple[int, bool]]:
+    """The Batchly rows linked to these QuickBooks ids: QuickBooks id → (Batchly id, ``is_active``)."""
+    t = TABLES[entity_type].c
+    query = sa.select(t.qbo_id, t.id, t.is_active).where(
+        t.organization_id == organization_id, t.qbo_id.in_(qbo_ids)
+    )
+    return {qbo_id: (entity_id, active) for qbo_id, entity_id, active in conn.execute(query).all()}
+
+
+def insert_records(
+    conn: Connection, entity_type: str, organization_id: int, records: Sequence[tuple[str, Mapping[str, Any]]]
+) -> list[tuple[int, str]]:
+    """Create Batchly rows from ``(qbo_id, synced fields)`` pairs; returns ``(id, qbo_id)`` in the same order."""
+    if not records:
+        return []
+    t = TABLES[entity_type]
+    inserted = conn.execute(
+        sa.insert(t).returning(t.c.id, t.c.qbo_id, sort_by_parameter_order=True),
+        [{"organization_id": organization_id, "qbo_id": qbo_id, **fields} for qbo_id, fields in records],
+    ).all()
+    return [(entity_id, qbo_id) for entity_id, qbo_id in inserted]
+
+
+def write_fields(
+    conn: Connection,
+    entity_type: str,
+    entity_id: int,
+    changes: Mapping[str, Any],
+    *,
+    touch: Iterable[str] = (),
+) -> None:
+    """Write ``changes`` to one row and set each ``touch`` column to itself (an UPDATE of it that changes nothing,
+    which the outbox sees), ``updated_at`` left alone."""
+    t = TABLES[entity_type]
+    values = {**changes, **{name: t.c[name] for name in touch}, "updated_at": t.c.updated_at}
+    conn.execute(sa.update(t).where(t.c.id == entity_id).values(values))
+
+
+def link_record(
+    conn: Connection, entity_type: str, organization_id: int, entity_id: int, qbo_id: str
+) -> bool:
+    """Give an unlinked row of the organisation its QuickBooks id; False when there is no such unlinked row."""
+    t = TABLES[entity_type]
+    linked = conn.execute(
+        sa.update(t)
+        .where(t.c.id == entity_id, t.c.organization_id == organization_id, t.c.qbo_id.is_(None))
+        .values(qbo_id=qbo_id, updated_at=t.c.updated_at)
+    ).rowcount
+    return bool(linked)
+
+
+def reconciled_rows(
+    conn: Connection, kind: NameList, organization_id: int, after: int, limit: int
+) -> list[dict[str, Any]]:
+    """The next ``limit`` linked rows after id ``after`` whose link is at the SyncToken of their live mirror row,
+    each with the link's ``base`` and the mirror's ``data``."""
+    table = TABLES[kind.entity_type]
+    t = table.c
+    query = (
+        sa.select(table, st.base, m.data)
+        .join(s.qbo_sync_state, sa.and_(st.entity_type == kind.entity_type, st.entity_id == t.id))
+        .join(
+            s.qbo_mirror,
+            sa.and_(
+                m.organization_id == t.organization_id,
+                m.entity_type == kind.qbo_entity,
+                m.qbo_id == st.qbo_id,
+                m.sync_token == st.sync_token,
+            ),
+        )
+        .where(t.organization_id == organization_id, m.deleted.is_(False), t.id > after)
+        .order_by(t.id)
+        .limit(limit)
+    )
+    return [dict(r) for r in conn.execute(query).mappings()]
