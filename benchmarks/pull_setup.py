@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 import sqlalchemy as sa
@@ -25,7 +24,8 @@ from batchly_pipelines.store import migrate
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import organizations
-from benchmarks.scenarios.push_client import _admin, _sandbox
+from benchmarks.scenarios.push_client import _sandbox
+from qbo_sandbox.admin_client import SandboxAdmin
 
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
@@ -66,9 +66,10 @@ class Connected:
     client: QuickBooksClient
     seeded: dict[str, list[str]]  # ids created per QuickBooks entity
 
-    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Call the sandbox's admin API for this realm (``path`` relative to the realm)."""
-        return _admin(self.base_url, f"realms/{self.realm_id}/{path}", body)
+    @property
+    def admin(self) -> SandboxAdmin:
+        """The sandbox's admin API."""
+        return SandboxAdmin(self.base_url)
 
 
 @contextmanager
@@ -77,8 +78,9 @@ def connected_company(
 ) -> Iterator[Connected]:
     """A sandbox process with a realm seeded by ``seed``, and a fresh database whose organisation is connected."""
     with _sandbox(time_scale, latency_ms) as base_url, fresh_database(database_url) as engine:
-        realm_id = str(_admin(base_url, "realms")["realm_id"])
-        seeded = _admin(base_url, f"realms/{realm_id}/seed", seed)["created"]
+        admin = SandboxAdmin(base_url)
+        realm_id = admin.new_realm()
+        seeded = admin.seed(realm_id, **seed)
         settings = Settings.from_env(
             {
                 "BATCHLY_DATABASE_URL": engine.url.render_as_string(hide_password=False),
@@ -92,7 +94,7 @@ def connected_company(
                 sa.insert(organizations).values(name="Bench Co", timezone="UTC")
             ).inserted_primary_key
         assert key is not None
-        tokens = TokenSet.from_response(_admin(base_url, f"realms/{realm_id}/tokens"))
+        tokens = TokenSet.from_response(admin.tokens(realm_id))
         ConnectionStore(engine, settings.secret_key).save(int(key[0]), realm_id, "local", base_url, tokens)
         with client_for_organization(engine, settings, int(key[0])) as client:
             yield Connected(engine, base_url, realm_id, int(key[0]), client, seeded)

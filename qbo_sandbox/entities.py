@@ -27,6 +27,9 @@ CENT = Decimal("0.01")
 MAX_MAGNITUDE = Decimal("1e12")  # amounts, quantities and prices beyond ±1e12 are refused (2050)
 USD = {"value": "USD", "name": "United States Dollar"}
 SYSTEM_FIELDS = frozenset({"Id", "SyncToken", "MetaData", "domain", "sparse"})
+# Intuit reads a date sent as "" as no date at all (python-quickbooks sends "TxnDate": "" and "DueDate": "" for unset
+# dates); elsewhere "" is a value
+DATE_FIELDS = frozenset({"TxnDate", "DueDate", "ShipDate", "InvStartDate"})
 
 
 class Lookup(Protocol):
@@ -57,8 +60,17 @@ class EntitySpec:
         return self.writable | self.read_only | SYSTEM_FIELDS
 
     def writable_fields(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """The writable, non-null fields of a payload; read-only and unknown properties are ignored."""
-        return {key: value for key, value in payload.items() if key in self.writable and value is not None}
+        """The writable, non-null fields of a payload; read-only and unknown properties are ignored, and so are
+        dates sent as empty strings."""
+        return {
+            key: value
+            for key, value in payload.items()
+            if key in self.writable and value is not None and not (key in DATE_FIELDS and _blank(value))
+        }
+
+
+def _blank(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
 
 
 def money(value: Any, element: str) -> Decimal:
@@ -161,7 +173,9 @@ def _sales_line(lookup: Lookup, line: Any, line_no: int) -> dict[str, Any]:
         amount = computed
     else:
         amount = money(line["Amount"], "Amount")
-        if computed is not None and computed != amount:
+        # Qty and UnitPrice both 0 stand for "not given": python-quickbooks sends them so with an Amount-only line,
+        # which Intuit accepts; any other pair must multiply to the Amount
+        if computed is not None and computed != amount and (qty or price):
             raise validation(
                 "6070",
                 "Amount calculation incorrect",

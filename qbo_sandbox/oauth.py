@@ -1,16 +1,17 @@
 """OAuth 2.0 at Intuit's paths: consent (auto-approved), token endpoint with rotating single-use refresh tokens,
-revocation, OpenID discovery, and bearer-token checks for the data API."""
+revocation, OpenID Connect (discovery, JWKS, signed ID tokens, userinfo), and bearer-token checks for the data API."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import secrets
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from qbo_sandbox import faults
+from qbo_sandbox import faults, openid
 from qbo_sandbox.clock import Clock, envelope_time
 from qbo_sandbox.state import Realm, SandboxState, TokenRecord
 from qbo_sandbox.wire import Request, Response, json_response, loads
@@ -19,6 +20,11 @@ ACCESS_TOKEN_LIFETIME = 3600.0
 REFRESH_TOKEN_LIFETIME = 100 * 24 * 3600.0
 CODE_LIFETIME = 600.0
 SCOPE = "com.intuit.quickbooks.accounting"
+SCOPES = (SCOPE, "com.intuit.quickbooks.payment", *openid.OPENID_SCOPES)
+# where Intuit serves them (oauth.platform.intuit.com/op/v1/jwks, accounts.platform.intuit.com/v1/openid_connect/...)
+ISSUER_PATH = "/op/v1"
+JWKS_PATH = "/op/v1/jwks"
+USERINFO_PATH = "/v1/openid_connect/userinfo"
 
 
 def _oauth_error(status: int, error: str, description: str) -> Response:
@@ -62,6 +68,8 @@ class OAuthServer:
         self.client_secret = client_secret
         self.refresh_grace_seconds = refresh_grace_seconds
         self.open_realm = open_realm
+        self._signing_key: openid.SigningKey | None = None
+        self._key_lock = threading.Lock()
 
     # -- consent ---------------------------------------------------------------------------------------------
     def authorize(self, request: Request) -> Response:
@@ -80,6 +88,7 @@ class OAuthServer:
                 secrets.token_hex(8),
                 self._expiry(CODE_LIFETIME),
                 params["redirect_uri"],
+                scope=params.get("scope") or SCOPE,
             )
         query = {"code": code, "state": params.get("state", ""), "realmId": realm.realm_id}
         separator = "&" if "?" in params["redirect_uri"] else "?"
@@ -88,27 +97,38 @@ class OAuthServer:
         )
 
     # -- token endpoint --------------------------------------------------------------------------------------
-    def token(self, request: Request) -> Response:
-        """``POST /oauth2/v1/tokens/bearer``: the authorization_code and refresh_token grants."""
+    def token(self, request: Request, base_url: str) -> Response:
+        """``POST /oauth2/v1/tokens/bearer``: the authorization_code and refresh_token grants (``base_url``: where
+        this server answers, the ID token's issuer)."""
         self.state.counters.add("global", "token_endpoint_calls")
         form = dict(parse_qsl(request.body.decode("utf-8", "replace")))
         if not self._client_ok(request, form):
             return _oauth_error(401, "invalid_client", "Client authentication failed")
         grant_type = form.get("grant_type")
         if grant_type == "authorization_code":
-            return self._exchange_code(form)
+            return self._exchange_code(form, base_url)
         if grant_type == "refresh_token":
             return self._refresh(form.get("refresh_token", ""))
         return _oauth_error(400, "unsupported_grant_type", f"Unsupported grant_type {grant_type}")
 
-    def _exchange_code(self, form: dict[str, str]) -> Response:
+    def _exchange_code(self, form: dict[str, str], base_url: str) -> Response:
         with self.state.lock:
             record = self.state.tokens.pop(form.get("code", ""), None)
         if record is None or record.kind != "code" or record.expires_at < self.clock.now():
             return _oauth_error(400, "invalid_grant", "Incorrect or invalid authorization code")
         if record.redirect_uri != form.get("redirect_uri"):
             return _oauth_error(400, "invalid_grant", "redirect_uri does not match the authorization request")
-        return json_response(200, self.issue(record.realm_id, record.grant_id), _NO_STORE)
+        answer = self.issue(record.realm_id, record.grant_id, record.scope)
+        if "openid" in openid.scopes(record.scope):
+            claims = openid.id_token_claims(
+                self.issuer(base_url),
+                self.client_id,
+                record.realm_id,
+                self.clock.now(),
+                self.clock.scaled(ACCESS_TOKEN_LIFETIME),
+            )
+            answer["id_token"] = openid.jwt(self.signing_key(), claims)
+        return json_response(200, answer, _NO_STORE)
 
     def _refresh(self, refresh_token: str) -> Response:
         with self.state.lock:
@@ -126,7 +146,7 @@ class OAuthServer:
                 if not in_grace or record.successor is None:
                     return _oauth_error(400, "invalid_grant", "Incorrect or invalid refresh token")
                 return json_response(200, record.successor, _NO_STORE)
-            response = self.issue(record.realm_id, record.grant_id)
+            response = self.issue(record.realm_id, record.grant_id, record.scope)
             record.used_at = now
             record.successor = response
         self.state.counters.add("global", "token_refreshes")
@@ -138,16 +158,16 @@ class OAuthServer:
             return Response(0, drop=True)
         return json_response(200, response, _NO_STORE)
 
-    def issue(self, realm_id: str, grant_id: str | None = None) -> dict[str, Any]:
-        """Mint an access/refresh token pair for a realm (a new grant unless one is given)."""
+    def issue(self, realm_id: str, grant_id: str | None = None, scope: str = SCOPE) -> dict[str, Any]:
+        """Mint an access/refresh token pair for a realm (a new grant unless one is given) with the grant's scopes."""
         grant = grant_id or secrets.token_hex(8)
         access, refresh = secrets.token_urlsafe(48), "AB11" + secrets.token_urlsafe(36)
         with self.state.lock:
             self.state.tokens[access] = TokenRecord(
-                "access", realm_id, grant, self._expiry(ACCESS_TOKEN_LIFETIME)
+                "access", realm_id, grant, self._expiry(ACCESS_TOKEN_LIFETIME), scope=scope
             )
             self.state.tokens[refresh] = TokenRecord(
-                "refresh", realm_id, grant, self._expiry(REFRESH_TOKEN_LIFETIME)
+                "refresh", realm_id, grant, self._expiry(REFRESH_TOKEN_LIFETIME), scope=scope
             )
             self.state.dirty = True
         return {
@@ -174,21 +194,63 @@ class OAuthServer:
                 self.state.dirty = True
         return Response(200, b"", "text/plain")
 
+    @staticmethod
+    def issuer(base_url: str) -> str:
+        """The ``issuer`` of the discovery document and the ``iss`` of ID tokens."""
+        return base_url + ISSUER_PATH
+
     def discovery(self, base_url: str) -> Response:
-        """The OpenID discovery document, pointing at this server."""
+        """The OpenID discovery document (Intuit's keys), pointing at this server."""
         return json_response(
             200,
             {
-                "issuer": base_url,
+                "issuer": self.issuer(base_url),
                 "authorization_endpoint": f"{base_url}/connect/oauth2",
                 "token_endpoint": f"{base_url}/oauth2/v1/tokens/bearer",
+                "userinfo_endpoint": base_url + USERINFO_PATH,
                 "revocation_endpoint": f"{base_url}/oauth2/v1/tokens/revoke",
+                "jwks_uri": base_url + JWKS_PATH,
                 "response_types_supported": ["code"],
                 "grant_types_supported": ["authorization_code", "refresh_token"],
-                "scopes_supported": [SCOPE, "openid", "profile", "email"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "scopes_supported": list(SCOPES),
                 "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "claims_supported": ["aud", "exp", "iat", "iss", "realmid", "sub", "auth_time"],
             },
         )
+
+    def signing_key(self) -> openid.SigningKey:
+        """The key ID tokens are signed with, generated on first use (one per server)."""
+        with self._key_lock:
+            if self._signing_key is None:
+                self._signing_key = openid.SigningKey.generate()
+            return self._signing_key
+
+    def jwks(self) -> Response:
+        """``GET /op/v1/jwks``: the public key(s) that verify ID tokens."""
+        return json_response(200, {"keys": [self.signing_key().jwk()]})
+
+    def userinfo(self, request: Request) -> Response:
+        """``GET /v1/openid_connect/userinfo``: the user's claims for an access token of an ``openid`` grant."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        with self.state.lock:
+            record = self.state.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+            revoked = record is not None and record.grant_id in self.state.revoked_grants
+        if record is None or record.kind != "access" or revoked or record.expires_at < self.clock.now():
+            return json_response(
+                401,
+                {"error": "invalid_token", "error_description": "The access token is invalid or expired"},
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        granted = openid.scopes(record.scope or SCOPE)
+        if "openid" not in granted:
+            return json_response(
+                403,
+                {"error": "insufficient_scope", "error_description": "The grant has no openid scope"},
+                {"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="openid"'},
+            )
+        return json_response(200, openid.userinfo(record.realm_id, granted))
 
     # -- data API --------------------------------------------------------------------------------------------
     def authenticate(self, authorization: str | None, realm_id: str) -> None:

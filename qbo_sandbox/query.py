@@ -274,11 +274,14 @@ def parse(text: str) -> Query:
 
 
 def resolve(obj: Any, path: Iterable[str]) -> Any:
-    """The value at a lower-cased dotted path, matching keys case-insensitively; None when absent."""
+    """The value at a lower-cased dotted path, matching keys case-insensitively; None when absent. A reference
+    (``{"value": id, "name": …}``, e.g. ``CustomerRef``) stands for its id, as in ``WHERE CustomerRef = '42'``."""
     for part in path:
         if not isinstance(obj, dict):
             return None
         obj = next((value for key, value in obj.items() if key.lower() == part), None)
+    if isinstance(obj, dict) and "value" in obj:
+        return obj["value"]
     return obj
 
 

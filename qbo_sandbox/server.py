@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 from qbo_sandbox.admin import PREFIX, AdminApi
 from qbo_sandbox.api import DataApi
 from qbo_sandbox.clock import Clock
-from qbo_sandbox.oauth import OAuthServer
+from qbo_sandbox.oauth import JWKS_PATH, USERINFO_PATH, OAuthServer
 from qbo_sandbox.seed import (
     DEMO_COMPANY_NAME,
     DEMO_PLAN,
@@ -209,14 +209,18 @@ class SandboxServer:
         if route == ("GET", "/connect/oauth2"):
             return self.oauth.authorize(request)
         if route == ("POST", "/oauth2/v1/tokens/bearer"):
-            return self.oauth.token(request)
+            return self.oauth.token(request, self.base_url)
         if route == ("POST", "/oauth2/v1/tokens/revoke"):
             return self.oauth.revoke(request)
-        if request.method == "GET" and path in (
-            "/.well-known/openid_configuration",
-            "/.well-known/openid_sandbox_configuration",
-        ):
+        if route in (
+            ("GET", "/.well-known/openid_configuration"),
+            ("GET", "/.well-known/openid_sandbox_configuration"),
+        ):  # Intuit's discovery URLs end with a slash, which rstrip drops
             return self.oauth.discovery(self.base_url)
+        if route == ("GET", JWKS_PATH):
+            return self.oauth.jwks()
+        if route in (("GET", USERINFO_PATH), ("POST", USERINFO_PATH)):
+            return self.oauth.userinfo(request)
         return json_response(404, {"error": f"no route for {request.method} {path}"})
 
     def _spawn(self, target: Callable[[], object], name: str) -> None:

@@ -184,6 +184,7 @@ class TokenRecord:
     redirect_uri: str = ""
     used_at: float | None = None
     successor: dict[str, Any] | None = None  # the token response a refresh token was exchanged for
+    scope: str = ""  # the grant's scopes, space-separated ("" = the accounting scope alone)
 
 
 class Counters:

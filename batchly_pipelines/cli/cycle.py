@@ -38,6 +38,7 @@ from batchly_pipelines.store.organizations import (
     unconnected_organizations,
 )
 from batchly_pipelines.store.queue import SyncQueue
+from qbo_sandbox.admin_client import SandboxAdmin
 
 
 @dataclass
@@ -123,11 +124,7 @@ def connect_unconnected(engine: Engine, settings: Settings, summary: CycleSummar
 
 def _new_sandbox_company(settings: Settings, name: str) -> str:
     """A new, empty company in the local sandbox (its admin API), for one more Batchly organisation."""
-    response = requests.post(
-        f"{settings.qbo_base_url}/__sandbox__/realms", json={"company_name": name}, timeout=10
-    )
-    response.raise_for_status()
-    return str(response.json()["realm_id"])
+    return SandboxAdmin(settings.qbo_base_url, timeout=10).new_realm(name)
 
 
 def _sync_organization(

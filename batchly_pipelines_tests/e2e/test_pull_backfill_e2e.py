@@ -23,7 +23,7 @@ from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests import factories
 from batchly_pipelines_tests.e2e.dagster_stack import DagsterStack
-from batchly_pipelines_tests.qbo_sandbox.client import admin
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 SEED = {"customers": 40, "items": 5, "invoices": 10, "payments": 5, "days": 6, "seed": 9}
@@ -60,11 +60,12 @@ def test_a_range_backfill_is_one_run_and_fills_batchly(sandbox: SandboxServer, t
     secret_key = Fernet.generate_key().decode()
     engine = create_engine(database_url)
     migrate.upgrade(engine)
-    realm_id = str(admin(sandbox, "realms")["realm_id"])
-    admin(sandbox, f"realms/{realm_id}/seed", SEED)
+    admin = SandboxAdmin(sandbox.base_url)
+    realm_id = admin.new_realm()
+    admin.seed(realm_id, **SEED)
     with engine.begin() as conn:
         org = factories.organization(conn)
-    tokens = TokenSet.from_response(admin(sandbox, f"realms/{realm_id}/tokens"))
+    tokens = TokenSet.from_response(admin.tokens(realm_id))
     ConnectionStore(engine, secret_key).save(org, realm_id, "local", sandbox.base_url, tokens)
     env = {
         "BATCHLY_DATABASE_URL": database_url,

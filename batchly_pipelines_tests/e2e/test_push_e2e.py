@@ -21,7 +21,8 @@ from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines_tests import factories as f
 from batchly_pipelines_tests.e2e.dagster_stack import DagsterStack
-from batchly_pipelines_tests.push.conftest import Books, admin
+from batchly_pipelines_tests.push.conftest import Books
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 INVOICES = 20
@@ -41,12 +42,13 @@ def test_inserted_invoices_reach_quickbooks_within_a_minute(sandbox: SandboxServ
     secret_key = Fernet.generate_key().decode()
     engine = create_engine(database_url)
     migrate.upgrade(engine)
-    realm_id = admin(sandbox.base_url, "realms")["realm_id"]
+    admin = SandboxAdmin(sandbox.base_url)
+    realm_id = admin.new_realm()
     with engine.begin() as conn:
         org = f.organization(conn)
         customer = f.customer(conn, org)
         item = f.item(conn, org)
-    tokens = TokenSet.from_response(admin(sandbox.base_url, f"realms/{realm_id}/tokens"))
+    tokens = TokenSet.from_response(admin.tokens(realm_id))
     ConnectionStore(engine, secret_key).save(org, realm_id, "local", sandbox.base_url, tokens)
     books = Books(sandbox, realm_id)
     env = {

@@ -22,7 +22,7 @@ from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests import factories
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo
 from batchly_pipelines_tests.quickbooks.conftest import SandboxTokens
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
@@ -55,10 +55,7 @@ class Company:
 
     def act(self, action: str, **payload: Any) -> dict[str, Any]:
         """Act as the accountant in QuickBooks' UI."""
-        result: dict[str, Any] = admin(
-            self.sandbox, f"realms/{self.qbo.realm_id}/actions", {"action": action, **payload}
-        )
-        return result
+        return self.qbo.admin.action(self.qbo.realm_id, action, **payload)
 
     def row(self, table: sa.Table, **where: Any) -> dict[str, Any]:
         """The one Batchly row of ``table`` matching ``where``."""
@@ -95,7 +92,7 @@ def connected(company: Company, monkeypatch: pytest.MonkeyPatch) -> Company:
         "QBO_BASE_URL": company.sandbox.base_url,
     }.items():
         monkeypatch.setenv(name, value)
-    tokens = admin(company.sandbox, f"realms/{company.qbo.realm_id}/tokens")
+    tokens = company.qbo.admin.tokens(company.qbo.realm_id)
     ConnectionStore(company.engine, key).save(
         company.org, company.qbo.realm_id, "local", company.sandbox.base_url, TokenSet.from_response(tokens)
     )

@@ -16,7 +16,6 @@ from batchly_pipelines.services.pull.organization import pull_organization
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.pull.conftest import Company, link_invoices_as_pushed, queue
-from batchly_pipelines_tests.qbo_sandbox.client import admin
 
 PLAN = {"customers": 5000, "items": 500, "invoices": 3000, "payments": 2000, "days": 60, "seed": 5}
 
@@ -36,7 +35,7 @@ def _all(company: Company, entity: str) -> Iterator[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_batchly_equals_quickbooks_after_a_backfill_of_the_whole_history(company: Company) -> None:
-    admin(company.sandbox, f"realms/{company.qbo.realm_id}/seed", PLAN)
+    company.qbo.admin.seed(company.qbo.realm_id, **PLAN)
     window = company.window()
     first = pull_organization(company.engine, company.client, company.org, window)
     assert first.batchly_customers.created == PLAN["customers"]

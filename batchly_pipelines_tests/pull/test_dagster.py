@@ -37,7 +37,6 @@ from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.pull.conftest import Company, link_invoices_as_pushed, open_conflicts, queue
-from batchly_pipelines_tests.qbo_sandbox.client import admin
 
 SEED = {"customers": 30, "items": 6, "invoices": 25, "payments": 15, "days": 10, "seed": 3}
 
@@ -148,7 +147,7 @@ def test_nightly_schedules_tick_for_every_company_for_the_previous_day(
 def test_a_backfill_of_a_range_pulls_one_window_in_one_run_and_the_checks_pass(
     connected: Company, instance: DagsterInstance
 ) -> None:
-    admin(connected.sandbox, f"realms/{connected.qbo.realm_id}/seed", SEED)
+    connected.qbo.admin.seed(connected.qbo.realm_id, **SEED)
     instance.add_dynamic_partitions(COMPANY, [str(connected.org)])
     now = utcnow()
     tags = {
@@ -178,7 +177,7 @@ def test_a_backfill_of_a_range_pulls_one_window_in_one_run_and_the_checks_pass(
 def test_one_partition_of_payments_and_items_with_their_checks(
     connected: Company, instance: DagsterInstance
 ) -> None:
-    admin(connected.sandbox, f"realms/{connected.qbo.realm_id}/seed", {**SEED, "days": 1})
+    connected.qbo.admin.seed(connected.qbo.realm_id, **{**SEED, "days": 1})
     instance.add_dynamic_partitions(COMPANY, [str(connected.org)])
     today = pull_key(connected.org, _day(utcnow()))
     yesterday = pull_key(connected.org, _day(utcnow() - timedelta(days=1)))
@@ -217,11 +216,7 @@ def _conflict_on_notes(company: Company) -> dict[str, Any]:
     row = company.row(s.customers, qbo_id=ada["Id"])
     with company.engine.begin() as conn:
         conn.execute(sa.update(s.customers).where(s.customers.c.id == row["id"]).values(notes="from Batchly"))
-    admin(
-        company.sandbox,
-        f"realms/{company.qbo.realm_id}/actions",
-        {"action": "update_customer", "customer_id": ada["Id"], "fields": {"Notes": "from QuickBooks"}},
-    )
+    company.act("update_customer", customer_id=ada["Id"], fields={"Notes": "from QuickBooks"})
     company.pull(review_fields=["notes"])
     [conflict] = open_conflicts(company.engine)
     return conflict

@@ -14,7 +14,6 @@ from batchly_pipelines.services.pull.organization import pull_customers
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.pull.conftest import Company
-from batchly_pipelines_tests.qbo_sandbox.client import admin
 
 
 def _create_customers(company: Company, count: int, prefix: str) -> None:
@@ -28,9 +27,9 @@ def _create_customers(company: Company, count: int, prefix: str) -> None:
 def test_more_than_a_page_of_changes_in_one_second_are_all_read_once(
     company: Company, caplog: pytest.LogCaptureFixture
 ) -> None:
-    admin(company.sandbox, f"realms/{company.qbo.realm_id}/faults", {"same_second": True})
+    company.qbo.admin.set_faults(company.qbo.realm_id, same_second=True)
     _create_customers(company, 1005, "Same second")
-    admin(company.sandbox, f"realms/{company.qbo.realm_id}/faults", {"same_second": False})
+    company.qbo.admin.set_faults(company.qbo.realm_id, same_second=False)
     _create_customers(company, 3, "Later")
     window = Window(utcnow() - timedelta(hours=1), utcnow() + timedelta(hours=1))
     ids = [obj["Id"] for page in changed_pages(company.client, "Customer", window) for obj in page]

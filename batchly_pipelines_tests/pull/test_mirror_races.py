@@ -20,17 +20,12 @@ from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.pull.conftest import Company
-from batchly_pipelines_tests.qbo_sandbox.client import admin
 
 POSITION_READ = "ORDERBY Id STARTPOSITION"  # how _one_second reads a crowded second
 
 
 def _seed_customers(company: Company, count: int, days: int) -> None:
-    admin(
-        company.sandbox,
-        f"realms/{company.qbo.realm_id}/seed",
-        {"customers": count, "items": 0, "invoices": 0, "payments": 0, "days": days},
-    )
+    company.qbo.admin.seed(company.qbo.realm_id, customers=count, items=0, invoices=0, payments=0, days=days)
 
 
 def _edit(company: Company, customer_id: str) -> dict[str, Any]:

@@ -21,27 +21,29 @@ from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines_tests import factories as f
 from batchly_pipelines_tests.quickbooks.conftest import settings
-from batchly_pipelines_tests.quickbooks.helpers import admin
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
-__all__ = ["admin", "settings"]  # re-exported: tests and benchmarks import them from here
+__all__ = ["settings"]  # re-exported: tests import it from here
 
 TIME_SCALE = 60.0  # client waits (backoff, 429) compressed like the sandbox's clock
 
 
 def connect(engine: Engine, settings: Settings, organization_id: int, realm_id: str) -> None:
     """Store a connection of the organisation to the realm, with tokens minted by the sandbox."""
-    tokens = TokenSet.from_response(admin(settings.qbo_base_url, f"realms/{realm_id}/tokens"))
+    tokens = TokenSet.from_response(SandboxAdmin(settings.qbo_base_url).tokens(realm_id))
     store = ConnectionStore(engine, settings.secret_key)
     store.save(organization_id, realm_id, "local", settings.qbo_base_url, tokens)
 
 
 class Books:
-    """Read access to one sandbox realm, straight from the server's state (no API calls counted)."""
+    """Read access to one sandbox realm, straight from the server's state (no API calls counted); ``faults`` and
+    ``act`` go through the admin API."""
 
     def __init__(self, sandbox: SandboxServer, realm_id: str) -> None:
         self.sandbox = sandbox
         self.realm_id = realm_id
+        self.admin = SandboxAdmin(sandbox.base_url)
 
     def objects(self, entity: str) -> list[dict[str, Any]]:
         realm = self.sandbox.state.realm(self.realm_id)
@@ -56,10 +58,10 @@ class Books:
         return found
 
     def faults(self, **settings: Any) -> None:
-        admin(self.sandbox.base_url, f"realms/{self.realm_id}/faults", settings)
+        self.admin.set_faults(self.realm_id, **settings)
 
     def act(self, **action: Any) -> Any:
-        return admin(self.sandbox.base_url, f"realms/{self.realm_id}/actions", action)
+        return self.admin.action(self.realm_id, **action)
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +85,7 @@ def org(engine: Engine, settings: Settings, sandbox: SandboxServer) -> int:
     """An organisation connected to a fresh, empty realm."""
     with engine.begin() as conn:
         organization_id = f.organization(conn)
-    connect(engine, settings, organization_id, admin(sandbox.base_url, "realms")["realm_id"])
+    connect(engine, settings, organization_id, SandboxAdmin(sandbox.base_url).new_realm())
     return organization_id
 
 

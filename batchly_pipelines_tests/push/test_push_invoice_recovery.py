@@ -21,7 +21,7 @@ from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import QueueItem
 from batchly_pipelines_tests import factories as f
-from batchly_pipelines_tests.push.conftest import Books, admin, queue_status, update
+from batchly_pipelines_tests.push.conftest import Books, queue_status, update
 
 
 class Killed(BaseException):
@@ -120,11 +120,7 @@ def test_the_guard_looks_up_the_trimmed_doc_number_the_body_sends(
     monkeypatch: pytest.MonkeyPatch,
     unique_doc_numbers: bool,
 ) -> None:
-    admin(
-        books.sandbox.base_url,
-        f"realms/{books.realm_id}/settings",
-        {"unique_doc_numbers": unique_doc_numbers},
-    )
+    books.admin.settings(books.realm_id, unique_doc_numbers=unique_doc_numbers)
     customer, item = _names(engine, org)
     push()
     invoice = _invoice(engine, org, customer, item, " 1001 ")

@@ -7,29 +7,20 @@ from typing import Any
 
 import requests
 
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 from qbo_sandbox.wire import dumps
 
 
-def admin(sandbox: SandboxServer, path: str, body: dict[str, Any] | None = None) -> Any:
-    """POST to the admin API and return the JSON answer (asserting success)."""
-    response = requests.post(f"{sandbox.base_url}/__sandbox__/{path}", json=body or {}, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def new_realm(sandbox: SandboxServer) -> str:
-    """A fresh company."""
-    return str(admin(sandbox, "realms")["realm_id"])
-
-
 class Qbo:
-    """One realm and one access token; answers are ``requests.Response`` objects."""
+    """One realm (a fresh one unless given) and one access token; answers are ``requests.Response`` objects.
+    ``admin`` is the sandbox's admin client."""
 
     def __init__(self, sandbox: SandboxServer, realm_id: str | None = None) -> None:
         self.sandbox = sandbox
-        self.realm_id = realm_id or new_realm(sandbox)
-        self.token = admin(sandbox, f"realms/{self.realm_id}/tokens")["access_token"]
+        self.admin = SandboxAdmin(sandbox.base_url)
+        self.realm_id = realm_id or self.admin.new_realm()
+        self.token = self.admin.access_token(self.realm_id)
         self.session = requests.Session()
 
     @property

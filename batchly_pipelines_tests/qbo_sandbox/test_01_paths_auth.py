@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo
 from qbo_sandbox.server import SandboxServer
 
 
@@ -46,12 +46,9 @@ def test_missing_authorization_is_401(qbo: Qbo) -> None:
 
 def test_expired_token_is_401_3200(sandbox: SandboxServer) -> None:
     qbo = Qbo(sandbox)
-    admin(sandbox, "clock", {"advance_seconds": 3601})
-    try:
+    with qbo.admin.clock_advanced(3601):
         _assert_gateway_401(qbo.get("companyinfo/" + qbo.realm_id))
         assert Qbo(sandbox, qbo.realm_id).get("companyinfo/" + qbo.realm_id).status_code == 200
-    finally:
-        admin(sandbox, "clock", {"advance_seconds": -3601})
 
 
 def test_token_of_another_realm_is_403_3100(sandbox: SandboxServer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin, fault_code
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo, fault_code
 
 
 @pytest.fixture
@@ -96,8 +96,8 @@ def test_paging_is_one_based_and_zero_means_one(people: Qbo) -> None:
 
 
 def _seed_customers(qbo: Qbo, count: int) -> None:
-    plan = {"customers": count, "items": 0, "invoices": 0, "payments": 0}
-    assert len(admin(qbo.sandbox, f"realms/{qbo.realm_id}/seed", plan)["created"]["Customer"]) == count
+    created = qbo.admin.seed(qbo.realm_id, customers=count, items=0, invoices=0, payments=0)
+    assert len(created["Customer"]) == count
 
 
 def test_maxresults_capped_at_1000(qbo: Qbo) -> None:

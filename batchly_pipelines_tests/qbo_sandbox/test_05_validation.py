@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin, fault_code
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo, fault_code
 
 
 def test_duplicate_display_name_is_6240(qbo: Qbo) -> None:
@@ -86,7 +86,7 @@ def test_duplicate_doc_number_is_6140_and_configurable(qbo: Qbo) -> None:
         {"CustomerRef": {"value": customer["Id"]}, "DocNumber": "INV-1", "Line": first["Line"][:1]},
     )
     assert duplicate.status_code == 400 and fault_code(duplicate) == "6140"
-    admin(qbo.sandbox, f"realms/{qbo.realm_id}/settings", {"unique_doc_numbers": False})
+    qbo.admin.settings(qbo.realm_id, unique_doc_numbers=False)
     assert qbo.invoice(customer, item, DocNumber="INV-1")["DocNumber"] == "INV-1"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin, fault_code
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo, fault_code
 
 
 def _since(minutes: int = 5) -> str:
@@ -59,17 +59,13 @@ def test_cdc_older_than_30_days_is_rejected(qbo: Qbo) -> None:
 def test_cdc_window_follows_the_sandbox_clock(qbo: Qbo) -> None:
     qbo.customer("Old News")
     since = _since()
-    admin(qbo.sandbox, "clock", {"advance_seconds": 31 * 86400})
-    try:
+    with qbo.admin.clock_advanced(31 * 86400):
         fresh = Qbo(qbo.sandbox, qbo.realm_id)
         assert fresh.get("cdc", entities="Customer", changedSince=since).status_code == 400
-    finally:
-        admin(qbo.sandbox, "clock", {"advance_seconds": -31 * 86400})
 
 
 def test_cdc_caps_at_1000_objects_across_entities(qbo: Qbo) -> None:
-    plan = {"customers": 700, "items": 400, "invoices": 0, "payments": 0, "days": 1}
-    admin(qbo.sandbox, f"realms/{qbo.realm_id}/seed", plan)
+    qbo.admin.seed(qbo.realm_id, customers=700, items=400, invoices=0, payments=0, days=1)
     body = qbo.ok(qbo.get("cdc", entities="Customer,Item", changedSince=_since(2 * 24 * 60)))
     responses = body["CDCResponse"][0]["QueryResponse"]
     counts = {

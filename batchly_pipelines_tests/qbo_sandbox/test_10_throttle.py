@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 
@@ -26,7 +26,7 @@ def compressed() -> Iterator[SandboxServer]:
 
 
 def _limits(qbo: Qbo, **limits: int) -> None:
-    admin(qbo.sandbox, f"realms/{qbo.realm_id}/settings", {"limits": limits})
+    qbo.admin.settings(qbo.realm_id, limits=limits)
 
 
 def _assert_throttled(response: requests.Response) -> None:
@@ -45,14 +45,10 @@ def test_501st_request_in_a_minute_is_429(compressed: SandboxServer) -> None:
     _assert_throttled(qbo.get(path))
     other = Qbo(compressed)
     assert other.get("companyinfo/" + other.realm_id).status_code == 200, "limits are per realm"
-    admin(compressed, "clock", {"advance_seconds": 6.1})
+    qbo.admin.advance_clock(6.1)
     assert qbo.get(path).status_code == 200, "the window slides"
-    realm_counts = admin_counters(compressed)["realms"][qbo.realm_id]
+    realm_counts = qbo.admin.counters()["realms"][qbo.realm_id]
     assert realm_counts["throttled"] == 1 and realm_counts["requests"]["GET companyinfo"] == 502
-
-
-def admin_counters(sandbox: SandboxServer) -> dict:
-    return requests.get(f"{sandbox.base_url}/__sandbox__/counters", timeout=10).json()
 
 
 def test_eleventh_request_in_a_second_is_429(realtime: SandboxServer) -> None:
@@ -65,7 +61,7 @@ def test_eleventh_request_in_a_second_is_429(realtime: SandboxServer) -> None:
 def test_more_than_ten_in_flight_is_429(realtime: SandboxServer) -> None:
     qbo = Qbo(realtime)
     _limits(qbo, per_second=0)
-    admin(realtime, f"realms/{qbo.realm_id}/faults", {"slow": 1.0, "slow_ms": 1000})
+    qbo.admin.set_faults(qbo.realm_id, slow=1.0, slow_ms=1000)
     url = f"{qbo.url}/companyinfo/{qbo.realm_id}"
 
     def call(_: int) -> int:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
-from batchly_pipelines_tests.qbo_sandbox.client import admin, new_realm
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 CLIENT = ("batchly-local-client", "batchly-local-secret")
@@ -59,7 +61,7 @@ def _company_info(sandbox: SandboxServer, realm: str, access_token: str) -> int:
 
 
 def test_authorization_code_flow(oauth_sandbox: SandboxServer) -> None:
-    realm = new_realm(oauth_sandbox)
+    realm = SandboxAdmin(oauth_sandbox.base_url).new_realm()
     callback = _authorize(oauth_sandbox, realmId=realm)
     assert callback["state"] == "xyz" and callback["realmId"] == realm
     tokens = _token(
@@ -106,7 +108,7 @@ def test_refresh_grace_period_returns_the_same_successor() -> None:
         first = _token(sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"]).json()
         again = _token(sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"]).json()
         assert again == first
-        admin(sandbox, "clock", {"advance_seconds": 61})
+        SandboxAdmin(sandbox.base_url).advance_clock(61)
         late = _token(sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"])
         assert late.json()["error"] == "invalid_grant"
 
@@ -121,9 +123,10 @@ def test_bad_client_credentials(oauth_sandbox: SandboxServer) -> None:
 
 def test_access_token_expires_after_an_hour(oauth_sandbox: SandboxServer) -> None:
     realm, tokens = _code_flow(oauth_sandbox)
-    admin(oauth_sandbox, "clock", {"advance_seconds": 3599})
+    admin = SandboxAdmin(oauth_sandbox.base_url)
+    admin.advance_clock(3599)
     assert _company_info(oauth_sandbox, realm, tokens["access_token"]) == 200
-    admin(oauth_sandbox, "clock", {"advance_seconds": 2})
+    admin.advance_clock(2)
     assert _company_info(oauth_sandbox, realm, tokens["access_token"]) == 401
     refreshed = _token(
         oauth_sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"]
@@ -144,10 +147,11 @@ def test_revoke_kills_the_grant(oauth_sandbox: SandboxServer) -> None:
 
 
 def test_token_counters(oauth_sandbox: SandboxServer) -> None:
-    before = requests.get(f"{oauth_sandbox.base_url}/__sandbox__/counters", timeout=10).json()["global"]
+    admin = SandboxAdmin(oauth_sandbox.base_url)
+    before = admin.counters()["global"]
     _, tokens = _code_flow(oauth_sandbox)
     _token(oauth_sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"])
-    after = requests.get(f"{oauth_sandbox.base_url}/__sandbox__/counters", timeout=10).json()["global"]
+    after = admin.counters()["global"]
     assert after["token_endpoint_calls"] == before.get("token_endpoint_calls", 0) + 2
     assert after["token_refreshes"] == before.get("token_refreshes", 0) + 1
 
@@ -158,6 +162,27 @@ def test_discovery_documents(oauth_sandbox: SandboxServer, path: str) -> None:
     assert document["token_endpoint"] == f"{oauth_sandbox.base_url}/oauth2/v1/tokens/bearer"
     assert document["authorization_endpoint"] == f"{oauth_sandbox.base_url}/connect/oauth2"
     assert document["revocation_endpoint"].endswith("/oauth2/v1/tokens/revoke")
+    assert document["issuer"].startswith(oauth_sandbox.base_url)
+    jwks = requests.get(document["jwks_uri"], timeout=10)
+    assert jwks.status_code == 200 and jwks.json()["keys"][0]["kty"] == "RSA"
+    assert requests.get(document["userinfo_endpoint"], timeout=10).status_code == 401
+    # Intuit's discovery URLs end with a slash
+    slashed = requests.get(f"{oauth_sandbox.base_url}/.well-known/{path}/", timeout=10)
+    assert slashed.status_code == 200 and slashed.json() == document
+
+
+def test_openid_grant_gets_an_id_token_and_userinfo(oauth_sandbox: SandboxServer) -> None:
+    realm, tokens = _code_flow(oauth_sandbox, scope="com.intuit.quickbooks.accounting openid email")
+    _, payload, _ = tokens["id_token"].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["realmid"] == realm and claims["aud"] == [CLIENT[0]]
+    assert claims["exp"] - claims["iat"] == 3600
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    info = requests.get(f"{oauth_sandbox.base_url}/v1/openid_connect/userinfo", headers=bearer, timeout=10)
+    assert info.status_code == 200 and info.json()["sub"] == claims["sub"] and "email" in info.json()
+    assert "givenName" not in info.json()  # no profile scope
+    _, plain = _code_flow(oauth_sandbox)
+    assert "id_token" not in plain
 
 
 def test_token_lifetimes_follow_the_time_scale() -> None:
@@ -165,5 +190,5 @@ def test_token_lifetimes_follow_the_time_scale() -> None:
         realm, tokens = _code_flow(sandbox)
         assert tokens["expires_in"] == 60 and tokens["x_refresh_token_expires_in"] == 100 * 86400 // 60
         assert _company_info(sandbox, realm, tokens["access_token"]) == 200
-        admin(sandbox, "clock", {"advance_seconds": 61})
+        SandboxAdmin(sandbox.base_url).advance_clock(61)
         assert _company_info(sandbox, realm, tokens["access_token"]) == 401

@@ -7,35 +7,32 @@ import time
 import pytest
 import requests
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo
+from qbo_sandbox.admin_client import SandboxAdminError
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 
-def _faults(qbo: Qbo, **settings: object) -> None:
-    admin(qbo.sandbox, f"realms/{qbo.realm_id}/faults", settings)
-
-
 def test_500_is_a_system_fault_and_nothing_is_written(qbo: Qbo) -> None:
-    _faults(qbo, error_500=1.0)
+    qbo.admin.set_faults(qbo.realm_id, error_500=1.0)
     response = qbo.post("customer", {"DisplayName": "Never"})
     assert response.status_code == 500
     assert response.json()["Fault"]["type"] == "SystemFault"
     assert response.json()["Fault"]["Error"][0]["code"] == "10000"
-    _faults(qbo)
+    qbo.admin.set_faults(qbo.realm_id)
     assert qbo.query("SELECT COUNT(*) FROM Customer")["totalCount"] == 0
 
 
 def test_503_is_an_html_gateway_page(qbo: Qbo) -> None:
-    _faults(qbo, error_503=1.0)
+    qbo.admin.set_faults(qbo.realm_id, error_503=1.0)
     response = qbo.get("companyinfo/" + qbo.realm_id)
     assert response.status_code == 503 and response.headers["Content-Type"].startswith("text/html")
 
 
 def test_dropped_connection_after_write_then_requestid_retry(qbo: Qbo) -> None:
-    _faults(qbo, drop_after_write=1.0)
+    qbo.admin.set_faults(qbo.realm_id, drop_after_write=1.0)
     with pytest.raises(requests.ConnectionError):
         qbo.post("customer", {"DisplayName": "Applied Anyway"}, requestid="drop-1")
-    _faults(qbo)
+    qbo.admin.set_faults(qbo.realm_id)
     assert qbo.query("SELECT COUNT(*) FROM Customer")["totalCount"] == 1, "the write was applied"
     retry = qbo.create("Customer", {"DisplayName": "Applied Anyway"}, requestid="drop-1")
     assert qbo.query("SELECT * FROM Customer")["Customer"][0]["Id"] == retry["Id"]
@@ -43,12 +40,12 @@ def test_dropped_connection_after_write_then_requestid_retry(qbo: Qbo) -> None:
 
 
 def test_reads_are_never_dropped(qbo: Qbo) -> None:
-    _faults(qbo, drop_after_write=1.0)
+    qbo.admin.set_faults(qbo.realm_id, drop_after_write=1.0)
     assert qbo.get("companyinfo/" + qbo.realm_id).status_code == 200
 
 
 def test_slow_answers(qbo: Qbo) -> None:
-    _faults(qbo, slow=1.0, slow_ms=200)
+    qbo.admin.set_faults(qbo.realm_id, slow=1.0, slow_ms=200)
     started = time.monotonic()
     assert qbo.get("companyinfo/" + qbo.realm_id).status_code == 200
     assert time.monotonic() - started >= 0.2
@@ -56,7 +53,7 @@ def test_slow_answers(qbo: Qbo) -> None:
 
 def test_fault_rng_is_seedable(qbo: Qbo) -> None:
     def run() -> list[int]:
-        _faults(qbo, error_500=0.5, seed=7)
+        qbo.admin.set_faults(qbo.realm_id, error_500=0.5, seed=7)
         return [qbo.get("companyinfo/" + qbo.realm_id).status_code for _ in range(20)]
 
     first = run()
@@ -65,23 +62,21 @@ def test_fault_rng_is_seedable(qbo: Qbo) -> None:
 
 
 def test_same_second_mode_shares_last_updated_time(qbo: Qbo) -> None:
-    _faults(qbo, same_second=True)
+    qbo.admin.set_faults(qbo.realm_id, same_second=True)
     first = qbo.customer("First")
-    admin(qbo.sandbox, "clock", {"advance_seconds": 5})
-    try:
+    with qbo.admin.clock_advanced(5):
         second = Qbo(qbo.sandbox, qbo.realm_id).customer("Second")
-    finally:
-        admin(qbo.sandbox, "clock", {"advance_seconds": -5})
     assert first["MetaData"]["LastUpdatedTime"] == second["MetaData"]["LastUpdatedTime"]
-    _faults(qbo)
+    qbo.admin.set_faults(qbo.realm_id)
     third = Qbo(qbo.sandbox, qbo.realm_id).customer("Third")
     assert third["MetaData"]["LastUpdatedTime"] >= first["MetaData"]["LastUpdatedTime"]
 
 
 def test_bad_fault_settings_are_rejected(qbo: Qbo) -> None:
-    url = f"{qbo.sandbox.base_url}/__sandbox__/realms/{qbo.realm_id}/faults"
-    assert requests.post(url, json={"error_500": 2}, timeout=10).status_code == 400
-    assert requests.post(url, json={"nonsense": 1}, timeout=10).status_code == 400
+    for settings in ({"error_500": 2}, {"nonsense": 1}):
+        with pytest.raises(SandboxAdminError) as refused:
+            qbo.admin.set_faults(qbo.realm_id, **settings)
+        assert refused.value.status == 400
 
 
 def test_latency_is_added_and_scaled() -> None:
@@ -94,20 +89,15 @@ def test_latency_is_added_and_scaled() -> None:
 
 
 def test_token_answer_dropped_after_the_refresh_was_applied(qbo: Qbo) -> None:
-    old = admin(qbo.sandbox, f"realms/{qbo.realm_id}/tokens")["refresh_token"]
+    old = qbo.admin.tokens(qbo.realm_id)["refresh_token"]
     url = f"{qbo.sandbox.base_url}/oauth2/v1/tokens/bearer"
     form = {"grant_type": "refresh_token", "refresh_token": old}
     auth = ("batchly-local-client", "batchly-local-secret")
-    _faults(qbo, token_drop_after_refresh=1.0)
-    assert (
-        requests.get(f"{qbo.sandbox.base_url}/__sandbox__/realms/{qbo.realm_id}/faults", timeout=10).json()[
-            "token_drop_after_refresh"
-        ]
-        == 1.0
-    )
+    qbo.admin.set_faults(qbo.realm_id, token_drop_after_refresh=1.0)
+    assert qbo.admin.faults(qbo.realm_id)["token_drop_after_refresh"] == 1.0
     with pytest.raises(requests.ConnectionError):
         requests.post(url, data=form, auth=auth, timeout=10)
-    _faults(qbo)
+    qbo.admin.set_faults(qbo.realm_id)
     retry = requests.post(url, data=form, auth=auth, timeout=10)
     assert retry.status_code == 400 and retry.json()["error"] == "invalid_grant", "the old token was used up"
     successor = qbo.sandbox.state.tokens[old].successor
@@ -123,7 +113,7 @@ def test_token_answer_dropped_after_the_refresh_was_applied(qbo: Qbo) -> None:
 
 
 def test_token_drop_spares_authorization_codes_and_data_calls(qbo: Qbo) -> None:
-    _faults(qbo, token_drop_after_refresh=1.0)
+    qbo.admin.set_faults(qbo.realm_id, token_drop_after_refresh=1.0)
     assert qbo.get("companyinfo/" + qbo.realm_id).status_code == 200
     assert qbo.post("customer", {"DisplayName": "Still answered"}).status_code == 200
     callback = requests.get(

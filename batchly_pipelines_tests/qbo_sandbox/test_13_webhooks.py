@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 VERIFIER = "verifier-token"
@@ -92,7 +93,7 @@ def test_legacy_payload_is_signed(receiver: Receiver) -> None:
 def test_cloudevents_payload_is_signed(receiver: Receiver) -> None:
     with _sandbox(receiver, "legacy") as sandbox:
         qbo = Qbo(sandbox)
-        admin(sandbox, "webhooks", {"url": receiver.url, "verifier": VERIFIER, "format": "cloudevents"})
+        qbo.admin.configure_webhooks(receiver.url, VERIFIER, "cloudevents")
         customer = qbo.customer("Cloudy")
         qbo.create("Customer", {"Id": customer["Id"], "SyncToken": "0", "sparse": True, "Notes": "n"})
         receiver.wait(1)
@@ -111,7 +112,7 @@ def test_failed_deliveries_are_retried_on_the_scaled_schedule() -> None:
         with _sandbox(receiver, "legacy") as sandbox:
             Qbo(sandbox).customer("Retry Me")
             receiver.wait(3)
-            counters = admin_counters(sandbox)
+            counters = SandboxAdmin(sandbox.base_url).counters()
     finally:
         receiver.httpd.shutdown()
     times = [at for at, _, _, _ in receiver.deliveries]
@@ -119,9 +120,3 @@ def test_failed_deliveries_are_retried_on_the_scaled_schedule() -> None:
     assert receiver.deliveries[0][3] == receiver.deliveries[2][3], "the same notification is retried"
     assert times[1] - times[0] >= 0.1 * 0.9 and times[2] - times[1] >= 0.2 * 0.9  # 10 s and 20 s / 100
     assert counters["global"]["webhook_failures"] == 2 and counters["global"]["webhook_deliveries"] == 1
-
-
-def admin_counters(sandbox: SandboxServer) -> dict[str, Any]:
-    import requests
-
-    return dict(requests.get(f"{sandbox.base_url}/__sandbox__/counters", timeout=10).json())

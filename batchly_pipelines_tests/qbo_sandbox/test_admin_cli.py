@@ -7,68 +7,73 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 import requests
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, admin
+from batchly_pipelines_tests.qbo_sandbox.client import Qbo
+from qbo_sandbox import admin as admin_api
+from qbo_sandbox import admin_client
+from qbo_sandbox.admin_client import SandboxAdmin, SandboxAdminError
 from qbo_sandbox.cli import build_parser
 from qbo_sandbox.seed import DEMO_REALM_ID
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 
-def _action(qbo: Qbo, **body: object) -> dict:
-    return dict(admin(qbo.sandbox, f"realms/{qbo.realm_id}/actions", body))
+def _action(qbo: Qbo, action: str, **fields: object) -> dict:
+    return qbo.admin.action(qbo.realm_id, action, **fields)
 
 
 def test_accountant_actions(qbo: Qbo) -> None:
     customer, item = qbo.customer(), qbo.item(price="10.00")
     invoice = qbo.invoice(customer, item, "90.00")
-    assert (
-        _action(qbo, action="set_item_price", item_id=item["Id"], unit_price="12.5")["Item"]["UnitPrice"]
-        == 12.5
-    )
-    paid = _action(qbo, action="record_payment", invoice_id=invoice["Id"], amount="40")["Payment"]
+    assert _action(qbo, "set_item_price", item_id=item["Id"], unit_price="12.5")["Item"]["UnitPrice"] == 12.5
+    paid = _action(qbo, "record_payment", invoice_id=invoice["Id"], amount="40")["Payment"]
     assert qbo.read("Invoice", invoice["Id"])["Balance"] == Decimal("50.00")
-    _action(qbo, action="delete_payment", payment_id=paid["Id"])
+    _action(qbo, "delete_payment", payment_id=paid["Id"])
     assert qbo.read("Invoice", invoice["Id"])["Balance"] == Decimal("90.00")
-    full = _action(qbo, action="record_payment", invoice_id=invoice["Id"])["Payment"]
+    full = _action(qbo, "record_payment", invoice_id=invoice["Id"])["Payment"]
     assert full["TotalAmt"] == 90
-    _action(qbo, action="void_payment", payment_id=full["Id"])
-    assert _action(qbo, action="void_invoice", invoice_id=invoice["Id"])["Invoice"]["TotalAmt"] == 0
-    renamed = _action(qbo, action="update_customer", customer_id=customer["Id"], fields={"Notes": "called"})
+    _action(qbo, "void_payment", payment_id=full["Id"])
+    assert _action(qbo, "void_invoice", invoice_id=invoice["Id"])["Invoice"]["TotalAmt"] == 0
+    renamed = _action(qbo, "update_customer", customer_id=customer["Id"], fields={"Notes": "called"})
     assert renamed["Customer"]["Notes"] == "called" and renamed["Customer"]["SyncToken"] == "1"
-    _action(qbo, action="deactivate", entity="Item", id=item["Id"])
+    _action(qbo, "deactivate", entity="Item", id=item["Id"])
     assert qbo.query("SELECT COUNT(*) FROM Item")["totalCount"] == 0
 
 
 def test_failed_action_answers_the_fault(qbo: Qbo) -> None:
-    url = f"{qbo.sandbox.base_url}/__sandbox__/realms/{qbo.realm_id}/actions"
-    response = requests.post(url, json={"action": "void_invoice", "invoice_id": "404"}, timeout=10)
-    assert response.status_code == 400 and response.json()["Fault"]["Error"][0]["code"] == "610"
-    assert requests.post(url, json={"action": "dance"}, timeout=10).status_code == 400
+    with pytest.raises(SandboxAdminError) as fault:
+        _action(qbo, "void_invoice", invoice_id="404")
+    assert fault.value.status == 400 and fault.value.fault_code == "610"
+    with pytest.raises(SandboxAdminError) as unknown:
+        _action(qbo, "dance")
+    assert unknown.value.status == 400 and "dance" in unknown.value.body["error"]
 
 
 def test_counters_and_reset(qbo: Qbo) -> None:
     qbo.customer("Counted")
     qbo.get("companyinfo/" + qbo.realm_id)
-    report = requests.get(f"{qbo.sandbox.base_url}/__sandbox__/counters", timeout=10).json()
-    mine = report["realms"][qbo.realm_id]
+    mine = qbo.admin.counters()["realms"][qbo.realm_id]
     assert mine["requests"]["POST customer"] == 1 and mine["requests"]["GET companyinfo"] == 1
     assert mine["writes_applied"] == 1 and mine["requests_total"] >= 2
-    admin(qbo.sandbox, "counters/reset")
-    after = requests.get(f"{qbo.sandbox.base_url}/__sandbox__/counters", timeout=10).json()
-    assert qbo.realm_id not in after["realms"]
+    assert qbo.admin.counter(qbo.realm_id, "writes_applied") == 1
+    assert qbo.admin.counter(qbo.realm_id, "never_counted") == 0
+    qbo.admin.reset_counters()
+    assert qbo.realm_id not in qbo.admin.counters()["realms"]
+
+
+def test_the_admin_client_speaks_to_the_admin_api_prefix() -> None:
+    assert admin_client.PREFIX == admin_api.PREFIX
 
 
 def test_create_realm_with_id_and_name(sandbox: SandboxServer) -> None:
-    created = admin(sandbox, "realms", {"realm_id": "4242", "company_name": "Crème & Co"})
-    assert created == {"realm_id": "4242", "company_name": "Crème & Co"}
+    admin = SandboxAdmin(sandbox.base_url)
+    assert admin.new_realm("Crème & Co", realm_id="4242") == "4242"
+    assert {"realm_id": "4242", "company_name": "Crème & Co"} in admin.realms()["realms"]
     assert Qbo(sandbox, "4242").read("CompanyInfo", "4242")["CompanyName"] == "Crème & Co"
-    assert (
-        requests.post(
-            f"{sandbox.base_url}/__sandbox__/realms", json={"realm_id": "4242"}, timeout=10
-        ).status_code
-        == 409
-    )
+    with pytest.raises(SandboxAdminError) as taken:
+        admin.new_realm(realm_id="4242")
+    assert taken.value.status == 409
 
 
 def test_seed_is_deterministic_and_realistic(sandbox: SandboxServer) -> None:
@@ -76,7 +81,7 @@ def test_seed_is_deterministic_and_realistic(sandbox: SandboxServer) -> None:
     snapshots = []
     for _ in range(2):
         qbo = Qbo(sandbox)
-        admin(sandbox, f"realms/{qbo.realm_id}/seed", plan)
+        qbo.admin.seed(qbo.realm_id, **plan)
         names = sorted(
             c["DisplayName"] for c in qbo.query("SELECT * FROM Customer MAXRESULTS 1000")["Customer"]
         )
@@ -110,7 +115,7 @@ def test_state_file_survives_restart(tmp_path: Path) -> None:
     with SandboxServer(config) as sandbox:
         qbo = Qbo(sandbox, DEMO_REALM_ID)
         customer = qbo.customer("Persistent Péter")
-        tokens = admin(sandbox, f"realms/{DEMO_REALM_ID}/tokens")
+        tokens = qbo.admin.tokens(DEMO_REALM_ID)
         invoices = qbo.query("SELECT COUNT(*) FROM Invoice")["totalCount"]
     assert state_file.exists()
     with SandboxServer(config) as sandbox:

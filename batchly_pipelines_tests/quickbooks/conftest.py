@@ -15,7 +15,8 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
 from batchly_pipelines.settings import Settings
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 
@@ -29,7 +30,7 @@ def sandbox() -> Iterator[SandboxServer]:
 @pytest.fixture
 def realm_id(sandbox: SandboxServer) -> str:
     """A fresh company."""
-    return str(admin(sandbox.base_url, "realms")["realm_id"])
+    return SandboxAdmin(sandbox.base_url).new_realm()
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.schema import organizations, qbo_connections, utcnow
 from batchly_pipelines_tests.quickbooks import workers
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, admin, counter
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 CONFIG = ClientConfig(time_scale=TIME_SCALE)
@@ -46,7 +47,7 @@ def _connect(
 ) -> tuple[int, TokenSet]:
     """An organisation connected to ``realm_id`` with a token pair minted by the sandbox."""
     org = _organization(engine)
-    tokens = TokenSet.from_response(admin(base_url, f"realms/{realm_id}/tokens"))
+    tokens = TokenSet.from_response(SandboxAdmin(base_url).tokens(realm_id))
     if expired:
         changes["access_expires_at"] = utcnow() - timedelta(seconds=1)
     tokens = replace(tokens, **changes)
@@ -124,7 +125,7 @@ def test_refresh_ahead_of_expiry_rotates_and_persists_first(
         assert qbo.count("Account") > 0
     row = _row(engine, org)
     assert row.token_version == 2 and row.status == "connected"
-    assert counter(sandbox.base_url, realm_id, "token_refreshes") == 1
+    assert SandboxAdmin(sandbox.base_url).counter(realm_id, "token_refreshes") == 1
     # The rotated-out refresh token is dead: only the stored one can continue.
     refused = requests.post(
         f"{sandbox.base_url}/oauth2/v1/tokens/bearer",
@@ -135,7 +136,7 @@ def test_refresh_ahead_of_expiry_rotates_and_persists_first(
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
     with client_for_organization(engine, settings, org, config=CONFIG) as qbo:
         assert qbo.count("Account") > 0  # the persisted access token works without another refresh
-    assert counter(sandbox.base_url, realm_id, "token_refreshes") == 1
+    assert SandboxAdmin(sandbox.base_url).counter(realm_id, "token_refreshes") == 1
 
 
 def test_401_refreshes_once_and_retries(
@@ -147,7 +148,7 @@ def test_401_refreshes_once_and_retries(
     with client_for_organization(engine, settings, org, config=CONFIG) as qbo:
         assert qbo.count("Account") > 0
         assert qbo.stats.calls["query"] == 2
-    assert counter(sandbox.base_url, realm_id, "token_refreshes") == 1
+    assert SandboxAdmin(sandbox.base_url).counter(realm_id, "token_refreshes") == 1
     assert _row(engine, org).token_version == 2
 
 
@@ -155,7 +156,7 @@ def test_eight_processes_refresh_with_one_token_call(
     engine: Engine, settings: Settings, sandbox: SandboxServer, realm_id: str
 ) -> None:
     org, _ = _connect(engine, settings, sandbox.base_url, realm_id, expired=True)
-    before = counter(sandbox.base_url, "global", "token_endpoint_calls")
+    before = SandboxAdmin(sandbox.base_url).counter("global", "token_endpoint_calls")
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(8), context.Queue()
     url = engine.url.render_as_string(hide_password=False)
@@ -170,7 +171,7 @@ def test_eight_processes_refresh_with_one_token_call(
         process.join(timeout=30)
     assert [o[0] for o in outcomes] == ["ok"] * 8, outcomes
     assert sorted(o[2] for o in outcomes) == [0] * 7 + [1]  # exactly one process refreshed, seven adopted
-    assert counter(sandbox.base_url, "global", "token_endpoint_calls") - before == 1
+    assert SandboxAdmin(sandbox.base_url).counter("global", "token_endpoint_calls") - before == 1
     assert _row(engine, org).token_version == 2
 
 
@@ -225,7 +226,7 @@ def test_lost_refresh_answer_recovers_or_asks_for_reauthorisation(
 ) -> None:
     config = SandboxConfig(time_scale=TIME_SCALE, refresh_grace_seconds=grace_seconds)
     with SandboxServer(config) as sandbox, _DropFirstTokenAnswer(sandbox.base_url).running() as proxy:
-        realm = str(admin(sandbox.base_url, "realms")["realm_id"])
+        realm = SandboxAdmin(sandbox.base_url).new_realm()
         org, _ = _connect(engine, settings, sandbox.base_url, realm, expired=True)
         via_proxy = replace(
             settings, qbo_base_url=proxy.url
@@ -246,18 +247,18 @@ def test_lost_refresh_answer_recovers_or_asks_for_reauthorisation(
         assert f"batchly-sync connect --org {org}" in str(caught.value)
         row = _row(engine, org)
         assert row.status == "needs_reauth" and f"--org {org}" in row.status_reason
-        calls = counter(sandbox.base_url, "global", "token_endpoint_calls")
+        calls = SandboxAdmin(sandbox.base_url).counter("global", "token_endpoint_calls")
         assert calls == 2  # the lost one and its retry: then it stops
         for _ in range(3):  # no crash loop: later runs stop at once, without calling Intuit again
             with pytest.raises(ReauthorizationRequired, match="re-authorise with"):
                 client_for_organization(engine, via_proxy, org, config=CONFIG)
-        assert counter(sandbox.base_url, "global", "token_endpoint_calls") == calls
+        assert SandboxAdmin(sandbox.base_url).counter("global", "token_endpoint_calls") == calls
 
 
 def test_invalid_grant_stops_one_realm_and_not_the_other(
     engine: Engine, settings: Settings, sandbox: SandboxServer
 ) -> None:
-    realms = [str(admin(sandbox.base_url, "realms")["realm_id"]) for _ in range(2)]
+    realms = [SandboxAdmin(sandbox.base_url).new_realm() for _ in range(2)]
     (refused_org, refused), (fine_org, _) = (
         _connect(engine, settings, sandbox.base_url, realm, expired=True) for realm in realms
     )

@@ -20,7 +20,8 @@ from batchly_pipelines.quickbooks.errors import (
     ValidationError,
     error_from_response,
 )
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 
 
@@ -110,7 +111,7 @@ def test_expired_token_detail_is_redacted(sandbox: SandboxServer, realm_id: str)
 
 
 def test_token_for_another_company_is_403_3100(sandbox: SandboxServer, realm_id: str) -> None:
-    other = str(admin(sandbox.base_url, "realms")["realm_id"])
+    other = SandboxAdmin(sandbox.base_url).new_realm()
     token = SandboxTokens(sandbox.base_url, other).token
     with (
         QuickBooksClient(realm_id, sandbox.base_url, FixedToken(token)) as qbo,
@@ -122,7 +123,7 @@ def test_token_for_another_company_is_403_3100(sandbox: SandboxServer, realm_id:
 
 
 def test_xml_throttle_body_is_a_throttled_error(sandbox: SandboxServer, realm_id: str) -> None:
-    admin(sandbox.base_url, f"realms/{realm_id}/settings", {"limits": {"per_minute": 1}})
+    SandboxAdmin(sandbox.base_url).settings(realm_id, limits={"per_minute": 1})
     tokens = SandboxTokens(sandbox.base_url, realm_id)
     url = f"{sandbox.base_url}/v3/company/{realm_id}/query"
     headers = {"Authorization": f"Bearer {tokens.token}", "Accept": "application/json"}
@@ -147,7 +148,7 @@ def test_xml_throttle_body_is_a_throttled_error(sandbox: SandboxServer, realm_id
 def test_server_errors_are_retried_then_typed(
     sandbox: SandboxServer, realm_id: str, fault: str, code: str
 ) -> None:
-    admin(sandbox.base_url, f"realms/{realm_id}/faults", {fault: 1.0, "seed": 1})
+    SandboxAdmin(sandbox.base_url).set_faults(realm_id, **{fault: 1.0, "seed": 1})
     config = ClientConfig(time_scale=TIME_SCALE, attempts=3)
     with QuickBooksClient(
         realm_id, sandbox.base_url, SandboxTokens(sandbox.base_url, realm_id), config=config

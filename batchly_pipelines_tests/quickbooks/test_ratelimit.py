@@ -16,7 +16,8 @@ from batchly_pipelines.quickbooks.ratelimit import RateLimits, SharedRateLimiter
 from batchly_pipelines.services.connections import database_rate_limiter
 from batchly_pipelines.store.schema import qbo_rate_requests
 from batchly_pipelines_tests.quickbooks import workers
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin, counter
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 
 WINDOW = 60.0 / TIME_SCALE  # one documented minute
@@ -88,7 +89,7 @@ def test_a_pause_holds_every_limiter_of_the_realm(engine: Engine) -> None:
 
 def test_four_processes_share_one_realm_budget(sandbox: SandboxServer, realm_id: str, engine: Engine) -> None:
     limits = RateLimits(per_minute=60, time_scale=TIME_SCALE)
-    admin(sandbox.base_url, f"realms/{realm_id}/settings", {"limits": {"per_minute": 60}})
+    SandboxAdmin(sandbox.base_url).settings(realm_id, limits={"per_minute": 60})
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     url = engine.url.render_as_string(hide_password=False)
@@ -105,7 +106,7 @@ def test_four_processes_share_one_realm_budget(sandbox: SandboxServer, realm_id:
         process.join(timeout=30)
     # 160 requests at 60 per window: every process got through without a single 429, which takes > 2 windows.
     assert outcomes == [("ok", 0)] * 4
-    assert counter(sandbox.base_url, realm_id, "throttled") == 0
+    assert SandboxAdmin(sandbox.base_url).counter(realm_id, "throttled") == 0
     assert elapsed >= 2 * WINDOW
 
 
@@ -113,7 +114,7 @@ def test_a_throttled_run_finishes_and_reports_its_waits(
     sandbox: SandboxServer, realm_id: str, engine: Engine
 ) -> None:
     # The server allows far fewer batch calls than the client believes: every extra one is a 429 it must wait out.
-    admin(sandbox.base_url, f"realms/{realm_id}/settings", {"limits": {"batch_per_minute": 4}})
+    SandboxAdmin(sandbox.base_url).settings(realm_id, limits={"batch_per_minute": 4})
     limiter = database_rate_limiter(engine, realm_id, RateLimits(time_scale=TIME_SCALE))
     config = ClientConfig(time_scale=TIME_SCALE)
     with QuickBooksClient(
@@ -127,6 +128,6 @@ def test_a_throttled_run_finishes_and_reports_its_waits(
         assert qbo.count("Customer") == 300
         stats = qbo.stats.as_dict()
     assert stats["throttled"] > 0 and stats["throttle_wait_seconds"] > 0
-    assert stats["throttled"] == counter(sandbox.base_url, realm_id, "throttled")
+    assert stats["throttled"] == SandboxAdmin(sandbox.base_url).counter(realm_id, "throttled")
     assert stats["calls"]["batch"] == 10 + stats["throttled"]  # a 429 never costs a record an attempt
     assert stats["retries"] == 0

@@ -6,13 +6,14 @@ from datetime import datetime, timedelta
 
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 
 
 def _seed(sandbox: SandboxServer, realm_id: str, **counts: int) -> dict[str, list[str]]:
     plan = {"customers": 0, "items": 0, "invoices": 0, "payments": 0, "days": 5, **counts}
-    return dict(admin(sandbox.base_url, f"realms/{realm_id}/seed", plan)["created"])
+    return SandboxAdmin(sandbox.base_url).seed(realm_id, **plan)
 
 
 def _server_now(client: QuickBooksClient) -> datetime:
@@ -34,7 +35,7 @@ def test_query_all_pages_to_exhaustion(
 
 def test_read_many_chunks_and_sees_inactive(sandbox: SandboxServer, realm_id: str) -> None:
     ids = _seed(sandbox, realm_id, customers=250)["Customer"]
-    admin(sandbox.base_url, f"realms/{realm_id}/actions", {"action": "deactivate", "id": ids[7]})
+    SandboxAdmin(sandbox.base_url).action(realm_id, "deactivate", id=ids[7])
     config = ClientConfig(time_scale=TIME_SCALE, read_chunk=100)
     with QuickBooksClient(
         realm_id, sandbox.base_url, SandboxTokens(sandbox.base_url, realm_id), config=config
@@ -51,11 +52,7 @@ def test_cdc_splits_past_the_cap_and_reports_deletions(
 ) -> None:
     created = _seed(sandbox, realm_id, customers=1300, items=40, invoices=400, payments=120, days=5)
     payments = created["Payment"]
-    admin(
-        sandbox.base_url,
-        f"realms/{realm_id}/actions",
-        {"action": "delete_payment", "payment_id": payments[-1]},
-    )
+    SandboxAdmin(sandbox.base_url).action(realm_id, "delete_payment", payment_id=payments[-1])
     since = _server_now(client) - timedelta(days=6)
 
     result = client.cdc(["Customer", "Item", "Invoice", "Payment"], since)

@@ -11,7 +11,8 @@ from batchly_pipelines.defs.resources import QuickBooksResource
 from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.schema import organizations
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, admin
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 
 
@@ -29,7 +30,7 @@ def test_resource_builds_a_working_client_from_the_environment(
         monkeypatch.setenv(name, value)
     with engine.begin() as conn:
         org = conn.execute(sa.insert(organizations).values(name="Resource Co")).inserted_primary_key[0]  # type: ignore[index]
-    tokens = TokenSet.from_response(admin(sandbox.base_url, f"realms/{realm_id}/tokens"))
+    tokens = TokenSet.from_response(SandboxAdmin(sandbox.base_url).tokens(realm_id))
     ConnectionStore(engine, key).save(org, realm_id, "local", sandbox.base_url, tokens)
 
     resource = QuickBooksResource(time_scale=TIME_SCALE)

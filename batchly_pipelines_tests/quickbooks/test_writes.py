@@ -14,7 +14,8 @@ from batchly_pipelines.quickbooks.errors import StaleObjectError
 from batchly_pipelines.quickbooks.ratelimit import RateLimits
 from batchly_pipelines.quickbooks.wire import request_id
 from batchly_pipelines.services.connections import database_rate_limiter
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens, admin, counter
+from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 
 
@@ -87,7 +88,7 @@ def test_a_repeated_batch_is_replayed_not_written_twice(
     again = client.write_batch(ops)
     assert [r.entity_obj["Id"] for r in first] == [r.entity_obj["Id"] for r in again]  # type: ignore[index]
     assert client.count("Customer") == 40
-    assert counter(sandbox.base_url, realm_id, "replays") == 2
+    assert SandboxAdmin(sandbox.base_url).counter(realm_id, "replays") == 2
 
 
 def test_updates_are_sparse_and_stale_ones_come_back_with_the_current_object(
@@ -123,11 +124,9 @@ def test_voids_go_through_batch_or_single_calls(
         r.entity_obj for r in client.write_batch([invoice_op(k, customer_id, item_id) for k in range(3)])
     ]
     assert all(invoices)
-    payment = admin(
-        sandbox.base_url,
-        f"realms/{realm_id}/actions",
-        {"action": "record_payment", "invoice_id": invoices[2]["Id"]},
-    )["Payment"]  # type: ignore[index]
+    invoice_id = invoices[2]["Id"]  # type: ignore[index]
+    payment = SandboxAdmin(sandbox.base_url).action(realm_id, "record_payment", invoice_id=invoice_id)
+    payment = payment["Payment"]
     writes_before = client.stats.calls.get("write", 0)
 
     results = client.write_batch(
@@ -164,14 +163,11 @@ def test_three_thousand_invoices_through_drops_and_503s_land_exactly_once(
     config = ClientConfig(time_scale=TIME_SCALE, attempts=10)
     with QuickBooksClient(realm_id, sandbox.base_url, tokens, limiter=limiter, config=config) as qbo:
         customer_id, item_id = _customer_and_item(qbo)
-        admin(
-            sandbox.base_url,
-            f"realms/{realm_id}/faults",
-            {"drop_after_write": 0.10, "error_503": 0.05, "seed": 11},
-        )
+        admin = SandboxAdmin(sandbox.base_url)
+        admin.set_faults(realm_id, drop_after_write=0.10, error_503=0.05, seed=11)
         ops = [invoice_op(key, customer_id, item_id) for key in range(3000)]
         results = qbo.write_batch(ops)
-        admin(sandbox.base_url, f"realms/{realm_id}/faults", {})
+        admin.set_faults(realm_id)
 
         assert [r.key for r in results] == list(range(3000))
         failed = [r for r in results if not r.ok]
@@ -181,5 +177,5 @@ def test_three_thousand_invoices_through_drops_and_503s_land_exactly_once(
         assert len({r.entity_obj["Id"] for r in results if r.entity_obj}) == 3000
         assert qbo.count("Invoice") == 3000
         assert qbo.stats.retries > 0 and qbo.stats.throttled == 0
-    assert counter(sandbox.base_url, realm_id, "dropped_connections") > 0
-    assert counter(sandbox.base_url, realm_id, "replays") > 0
+    assert SandboxAdmin(sandbox.base_url).counter(realm_id, "dropped_connections") > 0
+    assert SandboxAdmin(sandbox.base_url).counter(realm_id, "replays") > 0

@@ -57,7 +57,7 @@ def _customers(args: argparse.Namespace) -> dict[str, Any]:
         window = _changes_since()
         for n, qbo_id in enumerate(company.seeded["Customer"][: args.changed_customers]):
             fields = {"Notes": f"called on night {n}"}
-            company.admin("actions", {"action": "update_customer", "customer_id": qbo_id, "fields": fields})
+            company.admin.action(company.realm_id, "update_customer", customer_id=qbo_id, fields=fields)
         pulled = pull_customers(company.engine, company.client, company.organization_id, window)
         reconciled = reconcile_customers(company.engine, company.organization_id)
     return {
@@ -73,8 +73,8 @@ def _payments(args: argparse.Namespace) -> dict[str, Any]:
         _import_with_invoices(company)
         window = _changes_since()
         for n, qbo_id in enumerate(company.seeded["Invoice"][: args.paid_invoices]):
-            payment = {"action": "record_payment", "invoice_id": qbo_id}
-            company.admin("actions", payment if n % 2 else {**payment, "amount": "0.01"})  # half partly paid
+            partly = {} if n % 2 else {"amount": "0.01"}  # half partly paid
+            company.admin.action(company.realm_id, "record_payment", invoice_id=qbo_id, **partly)
         pulled = pull_payments(company.engine, company.client, company.organization_id, window)
         reconciled = reconcile_invoice_payments(company.engine, company.organization_id)
     return {

@@ -36,7 +36,8 @@ from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines_tests.e2e.dagster_stack import DagsterStack
-from batchly_pipelines_tests.push.conftest import Books, admin
+from batchly_pipelines_tests.push.conftest import Books
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 CEILING_PER_MINUTE = 40 * 30
@@ -69,12 +70,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         migrate.upgrade(engine)
         config = SandboxConfig(port=0, time_scale=args.time_scale, throttle=True)
         with SandboxServer(config) as sandbox:
-            realm_id = admin(sandbox.base_url, "realms")["realm_id"]
+            admin = SandboxAdmin(sandbox.base_url)
+            realm_id = admin.new_realm()
             secret_key = Fernet.generate_key().decode()
             demo = create_demo(engine, customers=args.customers, items=args.items, invoices=args.invoices)
             with engine.begin() as conn:  # the demo retires a few customers; their invoices would be refused
                 conn.execute(sa.update(s.customers).values(is_active=True))
-            tokens = TokenSet.from_response(admin(sandbox.base_url, f"realms/{realm_id}/tokens"))
+            tokens = TokenSet.from_response(admin.tokens(realm_id))
             ConnectionStore(engine, secret_key).save(
                 demo.organization_id, realm_id, "local", sandbox.base_url, tokens
             )
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 runs = dagster.settled_runs()
             books = Books(sandbox, realm_id)
             found = books.by_doc_number()
-            counters = admin(sandbox.base_url, "counters", method="GET")["realms"].get(realm_id, {})
+            counters = admin.counters()["realms"].get(realm_id, {})
         figures = _figures(engine, args, found, counters, kills, runs, elapsed)
         engine.dispose()
     return figures

@@ -22,7 +22,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import requests
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
@@ -35,6 +34,7 @@ from batchly_pipelines.store import migrate
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import organizations
+from qbo_sandbox.admin_client import SandboxAdmin
 
 CEILING_PER_MINUTE = 1200  # 40 batch calls/min x 30 items, per realm
 
@@ -78,12 +78,6 @@ def _sandbox(time_scale: float, latency_ms: float) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
-
-
-def _admin(base_url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    response = requests.post(f"{base_url}/__sandbox__/{path}", json=body or {}, timeout=30)
-    response.raise_for_status()
-    return response.json()
 
 
 def _setup(client: QuickBooksClient) -> tuple[str, str]:
@@ -131,25 +125,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             cwd=Path(tmp),
         )
-        realm_id = str(_admin(base_url, "realms")["realm_id"])
+        admin = SandboxAdmin(base_url)
+        realm_id = admin.new_realm()
         with engine.begin() as conn:
             key = conn.execute(sa.insert(organizations).values(name="Bench")).inserted_primary_key
         assert key is not None
-        tokens = TokenSet.from_response(_admin(base_url, f"realms/{realm_id}/tokens"))
+        tokens = TokenSet.from_response(admin.tokens(realm_id))
         ConnectionStore(engine, settings.secret_key).save(int(key[0]), realm_id, "local", base_url, tokens)
 
         config = ClientConfig(time_scale=args.time_scale)
         with client_for_organization(engine, settings, int(key[0]), config=config) as client:
             customer_id, item_id = _setup(client)
-            faults = {"drop_after_write": args.drop_rate, "error_503": args.error_rate, "seed": 5}
-            _admin(base_url, f"realms/{realm_id}/faults", faults)
+            admin.set_faults(realm_id, drop_after_write=args.drop_rate, error_503=args.error_rate, seed=5)
             ops = [_invoice(n, customer_id, item_id) for n in range(args.entities)]
             before = client.stats.as_dict()
             started = time.monotonic()
             results = client.write_batch(ops)
             elapsed = time.monotonic() - started
             after = client.stats.as_dict()
-            _admin(base_url, f"realms/{realm_id}/faults", {})
+            admin.set_faults(realm_id)
             in_quickbooks = client.count("Invoice")
         engine.dispose()
 

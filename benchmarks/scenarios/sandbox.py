@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 BATCH_SIZE = 30
@@ -70,9 +71,9 @@ def _phase(kind: str, clients: int, url: str, headers: dict[str, str], seconds: 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure ``reads_per_s`` and ``batch_calls_per_min`` (targets: ≥ 500 and ≥ 300)."""
     with SandboxServer(SandboxConfig(throttle=False)) as sandbox:
-        admin = f"{sandbox.base_url}/__sandbox__"
-        realm = requests.post(f"{admin}/realms", json={}, timeout=10).json()["realm_id"]
-        token = requests.post(f"{admin}/realms/{realm}/tokens", timeout=10).json()["access_token"]
+        admin = SandboxAdmin(sandbox.base_url)
+        realm = admin.new_realm()
+        token = admin.access_token(realm)
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         api = f"{sandbox.base_url}/v3/company/{realm}"
         customer = requests.post(
