@@ -30,6 +30,7 @@ from batchly_pipelines.services.pull.organization import (
 from batchly_pipelines.services.push.organization import PushStats, push_organization, worker_name
 from batchly_pipelines.settings import RuntimeSettings, Settings
 from batchly_pipelines.store import migrate
+from batchly_pipelines.store.connections import CompanyMismatch
 from batchly_pipelines.store.db import Engine, create_engine
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines.store.organizations import (
@@ -116,7 +117,14 @@ def connect_unconnected(engine: Engine, settings: Settings, summary: CycleSummar
                 sandbox_realm_id=realm,
             )
             already += 1
-        except (QboError, OSError, TimeoutError, PermissionError, requests.RequestException) as exc:
+        except (
+            QboError,
+            OSError,
+            TimeoutError,
+            PermissionError,
+            requests.RequestException,
+            CompanyMismatch,
+        ) as exc:
             summary.errors.append(f"organisation {organization_id}: connect failed: {exc}")
             continue
         section("connected", f"organisation {organization_id} → realm {record.realm_id} (OAuth code flow)")

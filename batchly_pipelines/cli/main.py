@@ -17,12 +17,14 @@ from batchly_pipelines.cli.push import add_push_commands
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.settings import Settings, SettingsError
 from batchly_pipelines.store import migrate
+from batchly_pipelines.store.connections import CompanyMismatch, ConnectionStore, unlink_organization
 from batchly_pipelines.store.db import Engine, create_engine
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines.store.organizations import organization_name
 from batchly_pipelines.store.queue import SyncQueue
 from batchly_pipelines.store.schema import QUEUE_STATES
 from batchly_pipelines.store.status import organization_status
+from qbo_sandbox.admin_client import SandboxAdmin
 
 
 def _engine(settings: Settings) -> Engine:
@@ -73,6 +75,13 @@ def cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
     if org is None:
         print(f"no organisation {args.org} (list them with `batchly-sync status`)", file=sys.stderr)
         return 1
+    if args.switch_company:
+        removed = unlink_organization(engine, args.org)
+        print(
+            f"organisation {args.org} unlinked from its QuickBooks company: "
+            + ", ".join(f"{count} {what}" for what, count in removed.items() if count)
+            + " — its records are pushed to the new company when they next change"
+        )
     print(f"connecting {org!r} (organisation {args.org})")
     try:
         record = authorize(
@@ -81,8 +90,16 @@ def cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
             args.org,
             auto_approve=settings.is_local and not args.manual,
             timeout=args.timeout,
+            sandbox_realm_id=_local_company(engine, settings, args) if settings.is_local else None,
         )
-    except (QboError, TimeoutError, PermissionError, OSError, requests.RequestException) as exc:
+    except (
+        QboError,
+        TimeoutError,
+        PermissionError,
+        OSError,
+        requests.RequestException,
+        CompanyMismatch,
+    ) as exc:
         print(f"connect failed: {exc}", file=sys.stderr)
         return 1
     print(
@@ -90,6 +107,18 @@ def cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
         f"{record.base_url}); tokens stored encrypted"
     )
     return 0
+
+
+def _local_company(engine: Engine, settings: Settings, args: argparse.Namespace) -> str:
+    """The sandbox company an organisation connects to locally: ``--realm``, else the one it is connected to, else a
+    new company of its own (organisations never share a company unless told to)."""
+    if args.realm:
+        return str(args.realm)
+    try:
+        return ConnectionStore(engine, settings.secret_key).load(args.org).realm_id
+    except LookupError:
+        name = organization_name(engine, args.org) or f"organisation {args.org}"
+        return SandboxAdmin(settings.qbo_base_url, timeout=10).new_realm(name)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -171,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--manual",
         action="store_true",
         help="local mode: wait for a browser instead of following the redirect",
+    )
+    connect.add_argument(
+        "--realm",
+        help="local mode: the sandbox company to approve (default: the organisation's own, or a new one)",
+    )
+    connect.add_argument(
+        "--switch-company",
+        action="store_true",
+        help="move the organisation to another QuickBooks company: unlink every record first, then connect",
     )
     connect.set_defaults(handler=cmd_connect)
 

@@ -51,6 +51,9 @@ RESERVED_QUERY_KEYS = frozenset({"startPosition", "maxResults", "totalCount"})
 BATCH_VOIDABLE = frozenset({"Invoice"})  # other voids (a payment's is an update with include=void) go singly
 
 CallKind = Literal["query", "read", "cdc", "batch", "write"]
+WRITE_KINDS: frozenset[str] = frozenset(
+    {"batch", "write"}
+)  # a batch may carry a query, but is fenced as a write
 Operation = Literal["create", "update", "void"]
 
 
@@ -187,8 +190,20 @@ class _Reply:
     intuit_tid: str | None
 
 
+class WriteFenceLost(Exception):
+    """The caller's write fence refused a write: whoever asked for it no longer holds the right to write."""
+
+
+WriteFence = Callable[[], None]
+"""Called right before every write request is sent (after any wait for a rate-limit slot); raises
+:class:`WriteFenceLost` to stop the write. Reads are never fenced."""
+
+
 class QuickBooksClient:
-    """One realm's data API. Thread-safe; up to ``config.in_flight`` requests run at once."""
+    """One realm's data API. Thread-safe; up to ``config.in_flight`` requests run at once.
+
+    ``write_fence`` (settable) is checked before every write that leaves the process, retries included.
+    """
 
     def __init__(
         self,
@@ -200,8 +215,10 @@ class QuickBooksClient:
         config: ClientConfig | None = None,
         session: requests.Session | None = None,
         stats: ClientStats | None = None,
+        write_fence: WriteFence | None = None,
     ) -> None:
         self.realm_id = realm_id
+        self.write_fence = write_fence
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
         self.limiter = limiter
@@ -489,6 +506,8 @@ class QuickBooksClient:
         slot = self.limiter.slot(batch=kind == "batch") if self.limiter is not None else nullcontext(0.0)
         with slot as waited:
             self.stats.add(limit_wait_seconds=waited)
+            if kind in WRITE_KINDS and self.write_fence is not None:
+                self.write_fence()
             self.stats.count_call(kind)
             try:
                 response = self.session.request(

@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Connection, Engine
 
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import qbo_connections, utcnow
 
 
@@ -62,8 +64,58 @@ class ConnectionRecord:
     tokens: StoredTokens | None
 
 
+class CompanyMismatch(ValueError):
+    """A connection to another QuickBooks company than the one the organisation's records are linked to."""
+
+
+def switch_hint(organization_id: int) -> str:
+    """The explicit command that moves an organisation to another QuickBooks company."""
+    return f"batchly-sync connect --org {organization_id} --switch-company"
+
+
+def linked_records(conn: Connection, organization_id: int) -> int:
+    """How many of the organisation's records are linked to QuickBooks objects."""
+    st = s.qbo_sync_state.c
+    linked = conn.execute(
+        sa.select(sa.func.count()).where(st.organization_id == organization_id)
+    ).scalar_one()
+    unlinked_tables = (s.customers, s.items, s.invoices)
+    orphans = sum(
+        conn.execute(
+            sa.select(sa.func.count()).where(t.c.organization_id == organization_id, t.c.qbo_id.is_not(None))
+        ).scalar_one()
+        for t in unlinked_tables
+    )
+    return int(max(linked, orphans))
+
+
+def unlink_organization(engine: Engine, organization_id: int) -> dict[str, int]:
+    """Forget the organisation's QuickBooks company: connections, links, bases, mirror, cursors; ``qbo_id`` cleared.
+
+    One sync transaction (nothing is queued by it). Returns what was removed or cleared, per table.
+    """
+    done: dict[str, int] = {}
+    with sync_transaction(engine) as conn:
+        for table in (s.qbo_connections, s.qbo_sync_state, s.qbo_mirror, s.qbo_reconciled, s.sync_cursors):
+            done[table.name] = conn.execute(
+                sa.delete(table).where(table.c.organization_id == organization_id)
+            ).rowcount
+        for table in (s.customers, s.items, s.invoices):
+            done[f"{table.name}.qbo_id"] = conn.execute(
+                sa.update(table)
+                .where(table.c.organization_id == organization_id, table.c.qbo_id.is_not(None))
+                .values(qbo_id=None)
+            ).rowcount
+    return done
+
+
 class ConnectionStore:
-    """``qbo_connections`` with tokens encrypted by Fernet under ``BATCHLY_SECRET_KEY``."""
+    """``qbo_connections`` with tokens encrypted by Fernet under ``BATCHLY_SECRET_KEY``.
+
+    An organisation is bound to one QuickBooks company once any of its records is linked: :meth:`save` refuses a
+    connection to another company (:class:`CompanyMismatch`), so a wrong pick on Intuit's consent screen can never send
+    its invoices into somebody else's books. Moving to another company is the explicit :func:`unlink_organization`.
+    """
 
     def __init__(self, engine: Engine, secret_key: str) -> None:
         self.engine = engine
@@ -83,6 +135,26 @@ class ConnectionStore:
             "updated_at": utcnow(),
         }
         with self.engine.begin() as conn:
+            others = list(
+                conn.execute(
+                    sa.select(c.realm_id)
+                    .where(c.organization_id == organization_id, c.realm_id != realm_id)
+                    .with_for_update()
+                ).scalars()
+            )
+            if others and (linked := linked_records(conn, organization_id)):
+                raise CompanyMismatch(
+                    f"organisation {organization_id} is bound to QuickBooks company {others[0]} ({linked} linked "
+                    f"record(s)), but the authorisation was for company {realm_id}; nothing was stored. Connect "
+                    f"again and pick company {others[0]}, or move the organisation with `{switch_hint(organization_id)}`"
+                    " (it unlinks every record first)"
+                )
+            if others:  # nothing linked yet: the new company replaces the old connection
+                conn.execute(
+                    sa.delete(qbo_connections).where(
+                        c.organization_id == organization_id, c.realm_id != realm_id
+                    )
+                )
             existing = conn.execute(
                 sa.select(c.id)
                 .where(c.organization_id == organization_id, c.realm_id == realm_id)

@@ -70,7 +70,11 @@ class SyncQueue:
         entity_ids: Iterable[int] | None = None,
         now: datetime | None = None,
     ) -> list[QueueItem]:
-        """Lease up to ``limit`` due rows (oldest first) to ``worker``, counting an attempt for each."""
+        """Lease up to ``limit`` due rows (oldest first) to ``worker``.
+
+        A claim is not an attempt: :meth:`count_attempts` counts one when a row's record is actually sent, so crashed
+        or abandoned runs do not burn the retry budget of rows they never sent.
+        """
         now = now or utcnow()
         # a record is worked on by one worker at a time: a row waits while an older row of the same record is
         # unfinished (held, or itself due first), so no claim hands out a record twice or to two workers
@@ -106,7 +110,6 @@ class SyncQueue:
                     status="in_progress",
                     lease_owner=worker,
                     lease_expires_at=expires,
-                    attempts=q.attempts + 1,
                     updated_at=now,
                 )
             )
@@ -144,6 +147,23 @@ class SyncQueue:
             ).rowcount
         return done
 
+    def count_attempts(self, items: Sequence[QueueItem], now: datetime | None = None) -> int:
+        """Count an attempt for each row still leased to its worker, right before its record is sent."""
+        if not items:
+            return 0
+        owners: dict[str, list[int]] = {}
+        for item in items:
+            owners.setdefault(item.lease_owner, []).append(item.id)
+        with self.engine.begin() as conn:
+            return sum(
+                conn.execute(
+                    sa.update(sync_queue)
+                    .where(q.id.in_(ids), q.lease_owner == owner, q.status == "in_progress")
+                    .values(attempts=q.attempts + 1, updated_at=now or utcnow())
+                ).rowcount
+                for owner, ids in owners.items()
+            )
+
     def fail(
         self, item: QueueItem, error: str, *, retryable: bool = True, now: datetime | None = None
     ) -> str:
@@ -164,7 +184,10 @@ class SyncQueue:
         """:meth:`fail` inside the caller's transaction."""
         now = now or utcnow()
         owned = (q.id == item.id) & (q.lease_owner == item.lease_owner) & (q.status == "in_progress")
-        if not retryable or item.attempts >= self.policy.max_attempts:
+        attempts = conn.execute(sa.select(q.attempts).where(owned).with_for_update()).scalar()
+        if attempts is None:
+            return "lost_lease"
+        if not retryable or attempts >= self.policy.max_attempts:
             updated = conn.execute(
                 sa.update(sync_queue)
                 .where(owned)
@@ -173,7 +196,7 @@ class SyncQueue:
                 )
             ).rowcount
             return "dead" if updated else "lost_lease"
-        requeued = _requeue(conn, owned, item.id, now + self.policy.delay(item.attempts), error, now)
+        requeued = _requeue(conn, owned, item.id, now + self.policy.delay(max(1, attempts)), error, now)
         return "pending" if requeued else "lost_lease"
 
     def renew_leases(self, worker: str, lease: timedelta, now: datetime | None = None) -> int:

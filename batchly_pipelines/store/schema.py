@@ -385,3 +385,15 @@ sync_write_marker = sa.Table(
     _pk(),
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
 )
+
+# One push per QuickBooks company across every entry point (CLI, Dagster, benchmarks): the holder's lease is renewed
+# while it works and checked before every write; a dead holder's lock lapses within one lease.
+qbo_push_locks = sa.Table(
+    "qbo_push_locks",
+    metadata,
+    sa.Column("realm_id", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("organization_id", sa.Integer, nullable=False),
+    sa.Column("acquired_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)

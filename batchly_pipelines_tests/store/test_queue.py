@@ -23,12 +23,15 @@ def _customers(engine: Engine, count: int) -> tuple[int, list[int]]:
         return org, [f.customer(conn, org, display_name=f"Customer {n}") for n in range(count)]
 
 
-def test_claim_leases_oldest_due_rows_and_counts_an_attempt(engine: Engine) -> None:
+def test_claim_leases_oldest_due_rows_and_an_attempt_counts_only_when_sent(engine: Engine) -> None:
     org, ids = _customers(engine, 5)
     queue = SyncQueue(engine)
     claimed = queue.claim("worker-a", limit=3, lease=LEASE)
     assert [c.entity_id for c in claimed] == ids[:3]
-    assert all(c.attempts == 1 and c.lease_owner == "worker-a" for c in claimed)
+    assert all(c.attempts == 0 and c.lease_owner == "worker-a" for c in claimed)
+    assert queue.count_attempts(claimed[:2]) == 2
+    with engine.connect() as conn:
+        assert [r["attempts"] for r in f.queue_rows(conn)][:3] == [1, 1, 0]
     assert [c.entity_id for c in queue.claim("worker-b", limit=10, lease=LEASE)] == ids[3:]
     assert queue.claim("worker-c", limit=10, lease=LEASE) == []
     assert queue.depth() == {org: {"pending": 0, "in_progress": 5, "done": 0, "dead": 0}}
@@ -40,7 +43,8 @@ def test_expired_lease_is_claimable_again_and_the_old_owner_cannot_ack(engine: E
     [crashed] = queue.claim("crashed-run", limit=1, lease=LEASE)
     assert queue.claim("other", limit=1, lease=LEASE, now=utcnow() + LEASE / 2) == []
     [taken_over] = queue.claim("other", limit=1, lease=LEASE, now=utcnow() + LEASE * 2)
-    assert taken_over.id == crashed.id and taken_over.attempts == 2
+    assert taken_over.id == crashed.id and taken_over.attempts == 0  # the crashed run never sent it
+    assert queue.count_attempts([crashed]) == 0  # a lost lease counts nothing
     with engine.begin() as conn:
         assert SyncQueue.ack(conn, [crashed]) == 0
         assert SyncQueue.ack(conn, [taken_over]) == 1
@@ -56,7 +60,8 @@ def test_failure_backs_off_then_dead_letters_after_max_attempts(engine: Engine) 
     now = utcnow()
     for attempt in (1, 2):
         [item] = queue.claim("w", limit=1, lease=LEASE, now=now)
-        assert item.attempts == attempt
+        assert item.attempts == attempt - 1
+        queue.count_attempts([item])
         assert queue.fail(item, f"HTTP 503 on attempt {attempt}", now=now) == "pending"
         with engine.connect() as conn:
             row = conn.execute(sa.select(s.sync_queue)).mappings().one()
@@ -66,6 +71,7 @@ def test_failure_backs_off_then_dead_letters_after_max_attempts(engine: Engine) 
         assert queue.claim("w", limit=1, lease=LEASE, now=now) == []  # not due yet
         now = row["next_attempt_at"]
     [item] = queue.claim("w", limit=1, lease=LEASE, now=now)
+    queue.count_attempts([item])
     assert queue.fail(item, "HTTP 503 again", now=now) == "dead"
     [dead] = queue.list(status="dead")
     assert dead["last_error"] == "HTTP 503 again" and dead["attempts"] == 3
@@ -79,13 +85,14 @@ def test_validation_failure_goes_straight_to_the_dead_letter_and_can_be_retried(
     assert queue.claim("w", limit=1, lease=LEASE) == []
     assert queue.retry_dead(organization_id=org) == 1
     [again] = queue.claim("w", limit=1, lease=LEASE)
-    assert again.entity_id == customer_id and again.attempts == 1
+    assert again.entity_id == customer_id and again.attempts == 0
 
 
 def test_failed_row_folds_into_a_newer_pending_edit_of_the_same_record(engine: Engine) -> None:
     _, [customer_id] = _customers(engine, 1)
     queue = SyncQueue(engine)
     [item] = queue.claim("w", limit=1, lease=LEASE)
+    queue.count_attempts([item])
     with engine.begin() as conn:  # the app edits the customer while the push is in flight
         conn.execute(sa.update(s.customers).where(s.customers.c.id == customer_id).values(notes="edited"))
     assert queue.fail(item, "HTTP 500") == "pending"
@@ -184,6 +191,7 @@ def test_retrying_a_dead_row_folds_into_a_newer_pending_edit(engine: Engine) -> 
     _, [customer_id] = _customers(engine, 1)
     queue = SyncQueue(engine)
     [item] = queue.claim("w", limit=1, lease=LEASE)
+    queue.count_attempts([item])
     queue.fail(item, "customers.display_name: contains ':'", retryable=False)
     with engine.begin() as conn:
         conn.execute(

@@ -42,7 +42,7 @@ def resolve_selected_conflicts(
             organization_id=config.organization_id,
             entity_type=config.entity_type,
             field=config.field,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
         )
     except ValueError as exc:
         raise Failure(str(exc), allow_retries=False) from exc

@@ -188,7 +188,7 @@ def batchly_customers(
 ) -> MaterializeResult:
     def run(organization_id: int) -> dict[str, Any]:
         stats = reconcile_customers(
-            batchly_db.engine, organization_id, review_fields=config.review_fields, run_id=context.run_id
+            batchly_db.engine, organization_id, review_fields=config.review_fields, run_id=context.run.run_id
         )
         return _with_changed(stats)
 
@@ -203,7 +203,7 @@ def batchly_customers(
 )
 def batchly_items(context: AssetExecutionContext, batchly_db: BatchlyDatabase) -> MaterializeResult:
     def run(organization_id: int) -> dict[str, Any]:
-        return _with_changed(reconcile_items(batchly_db.engine, organization_id, run_id=context.run_id))
+        return _with_changed(reconcile_items(batchly_db.engine, organization_id, run_id=context.run.run_id))
 
     return _reconciled(context, run, "changed")
 
@@ -218,6 +218,6 @@ def batchly_invoice_payments(
     context: AssetExecutionContext, batchly_db: BatchlyDatabase
 ) -> MaterializeResult:
     def run(organization_id: int) -> dict[str, Any]:
-        return asdict(reconcile_invoice_payments(batchly_db.engine, organization_id, run_id=context.run_id))
+        return asdict(reconcile_invoice_payments(batchly_db.engine, organization_id, run_id=context.run.run_id))
 
     return _reconciled(context, run, "updated")

@@ -26,11 +26,15 @@ from dagster import (
 from pydantic import Field
 
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
+from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import AuthError
 from batchly_pipelines.services.push.organization import (
     CLAIM_SIZE,
     DEFAULT_LEASE,
     Progress,
+    PushAbandoned,
+    PushStats,
+    RealmBusy,
     push_organization,
     worker_name,
 )
@@ -114,18 +118,16 @@ def push_records(
     except (LookupError, AuthError) as exc:  # never connected, or the connection needs a person
         raise Failure(description=str(exc), allow_retries=False) from None
     with client:
-        stats = push_organization(
-            batchly_db.engine,
-            client,
-            config.organization_id,
-            worker=worker_name(f"run-{context.run_id[:8]}"),
-            invoice_ids=config.invoice_ids or None,
-            progress=report,
-            run_id=context.run_id,
-            claim_size=config.claim_size,
-            linger_seconds=config.linger_seconds,
-            lease=timedelta(seconds=config.lease_seconds / quickbooks.time_scale),
-        )
+        try:
+            stats = _push(context, config, batchly_db, quickbooks, client, report)
+        except (
+            RealmBusy,
+            PushAbandoned,
+            AuthError,
+        ) as exc:  # a sentence, not a traceback; records stay queued
+            raise Failure(
+                description=str(exc), allow_retries=isinstance(exc, RealmBusy | PushAbandoned)
+            ) from None
     report(Progress(stats.done, stats.total, stats.elapsed_seconds), final=True)
     summary = stats.as_dict()
     return Output(
@@ -139,6 +141,28 @@ def push_records(
             "api_calls": stats.api.get("calls_total", 0),
             "throttled": stats.api.get("throttled", 0),
         },
+    )
+
+
+def _push(
+    context: OpExecutionContext,
+    config: PushConfig,
+    batchly_db: BatchlyDatabase,
+    quickbooks: QuickBooksResource,
+    client: QuickBooksClient,
+    report: _ProgressReporter,
+) -> PushStats:
+    return push_organization(
+        batchly_db.engine,
+        client,
+        config.organization_id,
+        worker=worker_name(f"run-{context.run.run_id[:8]}"),
+        invoice_ids=config.invoice_ids or None,
+        progress=report,
+        run_id=context.run.run_id,
+        claim_size=config.claim_size,
+        linger_seconds=config.linger_seconds,
+        lease=timedelta(seconds=config.lease_seconds / quickbooks.time_scale),
     )
 
 

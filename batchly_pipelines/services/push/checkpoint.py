@@ -16,7 +16,7 @@ from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.quickbooks.wire import qbo_last_updated
 from batchly_pipelines.store.conflicts import ConflictRecord, record_conflicts
-from batchly_pipelines.store.db import Engine, sync_transaction
+from batchly_pipelines.store.db import Connection, Engine, sync_transaction
 from batchly_pipelines.store.push_rows import write_back
 from batchly_pipelines.store.queue import QueueItem, SyncQueue
 from batchly_pipelines.store.schema import utcnow
@@ -95,7 +95,16 @@ class CheckpointResult:
 class Checkpointer:
     """Writes outcomes of one organisation's push, each call one transaction."""
 
-    def __init__(self, engine: Engine, queue: SyncQueue, organization_id: int, run_id: str | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        queue: SyncQueue,
+        organization_id: int,
+        run_id: str | None,
+        *,
+        fence: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.fence = fence  # raises inside the transaction when this worker may no longer write back
         self.engine = engine
         self.queue = queue
         self.organization_id = organization_id
@@ -110,6 +119,8 @@ class Checkpointer:
             return result
         now = utcnow()
         with sync_transaction(self.engine) as conn:
+            if self.fence is not None:
+                self.fence(conn)
             states: list[SyncState] = []
             conflicts: list[ConflictRecord] = []
             log: list[LogEntry] = []

@@ -10,6 +10,7 @@ callback after every checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.quickbooks.client import QuickBooksClient, WriteFenceLost
 from batchly_pipelines.quickbooks.errors import AuthError
 from batchly_pipelines.quickbooks.wire import BATCH_MAX
 from batchly_pipelines.rules.validation import NotPushableError, assert_pushable
@@ -36,7 +37,8 @@ from batchly_pipelines.services.push.checkpoint import (
 )
 from batchly_pipelines.services.push.invoices import InvoicePusher
 from batchly_pipelines.services.push.name_lists import CUSTOMERS, ITEMS, NameListPusher
-from batchly_pipelines.store.db import Engine
+from batchly_pipelines.store import push_locks
+from batchly_pipelines.store.db import Connection, Engine
 from batchly_pipelines.store.push_rows import load_invoice_lines, load_rows
 from batchly_pipelines.store.queue import QueueItem, SyncQueue
 
@@ -45,6 +47,17 @@ CLAIM_SIZE = (
 )
 DEFAULT_LEASE = timedelta(minutes=2)  # renewed while the run lives: a dead run's rows return within this
 LINGER_POLL_SECONDS = 1.0
+RENEW_RETRY_SECONDS = (
+    1.0  # a failed renewal (database unreachable) is retried this often until the lease is at risk
+)
+
+
+class RealmBusy(RuntimeError):
+    """Another push holds the QuickBooks company's push lock: one push per company at a time, whatever started it."""
+
+
+class PushAbandoned(RuntimeError):
+    """This push lost its lease (renewals failed, or it was paused past it): it stopped before writing again."""
 
 
 @dataclass(frozen=True)
@@ -120,18 +133,46 @@ def push_organization(
     lease: timedelta = DEFAULT_LEASE,
     queue: SyncQueue | None = None,
     linger_seconds: float = 0.0,
+    lock_wait: timedelta | None = None,
 ) -> PushStats:
     """Push everything due for ``organization_id`` (or only ``invoice_ids`` and what they depend on).
 
     Runs until no due row is left, then keeps watching the queue for ``linger_seconds`` (a warm run picks up records
     created meanwhile within a second instead of waiting for the next sensor tick and a new run). Raises :class:`AuthError` when the realm's connection must be re-authorised
     (after checkpointing what was done); every other failure is per record.
+
+    One push per QuickBooks company runs at a time across every process: the realm's push lock is taken first (waiting
+    up to ``lock_wait``, by default one lease, for a running push to finish, else :class:`RealmBusy`), renewed with
+    the queue leases, and checked before every write to QuickBooks and in every checkpoint. A push that loses it stops
+    with :class:`PushAbandoned` before writing again; the rows it held go back to the queue when their lease lapses.
     """
     push = _Push(
         engine, client, organization_id, worker, run_id, claim_size, lease, queue or SyncQueue(engine)
     )
     wanted = sorted(set(invoice_ids)) if invoice_ids is not None else None
-    return push.run(wanted, progress, linger_seconds)
+    _acquire_realm(
+        engine, client.realm_id, worker, organization_id, lease, lease if lock_wait is None else lock_wait
+    )
+    try:
+        return push.run(wanted, progress, linger_seconds)
+    finally:
+        client.write_fence = None
+        with contextlib.suppress(Exception):  # the database is gone: the lock lapses with its lease
+            push_locks.release(engine, client.realm_id, worker)
+
+
+def _acquire_realm(
+    engine: Engine, realm_id: str, worker: str, organization_id: int, lease: timedelta, wait: timedelta
+) -> None:
+    deadline = time.monotonic() + wait.total_seconds()
+    while (holder := push_locks.acquire(engine, realm_id, worker, organization_id, lease)) is not None:
+        if time.monotonic() >= deadline:
+            raise RealmBusy(
+                f"another push of QuickBooks company {realm_id} is running (organisation {holder.organization_id}, "
+                f"worker {holder.owner}, lease until {holder.expires_at:%Y-%m-%d %H:%M:%S} UTC); it was not "
+                "started twice — try again when that one has finished"
+            )
+        time.sleep(min(LINGER_POLL_SECONDS, max(0.05, deadline - time.monotonic())))
 
 
 class _Push:
@@ -155,7 +196,10 @@ class _Push:
         self.claim_size = claim_size
         self.lease = lease
         self.queue = queue
-        self.checkpointer = Checkpointer(engine, queue, organization_id, run_id)
+        self.checkpointer = Checkpointer(engine, queue, organization_id, run_id, fence=self._fence_in)
+        self.realm_id = client.realm_id
+        self._lease_lost = threading.Event()
+        client.write_fence = self._fence
         self.stats = PushStats(organization_id)
         self.ctx = PushContext(engine, client, organization_id, run_id, self._checkpoint)
         self.customers = NameListPusher(self.ctx, CUSTOMERS)
@@ -185,6 +229,8 @@ class _Push:
                     due = self.queue.due_by_organization().get(self.org, (0, 0))[0]
                     self.stats.total = max(self.stats.total, self.stats.done + len(batch) + due)
                 self._round(batch)
+        except WriteFenceLost:
+            raise self._abandoned() from None
         finally:
             stop_renewing.set()
             renewer.join()
@@ -193,10 +239,57 @@ class _Push:
         return self.stats
 
     def _renew_leases(self, stop: threading.Event) -> None:
-        """Keep this worker's claimed rows leased while it runs (a third of the lease apart), so a long round never
-        looks abandoned; once the worker dies its leases lapse within one lease."""
-        while not stop.wait(self.lease.total_seconds() / 3):
-            self.queue.renew_leases(self.worker, self.lease)
+        """Keep the realm lock and this worker's claimed rows leased while it runs (a third of the lease apart), so a
+        long round never looks abandoned; once the worker dies its leases lapse within one lease.
+
+        A failed renewal (database unreachable) is retried every second; when the lock was taken over, or renewals
+        kept failing until the lease is at risk, the lease counts as lost and every later write is refused.
+        """
+        interval = self.lease.total_seconds() / 3
+        renewed_at = time.monotonic()
+        wait = interval
+        while not stop.wait(wait):
+            try:
+                if not push_locks.renew(self.engine, self.realm_id, self.worker, self.lease):
+                    self._lease_lost.set()
+                    return
+                self.queue.renew_leases(self.worker, self.lease)
+                renewed_at, wait = time.monotonic(), interval
+            except Exception:
+                if time.monotonic() - renewed_at >= self.lease.total_seconds() - self._margin.total_seconds():
+                    self._lease_lost.set()
+                    return
+                wait = RENEW_RETRY_SECONDS
+
+    @property
+    def _margin(self) -> timedelta:
+        """Lease a write must have left when it is sent, so it completes before anyone else may take over."""
+        return self.lease / 4
+
+    def _abandoned(self) -> PushAbandoned:
+        return PushAbandoned(
+            f"the push of organisation {self.org} lost its lease on QuickBooks company {self.realm_id} "
+            "(renewals failed or the process was paused past it) and stopped before writing again; its records "
+            "return to the queue and the next push resumes them"
+        )
+
+    def _fence(self) -> None:
+        """Before every write to QuickBooks: this worker still holds the realm with time to finish the write."""
+        if self._lease_lost.is_set():
+            raise WriteFenceLost(f"the push lost its lease on QuickBooks company {self.realm_id}")
+        try:
+            with self.engine.begin() as conn:
+                self._fence_in(conn)
+        except WriteFenceLost:
+            raise
+        except Exception as exc:  # cannot prove the lease: do not write
+            raise WriteFenceLost(f"cannot confirm the push lease ({type(exc).__name__})") from None
+
+    def _fence_in(self, conn: Connection) -> None:
+        """In a checkpoint's transaction: refuse to write back unless this worker still holds the realm."""
+        if self._lease_lost.is_set() or not push_locks.held(conn, self.realm_id, self.worker, self._margin):
+            self._lease_lost.set()
+            raise WriteFenceLost(f"the push lost its lease on QuickBooks company {self.realm_id}")
 
     def _claim_or_linger(self, invoice_ids: list[int] | None, linger_seconds: float) -> list[QueueItem]:
         """The next batch; when none is due, keep looking (once a second) for up to ``linger_seconds`` — unless
@@ -281,9 +374,14 @@ class _Push:
         chunks = [ids[i : i + BATCH_MAX] for i in range(0, len(ids), BATCH_MAX)]
 
         def run(chunk: Sequence[int]) -> None:
+            if self._lease_lost.is_set():
+                return  # the round is abandoned: nothing more is sent or written back
+            self.queue.count_attempts(
+                [item for i in chunk for item in self.claimed.get((entity_type, i), ())]
+            )
             try:
                 outcomes = push(chunk)
-            except AuthError:
+            except (AuthError, WriteFenceLost):
                 raise
             except Exception as exc:  # a bug or an outage must not strand the chunk's leases
                 message = f"push failed: {type(exc).__name__}: {exc}"
@@ -294,6 +392,8 @@ class _Push:
 
         with ThreadPoolExecutor(max_workers=self.client.config.in_flight, thread_name_prefix="push") as pool:
             errors = [future.exception() for future in [pool.submit(run, chunk) for chunk in chunks]]
+        if any(isinstance(e, WriteFenceLost) for e in errors) or self._lease_lost.is_set():
+            raise self._abandoned()
         failure = next((e for e in errors if isinstance(e, AuthError)), None) or next(
             (e for e in errors if e is not None), None
         )

@@ -1,0 +1,178 @@
+"""Only the lease holder writes: a push that lost its realm lock stops writing, renewals survive a dropped database
+connection, and one push per QuickBooks company runs at a time whatever started it (issue 14, failures 1, 3 and 7)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.services.push import organization as push_module
+from batchly_pipelines.services.push.checkpoint import Checkpointer, CheckpointResult, Outcome
+from batchly_pipelines.services.push.organization import PushAbandoned, PushStats, RealmBusy
+from batchly_pipelines.store import push_locks
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.queue import SyncQueue
+from batchly_pipelines.store.schema import utcnow
+from batchly_pipelines_tests.push.conftest import Books
+from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert_exactly_once, _demo_into
+
+INVOICES = 120
+
+
+def _expire_leases(engine: Engine) -> None:
+    """What time does to a dead worker's rows and lock: its leases lapse."""
+    past = utcnow() - timedelta(seconds=1)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(s.sync_queue)
+            .where(s.sync_queue.c.status == "in_progress")
+            .values(lease_expires_at=past)
+        )
+        conn.execute(sa.update(s.qbo_push_locks).values(expires_at=past))
+
+
+def _linked(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(sa.select(sa.func.count()).where(s.invoices.c.qbo_id.is_not(None))).scalar_one()
+        )
+
+
+def test_a_push_whose_lock_was_taken_over_stops_writing_and_the_next_push_leaves_no_duplicate(
+    engine: Engine,
+    org: int,
+    client: QuickBooksClient,
+    push: Callable[..., PushStats],
+    books: Books,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _demo_into(engine, org, INVOICES)
+    writes_after_takeover: list[str] = []
+    stolen = False
+    checkpoint = Checkpointer.write
+
+    def steal_after_first_invoices(
+        self: Checkpointer, outcomes: Sequence[Outcome], items: Any
+    ) -> CheckpointResult:
+        nonlocal stolen
+        result = checkpoint(self, outcomes, items)
+        if not stolen and any(o.entity_type == "invoice" for o in outcomes):
+            stolen = True  # the lease lapsed (a pause, a dead renewal) and another worker took the realm
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.update(s.qbo_push_locks).values(
+                        owner="intruder", expires_at=utcnow() + timedelta(minutes=5)
+                    )
+                )
+        return result
+
+    fence = push_module._Push._fence
+
+    def recording_fence(self: Any) -> None:
+        fence(self)
+        if stolen:
+            writes_after_takeover.append("sent")
+
+    monkeypatch.setattr(Checkpointer, "write", steal_after_first_invoices)
+    monkeypatch.setattr(push_module._Push, "_fence", recording_fence)
+    with pytest.raises(PushAbandoned, match="lost its lease"):
+        push(claim_size=60)
+    assert stolen and writes_after_takeover == []  # not one write left the process after the takeover
+    assert len(books.objects("Invoice")) < INVOICES
+    linked_before = _linked(engine)
+
+    monkeypatch.setattr(Checkpointer, "write", checkpoint)
+    _expire_leases(engine)
+    queue = SyncQueue(engine, IMPATIENT)
+    for _ in range(5):
+        push_module.push_organization(engine, client, org, worker="successor", queue=queue)
+        if not queue.due_by_organization():
+            break
+    assert _linked(engine) == INVOICES > linked_before
+    _assert_exactly_once(engine, books, INVOICES)
+
+
+def test_lease_renewal_survives_a_dropped_database_connection(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _demo_into(engine, org, 60)
+    renew = push_locks.renew
+    failures = itertools.count()
+
+    def flaky_renew(*args: Any, **kwargs: Any) -> bool:
+        if next(failures) < 2:
+            raise sa.exc.OperationalError(
+                "UPDATE qbo_push_locks", {}, Exception("server closed the connection")
+            )
+        return renew(*args, **kwargs)
+
+    monkeypatch.setattr(push_locks, "renew", flaky_renew)
+    monkeypatch.setattr(push_module, "RENEW_RETRY_SECONDS", 0.05)
+    slow = Checkpointer.write
+
+    def slow_write(self: Checkpointer, outcomes: Sequence[Outcome], items: Any) -> CheckpointResult:
+        import time
+
+        time.sleep(0.4)
+        return slow(self, outcomes, items)
+
+    monkeypatch.setattr(Checkpointer, "write", slow_write)
+    stats = push(lease=timedelta(seconds=1.5), claim_size=30)  # renewals every 0.5 s, the first two fail
+    assert next(failures) > 3, "the renewer kept renewing after the failures"
+    assert stats.failed == 0
+    _assert_exactly_once(engine, books, 60)
+
+
+def test_a_push_that_cannot_renew_its_lease_stops_before_it_lapses(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _demo_into(engine, org, 90)
+
+    def dead_database(*args: Any, **kwargs: Any) -> bool:
+        raise sa.exc.OperationalError("UPDATE qbo_push_locks", {}, Exception("could not connect to server"))
+
+    monkeypatch.setattr(push_locks, "renew", dead_database)
+    monkeypatch.setattr(push_module, "RENEW_RETRY_SECONDS", 0.05)
+    slow = Checkpointer.write
+
+    def slow_write(self: Checkpointer, outcomes: Sequence[Outcome], items: Any) -> CheckpointResult:
+        import time
+
+        time.sleep(0.5)
+        return slow(self, outcomes, items)
+
+    monkeypatch.setattr(Checkpointer, "write", slow_write)
+    with pytest.raises(PushAbandoned):
+        push(lease=timedelta(seconds=1.2), claim_size=30)
+    assert len(books.objects("Invoice")) < 90
+
+
+def test_one_push_per_company_whatever_started_it(
+    engine: Engine, org: int, client: QuickBooksClient, push: Callable[..., PushStats], books: Books
+) -> None:
+    _demo_into(engine, org, 30)
+    assert push_locks.acquire(engine, client.realm_id, "dagster-run-1", org, timedelta(minutes=2)) is None
+    with pytest.raises(RealmBusy, match=f"company {client.realm_id} is running.*dagster-run-1"):
+        push(lock_wait=timedelta(0))
+    assert books.objects("Invoice") == [] and books.objects("Customer") == []
+    push_locks.release(engine, client.realm_id, "dagster-run-1")
+    stats = push(lock_wait=timedelta(0))
+    assert stats.failed == 0 and len(books.objects("Invoice")) == 30
+    assert push_locks.holder(engine, client.realm_id) is None  # released when the push ended
+
+
+def test_a_dead_holders_lock_lapses_within_one_lease(
+    engine: Engine, org: int, client: QuickBooksClient, push: Callable[..., PushStats], books: Books
+) -> None:
+    _demo_into(engine, org, 30)
+    lease = timedelta(seconds=0.5)
+    assert push_locks.acquire(engine, client.realm_id, "killed-run", org, lease) is None  # then SIGKILL
+    stats = push(lock_wait=timedelta(seconds=5))
+    assert stats.failed == 0 and len(books.objects("Invoice")) == 30
