@@ -21,8 +21,8 @@ from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests import factories
-from batchly_pipelines_tests.e2e.dagster_stack import DagsterStack
+from batchly_pipelines_tests.support import factories
+from batchly_pipelines_tests.support.dagster_stack import DagsterStack
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 

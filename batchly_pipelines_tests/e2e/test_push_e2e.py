@@ -19,9 +19,9 @@ from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
-from batchly_pipelines_tests import factories as f
-from batchly_pipelines_tests.e2e.dagster_stack import DagsterStack
-from batchly_pipelines_tests.push.conftest import Books
+from batchly_pipelines_tests.support import factories as f
+from batchly_pipelines_tests.support.dagster_stack import DagsterStack
+from batchly_pipelines_tests.support.push import Books
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 

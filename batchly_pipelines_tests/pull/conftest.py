@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import date, timedelta
-from decimal import Decimal
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.oauth import TokenSet
-from batchly_pipelines.services.pull.mirror import Window
-from batchly_pipelines.services.pull.organization import EPOCH, OrganizationPull, pull_organization
-from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import ConnectionStore
-from batchly_pipelines.store.db import sync_transaction
-from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests import factories
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo
-from batchly_pipelines_tests.quickbooks.conftest import SandboxTokens
+from batchly_pipelines_tests.support import factories
+from batchly_pipelines_tests.support.pull import Company
+from batchly_pipelines_tests.support.quickbooks import SandboxTokens
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 
@@ -32,42 +23,6 @@ def sandbox() -> Iterator[SandboxServer]:
     """One unthrottled sandbox for the session; every test works in its own realm."""
     with SandboxServer(SandboxConfig(port=0, throttle=False)) as server:
         yield server
-
-
-@dataclass
-class Company:
-    """A Batchly organisation connected to a fresh sandbox realm."""
-
-    engine: Engine
-    sandbox: SandboxServer
-    org: int
-    qbo: Qbo
-    client: QuickBooksClient
-
-    @staticmethod
-    def window() -> Window:
-        """One window over the whole history."""
-        return Window(EPOCH, utcnow() + timedelta(days=1))
-
-    def pull(self, **kwargs: Any) -> OrganizationPull:
-        """Pull everything QuickBooks has and reconcile it."""
-        return pull_organization(self.engine, self.client, self.org, self.window(), **kwargs)
-
-    def act(self, action: str, **payload: Any) -> dict[str, Any]:
-        """Act as the accountant in QuickBooks' UI."""
-        return self.qbo.admin.action(self.qbo.realm_id, action, **payload)
-
-    def row(self, table: sa.Table, **where: Any) -> dict[str, Any]:
-        """The one Batchly row of ``table`` matching ``where``."""
-        with self.engine.connect() as conn:
-            query = sa.select(table).where(*(table.c[k] == v for k, v in where.items()))
-            return dict(conn.execute(query).mappings().one())
-
-    def rows(self, table: sa.Table) -> list[dict[str, Any]]:
-        """Every row of ``table`` (ordered by its first key column)."""
-        with self.engine.connect() as conn:
-            key = next(iter(table.primary_key.columns))
-            return [dict(r) for r in conn.execute(sa.select(table).order_by(key)).mappings()]
 
 
 @pytest.fixture
@@ -97,39 +52,3 @@ def connected(company: Company, monkeypatch: pytest.MonkeyPatch) -> Company:
         company.org, company.qbo.realm_id, "local", company.sandbox.base_url, TokenSet.from_response(tokens)
     )
     return company
-
-
-def link_invoices_as_pushed(
-    engine: Engine, organization_id: int, invoices: Iterable[Mapping[str, Any]]
-) -> None:
-    """Batchly twins of QuickBooks invoices, linked as the push leaves them (sync writes: nothing is queued)."""
-    with engine.connect() as conn:
-        customer_ids = dict(conn.execute(sa.select(s.customers.c.qbo_id, s.customers.c.id)).all())
-    rows = [
-        {
-            "organization_id": organization_id,
-            "customer_id": customer_ids[invoice["CustomerRef"]["value"]],
-            "doc_number": invoice["DocNumber"],
-            "txn_date": date.fromisoformat(invoice["TxnDate"]),
-            "due_date": date.fromisoformat(invoice["DueDate"]) if invoice.get("DueDate") else None,
-            "total_amount": Decimal(str(invoice["TotalAmt"])),
-            "qbo_id": invoice["Id"],
-            "sync_status": "synced",
-        }
-        for invoice in invoices
-    ]
-    with sync_transaction(engine) as conn:
-        conn.execute(sa.insert(s.invoices), rows)
-
-
-def queue(engine: Engine) -> list[dict[str, Any]]:
-    """The sync queue (what would be pushed)."""
-    with engine.connect() as conn:
-        return factories.queue_rows(conn)
-
-
-def open_conflicts(engine: Engine) -> list[dict[str, Any]]:
-    """Conflicts waiting for review."""
-    with engine.connect() as conn:
-        query = sa.select(s.sync_conflicts).where(s.sync_conflicts.c.resolution == "pending_review")
-        return [dict(r) for r in conn.execute(query.order_by(s.sync_conflicts.c.id)).mappings()]

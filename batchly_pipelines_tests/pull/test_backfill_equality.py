@@ -15,7 +15,7 @@ from batchly_pipelines.rules.payments import payment_facts_from_qbo, payment_sta
 from batchly_pipelines.services.pull.organization import pull_organization
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests.pull.conftest import Company, link_invoices_as_pushed, queue
+from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed, queue
 
 PLAN = {"customers": 5000, "items": 500, "invoices": 3000, "payments": 2000, "days": 60, "seed": 5}
 

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from batchly_pipelines.cli.main import main
 from batchly_pipelines.services.pull.resolve import resolve_conflicts
 from batchly_pipelines.store import schema as s
-from batchly_pipelines_tests import factories
-from batchly_pipelines_tests.pull.conftest import Company, open_conflicts
+from batchly_pipelines_tests.support import factories
+from batchly_pipelines_tests.support.pull import Company, open_conflicts
 
 
 def test_pull_and_conflicts_from_the_command_line(

@@ -36,7 +36,7 @@ from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests.pull.conftest import Company, link_invoices_as_pushed, open_conflicts, queue
+from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed, open_conflicts, queue
 
 SEED = {"customers": 30, "items": 6, "invoices": 25, "payments": 15, "days": 10, "seed": 3}
 

@@ -13,7 +13,7 @@ from batchly_pipelines.services.pull.mirror import Window, changed_pages
 from batchly_pipelines.services.pull.organization import pull_customers
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests.pull.conftest import Company
+from batchly_pipelines_tests.support.pull import Company
 
 
 def _create_customers(company: Company, count: int, prefix: str) -> None:

@@ -19,7 +19,7 @@ from batchly_pipelines.services.pull.organization import cursor_name, pull_custo
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests.pull.conftest import Company
+from batchly_pipelines_tests.support.pull import Company
 
 POSITION_READ = "ORDERBY Id STARTPOSITION"  # how _one_second reads a crowded second
 

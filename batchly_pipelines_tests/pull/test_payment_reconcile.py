@@ -11,8 +11,8 @@ from batchly_pipelines.services.pull.invoice_payments import linked_ids
 from batchly_pipelines.services.pull.mirror import store_objects
 from batchly_pipelines.services.pull.organization import pull_payments, reconcile_invoice_payments
 from batchly_pipelines.store import schema as s
-from batchly_pipelines_tests.pull.conftest import Company, queue
 from batchly_pipelines_tests.pull.test_scenarios import _linked_invoice
+from batchly_pipelines_tests.support.pull import Company, queue
 
 PAYMENT = ("payment_status", "amount_paid", "amount_due", "payment_date", "qb_payment_id")
 

@@ -16,9 +16,9 @@ from batchly_pipelines.services.pull.organization import (
 )
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests import factories
-from batchly_pipelines_tests.pull.conftest import Company, open_conflicts
 from batchly_pipelines_tests.pull.test_scenarios import _linked_invoice
+from batchly_pipelines_tests.support import factories
+from batchly_pipelines_tests.support.pull import Company, open_conflicts
 
 
 def _reconciled(company: Company, entity: str) -> dict[str, str]:

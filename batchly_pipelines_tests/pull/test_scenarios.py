@@ -13,8 +13,8 @@ from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.store.sync_state import load_states
-from batchly_pipelines_tests import factories
-from batchly_pipelines_tests.pull.conftest import Company, open_conflicts, queue
+from batchly_pipelines_tests.support import factories
+from batchly_pipelines_tests.support.pull import Company, open_conflicts, queue
 
 
 def _app_update(company: Company, table: sa.Table, row_id: int, **values: object) -> None:

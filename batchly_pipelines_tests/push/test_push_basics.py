@@ -12,8 +12,8 @@ from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import SyncQueue
 from batchly_pipelines.store.sync_state import load_states
-from batchly_pipelines_tests import factories as f
-from batchly_pipelines_tests.push.conftest import Books
+from batchly_pipelines_tests.support import factories as f
+from batchly_pipelines_tests.support.push import Books
 
 
 def test_invoice_with_new_customer_and_item_lands_once(

@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.cli.main import main
-from batchly_pipelines_tests import factories as f
-from batchly_pipelines_tests.push.conftest import Books
+from batchly_pipelines_tests.support import factories as f
+from batchly_pipelines_tests.support.push import Books
 
 
 def test_push_command_pushes_chosen_invoices_and_reports_failures(

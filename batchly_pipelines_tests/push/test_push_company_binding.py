@@ -16,9 +16,9 @@ from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.connections import CompanyMismatch, ConnectionStore
-from batchly_pipelines_tests import factories as f
-from batchly_pipelines_tests.push.conftest import Books
 from batchly_pipelines_tests.push.test_push_resilience import _demo_into
+from batchly_pipelines_tests.support import factories as f
+from batchly_pipelines_tests.support.push import Books
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 

@@ -22,8 +22,8 @@ from batchly_pipelines.defs.push.job import push_to_quickbooks
 from batchly_pipelines.defs.push.sensor import ORGANIZATION_TAG, REALM_TAG, sync_queue_sensor
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.store.queue import SyncQueue
-from batchly_pipelines_tests import factories as f
-from batchly_pipelines_tests.push.conftest import TIME_SCALE, Books, queue_status
+from batchly_pipelines_tests.support import factories as f
+from batchly_pipelines_tests.support.push import TIME_SCALE, Books, queue_status
 
 
 def _url(engine: Engine) -> str:

@@ -20,8 +20,8 @@ from batchly_pipelines.store import push_locks
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import SyncQueue
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests.push.conftest import Books
 from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert_exactly_once, _demo_into
+from batchly_pipelines_tests.support.push import Books
 
 INVOICES = 120
 

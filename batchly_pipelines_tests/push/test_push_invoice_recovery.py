@@ -20,8 +20,8 @@ from batchly_pipelines.services.push.checkpoint import Checkpointer, Outcome, Re
 from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import QueueItem
-from batchly_pipelines_tests import factories as f
-from batchly_pipelines_tests.push.conftest import Books, queue_status, update
+from batchly_pipelines_tests.support import factories as f
+from batchly_pipelines_tests.support.push import Books, queue_status, update
 
 
 class Killed(BaseException):

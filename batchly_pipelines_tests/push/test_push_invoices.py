@@ -15,8 +15,8 @@ from batchly_pipelines.rules.validation import IMMUTABLE_MESSAGE
 from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests import factories as f
-from batchly_pipelines_tests.push.conftest import Books, queue_status, update
+from batchly_pipelines_tests.support import factories as f
+from batchly_pipelines_tests.support.push import Books, queue_status, update
 
 
 def _invoice_row(engine: Engine, invoice_id: int) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from batchly_pipelines.quickbooks.client import QuickBooksClient, WriteOp
 from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.conflicts import list_conflicts
-from batchly_pipelines_tests import factories as f
-from batchly_pipelines_tests.factories import queue_rows
-from batchly_pipelines_tests.push.conftest import Books, queue_status, update
+from batchly_pipelines_tests.support import factories as f
+from batchly_pipelines_tests.support.factories import queue_rows
+from batchly_pipelines_tests.support.push import Books, queue_status, update
 
 
 def _customer_in_qbo(books: Books) -> dict:

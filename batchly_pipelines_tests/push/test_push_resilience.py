@@ -15,7 +15,7 @@ from batchly_pipelines.services.push.organization import Progress, PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
-from batchly_pipelines_tests.push.conftest import Books
+from batchly_pipelines_tests.support.push import Books
 
 IMPATIENT = RetryPolicy(base_delay=timedelta(0), max_delay=timedelta(0))
 

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 
 SECOND_PRECISION_PACIFIC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d-0[78]:00$")
 MILLIS_PACIFIC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}-0[78]:00$")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, fault_code
+from batchly_pipelines_tests.support.sandbox_client import Qbo, fault_code
 
 
 def test_stale_sync_token_is_5010(qbo: Qbo) -> None:

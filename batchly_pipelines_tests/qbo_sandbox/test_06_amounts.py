@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, fault_code
+from batchly_pipelines_tests.support.sandbox_client import Qbo, fault_code
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, fault_code
+from batchly_pipelines_tests.support.sandbox_client import Qbo, fault_code
 from qbo_sandbox import state
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 

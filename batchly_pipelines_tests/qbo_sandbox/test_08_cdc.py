@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, fault_code
+from batchly_pipelines_tests.support.sandbox_client import Qbo, fault_code
 
 
 def _since(minutes: int = 5) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo, fault_code
+from batchly_pipelines_tests.support.sandbox_client import Qbo, fault_code
 from qbo_sandbox.books import Books
 
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 

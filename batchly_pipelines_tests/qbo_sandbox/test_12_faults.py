@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 from qbo_sandbox.admin_client import SandboxAdminError
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 

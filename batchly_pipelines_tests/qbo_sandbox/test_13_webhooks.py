@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 from qbo_sandbox import admin as admin_api
 from qbo_sandbox import admin_client
 from qbo_sandbox.admin_client import SandboxAdmin, SandboxAdminError

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import requests
 
-from batchly_pipelines_tests.qbo_sandbox.client import Qbo
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 from qbo_sandbox.wire import dumps
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
 from batchly_pipelines.settings import Settings
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from batchly_pipelines_tests.support.quickbooks import TIME_SCALE, SandboxTokens
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 

@@ -27,8 +27,8 @@ from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.schema import organizations, qbo_connections, utcnow
-from batchly_pipelines_tests.quickbooks import workers
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE
+from batchly_pipelines_tests.support import workers
+from batchly_pipelines_tests.support.quickbooks import TIME_SCALE
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 

@@ -20,7 +20,7 @@ from batchly_pipelines.quickbooks.errors import (
     ValidationError,
     error_from_response,
 )
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from batchly_pipelines_tests.support.quickbooks import TIME_SCALE, SandboxTokens
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 

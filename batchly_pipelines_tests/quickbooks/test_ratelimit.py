@@ -15,8 +15,8 @@ from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, 
 from batchly_pipelines.quickbooks.ratelimit import RateLimits, SharedRateLimiter
 from batchly_pipelines.services.connections import database_rate_limiter
 from batchly_pipelines.store.schema import qbo_rate_requests
-from batchly_pipelines_tests.quickbooks import workers
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from batchly_pipelines_tests.support import workers
+from batchly_pipelines_tests.support.quickbooks import TIME_SCALE, SandboxTokens
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 

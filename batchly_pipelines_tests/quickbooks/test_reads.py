@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from batchly_pipelines_tests.support.quickbooks import TIME_SCALE, SandboxTokens
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 

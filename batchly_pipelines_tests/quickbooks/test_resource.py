@@ -11,7 +11,7 @@ from batchly_pipelines.defs.resources import QuickBooksResource
 from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.schema import organizations
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE
+from batchly_pipelines_tests.support.quickbooks import TIME_SCALE
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 

@@ -17,7 +17,7 @@ from batchly_pipelines.quickbooks.wire import (
     qbo_time,
     request_id,
 )
-from batchly_pipelines_tests.rules.strategies import SETTINGS, utc_times
+from batchly_pipelines_tests.support.strategies import SETTINGS, utc_times
 
 parts = st.tuples(
     st.sampled_from(["create", "update", "void"]),

@@ -14,7 +14,7 @@ from batchly_pipelines.quickbooks.errors import StaleObjectError
 from batchly_pipelines.quickbooks.ratelimit import RateLimits
 from batchly_pipelines.quickbooks.wire import request_id
 from batchly_pipelines.services.connections import database_rate_limiter
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from batchly_pipelines_tests.support.quickbooks import TIME_SCALE, SandboxTokens
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 

@@ -25,7 +25,7 @@ from batchly_pipelines.rules.mapping import (
     to_money,
     with_identity,
 )
-from batchly_pipelines_tests.rules.strategies import SETTINGS, customer_rows, item_rows
+from batchly_pipelines_tests.support.strategies import SETTINGS, customer_rows, item_rows
 
 QBO_CUSTOMER = {
     "Id": "58",

@@ -16,7 +16,7 @@ from batchly_pipelines.rules.matching import (
     phones_match,
     same_customer,
 )
-from batchly_pipelines_tests.rules.strategies import SETTINGS
+from batchly_pipelines_tests.support.strategies import SETTINGS
 
 
 def person(name: str = "José García", email: str | None = None, phone: str | None = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from batchly_pipelines.rules.merge import (
     merge,
     resolve_field,
 )
-from batchly_pipelines_tests.rules.strategies import SETTINGS, utc_times
+from batchly_pipelines_tests.support.strategies import SETTINGS, utc_times
 
 T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 FIELDS = ("a", "b", "c", "d")

@@ -18,7 +18,7 @@ from batchly_pipelines.rules.payments import (
     payment_state,
     today_in,
 )
-from batchly_pipelines_tests.rules.strategies import SETTINGS, money
+from batchly_pipelines_tests.support.strategies import SETTINGS, money
 
 DUE = date(2026, 3, 31)
 BEFORE_DUE, ON_DUE, AFTER_DUE = DUE - timedelta(days=1), DUE, DUE + timedelta(days=1)

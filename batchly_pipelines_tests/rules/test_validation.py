@@ -20,7 +20,7 @@ from batchly_pipelines.rules.validation import (
     validate_invoice,
     validate_item,
 )
-from batchly_pipelines_tests.rules.strategies import SETTINGS
+from batchly_pipelines_tests.support.strategies import SETTINGS
 
 CUSTOMER: dict[str, Any] = {
     "id": 1,

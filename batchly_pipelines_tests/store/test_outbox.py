@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
-from batchly_pipelines_tests import factories as f
+from batchly_pipelines_tests.support import factories as f
 
 
 def test_one_app_write_enqueues_exactly_one_row_in_the_same_transaction(engine: Engine) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests import factories as f
+from batchly_pipelines_tests.support import factories as f
 
 LEASE = timedelta(minutes=5)
 

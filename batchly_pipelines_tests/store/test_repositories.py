@@ -14,7 +14,7 @@ from batchly_pipelines.store.conflicts import ConflictRecord, list_conflicts, ma
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.upsert import bulk_upsert
-from batchly_pipelines_tests import factories as f
+from batchly_pipelines_tests.support import factories as f
 
 
 def test_cursor_set_get_replace(engine: Engine) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, load_states, save_states, write_log
-from batchly_pipelines_tests import factories as f
+from batchly_pipelines_tests.support import factories as f
 
 
 def test_links_are_created_moved_and_filtered(engine: Engine) -> None:

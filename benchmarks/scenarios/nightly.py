@@ -23,7 +23,7 @@ from batchly_pipelines.services.pull.organization import (
     reconcile_invoice_payments,
 )
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests.pull.conftest import link_invoices_as_pushed
+from batchly_pipelines_tests.support.pull import link_invoices_as_pushed
 from benchmarks.pull_setup import Connected, connected_company
 
 

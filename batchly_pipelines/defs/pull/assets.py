@@ -218,6 +218,8 @@ def batchly_invoice_payments(
     context: AssetExecutionContext, batchly_db: BatchlyDatabase
 ) -> MaterializeResult:
     def run(organization_id: int) -> dict[str, Any]:
-        return asdict(reconcile_invoice_payments(batchly_db.engine, organization_id, run_id=context.run.run_id))
+        return asdict(
+            reconcile_invoice_payments(batchly_db.engine, organization_id, run_id=context.run.run_id)
+        )
 
     return _reconciled(context, run, "updated")

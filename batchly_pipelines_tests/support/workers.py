@@ -9,7 +9,7 @@ from batchly_pipelines.quickbooks.ratelimit import RateLimits
 from batchly_pipelines.services.connections import client_for_organization, database_rate_limiter
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.db import create_engine
-from batchly_pipelines_tests.quickbooks.helpers import TIME_SCALE, SandboxTokens
+from batchly_pipelines_tests.support.quickbooks import TIME_SCALE, SandboxTokens
 
 
 def refresh_and_count(database_url: str, settings: Settings, org: int, barrier: Any, out: Any) -> None:
