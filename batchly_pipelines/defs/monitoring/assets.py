@@ -1,10 +1,13 @@
-"""``sync_status``: a per-organisation view of connections and the push queue, with a dead-letter check."""
+"""``sync_status``: a per-organisation view of connections and the push queue (its checks: ``checks.py``)."""
 
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     asset,
     define_asset_job,
 )
@@ -33,8 +36,19 @@ def sync_status(context: AssetExecutionContext, batchly_db: BatchlyDatabase) -> 
     return MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
-            "status": MetadataValue.md(
-                frame.to_markdown(index=False) if len(frame) else "_no organisations_"
+            "status": MetadataValue.table(
+                records=[TableRecord(row) for row in frame.astype(object).to_dict("records")],
+                schema=TableSchema(
+                    columns=[
+                        TableColumn("organization_id", "int"),
+                        TableColumn("name", "string"),
+                        TableColumn("quickbooks", "string", description="realm (connection status)"),
+                        *(
+                            TableColumn(state, "int", description=f"queue rows {state}")
+                            for state in QUEUE_STATES
+                        ),
+                    ]
+                ),
             ),
             **{f"queue_{state}": MetadataValue.int(count) for state, count in totals.items()},
         }
