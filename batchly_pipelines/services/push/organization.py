@@ -100,6 +100,9 @@ class PushStats:
     dead: int = 0
     elapsed_seconds: float = 0.0
     api: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(
+        default_factory=list
+    )  # chunks that failed as a whole, with why (records retry later)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for logs, metadata and JSON."""
@@ -112,6 +115,7 @@ class PushStats:
             "dead": self.dead,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "api": self.api,
+            "errors": list(self.errors),
         }
 
 
@@ -368,8 +372,9 @@ class _Push:
     ) -> None:
         """Push ``ids`` 30 at a time, as many chunks at once as the client may have requests in flight.
 
-        An unexpected error fails the chunk's records for a later retry (with the error as their message); an
-        :class:`AuthError` stops the push once the other chunks are done.
+        An error of one chunk (a 503 that outlived the client's retries, a bug) fails that chunk's records for a later
+        retry with backoff (the error is their message and is listed in ``stats.errors``); the other chunks and
+        rounds carry on. Only an :class:`AuthError` (once the other chunks are done) or a lost lease stops the push.
         """
         chunks = [ids[i : i + BATCH_MAX] for i in range(0, len(ids), BATCH_MAX)]
 
@@ -383,10 +388,12 @@ class _Push:
                 outcomes = push(chunk)
             except (AuthError, WriteFenceLost):
                 raise
-            except Exception as exc:  # a bug or an outage must not strand the chunk's leases
+            except Exception as exc:  # a bug or an outage: this chunk retries later, the run carries on
                 message = f"push failed: {type(exc).__name__}: {exc}"
+                with self._lock:
+                    self.stats.errors.append(f"{entity_type} {', '.join(map(str, chunk))}: {message}")
                 self._checkpoint([Failed(entity_type, i, "push", message, retryable=True) for i in chunk])
-                raise
+                return
             if not checkpointed:
                 self._checkpoint(outcomes)
 
@@ -397,7 +404,9 @@ class _Push:
         failure = next((e for e in errors if isinstance(e, AuthError)), None) or next(
             (e for e in errors if e is not None), None
         )
-        if failure is not None:
+        if (
+            failure is not None
+        ):  # AuthError, or the failure checkpoint itself failed: nothing more can be recorded
             raise failure
 
     def _checkpoint(self, outcomes: Sequence[Outcome]) -> None:

@@ -1,0 +1,56 @@
+"""A transient error retries the chunk, not the run (issue 14, failure 10): the other chunks are pushed and
+checkpointed, the failed chunk's records back off with the error as their message, and the next push completes them
+exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.quickbooks.errors import ServerError
+from batchly_pipelines.services.push.invoices import InvoicePusher
+from batchly_pipelines.services.push.organization import PushStats
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.queue import SyncQueue
+from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert_exactly_once, _demo_into
+from batchly_pipelines_tests.support.push import Books
+
+
+def test_an_outage_in_one_chunk_fails_that_chunk_and_the_run_carries_on(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _demo_into(engine, org, 90)
+    real_push = InvoicePusher.push
+    failed_once: list[Sequence[int]] = []
+
+    def one_outage(self: InvoicePusher, ids: Sequence[int]) -> Any:
+        if not failed_once:
+            failed_once.append(list(ids))
+            raise ServerError("HTTP 503 from QuickBooks (retries exhausted)")
+        return real_push(self, ids)
+
+    monkeypatch.setattr(InvoicePusher, "push", one_outage)
+    stats = push()  # no exception: one chunk's outage is that chunk's problem
+    [chunk] = failed_once
+    assert len(stats.errors) == 1 and "ServerError" in stats.errors[0]
+    assert len(books.objects("Invoice")) == 90 - len(chunk)
+    q = s.sync_queue.c
+    with engine.connect() as conn:
+        waiting = conn.execute(
+            sa.select(q.entity_id, q.status, q.last_error, q.attempts).where(
+                q.entity_type == "invoice", q.status != "done"
+            )
+        ).all()
+    assert sorted(row.entity_id for row in waiting) == sorted(chunk)
+    assert all(row.status == "pending" and "503" in row.last_error and row.attempts == 1 for row in waiting)
+
+    monkeypatch.setattr(InvoicePusher, "push", real_push)
+    queue = SyncQueue(engine, IMPATIENT)
+    queue.expedite(org, "invoice", chunk)  # their backoff is over
+    push(queue=queue)
+    assert not queue.due_by_organization()
+    _assert_exactly_once(engine, books, 90)
