@@ -194,9 +194,10 @@ class WriteFenceLost(Exception):
     """The caller's write fence refused a write: whoever asked for it no longer holds the right to write."""
 
 
-WriteFence = Callable[[], None]
-"""Called right before every write request is sent (after any wait for a rate-limit slot); raises
-:class:`WriteFenceLost` to stop the write. Reads are never fenced."""
+WriteFence = Callable[[], float]
+"""Called right before every write request is sent (after any wait for a rate-limit slot). Returns the
+``time.monotonic()`` instant by which the request must have left the process (the client checks it again at the last
+moment and never connects for longer), or raises :class:`WriteFenceLost` to stop the write. Reads are never fenced."""
 
 
 class QuickBooksClient:
@@ -506,8 +507,12 @@ class QuickBooksClient:
         slot = self.limiter.slot(batch=kind == "batch") if self.limiter is not None else nullcontext(0.0)
         with slot as waited:
             self.stats.add(limit_wait_seconds=waited)
+            connect_timeout = self.config.connect_timeout
             if kind in WRITE_KINDS and self.write_fence is not None:
-                self.write_fence()
+                left = self.write_fence() - time.monotonic()  # a pause after the fence answered counts here
+                if left <= 0:
+                    raise WriteFenceLost("the write's lease ran out before it could be sent")
+                connect_timeout = min(connect_timeout, left)
             self.stats.count_call(kind)
             try:
                 response = self.session.request(
@@ -516,7 +521,7 @@ class QuickBooksClient:
                     params={**params, "minorversion": MINOR_VERSION},
                     data=data,
                     headers=headers,
-                    timeout=(self.config.connect_timeout, self.config.read_timeout),
+                    timeout=(connect_timeout, self.config.read_timeout),
                 )
             except TRANSPORT_ERRORS as exc:
                 raise ServerError(f"no answer from QuickBooks ({type(exc).__name__})", detail=path) from None

@@ -89,6 +89,16 @@ def linked_records(conn: Connection, organization_id: int) -> int:
     return int(max(linked, orphans))
 
 
+def holds_connection(conn: Connection, organization_id: int, realm_id: str) -> bool:
+    """Whether the organisation is (still) connected to ``realm_id``; the row is locked until the caller's
+    transaction ends, so a reconnect or an unlink waits for a write-back that checked it."""
+    c = qbo_connections.c
+    query = (
+        sa.select(c.id).where(c.organization_id == organization_id, c.realm_id == realm_id).with_for_update()
+    )
+    return conn.execute(query).first() is not None
+
+
 def unlink_organization(engine: Engine, organization_id: int) -> dict[str, int]:
     """Forget the organisation's QuickBooks company: connections, links, bases, mirror, cursors; ``qbo_id`` cleared.
 
@@ -135,6 +145,12 @@ class ConnectionStore:
             "updated_at": utcnow(),
         }
         with self.engine.begin() as conn:
+            # one save per organisation at a time: two racing authorisations cannot leave two companies behind
+            conn.execute(
+                sa.select(s.organizations.c.id)
+                .where(s.organizations.c.id == organization_id)
+                .with_for_update()
+            )
             others = list(
                 conn.execute(
                     sa.select(c.realm_id)

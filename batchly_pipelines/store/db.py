@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "Connection",
     "Engine",
     "create_engine",
+    "database_now",
     "normalise_url",
     "sync_transaction",
 ]
@@ -83,3 +85,14 @@ def sync_transaction(engine: Engine) -> Iterator[Connection]:
         assert marker is not None
         yield connection
         connection.execute(sa.delete(sync_write_marker).where(sync_write_marker.c.id == marker[0]))
+
+
+def database_now(conn: Connection) -> datetime:
+    """The database server's clock (UTC): one clock for every process that compares leases, whatever their own say.
+
+    PostgreSQL answers ``clock_timestamp()``; SQLite lives on this machine, so its clock is the process's.
+    """
+    if conn.dialect.name == "postgresql":
+        moment = conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
+        return moment.astimezone(UTC)
+    return utcnow()

@@ -2,8 +2,12 @@
 
 A push holds ``qbo_push_locks[realm]`` under a lease it renews while it works. Before every write to QuickBooks and in
 every write-back to Batchly the holder proves it still holds the lock with enough lease left for the request to finish
-(:func:`held`); a holder that lost it stops writing. A dead holder's lock lapses when its lease expires, so the realm is
-free again within one lease without an operator.
+(:func:`remaining`); a holder that lost it stops writing. Every comparison uses the database's clock, so processes whose
+clocks disagree still agree on who holds a lock.
+
+A lapsed lock is not free at once: a write sent just before the lease ran out may still be applied by QuickBooks for a
+while (Intuit gives up on a request after 120 s), so another worker takes over only ``grace`` after it lapsed. A dead
+holder's realm is free again after one lease plus that grace, without an operator.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
 
-from batchly_pipelines.store.schema import qbo_push_locks, utcnow
+from batchly_pipelines.store.db import Connection, Engine, database_now
+from batchly_pipelines.store.schema import qbo_push_locks
 
 c = qbo_push_locks.c
 
@@ -30,20 +34,25 @@ class LockHolder:
     expires_at: datetime
 
 
+def _holder(row: sa.Row[tuple[object, ...]]) -> LockHolder:
+    return LockHolder(row.realm_id, row.owner, row.organization_id, row.acquired_at, row.expires_at)
+
+
 def acquire(
     engine: Engine,
     realm_id: str,
     owner: str,
     organization_id: int,
     lease: timedelta,
-    now: datetime | None = None,
+    grace: timedelta = timedelta(0),
 ) -> LockHolder | None:
     """Take the realm's lock for ``owner`` (or extend it if ``owner`` holds it already).
 
-    Returns ``None`` on success, else the current live holder (the caller waits or reports it).
+    Another owner's lock is taken over only once it lapsed more than ``grace`` ago. Returns ``None`` on success, else
+    the current holder (the caller waits or reports it).
     """
-    now = now or utcnow()
     with engine.begin() as conn:
+        now = database_now(conn)
         row = conn.execute(sa.select(qbo_push_locks).where(c.realm_id == realm_id).with_for_update()).first()
         if row is None:
             try:
@@ -62,8 +71,8 @@ def acquire(
                 row = conn.execute(
                     sa.select(qbo_push_locks).where(c.realm_id == realm_id).with_for_update()
                 ).one()
-        if row.owner != owner and row.expires_at > now:
-            return LockHolder(row.realm_id, row.owner, row.organization_id, row.acquired_at, row.expires_at)
+        if row.owner != owner and row.expires_at + grace > now:
+            return _holder(row)
         conn.execute(
             sa.update(qbo_push_locks)
             .where(c.realm_id == realm_id)
@@ -77,10 +86,10 @@ def acquire(
         return None
 
 
-def renew(engine: Engine, realm_id: str, owner: str, lease: timedelta, now: datetime | None = None) -> bool:
-    """Extend ``owner``'s lease; False when it no longer holds a live lock (expired or taken over)."""
-    now = now or utcnow()
+def renew(engine: Engine, realm_id: str, owner: str, lease: timedelta) -> bool:
+    """Extend ``owner``'s lease; False when it no longer holds a live lock (lapsed or taken over)."""
     with engine.begin() as conn:
+        now = database_now(conn)
         return bool(
             conn.execute(
                 sa.update(qbo_push_locks)
@@ -90,18 +99,16 @@ def renew(engine: Engine, realm_id: str, owner: str, lease: timedelta, now: date
         )
 
 
-def held(
-    conn: Connection, realm_id: str, owner: str, margin: timedelta = timedelta(0), now: datetime | None = None
-) -> bool:
-    """Whether ``owner`` holds the lock with at least ``margin`` of lease left, inside the caller's transaction.
+def remaining(conn: Connection, realm_id: str, owner: str) -> timedelta | None:
+    """How much lease ``owner`` has left (``None`` when it does not hold the lock), inside the caller's transaction.
 
-    The row is locked (``FOR UPDATE``) so a write-back that checked it commits before anyone can take the lock over.
+    The row is locked (``FOR UPDATE``), so a write-back that checked it commits before anyone can take the lock over.
     """
-    now = now or utcnow()
-    row = conn.execute(
-        sa.select(c.owner, c.expires_at).where(c.realm_id == realm_id).with_for_update()
-    ).first()
-    return row is not None and row.owner == owner and row.expires_at > now + margin
+    row = conn.execute(sa.select(c.owner, c.expires_at).where(c.realm_id == realm_id).with_for_update()).first()
+    if row is None or row.owner != owner:
+        return None
+    left = row.expires_at - database_now(conn)
+    return left if left > timedelta(0) else None
 
 
 def release(engine: Engine, realm_id: str, owner: str) -> None:
@@ -114,8 +121,4 @@ def holder(engine: Engine, realm_id: str) -> LockHolder | None:
     """The lock's current row, live or lapsed (for status and messages)."""
     with engine.connect() as conn:
         row = conn.execute(sa.select(qbo_push_locks).where(c.realm_id == realm_id)).first()
-    return (
-        None
-        if row is None
-        else LockHolder(row.realm_id, row.owner, row.organization_id, row.acquired_at, row.expires_at)
-    )
+    return None if row is None else _holder(row)

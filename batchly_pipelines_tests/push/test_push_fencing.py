@@ -13,15 +13,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.services.push import organization as push_module
 from batchly_pipelines.services.push.checkpoint import Checkpointer, CheckpointResult, Outcome
 from batchly_pipelines.services.push.organization import PushAbandoned, PushStats, RealmBusy
 from batchly_pipelines.store import push_locks
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.connections import ConnectionStore, unlink_organization
 from batchly_pipelines.store.queue import SyncQueue
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert_exactly_once, _demo_into
 from batchly_pipelines_tests.support.push import Books
+from qbo_sandbox.admin_client import SandboxAdmin
 
 INVOICES = 120
 
@@ -64,21 +67,25 @@ def test_a_push_whose_lock_was_taken_over_stops_writing_and_the_next_push_leaves
         nonlocal stolen
         result = checkpoint(self, outcomes, items)
         if not stolen and any(o.entity_type == "invoice" for o in outcomes):
-            stolen = True  # the lease lapsed (a pause, a dead renewal) and another worker took the realm
-            with engine.begin() as conn:
+            with (
+                engine.begin() as conn
+            ):  # the lease lapsed (a pause, a dead renewal), another worker took over
                 conn.execute(
                     sa.update(s.qbo_push_locks).values(
                         owner="intruder", expires_at=utcnow() + timedelta(minutes=5)
                     )
                 )
+            stolen = True  # set once the takeover is committed
         return result
 
     fence = push_module._Push._fence
 
-    def recording_fence(self: Any) -> None:
-        fence(self)
-        if stolen:
+    def recording_fence(self: Any) -> float:
+        after_takeover = stolen  # a fence that begins after the takeover committed must refuse
+        deadline = fence(self)
+        if after_takeover:
             writes_after_takeover.append("sent")
+        return deadline
 
     monkeypatch.setattr(Checkpointer, "write", steal_after_first_invoices)
     monkeypatch.setattr(push_module._Push, "_fence", recording_fence)
@@ -176,3 +183,92 @@ def test_a_dead_holders_lock_lapses_within_one_lease(
     assert push_locks.acquire(engine, client.realm_id, "killed-run", org, lease) is None  # then SIGKILL
     stats = push(lock_wait=timedelta(seconds=5))
     assert stats.failed == 0 and len(books.objects("Invoice")) == 30
+
+
+def test_a_push_stops_writing_back_when_its_organisation_moves_to_another_company(
+    engine: Engine,
+    org: int,
+    client: QuickBooksClient,
+    settings: Any,
+    push: Callable[..., PushStats],
+    books: Books,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A switch (or reconnect) while a push runs: the push must not link records to the company it left."""
+    _demo_into(engine, org, 30)
+    admin = SandboxAdmin(books.sandbox.base_url)
+    other = admin.new_realm("The company the organisation moved to")
+    checkpoint = Checkpointer.write
+    switched: list[dict[str, int]] = []
+
+    def switch_before_first_checkpoint(
+        self: Checkpointer, outcomes: Sequence[Outcome], items: Any
+    ) -> CheckpointResult:
+        if not switched:
+            switched.append(unlink_organization(engine, org))
+            ConnectionStore(engine, settings.secret_key).save(
+                org, other, "local", books.sandbox.base_url, TokenSet.from_response(admin.tokens(other))
+            )
+        return checkpoint(self, outcomes, items)
+
+    monkeypatch.setattr(Checkpointer, "write", switch_before_first_checkpoint)
+    with pytest.raises(PushAbandoned, match="no longer connected"):
+        push()
+    with engine.connect() as conn:
+        linked = conn.execute(sa.select(sa.func.count()).select_from(s.qbo_sync_state)).scalar_one()
+        with_ids = conn.execute(
+            sa.select(sa.func.count()).where(s.customers.c.qbo_id.is_not(None))
+        ).scalar_one()
+    assert linked == 0 and with_ids == 0  # nothing of the old company is linked to the organisation
+    assert ConnectionStore(engine, settings.secret_key).load(org).realm_id == other
+
+
+def test_a_worker_that_lost_the_realm_claims_and_counts_nothing_more(
+    engine: Engine,
+    org: int,
+    client: QuickBooksClient,
+    push: Callable[..., PushStats],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _demo_into(engine, org, 12)
+    claim = SyncQueue.claim
+    rounds = itertools.count()
+
+    def take_over_after_first_round(self: SyncQueue, *args: Any, **kwargs: Any) -> Any:
+        if next(rounds) == 1:  # the second claim: the realm was taken over in between
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.update(s.qbo_push_locks).values(
+                        owner="successor", expires_at=utcnow() + timedelta(minutes=5)
+                    )
+                )
+        return claim(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncQueue, "claim", take_over_after_first_round)
+    with pytest.raises(PushAbandoned):
+        push(claim_size=3)
+    q = s.sync_queue.c
+    with engine.connect() as conn:
+        held = conn.execute(
+            sa.select(sa.func.count()).where(q.status == "in_progress", q.lease_owner == "test-worker")
+        ).scalar_one()
+        counted_unsent = conn.execute(
+            sa.select(sa.func.count()).where(q.status != "done", q.attempts > 0)
+        ).scalar_one()
+    assert held <= 3 and counted_unsent == 0
+
+
+@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+def test_the_lock_follows_the_database_clock_not_a_skewed_process_clock(
+    engine: Engine, org: int, client: QuickBooksClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert push_locks.acquire(engine, client.realm_id, "healthy-holder", org, timedelta(minutes=2)) is None
+    import batchly_pipelines.store.schema as schema_module
+
+    skewed = utcnow() + timedelta(minutes=10)  # this process believes the holder's lease ran out long ago
+    monkeypatch.setattr(schema_module, "utcnow", lambda: skewed)
+    monkeypatch.setattr(
+        push_locks, "utcnow", lambda: skewed, raising=False
+    )  # wherever a process clock is read
+    holder = push_locks.acquire(engine, client.realm_id, "skewed-newcomer", org, timedelta(minutes=2))
+    assert holder is not None and holder.owner == "healthy-holder"

@@ -102,7 +102,7 @@ class Checkpointer:
         organization_id: int,
         run_id: str | None,
         *,
-        fence: Callable[[Connection], None] | None = None,
+        fence: Callable[[Connection], object] | None = None,
     ) -> None:
         self.fence = fence  # raises inside the transaction when this worker may no longer write back
         self.engine = engine

@@ -38,6 +38,7 @@ from batchly_pipelines.services.push.checkpoint import (
 from batchly_pipelines.services.push.invoices import InvoicePusher
 from batchly_pipelines.services.push.name_lists import CUSTOMERS, ITEMS, NameListPusher
 from batchly_pipelines.store import push_locks
+from batchly_pipelines.store.connections import holds_connection
 from batchly_pipelines.store.db import Connection, Engine
 from batchly_pipelines.store.push_rows import load_invoice_lines, load_rows
 from batchly_pipelines.store.queue import QueueItem, SyncQueue
@@ -154,9 +155,12 @@ def push_organization(
         engine, client, organization_id, worker, run_id, claim_size, lease, queue or SyncQueue(engine)
     )
     wanted = sorted(set(invoice_ids)) if invoice_ids is not None else None
-    _acquire_realm(
-        engine, client.realm_id, worker, organization_id, lease, lease if lock_wait is None else lock_wait
-    )
+    # a write sent just before a lease ran out may still be applied for the client's whole request time (QuickBooks
+    # gives up after 120 s): nobody takes a lapsed lock over before that has passed
+    config = client.config
+    grace = timedelta(seconds=config.scaled(config.connect_timeout + config.read_timeout))
+    wait = lease + grace if lock_wait is None else lock_wait
+    _acquire_realm(engine, client.realm_id, worker, organization_id, lease, grace, wait)
     try:
         return push.run(wanted, progress, linger_seconds)
     finally:
@@ -166,10 +170,16 @@ def push_organization(
 
 
 def _acquire_realm(
-    engine: Engine, realm_id: str, worker: str, organization_id: int, lease: timedelta, wait: timedelta
+    engine: Engine,
+    realm_id: str,
+    worker: str,
+    organization_id: int,
+    lease: timedelta,
+    grace: timedelta,
+    wait: timedelta,
 ) -> None:
     deadline = time.monotonic() + wait.total_seconds()
-    while (holder := push_locks.acquire(engine, realm_id, worker, organization_id, lease)) is not None:
+    while (holder := push_locks.acquire(engine, realm_id, worker, organization_id, lease, grace)) is not None:
         if time.monotonic() >= deadline:
             raise RealmBusy(
                 f"another push of QuickBooks company {realm_id} is running (organisation {holder.organization_id}, "
@@ -203,6 +213,7 @@ class _Push:
         self.checkpointer = Checkpointer(engine, queue, organization_id, run_id, fence=self._fence_in)
         self.realm_id = client.realm_id
         self._lease_lost = threading.Event()
+        self._lost_reason: str | None = None
         client.write_fence = self._fence
         self.stats = PushStats(organization_id)
         self.ctx = PushContext(engine, client, organization_id, run_id, self._checkpoint)
@@ -271,29 +282,46 @@ class _Push:
         return self.lease / 4
 
     def _abandoned(self) -> PushAbandoned:
+        why = self._lost_reason or (
+            f"it lost its lease on QuickBooks company {self.realm_id} (renewals failed or the process was paused "
+            "past it)"
+        )
         return PushAbandoned(
-            f"the push of organisation {self.org} lost its lease on QuickBooks company {self.realm_id} "
-            "(renewals failed or the process was paused past it) and stopped before writing again; its records "
-            "return to the queue and the next push resumes them"
+            f"the push of organisation {self.org} stopped before writing again: {why}; its records return to the "
+            "queue and the next push resumes them"
         )
 
-    def _fence(self) -> None:
-        """Before every write to QuickBooks: this worker still holds the realm with time to finish the write."""
+    def _fence(self) -> float:
+        """Before every write to QuickBooks (and every claim): this worker still holds the realm, the organisation is
+        still connected to it, and the lease leaves time to finish. Returns the monotonic instant the write must have
+        left by (measured from before the database was asked, so no pause can stretch it)."""
         if self._lease_lost.is_set():
             raise WriteFenceLost(f"the push lost its lease on QuickBooks company {self.realm_id}")
+        asked = time.monotonic()
         try:
             with self.engine.begin() as conn:
-                self._fence_in(conn)
+                left = self._fence_in(conn)
         except WriteFenceLost:
             raise
         except Exception as exc:  # cannot prove the lease: do not write
             raise WriteFenceLost(f"cannot confirm the push lease ({type(exc).__name__})") from None
+        return asked + (left - self._margin).total_seconds()
 
-    def _fence_in(self, conn: Connection) -> None:
-        """In a checkpoint's transaction: refuse to write back unless this worker still holds the realm."""
-        if self._lease_lost.is_set() or not push_locks.held(conn, self.realm_id, self.worker, self._margin):
+    def _fence_in(self, conn: Connection) -> timedelta:
+        """In a checkpoint's transaction too: refuse unless this worker holds the realm with more than the margin
+        left and the organisation is still connected to that company (not reconnected or switched meanwhile)."""
+        left = None if self._lease_lost.is_set() else push_locks.remaining(conn, self.realm_id, self.worker)
+        if left is None or left <= self._margin:
             self._lease_lost.set()
             raise WriteFenceLost(f"the push lost its lease on QuickBooks company {self.realm_id}")
+        if not holds_connection(conn, self.org, self.realm_id):
+            self._lost_reason = (
+                f"organisation {self.org} is no longer connected to QuickBooks company {self.realm_id} "
+                "(reconnected or switched while this push ran)"
+            )
+            self._lease_lost.set()
+            raise WriteFenceLost(self._lost_reason)
+        return left
 
     def _claim_or_linger(self, invoice_ids: list[int] | None, linger_seconds: float) -> list[QueueItem]:
         """The next batch; when none is due, keep looking (once a second) for up to ``linger_seconds`` — unless
@@ -304,6 +332,7 @@ class _Push:
         return batch
 
     def _claim(self, invoice_ids: list[int] | None) -> list[QueueItem]:
+        self._fence()  # a worker that lost the realm claims nothing more
         return self.queue.claim(
             self.worker,
             limit=self.claim_size,
@@ -352,6 +381,7 @@ class _Push:
         missing = sorted(i for i in ids if (entity_type, i) not in self.claimed)
         if not missing:
             return
+        self._fence()
         for item in self.queue.claim(
             self.worker,
             limit=len(missing),
@@ -381,6 +411,7 @@ class _Push:
         def run(chunk: Sequence[int]) -> None:
             if self._lease_lost.is_set():
                 return  # the round is abandoned: nothing more is sent or written back
+            self._fence()  # attempts are counted only by the holder, for rows it is about to send
             self.queue.count_attempts(
                 [item for i in chunk for item in self.claimed.get((entity_type, i), ())]
             )
