@@ -198,3 +198,44 @@ def _time_zone(env: Mapping[str, str], variable: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise SettingsError(variable, "an IANA time zone such as America/Los_Angeles", name) from None
     return name
+
+
+DEFAULT_WEBHOOK_HOST = "127.0.0.1"
+DEFAULT_WEBHOOK_PORT = 8767
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """What the webhook receiver (``batchly-sync webhooks serve``) needs besides the database."""
+
+    verifier_token: str = field(repr=False)  # QBO_WEBHOOK_VERIFIER_TOKEN: the key of Intuit's signatures
+    host: str  # BATCHLY_WEBHOOK_HOST: the address to listen on
+    port: int  # BATCHLY_WEBHOOK_PORT: the port to listen on (0: any free port)
+
+    @classmethod
+    def from_env(
+        cls,
+        settings: Settings,
+        environ: Mapping[str, str] | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> WebhookSettings:
+        """Validate the receiver's settings: the verifier token (required), host and port (``host`` and ``port``,
+        when given, replace the environment's)."""
+        env = os.environ if environ is None else environ
+        token = (settings.webhook_verifier_token or "").strip()
+        if not token:
+            raise SettingsError(
+                "QBO_WEBHOOK_VERIFIER_TOKEN",
+                "the verifier token of the Intuit app's webhooks (developer portal → Webhooks); "
+                "the receiver refuses to run without it",
+            )
+        host = (host if host is not None else env.get("BATCHLY_WEBHOOK_HOST") or DEFAULT_WEBHOOK_HOST).strip()
+        if not host or any(character.isspace() or character in "/?#@" for character in host):
+            raise SettingsError("BATCHLY_WEBHOOK_HOST", "a host name or IP address to listen on", host)
+        text = str(port) if port is not None else env.get("BATCHLY_WEBHOOK_PORT") or str(DEFAULT_WEBHOOK_PORT)
+        port = int(text) if text.strip().isdigit() else -1
+        if not 0 <= port <= 65535:
+            raise SettingsError("BATCHLY_WEBHOOK_PORT", "a TCP port from 0 to 65535", text)
+        return cls(verifier_token=token, host=host, port=port)

@@ -397,3 +397,33 @@ qbo_push_locks = sa.Table(
     sa.Column("acquired_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
+
+WEBHOOK_EVENT_STATES = ("pending", "done", "ignored")
+
+# The webhook inbox: every event Intuit delivered, once (``event_id``: the CloudEvents id, or a digest of a legacy
+# entry). The receiver writes it; a sensor drains the pending ones into one targeted pull run per realm, which claims
+# them (``run_id``) and marks them done once its writes are committed. Unknown realms and entities the sync does not
+# read are recorded as ``ignored`` with a ``note``.
+qbo_webhook_events = sa.Table(
+    "qbo_webhook_events",
+    metadata,
+    _pk(),
+    sa.Column("event_id", sa.String(200), nullable=False),
+    sa.Column("realm_id", sa.String(32), nullable=False),
+    # QBO entity name: Customer, Item, Invoice, Payment…
+    sa.Column("entity_type", sa.String(32), nullable=False),
+    sa.Column("entity_id", sa.String(32), nullable=False),
+    # Create | Update | Delete | Merge | Void | Emailed
+    sa.Column("operation", sa.String(16), nullable=False),
+    sa.Column("event_time", UTCDateTime),  # when QuickBooks says the change happened
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("status", sa.String(8), nullable=False, server_default="pending"),
+    sa.Column("note", sa.String(200)),
+    sa.Column("run_id", sa.String(64)),  # the pull run that claimed the event
+    sa.Column("processed_at", UTCDateTime),
+    sa.CheckConstraint("status IN ('pending', 'done', 'ignored')", name="status"),
+    sa.UniqueConstraint("event_id"),
+    # the sensor's pending events per realm, and a run's claim
+    sa.Index(None, "status", "realm_id", "id"),
+    sa.Index(None, "run_id"),
+)
