@@ -160,6 +160,44 @@ def validate_invoice(
     return issues.found
 
 
+def validate_pushed_invoice(
+    invoice: Mapping[str, Any], lines: Iterable[Mapping[str, Any]], base: Mapping[str, Any], *, voided: bool
+) -> list[ValidationIssue]:
+    """Edits of an invoice already in QuickBooks that the push refuses (it sends nothing for them).
+
+    ``base`` is what was recorded when it was pushed (its :func:`invoice_fingerprint`, and ``replaces_invoice_id``
+    since bases record it); ``voided`` whether it has been voided in QuickBooks. A void invoice is checked by
+    nobody: voiding is always allowed.
+    """
+    issues = _Issues("invoice", invoice.get("id"))
+    status, qbo_id = invoice.get("status"), invoice.get("qbo_id")
+    if voided:
+        if status == "open":
+            issues.add(
+                "status", f"voided in QuickBooks (Id {qbo_id}), so it cannot be reopened; issue a new invoice"
+            )
+        return issues.found
+    if status == "draft":
+        issues.add(
+            "status",
+            f"already in QuickBooks (Id {qbo_id}), so it cannot go back to draft; it stays open in QuickBooks. "
+            "Void it (status void) or correct it (a new invoice with replaces_invoice_id), or set it back to open",
+        )
+    if "replaces_invoice_id" in base and base["replaces_invoice_id"] != invoice.get("replaces_invoice_id"):
+        was, now = base["replaces_invoice_id"], invoice.get("replaces_invoice_id")
+        advice = (
+            f"; to correct invoice {now}, issue a new invoice that replaces it" if now is not None else ""
+        )
+        issues.add(
+            "replaces_invoice_id",
+            f"already in QuickBooks, so it cannot start or stop correcting another invoice (was {was}, now {now}): "
+            f"nothing was voided{advice}",
+        )
+    if invoice_fingerprint(invoice, lines) != base.get("fingerprint"):
+        issues.add("qbo_id", IMMUTABLE_MESSAGE)
+    return issues.found
+
+
 def _check_line(issues: _Issues, line: Mapping[str, Any], items: Mapping[Any, Mapping[str, Any]]) -> None:
     prefix = f"lines[{line['line_no']}]"
     item_id = line.get("item_id")

@@ -377,6 +377,21 @@ sync_log = sa.Table(
     sa.Index(None, "organization_id", "created_at"),
 )
 
+# Every (DocNumber, customer) an invoice was ever sent to a QuickBooks company with, written before the create leaves
+# the process: after a create whose answer was lost, the DocNumber guard still finds that copy however the invoice was
+# renumbered, voided or set to draft since. ``doc_key`` is the DocNumber as QuickBooks compares it (no letter case).
+qbo_invoice_sends = sa.Table(
+    "qbo_invoice_sends",
+    metadata,
+    sa.Column("realm_id", sa.String(32), primary_key=True),
+    sa.Column("invoice_id", sa.Integer, primary_key=True),
+    sa.Column("doc_key", sa.String(64), primary_key=True),
+    sa.Column("customer_qbo_id", sa.String(32), primary_key=True),
+    sa.Column("doc_number", sa.String(32), nullable=False),
+    sa.Column("organization_id", sa.Integer, nullable=False),
+    sa.Column("first_sent_at", UTCDateTime, nullable=False),
+)
+
 # Echo suppression: a sync transaction inserts a row here first and deletes it before commit. The outbox triggers
 # skip while a row is visible, and only the writing transaction can ever see its own uncommitted row.
 sync_write_marker = sa.Table(

@@ -44,7 +44,8 @@ def link_state(
 class Pushed:
     """A record QuickBooks now holds (or that needed nothing): what to store about it.
 
-    ``hold`` keeps its queue rows leased: a correction is acknowledged only once the invoice it replaces is void.
+    ``hold`` records it without settling its queue rows: one step of a record's push whose outcome comes later (a
+    void a create waits for, a lost copy voided before the invoice is created or acknowledged).
     """
 
     entity_type: str

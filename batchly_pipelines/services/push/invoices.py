@@ -1,22 +1,28 @@
-"""Pushing invoices: validation, the DocNumber guard, creates, and voids (of void invoices and of corrected ones).
+"""Pushing invoices: validation, the DocNumber guard, voids first, then creates.
 
-An invoice is immutable once in QuickBooks: its fingerprint is stored in the link's base at push time and any later
-edit is refused. A correction (``replaces_invoice_id``) is created first, checkpointed, then every invoice of the
-chain it replaces that reached QuickBooks is voided; the correction's queue row is acknowledged only after those
-voids, so a crash in between resumes with them. An invoice is superseded (acknowledged without being sent) only by an
-open replacement that is in QuickBooks or is being created in the same chunk; a draft, void or refused replacement
-supersedes nothing.
+An invoice is immutable once in QuickBooks: its fingerprint and the invoice it replaces are stored in the link's base
+at push time, and a later edit is refused out loud (dead letter, ``sync_status = error``, a message naming the field)
+without sending anything: set back to draft, reopened after a void, ``replaces_invoice_id`` set or changed, any other
+edit. Undoing the edit makes it ``synced`` again.
 
-Before creating or voiding, QuickBooks is asked which DocNumbers of the chunk it already holds (one query, with the
-trimmed DocNumber the body sends). An invoice to create is linked to QuickBooks' invoice only when everything the
-body would send agrees (customer, total, dates, lines); any other holder of its DocNumber fails it for review. An
-invoice to void, or replaced by a correction, that Batchly never recorded as pushed (its create was applied but the
-checkpoint lost) is linked to QuickBooks' invoice with its DocNumber and customer, then voided.
+Nothing is created while what it supersedes is still open. Every chunk first voids, in one batch call, what must not
+stay open — invoices set to void, every invoice of a correction's chain (the one it replaces, the one that one
+replaces, …) and *lost copies*: invoices an earlier push created whose answer never arrived, of Batchly invoices since
+renumbered, set to draft or superseded — checkpoints that, and only then creates the invoices whose voids all
+succeeded. A void QuickBooks must not be asked for (an invoice with payments applied) is refused up front with the
+reason, and what waited for it (a correction) goes to the dead letter with it, the original left as it is; a void
+that fails transiently keeps them pending.
+
+The DocNumber guard asks QuickBooks, in one query, for the chunk's DocNumbers and every DocNumber its invoices were
+ever sent with (``qbo_invoice_sends``, recorded before every create leaves the process), compared without letter case
+as QuickBooks compares them. An invoice to create is linked to QuickBooks' invoice with its DocNumber only when
+everything the body would send agrees (customer, total, dates, lines); any other holder of its DocNumber fails it for
+review. A copy of an earlier send with another DocNumber and the same customer is a lost copy: voided first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,13 +30,14 @@ from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import WriteOp
 from batchly_pipelines.quickbooks.errors import QboError, StaleObjectError
 from batchly_pipelines.quickbooks.wire import request_id
-from batchly_pipelines.rules.mapping import (
-    invoice_doc_number,
-    invoice_to_qbo,
-    to_decimal,
-    to_money,
+from batchly_pipelines.rules.invoices import applied_payments, describe_payments, doc_number_key, is_voided
+from batchly_pipelines.rules.mapping import invoice_doc_number, invoice_to_qbo, to_decimal, to_money
+from batchly_pipelines.rules.validation import (
+    IMMUTABLE_MESSAGE,
+    invoice_fingerprint,
+    validate_invoice,
+    validate_pushed_invoice,
 )
-from batchly_pipelines.rules.validation import IMMUTABLE_MESSAGE, invoice_fingerprint, validate_invoice
 from batchly_pipelines.services.push.checkpoint import (
     Failed,
     Outcome,
@@ -39,11 +46,18 @@ from batchly_pipelines.services.push.checkpoint import (
     describe,
     link_state,
 )
+from batchly_pipelines.store.invoice_sends import InvoiceSend, load_sends, record_sends
 from batchly_pipelines.store.push_rows import load_invoice_lines, load_replacements, load_rows
 from batchly_pipelines.store.sync_state import SyncState, load_states
 
 VOID_ROUNDS = 2  # a stale SyncToken on a void is retried once with the current one
 MAX_CHAIN = 100  # corrections of corrections followed at most this deep (and never round a cycle)
+QboInvoice = Mapping[str, Any]
+
+
+def _base(fingerprint: str, invoice: Mapping[str, Any]) -> dict[str, Any]:
+    """What a link records about the invoice it pushed: what it sent and what it replaces."""
+    return {"fingerprint": fingerprint, "replaces_invoice_id": invoice["replaces_invoice_id"]}
 
 
 @dataclass(frozen=True)
@@ -54,26 +68,55 @@ class _Create:
     body: Mapping[str, Any]
     replaces: tuple[int, ...]  # the chain of invoices it supersedes, nearest first
 
+    @property
+    def id(self) -> int:
+        return int(self.invoice["id"])
+
+    @property
+    def key(self) -> str:
+        return doc_number_key(self.doc_number)
+
+
+# how a void relates to an invoice waiting for it
+OWN, REPLACED, LOST_COPY = "own", "replaced", "lost copy"
+
 
 @dataclass
 class _Void:
-    """Void ``target`` in QuickBooks on behalf of ``owners`` (itself, and/or corrections that replace it)."""
+    """QuickBooks invoice ``obj`` (as QuickBooks holds it now) that must be void before its ``owners`` go on: Batchly's
+    invoice ``target`` (``state`` links them), or a lost copy that an earlier push of ``copy_of`` created."""
 
-    target: int
-    state: SyncState
-    owners: list[int]
+    obj: QboInvoice
+    target: int | None = None
+    state: SyncState | None = None
+    copy_of: int | None = None
+    owners: dict[int, str] = field(default_factory=dict)  # Batchly invoice → OWN | REPLACED | LOST_COPY
+
+    @property
+    def qbo_id(self) -> str:
+        return str(self.obj["Id"])
+
+    def __str__(self) -> str:
+        if self.target is not None:
+            return f"invoice {self.target} (QuickBooks Id {self.qbo_id})"
+        return (
+            f"QuickBooks invoice Id {self.qbo_id} (DocNumber {self.obj.get('DocNumber')!r}), a copy an earlier push "
+            f"of invoice {self.copy_of} created whose answer was lost"
+        )
 
 
 @dataclass
 class _Found:
-    """QuickBooks invoices holding the chunk's DocNumbers, and which of them are linked to a Batchly invoice."""
+    """What QuickBooks holds for the chunk: invoices by DocNumber (as QuickBooks compares them), the linked invoices
+    to void as read now, and which of them are linked to a Batchly invoice."""
 
-    by_doc: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    by_key: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    current: dict[str, dict[str, Any]] = field(default_factory=dict)  # QuickBooks Id → invoice
     linked: dict[str, int] = field(default_factory=dict)  # QuickBooks Id → Batchly invoice id
     taken: set[str] = field(default_factory=set)  # linked by this chunk
 
-    def free(self, doc_number: str | None) -> list[dict[str, Any]]:
-        rows = self.by_doc.get(doc_number, []) if doc_number is not None else []
+    def free(self, key: str | None) -> list[dict[str, Any]]:
+        rows = self.by_key.get(key, []) if key is not None else []
         return [row for row in rows if str(row["Id"]) not in self.linked and str(row["Id"]) not in self.taken]
 
 
@@ -84,7 +127,9 @@ class _Plan:
     outcomes: list[Outcome] = field(default_factory=list)
     creates: list[_Create] = field(default_factory=list)
     own_voids: list[int] = field(default_factory=list)  # void in Batchly
-    owed: dict[int, tuple[int, ...]] = field(default_factory=dict)  # pushed correction → chain to void
+    retired: dict[int, Outcome] = field(
+        default_factory=dict
+    )  # never to be open (draft, superseded) but sent before
     deferred: dict[int, list[int]] = field(default_factory=dict)  # invoice → its replacements in this chunk
 
 
@@ -109,6 +154,7 @@ class _Snapshot:
             item_ids = {line["item_id"] for lines in self.lines.values() for line in lines}
             self.items = load_rows(conn, "item", item_ids)
             self.replacements = load_replacements(conn, ids)  # by the invoice they replace
+            self.sends = load_sends(conn, ctx.client.realm_id, {*self.rows, *ids})  # deleted ones too
 
     def chain(self, invoice_id: int) -> tuple[int, ...]:
         """The invoices ``invoice_id`` supersedes: the one it replaces, the one that one replaces, and so on."""
@@ -126,6 +172,15 @@ class _Snapshot:
     def fingerprint(self, invoice_id: int) -> str:
         return invoice_fingerprint(self.rows[invoice_id], self.lines.get(invoice_id, []))
 
+    def voided(self, invoice_id: int) -> bool:
+        """Voided in QuickBooks, as far as Batchly recorded."""
+        state = self.states.get(invoice_id)
+        return self.rows[invoice_id]["sync_status"] == "voided" or bool(state and state.base.get("voided"))
+
+    def sent_as(self, invoice_id: int) -> set[tuple[str, str]]:
+        """Every (DocNumber key, QuickBooks customer) the invoice was ever sent with."""
+        return {(send.doc_key, send.customer_qbo_id) for send in self.sends.get(invoice_id, [])}
+
 
 class InvoicePusher:
     """Pushes chunks of invoices for one organisation (thread-safe)."""
@@ -134,7 +189,7 @@ class InvoicePusher:
         self.ctx = ctx
 
     def push(self, ids: Sequence[int]) -> list[Outcome]:
-        """Push these invoices (≤ 30): creates or links, checkpointed, then voids. Returns every outcome."""
+        """Push these invoices (≤ 30): voids first and checkpointed, then creates or links. Returns every outcome."""
         snap = _Snapshot(self.ctx, ids)
         plan = _Plan()
         for invoice_id in ids:
@@ -142,58 +197,56 @@ class InvoicePusher:
             if decided is not None:
                 plan.outcomes.append(decided)
         found = self._lookup(snap, plan)
-        links = self._links(snap, plan, found)
-        voids: dict[int, _Void] = {}
+        guarded = self._guard(snap, plan, found)
+        voids: dict[str, _Void] = {}
+        for create, _ in guarded:
+            for target in create.replaces:
+                if not snap.voided(target):
+                    _owe(voids, self._copies(snap, found, target), create.id, REPLACED)
         for target in plan.own_voids:
-            state = snap.states.get(target) or links.get(target)
-            if state is None:
-                plan.outcomes.append(Pushed("invoice", target, "skip", message="void and not in QuickBooks"))
-            else:
-                _owe(voids, target, state, target)
-        owed = {owner: self._owed(snap, chain, links) for owner, chain in plan.owed.items()}
-        for owner, targets in owed.items():
-            if not targets:
-                plan.outcomes.append(Pushed("invoice", owner, "skip", message="already in QuickBooks"))
-            for target, state in targets:
-                _owe(voids, target, state, owner)
-        owed_by_creates = {
-            create.invoice["id"]: self._owed(snap, create.replaces, links) for create in plan.creates
-        }
-        created = self._create(plan.creates, found, owed_by_creates) if plan.creates else []
+            copies = self._copies(snap, found, target)
+            if not any(
+                copy.target == target for copy in copies
+            ):  # acknowledged once its lost copies are void
+                plan.retired[target] = Pushed("invoice", target, "skip", message="void and not in QuickBooks")
+            for copy in copies:
+                _owe(voids, [copy], target, OWN if copy.target == target else LOST_COPY)
+        for create, _ in guarded:  # after every link was chosen: what is left over is a lost copy
+            _owe(voids, self._lost_copies(snap, found, create.id, keep=create.key), create.id, LOST_COPY)
+        for invoice_id in plan.retired:
+            _owe(voids, self._lost_copies(snap, found, invoice_id, keep=None), invoice_id, LOST_COPY)
+        voided, stopped = self._void(list(voids.values()), plan)
+        self.ctx.checkpoint(voided)
+        ready = [(create, match) for create, match in guarded if create.id not in stopped]
+        created = self._create(ready)
         pushed = {o.entity_id for o in created if isinstance(o, Pushed)}
         settled = self._settle_deferred(plan.deferred, pushed)
         self.ctx.checkpoint([*plan.outcomes, *created, *settled])
-        for owner in sorted(pushed):
-            for target, state in owed_by_creates[owner]:
-                _owe(voids, target, state, owner)
-        voided = self._void(list(voids.values())) if voids else []
-        self.ctx.checkpoint(voided)
-        return [*plan.outcomes, *created, *settled, *voided]
+        return [*voided, *plan.outcomes, *created, *settled]
 
     def _decide(self, snap: _Snapshot, invoice_id: int, plan: _Plan) -> Outcome | None:
         """What to do with one invoice: an outcome now, or a create / void / wait noted in ``plan`` (then ``None``)."""
         invoice = snap.invoices.get(invoice_id)
         if invoice is None:
-            return Pushed("invoice", invoice_id, "skip", message="deleted in Batchly")
+            return self._retire(
+                snap, plan, Pushed("invoice", invoice_id, "skip", message="deleted in Batchly")
+            )
         lines = snap.lines.get(invoice_id, [])
-        if invoice["status"] == "draft":
-            return Pushed("invoice", invoice_id, "skip", message="draft invoices are not pushed")
         if invoice["status"] == "void":
-            if invoice["sync_status"] == "voided":
-                return Pushed("invoice", invoice_id, "skip", message="already voided in QuickBooks")
+            if snap.voided(invoice_id):
+                message = "already voided in QuickBooks"
+                voided = Pushed("invoice", invoice_id, "skip", message=message, invoice_status="voided")
+                return self._retire(snap, plan, voided)
             plan.own_voids.append(invoice_id)  # linked, or looked up by DocNumber first
             return None
-        fingerprint = invoice_fingerprint(invoice, lines)
         if invoice["qbo_id"] is not None:
-            state = snap.states.get(invoice_id)
-            if state is None or state.base.get("fingerprint") != fingerprint:
-                message = f"invoice {invoice_id} qbo_id: {IMMUTABLE_MESSAGE}"
-                return Failed("invoice", invoice_id, "update", message, retryable=False)
-            plan.owed[invoice_id] = snap.chain(invoice_id)  # voids it may still owe (none: skipped)
-            return None
+            return self._pushed_before(snap, invoice_id)
+        if invoice["status"] == "draft":
+            draft = Pushed("invoice", invoice_id, "skip", message="draft invoices are not pushed")
+            return self._retire(snap, plan, draft)
         superseded = self._superseded(snap, invoice_id, plan)
         if superseded is not None or invoice_id in plan.deferred:
-            return superseded
+            return self._retire(snap, plan, superseded) if isinstance(superseded, Pushed) else superseded
         customer = snap.customers.get(invoice["customer_id"])
         issues = validate_invoice(invoice, lines, customer=customer, items=snap.items)
         if issues:
@@ -218,18 +271,59 @@ class InvoicePusher:
             item_qbo_ids=item_qbo_ids,
             replaces_doc_number=snap.rows[chain[0]]["doc_number"] if chain else None,
         )
-        plan.creates.append(_Create(invoice, fingerprint, doc_number, body, chain))
+        plan.creates.append(_Create(invoice, invoice_fingerprint(invoice, lines), doc_number, body, chain))
+        return None
+
+    @staticmethod
+    def _pushed_before(snap: _Snapshot, invoice_id: int) -> Outcome:
+        """An open or draft invoice Batchly recorded in QuickBooks: nothing is sent. Any edit since is refused with
+        ``sync_status = error``; none (or an edit undone) keeps or makes it ``synced``."""
+        invoice, state = snap.invoices[invoice_id], snap.states.get(invoice_id)
+        if state is None:
+            message = f"invoice {invoice_id} qbo_id: {IMMUTABLE_MESSAGE}"
+            return Failed("invoice", invoice_id, "update", message, retryable=False, invoice_status="error")
+        voided = snap.voided(invoice_id)
+        issues = [
+            str(issue)
+            for issue in validate_pushed_invoice(
+                invoice, snap.lines.get(invoice_id, []), state.base, voided=voided
+            )
+        ]
+        open_targets = [t for t in snap.chain(invoice_id) if t in snap.states and not snap.voided(t)]
+        if not issues and open_targets:  # a base from before bases recorded replaces_invoice_id
+            target = open_targets[0]
+            issues.append(
+                f"invoice {invoice_id} replaces_invoice_id: it replaces invoice {target}, which is still open in "
+                f"QuickBooks (Id {snap.states[target].qbo_id}), but is in QuickBooks itself already: nothing was "
+                f"voided — void invoice {target} (status void) if this one supersedes it, or clear "
+                "replaces_invoice_id"
+            )
+        if issues:
+            return Failed(
+                "invoice", invoice_id, "update", "; ".join(issues), retryable=False, invoice_status="error"
+            )
+        status = "voided" if voided else "synced"
+        return Pushed("invoice", invoice_id, "skip", message="already in QuickBooks", invoice_status=status)
+
+    @staticmethod
+    def _retire(snap: _Snapshot, plan: _Plan, outcome: Pushed) -> Outcome | None:
+        """An invoice that must not be open in QuickBooks (a draft, superseded, voided, deleted) and needs nothing
+        sent: acknowledged with ``outcome`` now if it was never sent, otherwise once every lost copy earlier pushes
+        of it may have left is void."""
+        if not snap.sends.get(outcome.entity_id):
+            return outcome
+        plan.retired[outcome.entity_id] = outcome
         return None
 
     @staticmethod
     def _superseded(snap: _Snapshot, invoice_id: int, plan: _Plan) -> Outcome | None:
         """An invoice not in QuickBooks that an open replacement supersedes is never sent: acknowledged when the
         replacement is in QuickBooks, decided after the creates when it is in this chunk, otherwise left pending.
-        Draft, void and refused (``sync_status = error``) replacements supersede nothing."""
+        Draft, void and refused (``sync_status = error`` and not in QuickBooks) replacements supersede nothing."""
         open_ones = [
             row
             for row in snap.replacements.get(invoice_id, [])
-            if row["status"] == "open" and row["sync_status"] != "error"
+            if row["status"] == "open" and (row["qbo_id"] is not None or row["sync_status"] != "error")
         ]
         pushed = [row["id"] for row in open_ones if row["qbo_id"] is not None]
         if pushed:
@@ -270,104 +364,103 @@ class InvoicePusher:
                 outcomes.append(Failed("invoice", invoice_id, "create", message, retryable=True))
         return outcomes
 
+    # -- what QuickBooks holds ---------------------------------------------------------------------------------
     def _lookup(self, snap: _Snapshot, plan: _Plan) -> _Found:
-        """One query for every DocNumber the chunk may find in QuickBooks: its creates, and the invoices to void
-        (void ones, the chains of corrections) that Batchly has no link for."""
+        """One query for every DocNumber the chunk may find in QuickBooks — its creates, the invoices to void that
+        Batchly has no link for, and every DocNumber any of them was ever sent with — and one read of the linked
+        invoices to void (their payments and SyncToken as they are now)."""
+        targets = [*plan.own_voids, *(t for c in plan.creates for t in c.replaces if not snap.voided(t))]
         docs = {create.doc_number for create in plan.creates}
-        for target in _unlinked_voids(snap, plan):
-            doc_number = invoice_doc_number(snap.rows[target])
-            if doc_number is not None:
-                docs.add(doc_number)
+        docs |= {doc for t in targets if t not in snap.states and (doc := invoice_doc_number(snap.rows[t]))}
+        for invoice_id in [*(c.id for c in plan.creates), *plan.retired, *targets]:
+            docs |= {send.doc_number for send in snap.sends.get(invoice_id, [])}
         found = _Found()
-        if not docs:
-            return found
-        where = [q.condition("DocNumber", "IN", sorted(docs))]
-        for row in self.ctx.client.query(q.select("Invoice", where, max_results=q.MAX_RESULTS)).rows:
-            doc_number = str(row.get("DocNumber") or "").strip()
-            found.by_doc.setdefault(doc_number, []).append(row)
-        qbo_ids = [str(row["Id"]) for rows in found.by_doc.values() for row in rows]
+        if docs:
+            where = [q.condition("DocNumber", "IN", sorted(docs))]
+            for row in self.ctx.client.query(q.select("Invoice", where, max_results=q.MAX_RESULTS)).rows:
+                found.by_key.setdefault(doc_number_key(str(row.get("DocNumber") or "")), []).append(row)
+        linked_ids = sorted({snap.states[t].qbo_id for t in targets if t in snap.states})
+        if linked_ids:
+            found.current = {str(obj["Id"]): obj for obj in self.ctx.client.read_many("Invoice", linked_ids)}
+        qbo_ids = [str(row["Id"]) for rows in found.by_key.values() for row in rows]
         if qbo_ids:
             with self.ctx.engine.connect() as conn:
                 states = load_states(conn, self.ctx.organization_id, "invoice", qbo_ids=qbo_ids)
             found.linked = {st.qbo_id: st.entity_id for st in states}
         return found
 
-    def _links(self, snap: _Snapshot, plan: _Plan, found: _Found) -> dict[int, SyncState]:
-        """Links for invoices to void that QuickBooks holds but Batchly never recorded: the unlinked QuickBooks
-        invoice with the same DocNumber and customer."""
-        links: dict[int, SyncState] = {}
-        for target in _unlinked_voids(snap, plan):
-            if target in links:
-                continue
-            customer = snap.customer_qbo_id(target)
-            doc_number = invoice_doc_number(snap.rows[target])
-            match = next(
-                (row for row in found.free(doc_number) if str(row["CustomerRef"]["value"]) == customer), None
-            )
-            if customer is None or match is None:
-                continue
-            found.taken.add(str(match["Id"]))
-            base = {"fingerprint": snap.fingerprint(target)}
-            links[target] = link_state(self.ctx.organization_id, ("invoice", target), match, base)
-        return links
+    def _copies(self, snap: _Snapshot, found: _Found, target: int) -> list[_Void]:
+        """What QuickBooks holds of an invoice to void: the linked invoice (re-read now; none when deleted there) or
+        else the unlinked one with its DocNumber and customer (a create applied whose checkpoint was lost) or a lost
+        copy under a DocNumber it was sent with before, linked now; and every other lost copy of it."""
+        lost = self._lost_copies(snap, found, target, keep=None)
+        state = snap.states.get(target)
+        if state is not None:
+            current = found.current.get(state.qbo_id)
+            return [_Void(current, target=target, state=state), *lost] if current is not None else lost
+        customer, doc_number = snap.customer_qbo_id(target), invoice_doc_number(snap.rows[target])
+        key = doc_number_key(doc_number) if doc_number is not None else None
+        match: QboInvoice | None = next(
+            (row for row in found.free(key) if customer is not None and _customer(row) == customer), None
+        )
+        if match is None and lost:
+            match = lost[0].obj
+        if match is None:
+            return []
+        found.taken.add(str(match["Id"]))
+        base = _base(snap.fingerprint(target), snap.rows[target])
+        link = link_state(self.ctx.organization_id, ("invoice", target), match, base)
+        return [_Void(match, target=target, state=link), *(v for v in lost if v.qbo_id != str(match["Id"]))]
 
     @staticmethod
-    def _owed(
-        snap: _Snapshot, chain: Sequence[int], links: Mapping[int, SyncState]
-    ) -> list[tuple[int, SyncState]]:
-        """The voids a correction owes: every invoice of its chain in QuickBooks (linked or found) not voided yet."""
-        owed = []
-        for target in chain:
-            state = snap.states.get(target) or links.get(target)
-            if state is not None and snap.rows[target]["sync_status"] != "voided":
-                owed.append((target, state))
-        return owed
+    def _lost_copies(snap: _Snapshot, found: _Found, invoice_id: int, *, keep: str | None) -> list[_Void]:
+        """Open, unlinked QuickBooks invoices an earlier push of ``invoice_id`` created — same DocNumber (but ``keep``,
+        the one its create is guarded by) and customer as one of its sends — that Batchly never recorded."""
+        sent_as = snap.sent_as(invoice_id)
+        lost: list[_Void] = []
+        for key in sorted({key for key, _ in sent_as} - {keep}):
+            for row in found.free(key):
+                if (key, _customer(row)) in sent_as and not is_voided(row):
+                    lost.append(_Void(row, copy_of=invoice_id))
+        return lost
 
-    def _create(
-        self, creates: list[_Create], found: _Found, owed: Mapping[int, Sequence[tuple[int, SyncState]]]
-    ) -> list[Outcome]:
-        """The DocNumber guard, then one batch call for the invoices QuickBooks does not have yet."""
-        outcomes: list[Outcome] = []
-        ops: dict[int, _Create] = {}
-        for create in creates:
-            invoice_id, doc_number = create.invoice["id"], create.doc_number
-            holders = found.by_doc.get(doc_number, [])
-            match = next((row for row in found.free(doc_number) if not _differences(row, create)), None)
+    def _guard(self, snap: _Snapshot, plan: _Plan, found: _Found) -> list[tuple[_Create, QboInvoice | None]]:
+        """The DocNumber guard: every create is linked to the QuickBooks invoice that is it, left to create (``None``),
+        or failed for review when QuickBooks holds its DocNumber otherwise (noted in ``plan``). A voided copy this
+        invoice was sent as is no reason for review: whether its DocNumber may be used again is QuickBooks' call."""
+        guarded: list[tuple[_Create, QboInvoice | None]] = []
+        keys: dict[str, int] = {}
+        for create in plan.creates:
+            sent_as = snap.sent_as(create.id)
+            holders = [
+                row
+                for row in found.by_key.get(create.key, [])
+                if not (is_voided(row) and (create.key, _customer(row)) in sent_as)
+            ]
+            match = next((row for row in found.free(create.key) if not _differences(row, create)), None)
             if match is not None:
                 found.taken.add(str(match["Id"]))
-                outcomes.append(self._pushed(create, "link", match, hold=bool(owed[invoice_id])))
+                guarded.append((create, match))
             elif holders:
-                outcomes.append(self._held_elsewhere(create, holders[0], found))
-            else:
-                ops[invoice_id] = create
-        writes = [
-            WriteOp(
-                invoice_id,
-                "Invoice",
-                "create",
-                dict(create.body),
-                request_id(
-                    "create", "invoice", f"{self.ctx.organization_id}:{invoice_id}", create.fingerprint
-                ),
-            )
-            for invoice_id, create in ops.items()
-        ]
-        for result in self.ctx.client.write_batch(writes) if writes else []:
-            create = ops[int(str(result.key))]
-            if result.ok and result.entity_obj is not None:
-                hold = bool(owed[create.invoice["id"]])
-                outcomes.append(self._pushed(create, "create", result.entity_obj, hold=hold))
-            else:
-                error = result.error or QboError("no answer for this write")
-                outcomes.append(
-                    Failed("invoice", create.invoice["id"], "create", describe(error), error.retryable)
+                plan.outcomes.append(self._held_elsewhere(create, holders[0], found))
+            elif create.key in keys:
+                message = (
+                    f"invoice {create.id} doc_number: {create.doc_number!r} is the DocNumber of invoice "
+                    f"{keys[create.key]} in this push to QuickBooks, which compares DocNumbers without letter case; "
+                    "give one of them another number, then retry"
                 )
-        return outcomes
+                plan.outcomes.append(
+                    Failed("invoice", create.id, "create", message, retryable=False, invoice_status="error")
+                )
+            else:
+                keys[create.key] = create.id
+                guarded.append((create, None))
+        return guarded
 
     @staticmethod
-    def _held_elsewhere(create: _Create, holder: Mapping[str, Any], found: _Found) -> Failed:
+    def _held_elsewhere(create: _Create, holder: QboInvoice, found: _Found) -> Failed:
         """QuickBooks holds the DocNumber in an invoice that is not this one (or no longer looks like it): review."""
-        invoice_id, doc_number, qbo_id = create.invoice["id"], create.doc_number, str(holder["Id"])
+        invoice_id, doc_number, qbo_id = create.id, create.doc_number, str(holder["Id"])
         owner = found.linked.get(qbo_id)
         if owner is not None:
             why = f"it is linked to Batchly invoice {owner}"
@@ -383,104 +476,187 @@ class InvoicePusher:
         )
         return Failed("invoice", invoice_id, "create", message, retryable=False, invoice_status="error")
 
-    @staticmethod
-    def _pushed(create: _Create, action: str, obj: Mapping[str, Any], *, hold: bool) -> Pushed:
-        return Pushed(
-            "invoice",
-            create.invoice["id"],
-            action,
-            qbo_obj=obj,
-            base={"fingerprint": create.fingerprint},
-            invoice_status="synced",
-            hold=hold,
-        )
+    # -- voids ---------------------------------------------------------------------------------------------------
+    def _void(self, voids: list[_Void], plan: _Plan) -> tuple[list[Outcome], set[int]]:
+        """Void what must not stay open, in one batch call: an invoice with payments applied is never sent (its
+        owners fail with the reason), one QuickBooks already voided is only recorded. Returns the outcomes (the
+        owners' final ones too, but for creates) and the owners that cannot go on."""
+        blocked = {
+            void.qbo_id: f"{void} has payments applied in QuickBooks ({describe_payments(void.obj)}), so it "
+            "cannot be voided: unapply or refund them there first"
+            for void in voids
+            if not is_voided(void.obj) and applied_payments(void.obj) is not None
+        }
+        doomed = {owner for void in voids if void.qbo_id in blocked for owner in void.owners}
+        done = {void.qbo_id: void.obj for void in voids if is_voided(void.obj)}
+        sendable = [
+            void
+            for void in voids
+            if void.qbo_id not in blocked and void.qbo_id not in done and set(void.owners) - doomed
+        ]
+        sent, failed = self._send_voids(sendable)
+        done.update(sent)
+        problems: dict[int, list[tuple[str, bool]]] = {}
+        for void in voids:
+            for owner, role in void.owners.items():
+                if void.qbo_id in blocked:
+                    problems.setdefault(owner, []).append(
+                        (_refused(owner, role, blocked[void.qbo_id]), False)
+                    )
+                elif void.qbo_id in failed:
+                    reason, retryable = failed[void.qbo_id]
+                    problems.setdefault(owner, []).append((_not_voided(void, role, reason), retryable))
+        outcomes: list[Outcome] = []
+        for void in voids:
+            if void.qbo_id not in done:
+                continue
+            obj = done[void.qbo_id]
+            if void.target is None:
+                assert void.copy_of is not None
+                outcomes.append(Pushed("invoice", void.copy_of, "void", message=f"voided {void}", hold=True))
+                continue
+            assert void.state is not None
+            acks = void.owners.get(void.target) == OWN and not problems.get(void.target)
+            outcomes.append(
+                Pushed(
+                    "invoice",
+                    void.target,
+                    "void",
+                    qbo_obj=obj,
+                    base={**void.state.base, "voided": True},
+                    invoice_status="voided",
+                    message=None if void.qbo_id in sent else "already void in QuickBooks",
+                    hold=not acks,
+                )
+            )
+        for owner, reasons in problems.items():
+            retryable = all(r for _, r in reasons)
+            message = "; ".join(m for m, _ in reasons)
+            status = None if retryable else "error"
+            outcomes.append(Failed("invoice", owner, "void", message, retryable, invoice_status=status))
+        for invoice_id, outcome in plan.retired.items():
+            if invoice_id not in problems:
+                outcomes.append(outcome)
+        return outcomes, set(problems)
 
-    def _void(self, voids: list[_Void]) -> list[Outcome]:
+    def _send_voids(self, voids: list[_Void]) -> tuple[dict[str, QboInvoice], dict[str, tuple[str, bool]]]:
         """Void invoices in one batch call; a stale SyncToken is retried with the re-read one."""
-        done: dict[int, Mapping[str, Any]] = {}
-        failed: dict[int, tuple[str, bool]] = {}
-        by_target = {void.target: void for void in voids}
-        pending = {void.target: void.state.sync_token for void in voids}
+        done: dict[str, QboInvoice] = {}
+        failed: dict[str, tuple[str, bool]] = {}
+        pending = {void.qbo_id: str(void.obj["SyncToken"]) for void in voids}
         for _ in range(VOID_ROUNDS):
             if not pending:
                 break
             ops = [
                 WriteOp(
-                    target,
+                    qbo_id,
                     "Invoice",
                     "void",
-                    {"Id": by_target[target].state.qbo_id, "SyncToken": token},
-                    request_id("void", "invoice", f"{self.ctx.organization_id}:{target}", token),
+                    {"Id": qbo_id, "SyncToken": token},
+                    request_id("void", "invoice", f"{self.ctx.organization_id}:{qbo_id}", token),
                 )
-                for target, token in pending.items()
+                for qbo_id, token in pending.items()
             ]
-            retry: dict[int, str] = {}
+            retry: dict[str, str] = {}
             for result in self.ctx.client.write_batch(ops):
-                target = int(str(result.key))
+                qbo_id = str(result.key)
                 if result.ok and result.entity_obj is not None:
-                    done[target] = result.entity_obj
+                    done[qbo_id] = result.entity_obj
                 elif isinstance(result.error, StaleObjectError) and result.current is not None:
-                    retry[target] = str(result.current["SyncToken"])
+                    retry[qbo_id] = str(result.current["SyncToken"])
                 else:
                     error = result.error or QboError("no answer for this void")
-                    failed[target] = (describe(error), error.retryable)
+                    failed[qbo_id] = (describe(error), error.retryable)
             pending = retry
-        failed.update({target: ("QuickBooks kept changing it", True) for target in pending})
-        outcomes: list[Outcome] = []
-        owners: dict[int, list[int]] = {}
-        for void in voids:
-            if void.target in done:
-                obj = done[void.target]
-                outcomes.append(
-                    Pushed(
-                        "invoice",
-                        void.target,
-                        "void",
-                        qbo_obj=obj,
-                        base=void.state.base,
-                        invoice_status="voided",
-                    )
-                )
-            elif void.target in void.owners:
-                reason, retryable = failed[void.target]
-                outcomes.append(Failed("invoice", void.target, "void", reason, retryable))
-            for owner in void.owners:
-                if owner != void.target:
-                    owners.setdefault(owner, []).append(void.target)
-        for owner, targets in owners.items():
-            bad = [(target, failed[target]) for target in targets if target in failed]
-            if bad:
-                message = "; ".join(
-                    f"could not void invoice {target}, which it replaces: {reason}"
-                    for target, (reason, _) in bad
-                )
-                outcomes.append(Failed("invoice", owner, "void", message, all(r for _, (_, r) in bad)))
+        failed.update({qbo_id: ("QuickBooks kept changing it", True) for qbo_id in pending})
+        return done, failed
+
+    # -- creates -------------------------------------------------------------------------------------------------
+    def _create(self, ready: Sequence[tuple[_Create, QboInvoice | None]]) -> list[Outcome]:
+        """Links for the invoices QuickBooks already holds, then one batch call for the others — each of their
+        (DocNumber, customer) recorded before it is sent."""
+        outcomes: list[Outcome] = [
+            self._pushed(create, "link", match) for create, match in ready if match is not None
+        ]
+        ops = {create.id: create for create, match in ready if match is None}
+        if not ops:
+            return outcomes
+        record_sends(
+            self.ctx.engine,
+            self.ctx.client.realm_id,
+            self.ctx.organization_id,
+            [InvoiceSend(i, c.doc_number, str(c.body["CustomerRef"]["value"])) for i, c in ops.items()],
+        )
+        writes = [
+            WriteOp(
+                invoice_id,
+                "Invoice",
+                "create",
+                dict(create.body),
+                request_id(
+                    "create", "invoice", f"{self.ctx.organization_id}:{invoice_id}", create.fingerprint
+                ),
+            )
+            for invoice_id, create in ops.items()
+        ]
+        for result in self.ctx.client.write_batch(writes):
+            create = ops[int(str(result.key))]
+            if result.ok and result.entity_obj is not None:
+                outcomes.append(self._pushed(create, "create", result.entity_obj))
             else:
-                voided = ", ".join(str(target) for target in targets)
-                message = f"voided invoice {voided}, which it replaces"
-                outcomes.append(Pushed("invoice", owner, "correct", message=message))
+                error = result.error or QboError("no answer for this write")
+                outcomes.append(Failed("invoice", create.id, "create", describe(error), error.retryable))
         return outcomes
 
+    @staticmethod
+    def _pushed(create: _Create, action: str, obj: QboInvoice) -> Pushed:
+        return Pushed(
+            "invoice",
+            create.id,
+            action,
+            qbo_obj=obj,
+            base=_base(create.fingerprint, create.invoice),
+            invoice_status="synced",
+            message=f"replaces invoice {create.replaces[0]}" if create.replaces else None,
+        )
 
-def _unlinked_voids(snap: _Snapshot, plan: _Plan) -> list[int]:
-    """Invoices to void (void ones, the chains of corrections) that Batchly has no link for and has not voided."""
-    chains = [*plan.owed.values(), *(create.replaces for create in plan.creates)]
-    targets = [*plan.own_voids, *(target for chain in chains for target in chain)]
-    return [t for t in targets if t not in snap.states and snap.rows[t]["sync_status"] != "voided"]
+
+def _owe(voids: dict[str, _Void], copies: Iterable[_Void], owner: int, role: str) -> None:
+    """``owner`` goes on only once ``copies`` are void (one void per QuickBooks invoice, whoever waits for it)."""
+    for copy in copies:
+        void = voids.setdefault(copy.qbo_id, copy)
+        if void.target is None and copy.target is not None:  # a lost copy someone links: it is that invoice
+            void.target, void.state = copy.target, copy.state
+        void.owners.setdefault(owner, role)
 
 
-def _owe(voids: dict[int, _Void], target: int, state: SyncState, owner: int) -> None:
-    void = voids.setdefault(target, _Void(target, state, []))
-    if owner not in void.owners:
-        void.owners.append(owner)
+def _refused(owner: int, role: str, reason: str) -> str:
+    """Why ``owner`` was refused up front: a void it needs must not be asked of QuickBooks."""
+    if role == REPLACED:
+        return f"invoice {owner} replaces_invoice_id: {reason}; this correction was not created"
+    if role == LOST_COPY:
+        return f"invoice {owner} doc_number: {reason}; nothing more is sent for this invoice until it is void"
+    return f"invoice {owner} status: {reason}"
 
 
-def _differences(found: Mapping[str, Any], create: _Create) -> list[str]:
+def _not_voided(void: _Void, role: str, reason: str) -> str:
+    """Why the owner of a void QuickBooks did not apply cannot go on."""
+    if role == OWN:
+        return reason
+    which = ", which it replaces" if role == REPLACED else ""
+    return f"could not void {void}{which}: {reason}"
+
+
+def _customer(row: QboInvoice) -> str:
+    return str((row.get("CustomerRef") or {}).get("value"))
+
+
+def _differences(found: QboInvoice, create: _Create) -> list[str]:
     """How QuickBooks' invoice differs from what Batchly would send: customer, total, dates, lines (item,
     quantity, amount). Empty when it is this invoice."""
     body = create.body
     differences = []
-    customer = str((found.get("CustomerRef") or {}).get("value"))
+    customer = _customer(found)
     if customer != body["CustomerRef"]["value"]:
         differences.append(f"customer {customer} in QuickBooks, {body['CustomerRef']['value']} here")
     total, ours = to_money(found.get("TotalAmt")), to_money(create.invoice["total_amount"])

@@ -1,0 +1,213 @@
+"""A correction and its original are never both open: the original is voided first, a paid one is refused up front;
+a 503 in the DocNumber guard retries its chunk, not the run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp, WriteResult
+from batchly_pipelines.services.connections import client_for_organization
+from batchly_pipelines.services.push.organization import PushStats, push_organization
+from batchly_pipelines.settings import Settings
+from batchly_pipelines.store import schema as s
+from batchly_pipelines_tests.support import factories as f
+from batchly_pipelines_tests.support.push import (
+    TIME_SCALE,
+    Books,
+    invoice_row,
+    make_due,
+    queue_status,
+    totals,
+    update,
+)
+
+BILLED = Decimal("40.40")  # f.invoice's two lines
+CORRECTED = Decimal("60.60")  # three lines
+VOID = Decimal("0")
+
+
+def _original(engine: Engine, org: int, push: Callable[..., PushStats]) -> tuple[int, str]:
+    """A pushed invoice 1001 and its QuickBooks Id."""
+    with engine.begin() as conn:
+        invoice = f.invoice(conn, org, f.customer(conn, org), f.item(conn, org), doc_number="1001")
+    push()
+    qbo_id = invoice_row(engine, invoice)["qbo_id"]
+    assert qbo_id is not None
+    return invoice, str(qbo_id)
+
+
+def _correction(engine: Engine, org: int, original: int) -> int:
+    row = invoice_row(engine, original)
+    with engine.begin() as conn:
+        item = conn.execute(s.items.select()).first()
+        assert item is not None
+        correction = f.invoice(conn, org, row["customer_id"], item.id, doc_number="1001-C", lines=3)
+    update(engine, s.invoices, correction, replaces_invoice_id=original)
+    return correction
+
+
+def test_a_correction_pushed_by_another_worker_voids_the_original_before_it_is_created(
+    engine: Engine,
+    org: int,
+    client: QuickBooksClient,
+    push: Callable[..., PushStats],
+    books: Books,
+    sent: list[WriteOp],
+) -> None:
+    original, qbo_id = _original(engine, org, push)
+    correction = _correction(engine, org, original)
+    sent.clear()
+
+    push_organization(engine, client, org, worker="second-worker")
+
+    assert [(op.operation, op.body.get("Id")) for op in sent] == [("void", qbo_id), ("create", None)]
+    assert totals(books) == {"1001": [VOID], "1001-C": [CORRECTED]}
+    assert invoice_row(engine, original)["sync_status"] == "voided"
+    assert invoice_row(engine, correction)["sync_status"] == "synced"
+    assert queue_status(engine, "invoice", correction) == ("done", None)
+
+
+def test_a_correction_waits_while_the_void_of_its_original_fails(
+    engine: Engine,
+    org: int,
+    client: QuickBooksClient,
+    push: Callable[..., PushStats],
+    books: Books,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original, _ = _original(engine, org, push)
+    correction = _correction(engine, org, original)
+    write_batch = client.write_batch
+
+    def voids_answer_503(ops: Sequence[WriteOp]) -> list[WriteResult]:
+        if not any(op.operation == "void" for op in ops):
+            return write_batch(ops)
+        books.faults(error_503=1.0)  # every try of this call, the client's retries included
+        try:
+            return write_batch(ops)
+        finally:
+            books.faults()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(client, "write_batch", voids_answer_503)
+        push()
+
+    assert totals(books) == {"1001": [BILLED]}  # at rest: the original only, still billed
+    status, error = queue_status(engine, "invoice", correction)
+    assert status == "pending" and error is not None
+    assert error.startswith(f"could not void invoice {original}") and "503" in error
+    assert invoice_row(engine, correction)["sync_status"] != "synced"
+    assert invoice_row(engine, original)["sync_status"] == "synced"
+
+    make_due(engine)
+    push()
+
+    assert totals(books) == {"1001": [VOID], "1001-C": [CORRECTED]}
+    assert invoice_row(engine, correction)["sync_status"] == "synced"
+    assert queue_status(engine, "invoice", correction)[0] == "done"
+
+
+@pytest.mark.parametrize("paid", ["10.00", "40.40"], ids=["partly-paid", "paid"])
+def test_a_correction_of_a_paid_invoice_is_refused_up_front(
+    engine: Engine,
+    org: int,
+    push: Callable[..., PushStats],
+    books: Books,
+    sent: list[WriteOp],
+    paid: str,
+) -> None:
+    original, qbo_id = _original(engine, org, push)
+    books.act(action="record_payment", invoice_id=qbo_id, amount=paid)
+    correction = _correction(engine, org, original)
+    sent.clear()
+
+    stats = push()
+
+    assert sent == [] and stats.dead == 1
+    status, error = queue_status(engine, "invoice", correction)
+    assert status == "dead" and error is not None
+    assert error.startswith(f"invoice {correction} replaces_invoice_id: invoice {original} ")
+    assert f"QuickBooks Id {qbo_id}" in error and f"{paid} of 40.40 paid" in error
+    assert invoice_row(engine, correction)["sync_status"] == "error"
+    [qbo] = books.objects("Invoice")  # the original stays as it is
+    assert qbo["TotalAmt"] == BILLED and qbo["Balance"] == BILLED - Decimal(paid)
+    assert invoice_row(engine, original)["sync_status"] == "synced"
+
+
+def test_voiding_a_paid_invoice_is_refused_with_the_reason(
+    engine: Engine, org: int, client: QuickBooksClient, push: Callable[..., PushStats], books: Books
+) -> None:
+    invoice, qbo_id = _original(engine, org, push)
+    books.act(action="record_payment", invoice_id=qbo_id, amount="10.00")
+    [current] = books.objects("Invoice")
+    [refused] = client.write_batch(  # the sandbox refuses it as QuickBooks does: 6000
+        [WriteOp("probe", "Invoice", "void", {"Id": qbo_id, "SyncToken": current["SyncToken"]}, "probe-void")]
+    )
+    assert refused.error is not None and refused.error.code == "6000"
+    update(engine, s.invoices, invoice, status="void")
+
+    push()
+
+    status, error = queue_status(engine, "invoice", invoice)
+    assert status == "dead" and error is not None and error.startswith(f"invoice {invoice} status: ")
+    assert "payments applied" in error and "10.00 of 40.40 paid" in error
+    assert invoice_row(engine, invoice)["sync_status"] == "error"
+    assert totals(books) == {"1001": [BILLED]}
+
+
+# -- (10) a 503 in the DocNumber guard ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_at_a_time(engine: Engine, settings: Settings, org: int) -> Iterator[QuickBooksClient]:
+    """The organisation's client sending one request at a time, so a fault hits exactly the chunk meant."""
+    config = ClientConfig(time_scale=TIME_SCALE, in_flight=1)
+    with client_for_organization(engine, settings, org, config=config) as qbo:
+        yield qbo
+
+
+def test_a_503_in_the_doc_number_guard_retries_its_chunk_and_the_round_goes_on(
+    engine: Engine,
+    org: int,
+    one_at_a_time: QuickBooksClient,
+    books: Books,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def push() -> PushStats:
+        return push_organization(engine, one_at_a_time, org, worker="guard-worker")
+
+    with engine.begin() as conn:
+        customer, item = f.customer(conn, org), f.item(conn, org)
+    push()
+    with engine.begin() as conn:
+        invoices = [f.invoice(conn, org, customer, item, doc_number=f"G-{n:02}") for n in range(31)]
+    query = one_at_a_time.query
+    guards: list[str] = []
+
+    def first_guard_answers_503(statement: str) -> object:
+        if "FROM Invoice" not in statement or guards:
+            return query(statement)
+        guards.append(statement)
+        books.faults(error_503=1.0)
+        try:
+            return query(statement)
+        finally:
+            books.faults()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(one_at_a_time, "query", first_guard_answers_503)
+        stats = push()  # no traceback
+
+    assert list(books.by_doc_number()) == ["G-30"]  # the other chunk of the round went on
+    assert stats.failed == 30
+    for invoice in invoices[:30]:
+        status, error = queue_status(engine, "invoice", invoice)
+        assert status == "pending" and error is not None and "503" in error
+    make_due(engine)
+    push()
+    assert sorted(books.by_doc_number()) == [f"G-{n:02}" for n in range(31)]
+    assert all(len(copies) == 1 for copies in books.by_doc_number().values())
