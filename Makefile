@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+PORT ?= 3000
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: install run test lint typecheck pytest dev dagster-home bench clean
@@ -33,9 +34,9 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest
 
-## the Dagster UI (http://127.0.0.1:3000) on the same setup as `make run`
+## the Dagster UI (http://127.0.0.1:$(PORT), `make dev PORT=3100` for another port) on the same setup as `make run`
 dev: install dagster-home
-	$(BIN)/batchly-sync dev
+	$(BIN)/batchly-sync dev --port $(PORT)
 
 dagster-home:
 	@mkdir -p $(DAGSTER_HOME)

@@ -1,11 +1,14 @@
-"""``batchly-sync dev`` (what ``make dev`` runs): the set-up of ``make run`` (sandbox, connections), then the Dagster UI."""
+"""``batchly-sync dev`` (what ``make dev`` runs): the set-up of ``make run`` (sandbox, connections), ``sync_status``
+recorded into ``DAGSTER_HOME``, then the Dagster UI on the chosen port (``make dev PORT=3100``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -13,19 +16,25 @@ from batchly_pipelines.cli.cycle import prepared
 from batchly_pipelines.cli.output import section
 from batchly_pipelines.settings import Settings
 
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+IN_PROCESS = json.dumps({"execution": {"config": {"in_process": {}}}})
+
 
 def run_dev(settings: Settings, *, port: int = 3000) -> int:
     """Run ``dagster dev`` on the project's workspace until interrupted, with the local sandbox beside it."""
     with prepared(settings) as (_, summary):
         for error in summary.errors:
             section("error", error)
-        section("dagster", f"UI at http://127.0.0.1:{port} (Ctrl-C stops everything)")
         home = os.environ.get("DAGSTER_HOME")
         if home:  # Dagster warns that it ignores ./dagster.yaml: `make dev` copied it into DAGSTER_HOME
             section("dagster home", f"{home} (its dagster.yaml is a copy of ./dagster.yaml)")
+            record_sync_status()
+        else:
+            section("sync_status", "no DAGSTER_HOME: sync_status_sensor records it on its first tick")
+        section("dagster", f"UI at http://127.0.0.1:{port} (Ctrl-C stops everything)")
         dagster = subprocess.Popen(
             [
-                str(Path(sys.executable).with_name("dagster")),
+                DAGSTER,
                 "dev",
                 "-w",
                 "workspace.yaml",
@@ -43,3 +52,30 @@ def run_dev(settings: Settings, *, port: int = 3000) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, stop)
         return dagster.wait()
+
+
+def record_sync_status() -> None:
+    """Materialise ``sync_status`` (and its checks) into ``DAGSTER_HOME`` before the UI starts, so it opens on the
+    state the set-up left instead of "Never materialized"; ``sync_status_sensor`` keeps it current from then on."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            DAGSTER,
+            "asset",
+            "materialize",
+            "--select",
+            "sync_status",
+            "-m",
+            "batchly_pipelines.definitions",
+            "--config-json",
+            IN_PROCESS,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode == 0:
+        section("sync_status", f"materialised with its checks ({time.monotonic() - started:.1f}s)")
+    else:  # the UI still starts; the sensor retries within minutes
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        section("sync_status", f"not materialised (exit {done.returncode}): {last[0]}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource, Definitions, definitions
+from dagster import ConfigurableResource, Definitions, ResourceDefinition, definitions
 from pydantic import PrivateAttr
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient
@@ -49,13 +49,24 @@ class QuickBooksResource(ConfigurableResource):
         return client_for_organization(self._engine, settings, organization_id, config=config)
 
 
+def from_environment(resource: ConfigurableResource, description: str) -> ResourceDefinition:
+    """``resource`` as a resource without run config: nothing about databases, credentials or time scales can be
+    set (or overridden) from a launchpad, only by the deployment's environment."""
+    return ResourceDefinition(resource_fn=lambda _: resource, config_schema={}, description=description)
+
+
 @definitions
 def resources() -> Definitions:
     """The shared resources of every area; configured from the environment only."""
     return Definitions(
         resources={
-            "batchly_db": BatchlyDatabase(),
+            "batchly_db": from_environment(
+                BatchlyDatabase(), "The Batchly database (BATCHLY_DATABASE_URL; no run config)."
+            ),
             # QBO_TIME_SCALE: the local sandbox's --time-scale (benchmarks compress QuickBooks' minutes); 1 for Intuit
-            "quickbooks": QuickBooksResource(time_scale=RuntimeSettings.from_env().qbo_time_scale),
+            "quickbooks": from_environment(
+                QuickBooksResource(time_scale=RuntimeSettings.from_env().qbo_time_scale),
+                "QuickBooks clients per organisation (QBO_* settings and BATCHLY_SECRET_KEY; no run config).",
+            ),
         }
     )

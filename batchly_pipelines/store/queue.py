@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batchly_pipelines.store.schema import QUEUE_STATES, sync_queue, utcnow
+from batchly_pipelines.store.schema import QUEUE_STATES, UTCDateTime, sync_queue, utcnow
 
 q = sync_queue.c
 
@@ -87,7 +87,7 @@ class SyncQueue:
         )
         query = (
             sa.select(q.id)
-            .where(_due(now), ~older_unfinished)
+            .where(is_due(now), ~older_unfinished)
             .order_by(q.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -133,19 +133,24 @@ class SyncQueue:
     def ack(conn: Connection, items: Sequence[QueueItem], now: datetime | None = None) -> int:
         """Mark ``items`` done inside the caller's transaction (the one that stores the results).
 
-        Returns how many were still leased to their worker; a lost lease acknowledges nothing.
+        Returns how many were still leased to their worker; a lost lease acknowledges nothing. An acknowledged row
+        settles its record's older dead rows too: a row pushes the record's current state, so once a later one
+        synced, the dead ones are closed as superseded (their last error kept) and leave the dead letter.
         """
         now = now or utcnow()
-        done = 0
-        for item in items:
-            done += conn.execute(
+        acked = [
+            item
+            for item in items
+            if conn.execute(
                 sa.update(sync_queue)
                 .where(q.id == item.id, q.lease_owner == item.lease_owner, q.status == "in_progress")
                 .values(
                     status="done", completed_at=now, updated_at=now, lease_owner=None, lease_expires_at=None
                 )
             ).rowcount
-        return done
+        ]
+        _close_superseded_dead(conn, acked, now)
+        return len(acked)
 
     def count_attempts(self, items: Sequence[QueueItem], now: datetime | None = None) -> int:
         """Count an attempt for each row still leased to its worker, right before its record is sent."""
@@ -263,7 +268,7 @@ class SyncQueue:
         """Per organisation with due work: (rows due, highest due row id). One indexed query, for the sensor."""
         query = (
             sa.select(q.organization_id, sa.func.count(), sa.func.max(q.id))
-            .where(_due(now or utcnow()))
+            .where(is_due(now or utcnow()))
             .group_by(q.organization_id)
         )
         with self.engine.connect() as conn:
@@ -282,11 +287,50 @@ class SyncQueue:
             return [dict(r) for r in conn.execute(query).mappings()]
 
 
-def _due(now: datetime) -> sa.ColumnElement[bool]:
+def _close_superseded_dead(conn: Connection, acked: Sequence[QueueItem], now: datetime) -> None:
+    """Close the dead rows of the records ``acked`` just synced (one query per entity type when there are none).
+
+    A dead row is always older than the acknowledged one: a record's row is claimed only once its older rows are
+    finished, so no newer row of it can have died while this one was held.
+    """
+    by_type: dict[str, dict[int, QueueItem]] = {}
+    for item in sorted(acked, key=lambda acked_item: acked_item.id):  # a record's newest row names the close
+        by_type.setdefault(item.entity_type, {})[item.entity_id] = item
+    for entity_type, synced in by_type.items():
+        dead = conn.execute(
+            sa.select(q.id, q.entity_id, q.last_error).where(
+                q.entity_type == entity_type, q.entity_id.in_(sorted(synced)), q.status == "dead"
+            )
+        ).all()
+        for row_id, entity_id, error in dead:
+            by = synced[entity_id]
+            conn.execute(
+                sa.update(sync_queue)
+                .where(
+                    q.id == row_id, q.id < by.id, q.status == "dead", q.organization_id == by.organization_id
+                )
+                .values(
+                    status="done",
+                    completed_at=now,
+                    updated_at=now,
+                    last_error=f"superseded by queue row {by.id}, which synced; last error: {error}",
+                )
+            )
+
+
+def is_due(now: datetime) -> sa.ColumnElement[bool]:
     """Rows a worker may take: pending and due, or held under an expired lease."""
     return sa.or_(
         sa.and_(q.status == "pending", q.next_attempt_at <= now),
         sa.and_(q.status == "in_progress", q.lease_expires_at < now),
+    )
+
+
+def due_since() -> sa.ColumnElement[datetime]:
+    """Since when a due row (:func:`is_due`) could have been taken: its next attempt's time, or when its lease
+    lapsed."""
+    return sa.type_coerce(
+        sa.case((q.status == "in_progress", q.lease_expires_at), else_=q.next_attempt_at), UTCDateTime()
     )
 
 

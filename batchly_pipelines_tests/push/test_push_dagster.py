@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
+from typing import Any
 
 from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
+    ExecuteInProcessResult,
     RunRequest,
     SensorResult,
     SkipReason,
@@ -146,3 +149,144 @@ def test_an_unconnected_organisation_fails_the_run_with_what_to_do(engine: Engin
     data = failure.step_failure_data
     assert data.user_failure_data is not None  # a deliberate Failure, not a traceback; not retried
     assert f"batchly-sync connect --org {org}" in (data.user_failure_data.description or "")
+
+
+def _resources(engine: Engine) -> dict[str, Any]:
+    return {
+        "batchly_db": BatchlyDatabase(database_url=_url(engine)),
+        "quickbooks": QuickBooksResource(database_url=_url(engine), time_scale=TIME_SCALE),
+    }
+
+
+def _push_run(engine: Engine, instance: DagsterInstance, **config: Any) -> ExecuteInProcessResult:
+    return push_to_quickbooks.execute_in_process(
+        run_config={"ops": {"push_records": {"config": {"linger_seconds": 0.0, **config}}}},
+        resources=_resources(engine),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def _failure(result: ExecuteInProcessResult) -> tuple[str, dict[str, Any]]:
+    """The push step's deliberate Failure: its description and metadata."""
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    data = failure.step_failure_data.user_failure_data
+    assert data is not None  # a Failure raised on purpose, not a traceback
+    return data.description or "", dict(data.metadata)
+
+
+def _rows(value: Any) -> list[dict[str, Any]]:
+    return [dict(record.data) for record in value.records]
+
+
+def _log_lines(instance: DagsterInstance, result: ExecuteInProcessResult, level: int) -> list[str]:
+    return [e.user_message for e in instance.all_logs(result.run_id) if e.level == level and e.user_message]
+
+
+def test_a_push_with_a_refused_invoice_fails_after_pushing_the_good_ones_and_names_the_record(
+    engine: Engine, org: int, books: Books, environment: None
+) -> None:
+    with engine.begin() as conn:
+        customer = f.customer(conn, org)
+        item = f.item(conn, org)
+        good = f.invoice(conn, org, customer, item, doc_number="GOOD-1")
+        bad = f.invoice(conn, org, customer, item, doc_number="BAD-1", lines=0)
+    instance = DagsterInstance.ephemeral()
+
+    result = _push_run(engine, instance, organization_id=org)
+
+    assert not result.success
+    assert list(books.by_doc_number()) == ["GOOD-1"]  # the good one went through and was checkpointed
+    assert queue_status(engine, "invoice", good)[0] == "done"
+    assert queue_status(engine, "invoice", bad)[0] == "dead"
+    description, metadata = _failure(result)
+    assert f"invoice {bad} (BAD-1)" in description and "1 record(s) failed" in description
+    assert _rows(metadata["failed records"]) == [
+        {
+            "entity_type": "invoice",
+            "id": bad,
+            "name": "BAD-1",
+            "field": "lines",
+            "message": "an invoice needs at least one line",
+            "queue": "dead",
+        }
+    ]
+    assert metadata["succeeded"].value == 3 and metadata["failed"].value == 1
+    [error] = [line for line in _log_lines(instance, result, logging.ERROR) if f"invoice {bad}" in line]
+    assert "BAD-1" in error and "an invoice needs at least one line" in error
+
+
+def test_sync_now_by_doc_number_reports_each_invoice_and_fails_on_unknown_and_dead_ones(
+    engine: Engine, org: int, books: Books, environment: None
+) -> None:
+    with engine.begin() as conn:
+        customer = f.customer(conn, org)
+        item = f.item(conn, org)
+        synced = f.invoice(conn, org, customer, item, doc_number="DONE-1")
+        dead = f.invoice(conn, org, customer, item, doc_number="DEAD-1", lines=0)
+        now = f.invoice(conn, org, customer, item, doc_number="NOW-1")
+        elsewhere = f.organization(conn, "Another company")
+        theirs = f.invoice(conn, elsewhere, f.customer(conn, elsewhere), f.item(conn, elsewhere), "THEIRS-1")
+    instance = DagsterInstance.ephemeral()
+    assert not _push_run(engine, instance, organization_id=org, invoice_ids=[synced, dead]).success
+
+    result = _push_run(
+        engine,
+        instance,
+        organization_id=org,
+        doc_numbers=[" NOW-1 ", "DONE-1", "DEAD-1", "NOPE-9"],
+        invoice_ids=[theirs],
+    )
+
+    assert not result.success
+    assert sorted(books.by_doc_number()) == ["DONE-1", "NOW-1"]
+    description, metadata = _failure(result)
+    report = {row["requested"]: row for row in _rows(metadata["invoices"])}
+    assert {requested: row["outcome"] for requested, row in report.items()} == {
+        "NOW-1": "pushed",
+        "DONE-1": "already synced",
+        "DEAD-1": "dead",
+        "NOPE-9": "unknown",
+        f"id {theirs}": "unknown",
+    }
+    assert report["NOW-1"]["id"] == now and report["NOW-1"]["qbo_id"]
+    assert "lines: an invoice needs at least one line" in report["DEAD-1"]["detail"]
+    assert "retry_dead_letter" in report["DEAD-1"]["detail"]
+    assert f"organisation {org}" in report["NOPE-9"]["detail"]
+    assert "NOPE-9" in description and "DEAD-1" in description
+    lines = _log_lines(instance, result, logging.INFO) + _log_lines(instance, result, logging.ERROR)
+    for requested in ("NOW-1", "DONE-1", "DEAD-1", "NOPE-9"):
+        assert any(requested in line for line in lines), requested
+
+
+def test_sync_now_of_invoices_that_all_go_through_succeeds_with_the_report(
+    engine: Engine, org: int, books: Books, environment: None
+) -> None:
+    with engine.begin() as conn:
+        invoice = f.invoice(conn, org, f.customer(conn, org), f.item(conn, org), doc_number="OK-1")
+
+    result = _push_run(engine, DagsterInstance.ephemeral(), organization_id=org, doc_numbers=["OK-1"])
+
+    assert result.success
+    [materialized] = [
+        e.step_output_data.metadata for e in result.all_events if e.event_type_value == "STEP_OUTPUT"
+    ][:1]
+    assert [(r["id"], r["outcome"]) for r in _rows(materialized["invoices"])] == [(invoice, "pushed")]
+
+
+def test_the_launchpad_scaffolds_typed_push_config_and_no_resource_settings() -> None:
+    schema = defs.resolve_job_def("push_to_quickbooks").run_config_schema.config_type
+    resources = schema.fields["resources"].config_type.fields  # type: ignore[attr-defined]
+    for key in ("batchly_db", "quickbooks"):
+        resource_config = resources[key].config_type.fields["config"].config_type
+        assert resource_config.fields == {}, f"{key} takes settings from run config"
+    push_config = (
+        schema.fields["ops"]
+        .config_type.fields["push_records"]
+        .config_type.fields["config"]
+        .config_type.fields  # type: ignore[attr-defined]
+    )
+    assert push_config["organization_id"].is_required
+    assert push_config["doc_numbers"].config_type.key == "Noneable.Array.StringSourceType"
+    assert push_config["invoice_ids"].config_type.key == "Noneable.Array.IntSourceType"
+    assert not push_config["doc_numbers"].is_required and not push_config["invoice_ids"].is_required

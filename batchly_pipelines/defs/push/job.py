@@ -1,8 +1,14 @@
-"""``push_to_quickbooks``: push one organisation's due records (or a list of invoices) to QuickBooks.
+"""``push_to_quickbooks``: push one organisation's due records (or chosen invoices) to QuickBooks.
 
 Launched per organisation by ``sync_queue_sensor``, or by hand from the launchpad ("Sync to QuickBooks now") with
-``organization_id`` and optionally ``invoice_ids``. The work lives in :mod:`batchly_pipelines.services.push.organization`; the ops
-report progress (done/total, throughput, ETA) as logs and as observations of the ``sync_status`` asset.
+``organization_id`` and optionally ``doc_numbers`` / ``invoice_ids``. The work lives in
+:mod:`batchly_pipelines.services.push.organization`; the ops report progress (done/total, throughput, ETA) as logs and
+as observations of the ``sync_status`` asset.
+
+Failures are loud: when a record's last outcome in the run is an error, the run ends FAILED — after every good record
+was checkpointed — with an ERROR line per record and a table of them (record, DocNumber or name, field, message,
+dead or when it is retried). "Sync now" reports every invoice asked for: pushed, already synced, skipped, failed, dead
+(with the reason) or unknown, and fails unless each was pushed, already synced or skipped by rule (a draft).
 """
 
 import threading
@@ -25,6 +31,8 @@ from dagster import (
 )
 from pydantic import Field
 
+from batchly_pipelines.defs.monitoring import tables
+from batchly_pipelines.defs.push import sync_now
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import AuthError
@@ -39,10 +47,12 @@ from batchly_pipelines.services.push.organization import (
     worker_name,
 )
 from batchly_pipelines.store.schema import QUEUE_STATES
+from batchly_pipelines.store.status import run_failures
 
 PROGRESS_ASSET = AssetKey("sync_status")
 PROGRESS_EVERY_SECONDS = 2.0
 LINGER_SECONDS = 15.0
+DESCRIBED = 10  # failures spelled out in a run's failure description (the table has them all)
 
 
 class PushConfig(Config):
@@ -51,9 +61,16 @@ class PushConfig(Config):
     organization_id: int = Field(
         description="The Batchly organisation whose QuickBooks company receives the push."
     )
+    doc_numbers: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Sync to QuickBooks now: push only the organisation's invoices with these DocNumbers (and the customers "
+            "and items they need); each is reported. Empty (and no invoice_ids) = every due record."
+        ),
+    )
     invoice_ids: list[int] = Field(
         default_factory=list,
-        description="Push only these invoices (and the customers and items they need); empty = all due records.",
+        description="… or by Batchly invoice id (with or instead of doc_numbers).",
     )
     claim_size: int = Field(default=CLAIM_SIZE, description="Queue rows claimed per round.")
     linger_seconds: float = Field(
@@ -64,7 +81,7 @@ class PushConfig(Config):
         default=DEFAULT_LEASE.total_seconds(),
         description=(
             "How long claimed rows stay leased (a crashed run's rows are picked up again after this), in QuickBooks "
-            "time: compressed by the QuickBooks resource's time_scale like every other wait."
+            "time: compressed by QBO_TIME_SCALE like every other wait."
         ),
     )
 
@@ -112,6 +129,15 @@ def push_records(
     quickbooks: QuickBooksResource,
 ) -> Output[dict[str, Any]]:
     """Claim, validate and push the organisation's due records; every chunk is checkpointed as it completes."""
+    wanted = sync_now.wanted(
+        batchly_db.engine, config.organization_id, config.doc_numbers, config.invoice_ids
+    )
+    chosen = sorted({w.invoice_id for w in wanted if w.invoice_id is not None}) if wanted else None
+    if chosen == []:  # only unknown invoices were asked for: nothing to push
+        rows = sync_now.report(context, batchly_db.engine, config.organization_id, wanted)
+        raise Failure(
+            description=_describe([], rows), metadata={"invoices": tables.sync_now(rows)}, allow_retries=False
+        )
     report = _ProgressReporter(context, config.organization_id)
     try:
         client = quickbooks.client_for(config.organization_id)
@@ -119,29 +145,38 @@ def push_records(
         raise Failure(description=str(exc), allow_retries=False) from None
     with client:
         try:
-            stats = _push(context, config, batchly_db, quickbooks, client, report)
+            stats = _push(context, config, batchly_db, quickbooks, client, report, chosen)
         except (
             RealmBusy,
             PushAbandoned,
             AuthError,
         ) as exc:  # a sentence, not a traceback; records stay queued
             raise Failure(
-                description=str(exc), allow_retries=isinstance(exc, RealmBusy | PushAbandoned)
+                description=str(exc),
+                metadata=_failure_metadata(run_failures(batchly_db.engine, context.run.run_id)),
+                allow_retries=isinstance(exc, RealmBusy | PushAbandoned),
             ) from None
     report(Progress(stats.done, stats.total, stats.elapsed_seconds), final=True)
+    failures = run_failures(batchly_db.engine, context.run.run_id)
+    for failure in failures:
+        context.log.error(tables.describe_failure(failure))
+    rows = sync_now.report(context, batchly_db.engine, config.organization_id, wanted)
     summary = stats.as_dict()
-    return Output(
-        summary,
-        metadata={
-            "done": stats.done,
-            "failed": stats.failed,
-            "dead": stats.dead,
-            "seconds": MetadataValue.float(round(stats.elapsed_seconds, 2)),
-            "actions": MetadataValue.json(summary["actions"]),
-            "api_calls": stats.api.get("calls_total", 0),
-            "throttled": stats.api.get("throttled", 0),
-        },
-    )
+    metadata: dict[str, Any] = {
+        "done": stats.done,
+        "succeeded": stats.done - stats.failed,
+        "failed": stats.failed,
+        "dead": stats.dead,
+        "seconds": MetadataValue.float(round(stats.elapsed_seconds, 2)),
+        "actions": MetadataValue.json(summary["actions"]),
+        "api_calls": stats.api.get("calls_total", 0),
+        "throttled": stats.api.get("throttled", 0),
+        **_failure_metadata(failures),
+        **({"invoices": tables.sync_now(rows)} if wanted else {}),
+    }
+    if failures or any(row["outcome"] not in sync_now.SETTLED for row in rows):
+        raise Failure(description=_describe(failures, rows), metadata=metadata, allow_retries=False)
+    return Output(summary, metadata=metadata)
 
 
 def _push(
@@ -151,19 +186,43 @@ def _push(
     quickbooks: QuickBooksResource,
     client: QuickBooksClient,
     report: _ProgressReporter,
+    invoice_ids: list[int] | None,
 ) -> PushStats:
     return push_organization(
         batchly_db.engine,
         client,
         config.organization_id,
         worker=worker_name(f"run-{context.run.run_id[:8]}"),
-        invoice_ids=config.invoice_ids or None,
+        invoice_ids=invoice_ids,
         progress=report,
         run_id=context.run.run_id,
         claim_size=config.claim_size,
         linger_seconds=config.linger_seconds,
         lease=timedelta(seconds=config.lease_seconds / quickbooks.time_scale),
     )
+
+
+def _failure_metadata(failures: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"failed records": tables.failed_records(failures)} if failures else {}
+
+
+def _describe(failures: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """The run's failure in words: the failed records and the invoices "Sync now" could not settle."""
+    parts = []
+    if failures:
+        listed = "; ".join(tables.describe_failure(f) for f in failures[:DESCRIBED])
+        more = f"; and {len(failures) - DESCRIBED} more" if len(failures) > DESCRIBED else ""
+        parts.append(
+            f"{len(failures)} record(s) failed, every other record was pushed and checkpointed: {listed}{more}. "
+            "See the table; `batchly-sync queue list --status dead`"
+        )
+    unsettled = [row for row in rows if row["outcome"] not in sync_now.SETTLED]
+    if unsettled:
+        parts.append(
+            "Sync now: "
+            + "; ".join(f"{row['requested']} {row['outcome']} ({row['detail']})" for row in unsettled)
+        )
+    return "\n".join(parts)
 
 
 @op(ins={"summary": In(dict)})
