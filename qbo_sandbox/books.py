@@ -2,7 +2,8 @@
 
 All methods take the realm lock. Money is Decimal throughout. Payments applied to an invoice are indexed in
 ``Realm.applied``; an invoice's ``Balance`` is always ``TotalAmt - Σ applied`` and its ``LinkedTxn`` lists the payments,
-and the customer's ``Balance`` is the sum of its open invoice balances.
+and the customer's ``Balance`` is the sum of its open invoice balances. A credit memo a payment line uses is indexed
+the same way: its ``Balance`` and ``RemainingCredit`` are ``TotalAmt - Σ used``.
 """
 
 from __future__ import annotations
@@ -55,12 +56,18 @@ def _stale(obj: dict[str, Any]) -> QboError:
 
 
 def payment_links(payment: dict[str, Any]) -> dict[str, Decimal]:
-    """Invoice id -> amount a payment applies to it."""
+    """Transaction id -> amount a payment applies to it: to each invoice it pays, and from each credit memo whose
+    credit it uses (ids are unique across entity types in the sandbox)."""
     links: dict[str, Decimal] = {}
     for line in payment.get("Line", []):
         for link in line["LinkedTxn"]:
             links[link["TxnId"]] = links.get(link["TxnId"], ZERO) + line["Amount"]
     return links
+
+
+def _link_types(payment: dict[str, Any]) -> dict[str, str]:
+    """Transaction id -> the type a payment's lines name it with (Invoice or CreditMemo)."""
+    return {link["TxnId"]: link["TxnType"] for line in payment.get("Line", []) for link in line["LinkedTxn"]}
 
 
 def _changes(name: str, index: TimeIndex, since: datetime) -> Iterator[tuple[Entry, str, dict[str, Any]]]:
@@ -268,7 +275,14 @@ class Books:
                 obj["Balance"] = obj["TotalAmt"] - paid
                 self._adjust_customer(existing["CustomerRef"]["value"], -existing["Balance"])
                 self._adjust_customer(obj["CustomerRef"]["value"], obj["Balance"])
-            if spec.name in ("CreditMemo", "RefundReceipt"):
+            if spec.name == "CreditMemo":
+                used = self._paid(obj["Id"])
+                if obj["TotalAmt"] < used:
+                    raise business(
+                        "The credit memo total cannot be less than the credit applied from it", "Line"
+                    )
+                obj["Balance"] = obj["RemainingCredit"] = obj["TotalAmt"] - used
+            if spec.name == "RefundReceipt":
                 obj["Balance"] = body["Balance"]
             self._store(spec, obj, "Update")
             if old_links or links:
@@ -424,47 +438,57 @@ class Books:
             raise business("This transaction has payments applied to it; delete or void the payments first")
 
     def _check_payment(self, payment: dict[str, Any], payment_id: str | None) -> dict[str, Decimal]:
-        """Validate a payment's invoice links against the invoices' balances (its own current share excluded)."""
-        links = payment_links(payment)
-        for invoice_id, amount in links.items():
-            invoice = self.visible("Invoice", invoice_id)
-            if invoice is None:
-                raise not_found("Invoice", f"Object Not Found : Invoice {invoice_id} referenced by LinkedTxn")
-            if invoice["CustomerRef"]["value"] != payment["CustomerRef"]["value"]:
-                raise business(f"Invoice {invoice_id} belongs to another customer", "Line.LinkedTxn")
-            own = self.realm.applied.get(invoice_id, {}).get(payment_id or "", ZERO)
-            if amount > invoice["Balance"] + own:
+        """Validate a payment's links against the balances of the invoices it pays and the credit memos it uses
+        (its own current share excluded)."""
+        links, types = payment_links(payment), _link_types(payment)
+        for txn_id, amount in links.items():
+            txn_type = types[txn_id]
+            target = self.visible(txn_type, txn_id)
+            if target is None:
+                raise not_found(txn_type, f"Object Not Found : {txn_type} {txn_id} referenced by LinkedTxn")
+            if target["CustomerRef"]["value"] != payment["CustomerRef"]["value"]:
+                raise business(f"{txn_type} {txn_id} belongs to another customer", "Line.LinkedTxn")
+            own = self.realm.applied.get(txn_id, {}).get(payment_id or "", ZERO)
+            if amount > target["Balance"] + own:
+                what = "applied to invoice" if txn_type == "Invoice" else "of credit used from credit memo"
                 raise business(
-                    f"The amount applied to invoice {invoice_id} ({amount}) exceeds its balance ({invoice['Balance']})",
+                    f"The amount {what} {txn_id} ({amount}) exceeds its balance ({target['Balance']})",
                     "Line.Amount",
                 )
         return links
 
     def _apply(self, payment_id: str, links: dict[str, Decimal]) -> None:
-        for invoice_id, amount in links.items():
-            self.realm.applied[invoice_id][payment_id] = amount
-            self._refresh_invoice(invoice_id)
+        for txn_id, amount in links.items():
+            self.realm.applied[txn_id][payment_id] = amount
+            self._refresh_applied(txn_id)
 
     def _unapply(self, payment_id: str, links: dict[str, Decimal]) -> None:
-        for invoice_id in links:
-            if self.realm.applied.get(invoice_id, {}).pop(payment_id, None) is not None:
-                self._refresh_invoice(invoice_id)
+        for txn_id in links:
+            if self.realm.applied.get(txn_id, {}).pop(payment_id, None) is not None:
+                self._refresh_applied(txn_id)
 
-    def _refresh_invoice(self, invoice_id: str) -> None:
-        """Recompute an invoice's Balance and LinkedTxn from the payment index; a new version of the invoice."""
-        invoice = self.realm.objects["Invoice"].get(invoice_id)
+    def _refresh_applied(self, txn_id: str) -> None:
+        """Recompute an invoice's Balance and LinkedTxn (or a credit memo's remaining credit) from the payment
+        index; a new version of it."""
+        credit = self.realm.objects["CreditMemo"].get(txn_id)
+        if credit is not None:
+            remaining = credit["TotalAmt"] - self._paid(txn_id)
+            refreshed = {**credit, **self._bumped(credit), "Balance": remaining, "RemainingCredit": remaining}
+            self._store(entity_spec("CreditMemo"), refreshed, "Update")
+            return
+        invoice = self.realm.objects["Invoice"].get(txn_id)
         if invoice is None:
             return
-        applied = self.realm.applied.get(invoice_id, {})
-        balance = invoice["TotalAmt"] - self._paid(invoice_id)
+        applied = self.realm.applied.get(txn_id, {})
+        balance = invoice["TotalAmt"] - self._paid(txn_id)
         self._adjust_customer(invoice["CustomerRef"]["value"], balance - invoice["Balance"])
         links = [{"TxnId": pid, "TxnType": "Payment"} for pid in sorted(applied, key=int)]
         updated = {**invoice, **self._bumped(invoice), "Balance": balance, "LinkedTxn": links}
         self._store(entity_spec("Invoice"), updated, "Update")
 
-    def _paid(self, invoice_id: str) -> Decimal:
-        """The total of the payments applied to an invoice."""
-        applied = self.realm.applied.get(invoice_id)
+    def _paid(self, txn_id: str) -> Decimal:
+        """The total the payments apply to an invoice (or use of a credit memo's credit)."""
+        applied = self.realm.applied.get(txn_id)
         return sum(applied.values(), ZERO) if applied else ZERO
 
     def _adjust_customer(self, customer_id: str, delta: Decimal) -> None:

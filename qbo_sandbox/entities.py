@@ -236,17 +236,45 @@ def build_credit_memo(lookup: Lookup, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_refund_receipt(lookup: Lookup, fields: dict[str, Any]) -> dict[str, Any]:
-    """RefundReceipt: money paid back to a customer, optionally from a deposit account."""
+    """RefundReceipt: money paid back to a customer, optionally from a deposit account; ``LinkedTxn`` may name the
+    invoices or payments it refunds (of the same customer). It does not change any balance."""
     body, _ = _sales_transaction(lookup, fields)
     account = reference(lookup, fields, "DepositToAccountRef", "Account", "Name")
     if account is not None:
         body["DepositToAccountRef"] = account
+    if "LinkedTxn" in fields:
+        body["LinkedTxn"] = _links(lookup, fields["LinkedTxn"], REFUNDABLE, body["CustomerRef"]["value"])
     body["Balance"] = Decimal("0.00")
     return body
 
 
+REFUNDABLE = ("Invoice", "Payment")  # what a refund receipt's LinkedTxn may name
+APPLICABLE = ("Invoice", "CreditMemo")  # what a payment line may link: invoices it pays, credit memos it uses
+
+
+def _links(lookup: Lookup, links: Any, types: tuple[str, ...], customer_id: str) -> list[dict[str, str]]:
+    """``LinkedTxn`` entries naming visible transactions of ``types`` that belong to the customer."""
+    if not isinstance(links, list):
+        raise business("LinkedTxn must be an array", "LinkedTxn")
+    checked = []
+    for link in links:
+        if not isinstance(link, dict) or link.get("TxnId") in (None, ""):
+            raise required("LinkedTxn.TxnId")
+        txn_type, txn_id = link.get("TxnType"), str(link["TxnId"])
+        if txn_type not in types:
+            raise business(f"Unsupported LinkedTxn TxnType {txn_type}", "LinkedTxn.TxnType")
+        target = lookup.visible(txn_type, txn_id)
+        if target is None:
+            raise not_found(txn_type, f"Object Not Found : {txn_type} {txn_id} referenced by LinkedTxn")
+        if target["CustomerRef"]["value"] != customer_id:
+            raise business(f"{txn_type} {txn_id} belongs to another customer", "LinkedTxn")
+        checked.append({"TxnId": txn_id, "TxnType": txn_type})
+    return checked
+
+
 def build_payment(lookup: Lookup, fields: dict[str, Any]) -> dict[str, Any]:
-    """Payment: CustomerRef and TotalAmt required; lines link invoices; UnappliedAmt = TotalAmt - applied."""
+    """Payment: CustomerRef and TotalAmt required; lines link invoices, or credit memos whose credit pays part of
+    them; UnappliedAmt = TotalAmt - (applied to invoices - credit used)."""
     body = dict(fields)
     body["CustomerRef"] = _required_reference(lookup, fields, "CustomerRef", "Customer", "DisplayName")
     if fields.get("TotalAmt") is None:
@@ -258,6 +286,7 @@ def build_payment(lookup: Lookup, fields: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(raw_lines, list):
         raise business("Line must be an array", "Line")
     lines: list[dict[str, Any]] = []
+    applied = {txn_type: Decimal("0.00") for txn_type in APPLICABLE}
     for line in raw_lines:
         links = line.get("LinkedTxn") if isinstance(line, dict) else None
         if not isinstance(links, list) or not links:
@@ -265,19 +294,26 @@ def build_payment(lookup: Lookup, fields: dict[str, Any]) -> dict[str, Any]:
         for link in links:
             if not isinstance(link, dict) or link.get("TxnId") in (None, ""):
                 raise required("LinkedTxn.TxnId")
-            if link.get("TxnType") != "Invoice":
+            if link.get("TxnType") not in APPLICABLE:
                 raise business(f"Unsupported LinkedTxn TxnType {link.get('TxnType')}", "LinkedTxn.TxnType")
+        types = {link["TxnType"] for link in links}
+        if len(types) > 1:
+            raise business("A payment line links either invoices or credit memos", "Line.LinkedTxn")
         amount = money(line.get("Amount"), "Line.Amount")
         if amount <= 0:
             raise business("A payment line amount must be positive", "Line.Amount")
+        applied[types.pop()] += amount
         lines.append(
             {
                 "Amount": amount,
-                "LinkedTxn": [{"TxnId": str(link["TxnId"]), "TxnType": "Invoice"} for link in links],
+                "LinkedTxn": [{"TxnId": str(link["TxnId"]), "TxnType": link["TxnType"]} for link in links],
             }
         )
-    applied = sum((line["Amount"] for line in lines), Decimal("0.00"))
-    if applied > total:
+    # credit memo lines pay invoices with credit instead of money: only the rest is paid from TotalAmt
+    paid = applied["Invoice"] - applied["CreditMemo"]
+    if paid < 0:
+        raise business("The credit applied exceeds the amount applied to invoices", "Line.Amount")
+    if paid > total:
         raise business("The amount applied to invoices exceeds the payment's TotalAmt", "Line.Amount")
     _text(fields, "PaymentRefNum", 21)
     _text(fields, "PrivateNote", 4000)
@@ -287,7 +323,7 @@ def build_payment(lookup: Lookup, fields: dict[str, Any]) -> dict[str, Any]:
     body.update(
         Line=lines,
         TotalAmt=total,
-        UnappliedAmt=total - applied,
+        UnappliedAmt=total - paid,
         TxnDate=(_date(fields, "TxnDate") or lookup.today()).isoformat(),
     )
     body.setdefault("CurrencyRef", USD)
@@ -504,7 +540,7 @@ SPECS: dict[str, EntitySpec] = {
         EntitySpec(
             "RefundReceipt",
             "transaction",
-            _SALES_WRITABLE | {"PaymentRefNum", "DepositToAccountRef", "PaymentMethodRef"},
+            _SALES_WRITABLE | {"PaymentRefNum", "DepositToAccountRef", "PaymentMethodRef", "LinkedTxn"},
             frozenset({"TotalAmt", "Balance"}),
             build_refund_receipt,
         ),

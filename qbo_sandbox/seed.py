@@ -296,6 +296,7 @@ class Seeder:
                 "CustomerRef": invoice["CustomerRef"],
                 "TxnDate": later.date().isoformat(),
                 "PrivateNote": f"Refund of payment {payment['Id']} for invoice {invoice['DocNumber']}",
+                "LinkedTxn": [{"TxnId": payment["Id"], "TxnType": "Payment"}],
                 "Line": [
                     {
                         "DetailType": "SalesItemLineDetail",

@@ -72,7 +72,8 @@ class Realm:
         self.next_id = 1
         self.next_doc_number = 1001
         self.unique_doc_numbers = True
-        self.applied: dict[str, dict[str, Decimal]] = defaultdict(dict)  # invoice id -> payment id -> amount
+        # invoice or credit memo id -> payment id -> amount the payment applies to it (or uses of its credit)
+        self.applied: dict[str, dict[str, Decimal]] = defaultdict(dict)
         self.replies: OrderedDict[str, tuple[int, bytes]] = (
             OrderedDict()
         )  # requestid -> original (status, body)

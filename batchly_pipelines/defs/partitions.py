@@ -4,6 +4,10 @@ The sensor that keeps the company keys in step with ``qbo_connections`` is ``def
 The daily dimension starts at ``BATCHLY_PULL_START_DATE`` (default 2024-01-01) and cuts days in
 ``BATCHLY_PULL_TIMEZONE`` (default UTC), both read when the code location loads. Today is a partition too, so what
 changed so far today can be pulled on demand; the nightly schedules pull the last complete day.
+
+A run's partitions are read from its range tags first (:func:`run_partition_keys`): a range backfill launched from a
+job page gives its one run the range tags *and* the first partition's ``dagster/partition/<dimension>`` tags, which
+Dagster's ``context.partition_keys`` then reads as that one partition.
 """
 
 from collections import defaultdict
@@ -11,10 +15,12 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from dagster import (
+    AssetExecutionContext,
     DailyPartitionsDefinition,
     DynamicPartitionsDefinition,
     MultiPartitionKey,
     MultiPartitionsDefinition,
+    PartitionKeyRange,
 )
 
 from batchly_pipelines.services.pull.mirror import Window
@@ -23,6 +29,7 @@ from batchly_pipelines.settings import RuntimeSettings
 RUNTIME = RuntimeSettings.from_env()
 COMPANY = "company"
 DAY = "day"
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 company_partitions = DynamicPartitionsDefinition(name=COMPANY)
 daily_partitions = DailyPartitionsDefinition(
@@ -41,6 +48,19 @@ def company_key(organization_id: int) -> str:
 def pull_key(organization_id: int, day: str) -> MultiPartitionKey:
     """The pull partition of one organisation and one day (``YYYY-MM-DD``)."""
     return MultiPartitionKey({COMPANY: company_key(organization_id), DAY: day})
+
+
+def run_partition_keys(context: AssetExecutionContext) -> list[str]:
+    """The pull partitions a run materialises: its partition range when it has one (every key in it), else its
+    one partition."""
+    tags = context.run.tags
+    start, end = tags.get(RANGE_START), tags.get(RANGE_END)
+    if start and end:
+        keys = pull_partitions.get_partition_keys_in_range(
+            PartitionKeyRange(start, end), dynamic_partitions_store=context.instance
+        )
+        return list(keys)
+    return [context.partition_key]
 
 
 def windows_by_organization(partition_keys: Iterable[str]) -> dict[int, Window]:
@@ -62,18 +82,15 @@ def _utc(moment: datetime) -> datetime:
 
 
 def partition_tags(tags: Mapping[str, str]) -> list[int] | None:
-    """The organisations a run's tags name (single partition or a range within one company), or None."""
-    single = tags.get(f"dagster/partition/{COMPANY}")
-    if single is not None:
-        return [int(single)]
-    start, end = (
-        tags.get("dagster/asset_partition_range_start"),
-        tags.get("dagster/asset_partition_range_end"),
-    )
+    """The organisations a run's tags name (a range within one company, or a single partition), or None. The range
+    comes first: a job's range run also carries its first partition's tags."""
+    start, end = tags.get(RANGE_START), tags.get(RANGE_END)
     if start and end:
         companies = {
             pull_partitions.get_partition_key_from_str(key).keys_by_dimension[COMPANY] for key in (start, end)
         }
-        if len(companies) == 1:
-            return [int(companies.pop())]
+        return [int(companies.pop())] if len(companies) == 1 else None
+    single = tags.get(f"dagster/partition/{COMPANY}")
+    if single is not None:
+        return [int(single)]
     return None

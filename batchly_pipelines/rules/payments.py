@@ -5,12 +5,24 @@ that is deleted or voided, or a refund that raises the balance back, reverts the
 without any history. ``amount_paid`` is ``TotalAmt - Balance``; the last payment is the latest live payment
 that applies a non-zero amount to the invoice, reported only while something is paid. "Overdue" depends on
 the date in the organisation's time zone and is recomputed locally every day (:func:`overdue_status`).
+
+Credits and refunds, which settle ``Balance`` without money or leave it alone:
+
+- a payment line that applies a credit memo (``TxnType: "CreditMemo"``) pays the payment's invoice lines with credit
+  instead of money; the credit goes to the payment's invoice lines in their order, each taking at most its own
+  amount. ``amount_credited`` is the part of ``amount_paid`` settled that way;
+- a refund receipt pays money back. QuickBooks does not tie one to an invoice by itself: a receipt counts for what
+  its ``LinkedTxn`` names — an ``Invoice``, or a ``Payment`` for the invoices that payment paid — in link order, each
+  taking at most what was paid on it, the last one reached whatever is left (:func:`refund_shares`).
+  ``amount_refunded`` is the invoice's share of its live refund receipts;
+- an invoice whose money was all paid back (refunded ≥ paid - credited) with nothing left due is ``refunded``; a
+  partial refund keeps the status the balance gives and shows in ``amount_refunded``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -30,15 +42,35 @@ class PaymentStatus(StrEnum):
     PAID = "paid"
     OVERDUE = "overdue"
     VOIDED = "voided"
+    REFUNDED = "refunded"
 
 
 @dataclass(frozen=True)
 class AppliedPayment:
-    """The part of one live QuickBooks payment applied to the invoice."""
+    """The part of one live QuickBooks payment applied to the invoice (``credit`` of it paid by credit memos)."""
 
     payment_id: str
     txn_date: date
     amount: Decimal
+    credit: Decimal = ZERO
+
+
+@dataclass(frozen=True)
+class AppliedRefund:
+    """The share of one live QuickBooks refund receipt paid back on the invoice."""
+
+    refund_id: str
+    txn_date: date
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class RefundTargets:
+    """The QuickBooks invoices and payments refund receipts name, by id (what :func:`refund_shares` needs to share
+    a receipt among them)."""
+
+    invoices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    payments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -50,6 +82,7 @@ class PaymentFacts:
     due_date: date | None
     voided: bool = False
     payments: tuple[AppliedPayment, ...] = ()
+    refunds: tuple[AppliedRefund, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,12 +94,16 @@ class PaymentState:
     payment_status: PaymentStatus
     payment_date: date | None
     qb_payment_id: str | None
+    amount_credited: Decimal = ZERO
+    amount_refunded: Decimal = ZERO
 
     def as_columns(self) -> dict[str, Any]:
         """The values keyed by ``invoices`` column name (status as its string)."""
         return {
             "amount_paid": self.amount_paid,
             "amount_due": self.amount_due,
+            "amount_credited": self.amount_credited,
+            "amount_refunded": self.amount_refunded,
             "payment_status": self.payment_status.value,
             "payment_date": self.payment_date,
             "qb_payment_id": self.qb_payment_id,
@@ -74,12 +111,20 @@ class PaymentState:
 
 
 def payment_status(
-    *, total: Decimal, amount_due: Decimal, due_date: date | None, today: date, voided: bool = False
+    *,
+    total: Decimal,
+    amount_due: Decimal,
+    due_date: date | None,
+    today: date,
+    voided: bool = False,
+    refunded: bool = False,
 ) -> PaymentStatus:
-    """voided; paid (nothing due on a non-zero invoice); partial; unpaid — overdue when something is due
-    and ``due_date`` is before ``today``."""
+    """voided; refunded (its money all paid back, nothing due); paid (nothing due on a non-zero invoice); partial;
+    unpaid — overdue when something is due and ``due_date`` is before ``today``."""
     if voided:
         return PaymentStatus.VOIDED
+    if refunded and amount_due <= 0:
+        return PaymentStatus.REFUNDED
     if total > 0 and amount_due <= 0:
         return PaymentStatus.PAID
     if amount_due > 0 and due_date is not None and due_date < today:
@@ -96,12 +141,20 @@ def payment_state(facts: PaymentFacts, *, today: date) -> PaymentState:
     total, balance = _money(facts.total_amt), _money(facts.balance)
     amount_due = max(balance, ZERO)
     amount_paid = max(total - amount_due, ZERO)
-    status = payment_status(total=total, amount_due=amount_due, due_date=facts.due_date, today=today)
+    credited = min(sum((p.credit for p in facts.payments), ZERO), amount_paid)
+    refunded = sum((r.amount for r in facts.refunds), ZERO)
+    status = payment_status(
+        total=total,
+        amount_due=amount_due,
+        due_date=facts.due_date,
+        today=today,
+        refunded=refunded > 0 and refunded >= amount_paid - credited,
+    )
     live = [p for p in facts.payments if p.amount != 0]
     if amount_paid == 0 or not live:
-        return PaymentState(amount_paid, amount_due, status, None, None)
+        return PaymentState(amount_paid, amount_due, status, None, None, credited, refunded)
     last = max(live, key=lambda p: (p.txn_date, _id_order(p.payment_id)))
-    return PaymentState(amount_paid, amount_due, status, last.txn_date, last.payment_id)
+    return PaymentState(amount_paid, amount_due, status, last.txn_date, last.payment_id, credited, refunded)
 
 
 def overdue_status(
@@ -114,6 +167,7 @@ def overdue_status(
         due_date=due_date,
         today=today,
         voided=current_status == PaymentStatus.VOIDED,
+        refunded=current_status == PaymentStatus.REFUNDED,
     )
 
 
@@ -124,8 +178,15 @@ def today_in(tz_name: str, now_utc: datetime) -> date:
     return now_utc.astimezone(ZoneInfo(tz_name)).date()
 
 
-def payment_facts_from_qbo(invoice: Mapping[str, Any], payments: Iterable[Mapping[str, Any]]) -> PaymentFacts:
-    """Facts from a QuickBooks ``Invoice`` and the ``Payment`` objects linked to it (deleted ones skipped).
+def payment_facts_from_qbo(
+    invoice: Mapping[str, Any],
+    payments: Iterable[Mapping[str, Any]],
+    refunds: Iterable[Mapping[str, Any]] = (),
+    targets: RefundTargets | None = None,
+) -> PaymentFacts:
+    """Facts from a QuickBooks ``Invoice``, the ``Payment`` objects linked to it and the ``RefundReceipt`` objects
+    that name it or one of its payments (deleted ones skipped). ``targets`` holds the other invoices and payments
+    those receipts name (the invoice and its payments are added to it).
 
     A void keeps the invoice with zero amounts and ``Voided`` prepended to ``PrivateNote``.
     """
@@ -133,33 +194,98 @@ def payment_facts_from_qbo(invoice: Mapping[str, Any], payments: Iterable[Mappin
     total = _money(invoice.get("TotalAmt", 0))
     voided = total == 0 and str(invoice.get("PrivateNote") or "").startswith("Voided")
     due_date = invoice.get("DueDate")
+    live = [payment for payment in payments if payment.get("status") != "Deleted"]
     applied: list[AppliedPayment] = []
-    for payment in payments:
-        if payment.get("status") == "Deleted":
-            continue
-        amount = sum(
-            (
-                _money(line.get("Amount", 0))
-                for line in payment.get("Line", [])
-                if _applies_to(line, invoice_id)
-            ),
-            ZERO,
+    for payment in live:
+        amount, credit = _applied_to(payment, invoice_id)
+        applied.append(
+            AppliedPayment(str(payment["Id"]), date.fromisoformat(payment["TxnDate"]), amount, credit)
         )
-        applied.append(AppliedPayment(str(payment["Id"]), date.fromisoformat(payment["TxnDate"]), amount))
+    known = targets or RefundTargets()
+    named = RefundTargets(
+        {**known.invoices, invoice_id: invoice},
+        {**known.payments, **{str(payment["Id"]): payment for payment in live}},
+    )
+    shares = []
+    for refund in refunds:
+        if refund.get("status") == "Deleted":
+            continue
+        share = refund_shares(refund, named).get(invoice_id, ZERO)
+        if share:
+            shares.append(AppliedRefund(str(refund["Id"]), date.fromisoformat(refund["TxnDate"]), share))
     return PaymentFacts(
         total_amt=total,
         balance=_money(invoice.get("Balance", 0)),
         due_date=date.fromisoformat(due_date) if due_date else None,
         voided=voided,
         payments=tuple(applied),
+        refunds=tuple(shares),
     )
 
 
-def _applies_to(line: Mapping[str, Any], invoice_id: str) -> bool:
-    return any(
-        link.get("TxnType") == "Invoice" and str(link.get("TxnId")) == invoice_id
-        for link in line.get("LinkedTxn", [])
+def refund_targets(refund: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(TxnType, TxnId)`` of the invoices and payments a refund receipt names, in link order."""
+    return [
+        (str(link["TxnType"]), str(link["TxnId"]))
+        for link in refund.get("LinkedTxn") or []
+        if link.get("TxnType") in ("Invoice", "Payment")
+    ]
+
+
+def refund_shares(refund: Mapping[str, Any], targets: RefundTargets) -> dict[str, Decimal]:
+    """Invoice id → the part of a refund receipt's ``TotalAmt`` paid back on it.
+
+    The receipt's targets are taken in link order: an invoice it names can take what was paid on it
+    (``TotalAmt - Balance``), a payment it names the amount it applied to each of its invoices; the last invoice
+    reached takes whatever is left. Targets absent from ``targets`` are passed over."""
+    left = _money(refund.get("TotalAmt", 0))
+    candidates: list[tuple[str, Decimal]] = []
+    for txn_type, txn_id in refund_targets(refund):
+        if txn_type == "Invoice" and txn_id in targets.invoices:
+            invoice = targets.invoices[txn_id]
+            paid = _money(invoice.get("TotalAmt", 0)) - max(_money(invoice.get("Balance", 0)), ZERO)
+            candidates.append((txn_id, paid))
+        elif txn_type == "Payment" and txn_id in targets.payments:
+            candidates += _invoice_lines(targets.payments[txn_id])
+    shares: dict[str, Decimal] = {}
+    for invoice_id, cap in candidates:
+        take = min(left, max(cap, ZERO))
+        shares[invoice_id] = shares.get(invoice_id, ZERO) + take
+        left -= take
+    if candidates and left > 0:
+        shares[candidates[-1][0]] += left
+    return {invoice_id: amount for invoice_id, amount in shares.items() if amount}
+
+
+def _invoice_lines(payment: Mapping[str, Any]) -> list[tuple[str, Decimal]]:
+    """``(invoice id, amount)`` of each invoice a payment's lines apply to, in line order."""
+    return [
+        (str(link["TxnId"]), _money(line.get("Amount", 0)))
+        for line in payment.get("Line") or []
+        for link in line.get("LinkedTxn") or []
+        if link.get("TxnType") == "Invoice"
+    ]
+
+
+def _applied_to(payment: Mapping[str, Any], invoice_id: str) -> tuple[Decimal, Decimal]:
+    """What a payment applies to one invoice, and how much of it its credit memo lines pay (the payment's credit
+    goes to its invoice lines in order, each taking at most its own amount)."""
+    credit_left = sum(
+        (
+            _money(line.get("Amount", 0))
+            for line in payment.get("Line") or []
+            if any(link.get("TxnType") == "CreditMemo" for link in line.get("LinkedTxn") or [])
+        ),
+        ZERO,
     )
+    amount = credit = ZERO
+    for line_invoice, line_amount in _invoice_lines(payment):
+        taken = min(credit_left, line_amount)
+        credit_left -= taken
+        if line_invoice == invoice_id:
+            amount += line_amount
+            credit += taken
+    return amount, credit
 
 
 def _money(value: object) -> Decimal:

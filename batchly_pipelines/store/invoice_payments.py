@@ -16,7 +16,15 @@ from batchly_pipelines.rules.payments import PaymentStatus
 from batchly_pipelines.store import schema as s
 
 m, inv = s.qbo_mirror.c, s.invoices.c
-PAYMENT_COLUMNS = ("amount_paid", "amount_due", "payment_status", "payment_date", "qb_payment_id")
+PAYMENT_COLUMNS = (
+    "amount_paid",
+    "amount_due",
+    "amount_credited",
+    "amount_refunded",
+    "payment_status",
+    "payment_date",
+    "qb_payment_id",
+)
 
 
 def _with_twin(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
@@ -54,6 +62,23 @@ def reconciled_payments(
         inv.organization_id == organization_id, m.deleted.is_(False), inv.payment_mirror_version == m.version
     )
     return _page(conn, query, after, limit)
+
+
+def unmirrored_invoices(conn: Connection, organization_id: int) -> list[str]:
+    """QuickBooks ids of the organisation's linked invoices the mirror holds no row of (live or deleted), sorted."""
+    mirrored = sa.select(m.qbo_id).where(
+        m.organization_id == organization_id, m.entity_type == "Invoice", m.qbo_id == inv.qbo_id
+    )
+    query = sa.select(inv.qbo_id).where(
+        inv.organization_id == organization_id, inv.qbo_id.is_not(None), ~mirrored.exists()
+    )
+    return sorted(conn.execute(query).scalars())
+
+
+def linked_invoice_ids(conn: Connection, organization_id: int) -> list[str]:
+    """QuickBooks ids of all the organisation's linked invoices, sorted."""
+    query = sa.select(inv.qbo_id).where(inv.organization_id == organization_id, inv.qbo_id.is_not(None))
+    return sorted(conn.execute(query).scalars())
 
 
 def linked_totals(conn: Connection, organization_id: int, after: int, limit: int) -> list[dict[str, Any]]:

@@ -84,19 +84,22 @@ def as_json(value: Any) -> Any:
 def mark_deleted(
     conn: Connection, organization_id: int, entity: str, when: Mapping[str, datetime]
 ) -> list[dict[str, Any]]:
-    """Flag the mirrored objects QuickBooks deleted (id → when it deleted them); returns their last known data
-    (unknown ids are ignored)."""
+    """Record the objects QuickBooks deleted (id → when it deleted them), mirrored or not: a live mirror row is
+    flagged deleted, an id the mirror never held gets a tombstone row (``{"Id", "status": "Deleted"}``), one already
+    flagged is left alone. Returns the last known data of each newly recorded deletion (the tombstone itself for an
+    id never mirrored)."""
     if not when:
         return []
-    rows = conn.execute(
-        sa.select(m.qbo_id, m.data).where(
-            m.organization_id == organization_id,
-            m.entity_type == entity,
-            m.deleted.is_(False),
-            m.qbo_id.in_(list(when)),
-        )
-    ).all()
-    if rows:
+    known = {
+        qbo_id: (deleted, data)
+        for qbo_id, deleted, data in conn.execute(
+            sa.select(m.qbo_id, m.deleted, m.data).where(
+                m.organization_id == organization_id, m.entity_type == entity, m.qbo_id.in_(list(when))
+            )
+        ).all()
+    }
+    live = [(qbo_id, data) for qbo_id, (deleted, data) in known.items() if not deleted]
+    if live:
         conn.execute(
             sa.update(qbo_mirror)
             .where(
@@ -110,9 +113,42 @@ def mark_deleted(
                 pulled_at=utcnow(),
                 version=sa.bindparam("b_version"),
             ),
-            [{"b_qbo_id": qbo_id, "b_when": when[qbo_id], "b_version": new_version()} for qbo_id, _ in rows],
+            [{"b_qbo_id": qbo_id, "b_when": when[qbo_id], "b_version": new_version()} for qbo_id, _ in live],
         )
-    return [dict(data) for _, data in rows]
+    tombstones = [_tombstone(qbo_id, when[qbo_id]) for qbo_id in sorted(set(when) - set(known))]
+    if tombstones:
+        now = utcnow()
+        conn.execute(
+            sa.insert(qbo_mirror),
+            [
+                {
+                    "organization_id": organization_id,
+                    "entity_type": entity,
+                    "qbo_id": tombstone["Id"],
+                    "sync_token": "",
+                    "last_updated_time": when[tombstone["Id"]],
+                    "deleted": True,
+                    "data": tombstone,
+                    "pulled_at": now,
+                    "version": new_version(),
+                }
+                for tombstone in tombstones
+            ],
+        )
+    return [dict(data) for _, data in live] + tombstones
+
+
+def _tombstone(qbo_id: str, when: datetime) -> dict[str, Any]:
+    """What the mirror keeps of an object deleted before it was ever mirrored (CDC's deletion entry)."""
+    return {"Id": qbo_id, "status": "Deleted", "MetaData": {"LastUpdatedTime": when.isoformat()}}
+
+
+def live_ids(conn: Connection, organization_id: int, entity: str) -> list[str]:
+    """The ids of every live (not deleted) mirrored object of ``entity``."""
+    query = sa.select(m.qbo_id).where(
+        m.organization_id == organization_id, m.entity_type == entity, m.deleted.is_(False)
+    )
+    return list(conn.execute(query.order_by(m.qbo_id)).scalars())
 
 
 def not_mirrored(conn: Connection, organization_id: int, entity: str, ids: set[str]) -> list[str]:
@@ -140,15 +176,21 @@ def mirrored_payments(
     conn: Connection, organization_id: int, ids: Iterable[str]
 ) -> dict[str, dict[str, Any]]:
     """Mirrored live payments by id."""
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
+    return mirrored_objects(conn, organization_id, "Payment", ids)
+
+
+def mirrored_objects(
+    conn: Connection, organization_id: int, entity: str, ids: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Mirrored live objects of ``entity`` by id: those of ``ids``, or all of them when ``ids`` is None."""
     query = sa.select(m.qbo_id, m.data).where(
-        m.organization_id == organization_id,
-        m.entity_type == "Payment",
-        m.deleted.is_(False),
-        m.qbo_id.in_(wanted),
+        m.organization_id == organization_id, m.entity_type == entity, m.deleted.is_(False)
     )
+    if ids is not None:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        query = query.where(m.qbo_id.in_(wanted))
     return {qbo_id: dict(data) for qbo_id, data in conn.execute(query).all()}
 
 

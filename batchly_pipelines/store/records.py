@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from batchly_pipelines.rules.name_lists import NameList
+from batchly_pipelines.rules.storage import ColumnRule
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.push_rows import TABLES
 
@@ -104,3 +105,17 @@ def reconciled_rows(
         .limit(limit)
     )
     return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def column_rules(entity_type: str) -> dict[str, ColumnRule]:
+    """What each column of the ``customer``, ``item`` or ``invoice`` table accepts (``rules.storage``)."""
+    return {column.name: _rule(column) for column in TABLES[entity_type].columns}
+
+
+def _rule(column: sa.Column[Any]) -> ColumnRule:
+    kind = column.type
+    if isinstance(kind, sa.String):
+        return ColumnRule("text", bool(column.nullable), length=kind.length)
+    if isinstance(kind, sa.Numeric) and kind.precision is not None:
+        return ColumnRule("number", bool(column.nullable), precision=kind.precision, scale=kind.scale)
+    return ColumnRule("other", bool(column.nullable))

@@ -170,7 +170,10 @@ invoices = sa.Table(
     sa.Column("synced_at", UTCDateTime),
     sa.Column("amount_paid", Money, nullable=False, server_default="0"),
     sa.Column("amount_due", Money),
-    # unpaid | partial | paid | overdue | voided
+    # of amount_paid: what credit memos settled, and what refund receipts paid back (written by the sync only)
+    sa.Column("amount_credited", Money, nullable=False, server_default="0"),
+    sa.Column("amount_refunded", Money, nullable=False, server_default="0"),
+    # unpaid | partial | paid | overdue | voided | refunded
     sa.Column("payment_status", sa.String(10), nullable=False, server_default="unpaid"),
     sa.Column("payment_date", sa.Date),
     sa.Column("qb_payment_id", sa.String(32)),
@@ -379,6 +382,25 @@ sync_log = sa.Table(
 
 # Every (DocNumber, customer) an invoice was ever sent to a QuickBooks company with, written before the create leaves
 # the process: after a create whose answer was lost, the DocNumber guard still finds that copy however the invoice was
+# The pull's error list: a QuickBooks record (and field) Batchly cannot store — a value its columns cannot hold. One
+# row per record and field while the problem lasts (the pull goes on with every other record, and retries this one
+# each time); the record being stored removes its rows. A Dagster check fails while any row is here.
+pull_errors = sa.Table(
+    "pull_errors",
+    metadata,
+    _pk(),
+    _org_fk(),
+    sa.Column("entity_type", sa.String(16), nullable=False),  # QBO entity name, as in qbo_mirror
+    sa.Column("qbo_id", sa.String(32), nullable=False),
+    sa.Column("entity_id", sa.Integer),  # the Batchly twin, when there is one
+    sa.Column("field", sa.String(64), nullable=False),
+    sa.Column("message", sa.String(1000), nullable=False),
+    sa.Column("first_seen_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.Column("last_seen_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.Column("run_id", sa.String(64)),
+    sa.UniqueConstraint("organization_id", "entity_type", "qbo_id", "field"),
+)
+
 # renumbered, voided or set to draft since. ``doc_key`` is the DocNumber as QuickBooks compares it (no letter case).
 qbo_invoice_sends = sa.Table(
     "qbo_invoice_sends",

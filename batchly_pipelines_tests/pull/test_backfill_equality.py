@@ -11,7 +11,13 @@ import pytest
 import sqlalchemy as sa
 
 from batchly_pipelines.rules.mapping import CUSTOMER_MAPPING, ITEM_MAPPING
-from batchly_pipelines.rules.payments import payment_facts_from_qbo, payment_state, today_in
+from batchly_pipelines.rules.payments import (
+    RefundTargets,
+    payment_facts_from_qbo,
+    payment_state,
+    refund_targets,
+    today_in,
+)
 from batchly_pipelines.services.pull.organization import pull_organization
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
@@ -60,16 +66,22 @@ def test_batchly_equals_quickbooks_after_a_backfill_of_the_whole_history(company
         assert ITEM_MAPPING.from_row(items[obj["Id"]]) == ITEM_MAPPING.from_qbo(obj), obj["Id"]
 
     payments = {p["Id"]: p for p in _all(company, "Payment")}
+    qbo_invoices = {i["Id"]: i for i in _all(company, "Invoice")}
+    refunds = list(_all(company, "RefundReceipt"))
+    targets = RefundTargets(qbo_invoices, payments)
     today = today_in(timezone, utcnow())
     statuses = set()
-    for obj in _all(company, "Invoice"):
-        linked = [
-            payments[link["TxnId"]] for link in obj.get("LinkedTxn", []) if link["TxnType"] == "Payment"
-        ]
-        expected = payment_state(payment_facts_from_qbo(obj, linked), today=today).as_columns()
+    for obj in qbo_invoices.values():
+        linked_payments = [link["TxnId"] for link in obj.get("LinkedTxn", []) if link["TxnType"] == "Payment"]
+        named = {("Invoice", obj["Id"]), *(("Payment", pid) for pid in linked_payments)}
+        its_refunds = [r for r in refunds if named & set(refund_targets(r))]
+        linked = [payments[pid] for pid in linked_payments]
+        expected = payment_state(
+            payment_facts_from_qbo(obj, linked, its_refunds, targets), today=today
+        ).as_columns()
         row = invoices[obj["Id"]]
         assert {key: row[key] for key in expected} == expected, obj["Id"]
         assert row["amount_due"] == Decimal(str(obj["Balance"]))
         statuses.add(row["payment_status"])
-    assert {"paid", "partial", "overdue"} <= statuses  # seeded kinds, none lost
+    assert {"paid", "partial", "overdue", "refunded"} <= statuses  # seeded kinds, none lost
     assert queue(company.engine) == []

@@ -9,13 +9,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import batchly_pipelines.services.pull.organization as pull_module
 from batchly_pipelines.quickbooks.client import QueryPage
 from batchly_pipelines.quickbooks.query import MAX_RESULTS, with_all_active_states
 from batchly_pipelines.quickbooks.wire import qbo_last_updated
 from batchly_pipelines.services.pull import mirror
 from batchly_pipelines.services.pull.mirror import IncompleteSecond, Window
-from batchly_pipelines.services.pull.organization import cursor_name, pull_customers, window_since_cursor
+from batchly_pipelines.services.pull.organization import (
+    PAYMENT_ENTITIES,
+    cursor_name,
+    pull_customers,
+    window_since_cursor,
+)
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.schema import utcnow
@@ -77,20 +81,31 @@ def test_a_row_edited_while_the_window_is_read_is_not_lost_by_the_next_increment
     company: Company, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _seed_customers(company, 1200, days=1)
-    edited = _edit_last_row_of_first_full_page(company, monkeypatch)
+    query, edited = company.client.query, {}
+
+    def spy(
+        statement: str,
+    ) -> QueryPage:  # the edit, then two minutes of QuickBooks' time before the next page
+        page = query(statement)
+        if not edited and len(page.rows) == MAX_RESULTS:
+            edited.update(_edit(company, page.rows[-1]["Id"]))
+            company.qbo.admin.advance_clock(120)
+        return page
+
+    monkeypatch.setattr(company.client, "query", spy)
     window = window_since_cursor(company.engine, company.org)
-    real_now = pull_module.utcnow
-    monkeypatch.setattr(pull_module, "utcnow", lambda: real_now() + timedelta(minutes=2))  # a 2-minute pull
-    pull_customers(company.engine, company.client, company.org, window)
-    with company.engine.begin() as conn:  # the other entities are as far, so the next window starts there
-        mark = get_cursor(conn, company.org, cursor_name("Customer"))
-        assert mark is not None
-        for entity in ("Item", "Payment"):
-            set_cursor(conn, company.org, cursor_name(entity), mark)
-    monkeypatch.setattr(pull_module, "utcnow", lambda: real_now() + timedelta(minutes=3))
-    after = window_since_cursor(company.engine, company.org)
-    assert after.start > qbo_last_updated(edited)  # the next window starts after the edit
-    pull_customers(company.engine, company.client, company.org, after)
+    try:
+        pull_customers(company.engine, company.client, company.org, window)
+        with company.engine.begin() as conn:  # the other entities are as far, so the next window starts there
+            mark = get_cursor(conn, company.org, cursor_name("Customer"))
+            assert mark is not None
+            for entity in ("Item", *PAYMENT_ENTITIES):
+                set_cursor(conn, company.org, cursor_name(entity), mark)
+        after = window_since_cursor(company.engine, company.org)
+        assert after.start > qbo_last_updated(edited)  # the next window starts after the edit
+        pull_customers(company.engine, company.client, company.org, after)
+    finally:
+        company.qbo.admin.advance_clock(-120)
     assert _mirrored(company)[edited["Id"]] == edited["SyncToken"]
 
 

@@ -55,6 +55,8 @@ def test_fully_paid_invoice_reports_the_last_payment() -> None:
     assert state.as_columns() == {
         "amount_paid": Decimal("100.00"),
         "amount_due": Decimal("0.00"),
+        "amount_credited": Decimal("0.00"),
+        "amount_refunded": Decimal("0.00"),
         "payment_status": "paid",
         "payment_date": date(2026, 3, 20),
         "qb_payment_id": "102",

@@ -14,6 +14,7 @@ import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetSpec,
     BackfillPolicy,
     Config,
@@ -23,10 +24,11 @@ from dagster import (
 )
 from pydantic import Field
 
-from batchly_pipelines.defs.partitions import pull_partitions, windows_by_organization
+from batchly_pipelines.defs.partitions import pull_partitions, run_partition_keys, windows_by_organization
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.rules.mapping import CUSTOMER_FIELDS
+from batchly_pipelines.services.pull.checks import unstored_records
 from batchly_pipelines.services.pull.mirror import Window
 from batchly_pipelines.services.pull.organization import (
     PullStats,
@@ -58,10 +60,6 @@ quickbooks_payments = _quickbooks("Payment", "Payments in QuickBooks Online.")
 PullStep = Callable[[Engine, QuickBooksClient, int, Window], PullStats]
 
 
-def _partition_keys(context: AssetExecutionContext) -> list[str]:
-    return list(context.partition_keys) if context.has_partition_key_range else [context.partition_key]
-
-
 def _mirror(
     context: AssetExecutionContext,
     batchly_db: BatchlyDatabase,
@@ -70,7 +68,7 @@ def _mirror(
 ) -> MaterializeResult:
     """Run a pull step for every organisation in the run's partitions, one window each, and report it."""
     rows = []
-    for organization_id, window in windows_by_organization(_partition_keys(context)).items():
+    for organization_id, window in windows_by_organization(run_partition_keys(context)).items():
         with quickbooks.client_for(organization_id) as client:
             stats = step(batchly_db.engine, client, organization_id, window)
         context.log.info("organisation %s %s: %s", organization_id, window, stats.by_entity)
@@ -81,7 +79,7 @@ def _mirror(
                 **{k: v for k, v in asdict(stats).items() if k not in ("window", "entities", "by_entity")},
             }
         )
-    return _result(rows, "pulled")
+    return _recorded(context, _result(rows, "pulled"))
 
 
 def _result(rows: list[dict[str, Any]], row_count: str) -> MaterializeResult:
@@ -103,14 +101,42 @@ def _result(rows: list[dict[str, Any]], row_count: str) -> MaterializeResult:
 
 
 def _reconciled(
-    context: AssetExecutionContext, reconcile: Callable[[int], Mapping[str, Any]], row_count: str
+    context: AssetExecutionContext,
+    engine: Engine,
+    reconcile: Callable[[int], Mapping[str, Any]],
+    row_count: str,
+    entity: str,
 ) -> MaterializeResult:
+    """Run a reconciliation for every organisation in the run's partitions and report it, with the QuickBooks
+    ``entity`` records Batchly could not store (record and field) under ``unstored``."""
+    organizations = windows_by_organization(run_partition_keys(context))
     rows = [
-        {"organization": organization_id, **reconcile(organization_id)}
-        for organization_id in windows_by_organization(_partition_keys(context))
+        {"organization": organization_id, **reconcile(organization_id)} for organization_id in organizations
     ]
     context.log.info("reconciled: %s", rows)
-    return _result(rows, row_count)
+    result = _result(rows, row_count)
+    unstored = [
+        {"organization": organization_id, **example}
+        for organization_id in organizations
+        for example in unstored_records(engine, organization_id, entity).examples
+    ]
+    if unstored:
+        context.log.warning("QuickBooks %s records Batchly cannot store: %s", entity, unstored)
+    metadata = {**(result.metadata or {}), "unstored": MetadataValue.json(unstored)}
+    return _recorded(context, MaterializeResult(metadata=metadata))
+
+
+def _recorded(context: AssetExecutionContext, result: MaterializeResult) -> MaterializeResult:
+    """``result``, recorded for every partition the run materialised. Dagster records it for the partitions it
+    believes the run has (``context.partition_keys``), which for a range run launched from a job page is only the
+    first: the others get their materialisation here."""
+    believed = set(context.partition_keys)
+    for key in run_partition_keys(context):
+        if key not in believed:
+            context.log_event(
+                AssetMaterialization(context.asset_key, partition=key, metadata=result.metadata)
+            )
+    return result
 
 
 def _with_changed(stats: ReconcileStats) -> dict[str, Any]:
@@ -192,7 +218,7 @@ def batchly_customers(
         )
         return _with_changed(stats)
 
-    return _reconciled(context, run, "changed")
+    return _reconciled(context, batchly_db.engine, run, "changed", "Customer")
 
 
 @asset(
@@ -205,7 +231,7 @@ def batchly_items(context: AssetExecutionContext, batchly_db: BatchlyDatabase) -
     def run(organization_id: int) -> dict[str, Any]:
         return _with_changed(reconcile_items(batchly_db.engine, organization_id, run_id=context.run.run_id))
 
-    return _reconciled(context, run, "changed")
+    return _reconciled(context, batchly_db.engine, run, "changed", "Item")
 
 
 @asset(
@@ -222,4 +248,4 @@ def batchly_invoice_payments(
             reconcile_invoice_payments(batchly_db.engine, organization_id, run_id=context.run.run_id)
         )
 
-    return _reconciled(context, run, "updated")
+    return _reconciled(context, batchly_db.engine, run, "updated", "Invoice")

@@ -1,4 +1,5 @@
-"""Asset checks of the pull: mirror vs Batchly drift, open conflicts (warn), invoice totals, payment status.
+"""Asset checks of the pull: mirror vs Batchly drift, open conflicts (warn), invoice totals, payment status, and
+QuickBooks records Batchly could not store (the pull's error list).
 
 A check evaluates the organisations of the run's partition (from its tags), or every connected one when it runs on
 its own. The work is in ``services.pull_checks``.
@@ -142,3 +143,37 @@ def payment_status_consistent(
         return pull_checks.payment_status(batchly_db.engine, org, today)
 
     return _outcome_result(context, batchly_db, check, "invoices with inconsistent payment columns")
+
+
+def _stored_result(
+    context: AssetCheckExecutionContext, database: BatchlyDatabase, entity: str, what: str
+) -> AssetCheckResult:
+    return _outcome_result(
+        context, database, lambda org: pull_checks.unstored_records(database.engine, org, entity), what
+    )
+
+
+@asset_check(
+    asset=batchly_customers,
+    description="QuickBooks customers Batchly could not store (a value its columns cannot hold), by record and field.",
+)
+def customers_stored(context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase) -> AssetCheckResult:
+    return _stored_result(context, batchly_db, CUSTOMERS.qbo_entity, "customer values Batchly cannot store")
+
+
+@asset_check(
+    asset=batchly_items,
+    description="QuickBooks items Batchly could not store (a value its columns cannot hold), by record and field.",
+)
+def items_stored(context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase) -> AssetCheckResult:
+    return _stored_result(context, batchly_db, ITEMS.qbo_entity, "item values Batchly cannot store")
+
+
+@asset_check(
+    asset=batchly_invoice_payments,
+    description="Invoices whose QuickBooks payment figures Batchly could not store, by record and field.",
+)
+def invoice_payments_stored(
+    context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase
+) -> AssetCheckResult:
+    return _stored_result(context, batchly_db, "Invoice", "invoice payment values Batchly cannot store")

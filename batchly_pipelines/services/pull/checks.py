@@ -13,11 +13,11 @@ from typing import Any
 
 from batchly_pipelines.rules.mapping import decode_snapshot, to_money
 from batchly_pipelines.rules.name_lists import NameList
-from batchly_pipelines.services.pull.invoice_payments import expected_columns, linked_ids
+from batchly_pipelines.services.pull.invoice_payments import MirroredFacts, RefundIndex
 from batchly_pipelines.store.conflicts import count_open, open_conflict_fields
 from batchly_pipelines.store.db import Connection, Engine
 from batchly_pipelines.store.invoice_payments import linked_totals, reconciled_payments
-from batchly_pipelines.store.mirror import mirrored_payments
+from batchly_pipelines.store.pull_errors import count_errors, open_errors
 from batchly_pipelines.store.records import reconciled_rows
 
 CHUNK = 1000
@@ -117,15 +117,36 @@ def payment_status(engine: Engine, organization_id: int, today: date) -> CheckOu
     equal to ``qbo_mirror.version``: no clocks compared) whose payment columns differ from what the mirrored invoice
     and payments say."""
     outcome = CheckOutcome()
+    with engine.connect() as conn:
+        refunds = RefundIndex.load(conn, organization_id)
     for rows in _chunks(engine, reconciled_payments, organization_id):
         with engine.connect() as conn:
-            payments = mirrored_payments(
-                conn, organization_id, (pid for r in rows for pid in linked_ids(r["data"], "Payment"))
-            )
+            facts = MirroredFacts.load(conn, organization_id, [r["data"] for r in rows], refunds)
         for row in rows:
             outcome.checked += 1
-            expected = expected_columns(row["data"], payments, today)
+            expected = facts.columns(row["data"], today)
             wrong = {key: str(row[key]) for key, value in expected.items() if row[key] != value}
             if wrong:
                 outcome.fail({"id": row["id"], "qbo_id": row["qbo_id"], **wrong})
+    return outcome
+
+
+def unstored_records(engine: Engine, organization_id: int, entity: str) -> CheckOutcome:
+    """The QuickBooks records of ``entity`` (Customer, Item, Invoice) the pull could not store in Batchly, each
+    failed value an example naming the record and the field (``pull_errors``)."""
+    with engine.connect() as conn:
+        failed = count_errors(conn, organization_id, entity)
+        listed = open_errors(conn, organization_id, entity, limit=EXAMPLES)
+    outcome = CheckOutcome(checked=failed)
+    for error in listed:
+        outcome.fail(
+            {
+                "entity": error["entity_type"],
+                "qbo_id": error["qbo_id"],
+                "batchly_id": error["entity_id"],
+                "field": error["field"],
+                "problem": error["message"],
+            }
+        )
+    outcome.failed = failed
     return outcome

@@ -12,6 +12,16 @@ many distinct rows (at most ``SECOND_PASSES`` passes; past that the pull fails b
 
 A mirror row is written only when QuickBooks has a new version of it (another SyncToken, or a deletion), so pulling
 the same window twice writes nothing (:mod:`batchly_pipelines.store.mirror` versions the rows).
+
+How far a window was read is QuickBooks' own clock, never ours: every answer's ``time`` is noted on a
+:class:`ServerClock`, and a row changed before the last page was asked for is met by the paging (a row edited while
+the window is read moves to a later second, at or after where the paging stands).
+
+Deletions come from CDC (within its 30 days). A saturated CDC answer is split by entity and by time (the client does
+it); when more than a whole answer of one entity shares one second, no split can page past it, and that entity's
+deletions are found by absence instead: every id the mirror holds live (and, for invoices, every id Batchly links) is
+read with ``Id IN`` and the ones QuickBooks no longer has are deleted. A CDC deletion of an object the mirror never
+held is recorded too (a tombstone row), so an invoice deleted before any pull mirrored it is still settled.
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.quickbooks.wire import qbo_last_updated
 from batchly_pipelines.store.db import Connection, Engine
-from batchly_pipelines.store.mirror import live_tokens, mark_deleted, write_versions
+from batchly_pipelines.store.invoice_payments import linked_invoice_ids
+from batchly_pipelines.store.mirror import live_ids, live_tokens, mark_deleted, write_versions
 from batchly_pipelines.store.schema import utcnow
 
 logger = logging.getLogger(__name__)
@@ -42,6 +53,22 @@ CDC_MARGIN = timedelta(minutes=10)  # stay clear of the 30-day edge: QuickBooks 
 SECOND_PASSES = 5
 
 Version = tuple[str, str]  # (Id, SyncToken): one version of one QuickBooks object
+
+
+class ServerClock:
+    """The latest QuickBooks ``time`` among the answers of one read (thread-safe: pages are prefetched)."""
+
+    def __init__(self) -> None:
+        self.latest: datetime | None = None
+        self._lock = threading.Lock()
+
+    def saw(self, moment: datetime | None) -> None:
+        """Note the ``time`` of one answer (None: the answer carried none)."""
+        if moment is None:
+            return
+        with self._lock:
+            if self.latest is None or moment > self.latest:
+                self.latest = moment
 
 
 class IncompleteSecond(RuntimeError):
@@ -77,13 +104,19 @@ class Window:
         )
 
 
-def changed_pages(client: QuickBooksClient, entity: str, window: Window) -> Iterator[list[dict[str, Any]]]:
-    """Every object of ``entity`` updated in ``window``, one page at a time, each version (Id, SyncToken) once."""
+def changed_pages(
+    client: QuickBooksClient, entity: str, window: Window, clock: ServerClock | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """Every object of ``entity`` updated in ``window``, one page at a time, each version (Id, SyncToken) once;
+    ``clock`` notes QuickBooks' time of every answer."""
+    clock = clock or ServerClock()
     cursor = window.start
     seen_at_cursor: set[Version] = set()
     while True:
         where = Window(cursor, window.end).conditions(entity)
-        page = client.query(q.select(entity, where, ORDER, 1, q.MAX_RESULTS)).rows
+        answer = client.query(q.select(entity, where, ORDER, 1, q.MAX_RESULTS))
+        clock.saw(answer.server_time)
+        page = answer.rows
         fresh = [obj for obj in page if version_of(obj) not in seen_at_cursor]
         if fresh:
             yield fresh
@@ -91,8 +124,10 @@ def changed_pages(client: QuickBooksClient, entity: str, window: Window) -> Iter
             return
         newest = qbo_last_updated(page[-1])
         if newest == cursor:  # a whole page inside one second: read that second by position
-            yield from _one_second(client, entity, cursor, seen_at_cursor)
+            yield from _one_second(client, entity, cursor, seen_at_cursor, clock)
             cursor, seen_at_cursor = cursor + timedelta(seconds=1), set()
+            if cursor >= window.end:  # that second was the window's last
+                return
             continue
         cursor, seen_at_cursor = newest, {version_of(obj) for obj in page if qbo_last_updated(obj) == newest}
 
@@ -139,7 +174,7 @@ def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str,
 
 
 def _one_second(
-    client: QuickBooksClient, entity: str, second: datetime, skip: set[Version]
+    client: QuickBooksClient, entity: str, second: datetime, skip: set[Version], clock: ServerClock
 ) -> Iterator[list[dict[str, Any]]]:
     """Every row of one crowded second not in ``skip``, read by position until a pass is known complete.
 
@@ -153,7 +188,9 @@ def _one_second(
         ids: set[str] = set()
         start = 1
         while True:
-            page = client.query(q.select(entity, where, "Id", start, q.MAX_RESULTS)).rows
+            answer = client.query(q.select(entity, where, "Id", start, q.MAX_RESULTS))
+            clock.saw(answer.server_time)
+            page = answer.rows
             ids.update(str(obj["Id"]) for obj in page)
             fresh = [obj for obj in page if version_of(obj) not in skip]
             skip.update(version_of(obj) for obj in fresh)
@@ -209,30 +246,66 @@ def cdc_since(window: Window, now: datetime | None = None) -> datetime | None:
     return max(window.start, earliest)
 
 
+@dataclass
+class Deletions:
+    """What one look for deletions found: per entity, the last known data of each object newly recorded deleted,
+    and the QuickBooks time up to which CDC saw every deletion (None when it was not asked: out of reach, or
+    deletions found by absence)."""
+
+    objects: dict[str, list[dict[str, Any]]]
+    seen_until: datetime | None = None
+
+
 def pull_deletions(
     engine: Engine, client: QuickBooksClient, organization_id: int, entities: Sequence[str], window: Window
-) -> dict[str, list[dict[str, Any]]]:
-    """Apply CDC deletions since the window's start (when within 30 days); returns the deleted objects' last data."""
+) -> Deletions:
+    """Record what QuickBooks deleted since the window's start (when within CDC's 30 days), mirrored or not; an
+    entity whose changes crowd one second past a CDC answer is checked by absence instead (see module doc)."""
     since = cdc_since(window)
     if since is None:
-        return {entity: [] for entity in entities}
+        return Deletions({entity: [] for entity in entities})
+    gone: dict[str, dict[str, datetime]] = {}
+    marks: list[datetime] = []
     try:
-        result = client.cdc(entities, since)
+        answers = [(list(entities), client.cdc(entities, since))]
     except QboError as exc:
         if exc.detail != CDC_SATURATED:
             raise
-        # more than 1000 changes of one entity in one second: CDC cannot page past them (the window query did)
-        logger.warning(
-            "organisation %s: deletions of %s not read this time: %s", organization_id, entities, exc
-        )
-        return {entity: [] for entity in entities}
+        answers = []
+        for entity in entities:  # the client split the group already; ask each alone to keep what can be read
+            try:
+                answers.append(([entity], client.cdc([entity], since)))
+            except QboError as single:
+                if single.detail != CDC_SATURATED:
+                    raise
+                logger.warning(
+                    "organisation %s: %s; looking for deleted %s by absence", organization_id, single, entity
+                )
+                gone[entity] = _absent(engine, client, organization_id, entity)
+    for group, result in answers:
+        marks.append(result.high_water_mark)
+        for entity in group:
+            tombstones = (obj for obj in result.objects.get(entity, []) if obj.get("status") == "Deleted")
+            gone[entity] = _deleted_at(tombstones)
     with engine.begin() as conn:
-        return {
-            entity: mark_deleted(
-                conn,
-                organization_id,
-                entity,
-                _deleted_at(obj for obj in result.objects.get(entity, []) if obj.get("status") == "Deleted"),
-            )
-            for entity in entities
+        objects = {
+            entity: mark_deleted(conn, organization_id, entity, gone.get(entity, {})) for entity in entities
         }
+    covered = {entity for group, _ in answers for entity in group}
+    return Deletions(objects, min(marks) if covered == set(entities) else None)
+
+
+def _absent(
+    engine: Engine, client: QuickBooksClient, organization_id: int, entity: str
+) -> dict[str, datetime]:
+    """The ids Batchly knows of ``entity`` (live in the mirror; for invoices, linked too) that QuickBooks no
+    longer has, each with when that was seen."""
+    with engine.connect() as conn:
+        known = set(live_ids(conn, organization_id, entity))
+        if entity == "Invoice":
+            known.update(linked_invoice_ids(conn, organization_id))
+    if not known:
+        return {}
+    found = {str(obj["Id"]) for obj in client.read_many(entity, sorted(known))}
+    seen = utcnow()
+    return {qbo_id: seen for qbo_id in sorted(known - found)}

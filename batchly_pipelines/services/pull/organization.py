@@ -4,6 +4,10 @@
 the window is within 30 days) into ``qbo_mirror``; ``reconcile_customers`` / ``reconcile_items`` /
 ``reconcile_invoice_payments`` bring Batchly in line without any QuickBooks call; :func:`pull_organization` does all
 of it. Each returns a stats dataclass; the Dagster assets, the CLI and the benchmarks call these directly.
+
+Each pull moves its entities' cursors (``sync_cursors``) to how far QuickBooks' own clock says the window was read:
+the ``time`` of the last page's answer less :data:`SAFETY_LAG`, no further than the window's end nor than CDC saw
+deletions. Our clock never enters it, so a QuickBooks clock running behind ours loses nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from typing import Any
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.rules.merge import MergePolicy, Rule
 from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS
+from batchly_pipelines.rules.payments import refund_targets
 from batchly_pipelines.services.pull.invoice_payments import PaymentStats, linked_ids, reconcile_payments
 from batchly_pipelines.services.pull.mirror import (
+    Deletions,
+    ServerClock,
     Window,
     changed_pages,
     prefetched,
@@ -28,11 +35,18 @@ from batchly_pipelines.services.pull.mirror import (
 from batchly_pipelines.services.pull.reconcile import ReconcileStats, reconcile
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.db import Engine
-from batchly_pipelines.store.mirror import not_mirrored
+from batchly_pipelines.store.invoice_payments import unmirrored_invoices
+from batchly_pipelines.store.mirror import mark_deleted, mirrored_payments, not_mirrored
 from batchly_pipelines.store.schema import utcnow
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # before any QuickBooks Online company existed
-SAFETY_LAG = timedelta(minutes=1)  # a cursor stays behind our clock: QuickBooks stamps with its own
+# a cursor stays this far behind QuickBooks' time of the last page read (a change stamped just before that answer
+# may not have been visible to it)
+SAFETY_LAG = timedelta(minutes=1)
+# how far past our clock an incremental window reaches: QuickBooks' clock may run ahead of ours, and the cursor only
+# moves to QuickBooks' own time anyway
+CLOCK_ALLOWANCE = timedelta(hours=1)
+PAYMENT_ENTITIES = ("Payment", "Invoice", "RefundReceipt")
 
 
 @dataclass
@@ -84,9 +98,10 @@ def _mirror_pages(
     entity: str,
     window: Window,
     stats: PullStats,
+    clock: ServerClock,
 ) -> Iterable[list[Mapping[str, Any]]]:
     """Stream the window of ``entity`` into the mirror; yields the objects of each page that were new or changed."""
-    for page in prefetched(changed_pages(client, entity, window)):
+    for page in prefetched(changed_pages(client, entity, window, clock)):
         with engine.begin() as conn:
             changed = store_objects(conn, organization_id, entity, page)
         stats.count(entity, "pulled", len(page))
@@ -94,25 +109,38 @@ def _mirror_pages(
         yield changed
 
 
-def _advance_cursors(engine: Engine, organization_id: int, entities: Iterable[str], window: Window) -> None:
-    mark = min(window.end, utcnow() - SAFETY_LAG).isoformat()
+def _read_until(window: Window, clock: ServerClock, deletions: Deletions) -> datetime | None:
+    """How far ``window`` was read, on QuickBooks' clock: the last answer's time less :data:`SAFETY_LAG`, no
+    further than the window's end nor than CDC saw deletions; None when no answer carried a time."""
+    if clock.latest is None:
+        return None
+    mark = min(window.end, clock.latest - SAFETY_LAG)
+    if deletions.seen_until is not None:
+        mark = min(mark, deletions.seen_until)
+    return mark
+
+
+def _advance_cursors(engine: Engine, organization_id: int, marks: Mapping[str, datetime | None]) -> None:
+    """Move each entity's cursor forward to its mark (a cursor never moves back; None leaves it)."""
     with engine.begin() as conn:
-        for entity in entities:
+        for entity, mark in marks.items():
+            if mark is None:
+                continue
             known = get_cursor(conn, organization_id, cursor_name(entity))
-            if known is None or known < mark:
-                set_cursor(conn, organization_id, cursor_name(entity), mark)
+            if known is None or datetime.fromisoformat(known) < mark:
+                set_cursor(conn, organization_id, cursor_name(entity), mark.isoformat())
 
 
 def pull_name_list(
     engine: Engine, client: QuickBooksClient, organization_id: int, entity: str, window: Window
 ) -> PullStats:
     """Mirror the ``Customer`` or ``Item`` records QuickBooks changed in ``window`` (inactive ones included)."""
-    meter, stats = _Metered(client), PullStats((entity,), window)
-    for _ in _mirror_pages(engine, client, organization_id, entity, window, stats):
+    meter, stats, clock = _Metered(client), PullStats((entity,), window), ServerClock()
+    for _ in _mirror_pages(engine, client, organization_id, entity, window, stats, clock):
         pass
     deleted = pull_deletions(engine, client, organization_id, [entity], window)
-    stats.count(entity, "deleted", len(deleted[entity]))
-    _advance_cursors(engine, organization_id, [entity], window)
+    stats.count(entity, "deleted", len(deleted.objects[entity]))
+    _advance_cursors(engine, organization_id, {entity: _read_until(window, clock, deleted)})
     return meter.finish(stats)
 
 
@@ -131,36 +159,83 @@ def pull_items(engine: Engine, client: QuickBooksClient, organization_id: int, w
 def pull_payments(
     engine: Engine, client: QuickBooksClient, organization_id: int, window: Window
 ) -> PullStats:
-    """Mirror the payments and invoices changed in ``window``, the invoices that changed or deleted payments apply
-    to (``Id IN``), and the payments those invoices list that the mirror lacks — never one call per invoice."""
-    meter, stats = _Metered(client), PullStats(("Payment", "Invoice"), window)
-    affected: set[str] = set()  # invoices whose payments changed
-    for changed in _mirror_pages(engine, client, organization_id, "Payment", window, stats):
+    """Mirror the payments, invoices and refund receipts changed in ``window``; then, with ``Id IN`` reads (never
+    one call per invoice), the invoices that changed or deleted payments and refund receipts apply to, the linked
+    invoices the mirror has never held (one QuickBooks no longer has was deleted before any pull saw it), and the
+    payments those invoices list and refund receipts name that the mirror lacks."""
+    meter, stats = _Metered(client), PullStats(PAYMENT_ENTITIES, window)
+    clocks = {entity: ServerClock() for entity in PAYMENT_ENTITIES}
+
+    def scan(entity: str) -> Iterable[list[Mapping[str, Any]]]:
+        return _mirror_pages(engine, client, organization_id, entity, window, stats, clocks[entity])
+
+    affected: set[str] = set()  # invoices whose payments or refunds changed
+    refunded_payments: set[str] = set()  # payments that changed or deleted refund receipts name
+    for changed in scan("Payment"):
         affected.update(iid for payment in changed for iid in linked_ids(payment, "Invoice"))
     seen: set[str] = set()
     wanted_payments: set[str] = set()
-    for changed in _mirror_pages(engine, client, organization_id, "Invoice", window, stats):
+    for changed in scan("Invoice"):
         seen.update(invoice["Id"] for invoice in changed)
         wanted_payments.update(pid for invoice in changed for pid in linked_ids(invoice, "Payment"))
-    deleted = pull_deletions(engine, client, organization_id, ["Payment", "Invoice"], window)
-    for entity, objects in deleted.items():
+    for changed in scan("RefundReceipt"):
+        _note_refund_targets(changed, affected, refunded_payments)
+    deleted = pull_deletions(engine, client, organization_id, PAYMENT_ENTITIES, window)
+    for entity, objects in deleted.objects.items():
         stats.count(entity, "deleted", len(objects))
-    affected.update(iid for payment in deleted["Payment"] for iid in linked_ids(payment, "Invoice"))
-    if affected - seen:
-        invoices = client.read_many("Invoice", sorted(affected - seen))
-        wanted_payments.update(pid for invoice in invoices for pid in linked_ids(invoice, "Payment"))
-        with engine.begin() as conn:
-            # forced: a payment moved even when the invoice's own version did not
-            store_objects(conn, organization_id, "Invoice", invoices, force=True)
-        stats.count("Invoice", "changed", len(invoices))
+    affected.update(iid for payment in deleted.objects["Payment"] for iid in linked_ids(payment, "Invoice"))
+    _note_refund_targets(deleted.objects["RefundReceipt"], affected, refunded_payments)
+    if refunded_payments:
+        _mirror_missing(engine, client, organization_id, "Payment", refunded_payments, stats)
+        with engine.connect() as conn:
+            named = mirrored_payments(conn, organization_id, refunded_payments)
+        affected.update(iid for payment in named.values() for iid in linked_ids(payment, "Invoice"))
     with engine.connect() as conn:
-        missing = not_mirrored(conn, organization_id, "Payment", wanted_payments)
-    if missing:
-        payments = client.read_many("Payment", missing)
+        unmirrored = set(unmirrored_invoices(conn, organization_id))
+    if (affected - seen) | unmirrored:
+        invoices = client.read_many("Invoice", sorted((affected - seen) | unmirrored))
+        wanted_payments.update(pid for invoice in invoices for pid in linked_ids(invoice, "Payment"))
+        found = {str(invoice["Id"]) for invoice in invoices}
         with engine.begin() as conn:
-            stats.count("Payment", "changed", len(store_objects(conn, organization_id, "Payment", payments)))
-    _advance_cursors(engine, organization_id, stats.entities, window)
+            # forced: a payment or refund moved even when the invoice's own version did not
+            store_objects(conn, organization_id, "Invoice", invoices, force=True)
+            # a linked invoice QuickBooks does not have and the mirror never held: deleted before any pull saw it
+            gone = mark_deleted(conn, organization_id, "Invoice", dict.fromkeys(unmirrored - found, utcnow()))
+        stats.count("Invoice", "changed", len(invoices))
+        stats.count("Invoice", "deleted", len(gone))
+    _mirror_missing(engine, client, organization_id, "Payment", wanted_payments, stats)
+    _advance_cursors(
+        engine,
+        organization_id,
+        {entity: _read_until(window, clocks[entity], deleted) for entity in PAYMENT_ENTITIES},
+    )
     return meter.finish(stats)
+
+
+def _note_refund_targets(
+    refunds: Iterable[Mapping[str, Any]], invoices: set[str], payments: set[str]
+) -> None:
+    """Add the invoices and the payments that refund receipts name to ``invoices`` and ``payments``."""
+    for refund in refunds:
+        for txn_type, txn_id in refund_targets(refund):
+            (invoices if txn_type == "Invoice" else payments).add(txn_id)
+
+
+def _mirror_missing(
+    engine: Engine,
+    client: QuickBooksClient,
+    organization_id: int,
+    entity: str,
+    ids: set[str],
+    stats: PullStats,
+) -> None:
+    """Read (``Id IN``) and mirror those of ``ids`` the mirror holds no row of."""
+    with engine.connect() as conn:
+        missing = not_mirrored(conn, organization_id, entity, ids)
+    if missing:
+        objects = client.read_many(entity, missing)
+        with engine.begin() as conn:
+            stats.count(entity, "changed", len(store_objects(conn, organization_id, entity, objects)))
 
 
 def review_policy(policy: MergePolicy, review_fields: Iterable[str]) -> MergePolicy:
@@ -233,15 +308,15 @@ def pull_organization(
 
 
 def window_since_cursor(engine: Engine, organization_id: int, since: datetime | None = None) -> Window:
-    """``[since, now)``; without ``since``, from the oldest pull cursor of the organisation (or everything)."""
+    """From ``since`` — without it, from the oldest pull cursor of the organisation (or everything) — to
+    :data:`CLOCK_ALLOWANCE` past now (QuickBooks' clock may be ahead of ours; nothing is stamped past its now)."""
     if since is None:
         with engine.connect() as conn:
             marks = [
-                get_cursor(conn, organization_id, cursor_name(e)) for e in ("Customer", "Item", "Payment")
+                get_cursor(conn, organization_id, cursor_name(e))
+                for e in ("Customer", "Item", *PAYMENT_ENTITIES)
             ]
         since = min((datetime.fromisoformat(mark) for mark in marks if mark), default=EPOCH)
         if any(mark is None for mark in marks):
             since = EPOCH
-    now = utcnow()
-    # QuickBooks compares whole seconds: end after the current one so that nothing changed so far is left out
-    return Window(since, now.replace(microsecond=0) + timedelta(seconds=1))
+    return Window(since, max(utcnow(), since).replace(microsecond=0) + CLOCK_ALLOWANCE)

@@ -14,6 +14,11 @@ records Batchly still has active. For each, in chunks of one transaction:
   same record, flagged for review (a ``link`` conflict) when unsure, created in Batchly otherwise;
 - deleted (merged away) in QuickBooks: deactivated in Batchly, never deleted.
 
+A record with a value Batchly's columns cannot hold (``rules.storage``: a NUL character, a name longer than the column,
+a price beyond ``NUMERIC(12,2)``) is left out of its chunk: it goes to the pull's error list (``pull_errors``, one row
+per field), its mirror version is not recorded, so the next reconciliation tries it again, and everything else is
+written. Storing it later removes its rows from the list.
+
 Every write goes through :func:`~batchly_pipelines.store.db.sync_transaction`, so nothing echoes back as a push. A
 pending review keeps one open ``sync_conflicts`` row per record and field however often it is seen again.
 """
@@ -29,6 +34,7 @@ from batchly_pipelines.rules.mapping import decode_snapshot, encode_snapshot
 from batchly_pipelines.rules.matching import Match, MatchDecision, normalize_name
 from batchly_pipelines.rules.merge import Conflict, MergePolicy, MergeResult, Resolution, merge
 from batchly_pipelines.rules.name_lists import NameList
+from batchly_pipelines.rules.storage import unstorable
 from batchly_pipelines.store.conflicts import (
     ConflictRecord,
     mark_resolved,
@@ -38,8 +44,9 @@ from batchly_pipelines.store.conflicts import (
 )
 from batchly_pipelines.store.db import Connection, Engine, sync_transaction
 from batchly_pipelines.store.mirror import record_reconciled, unreconciled
+from batchly_pipelines.store.pull_errors import PullError, clear_errors, record_errors
 from batchly_pipelines.store.push_rows import load_rows
-from batchly_pipelines.store.records import insert_records, twins, unlinked_rows, write_fields
+from batchly_pipelines.store.records import column_rules, insert_records, twins, unlinked_rows, write_fields
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, load_states, save_states, write_log
 
 CHUNK = 1000
@@ -61,6 +68,7 @@ class ReconcileStats:
     deactivated: int = 0
     conflicts: int = 0
     review: int = 0
+    errors: int = 0  # records Batchly cannot store (listed in pull_errors)
     duration_s: float = 0.0
 
     @property
@@ -84,6 +92,8 @@ class _Chunk:
         default_factory=dict
     )  # open review id → the value both sides now agree on
     log: list[LogEntry] = field(default_factory=list)
+    errors: list[PullError] = field(default_factory=list)
+    failed: set[str] = field(default_factory=set)  # QuickBooks ids left out: Batchly cannot store them
 
     def note(
         self, action: str, qbo_id: str, entity_id: int | None = None, message: str | None = None
@@ -128,12 +138,16 @@ def reconcile(
             rows = _with_news(conn, kind, organization_id, pulled)
         after = pulled[-1]["qbo_id"]
         with sync_transaction(engine) as conn:
+            chunk = _Chunk(kind, organization_id, run_id)
             if rows:
-                chunk = _Chunk(kind, organization_id, run_id)
                 _plan(conn, chunk, rows, unlinked, policy, stats)
                 _apply(conn, chunk, stats)
-            record_reconciled(conn, organization_id, kind.qbo_entity, pulled)
+            stored = [row for row in pulled if row["qbo_id"] not in chunk.failed]
+            record_reconciled(conn, organization_id, kind.qbo_entity, stored)
+            clear_errors(conn, organization_id, kind.qbo_entity, (row["qbo_id"] for row in stored))
+            record_errors(conn, chunk.errors)
         stats.examined += len(rows)
+        stats.errors += len(chunk.failed)
     stats.duration_s = round(time.monotonic() - started, 3)
     return stats
 
@@ -182,6 +196,7 @@ def _plan(
     stats: ReconcileStats,
 ) -> None:
     kind, org = chunk.kind, chunk.organization_id
+    rows = [row for row in rows if _storable(chunk, row)]
     reviewing = open_reviews_of_qbo_ids(
         conn, org, kind.entity_type, LINK_FIELD, [row["qbo_id"] for row in rows]
     )
@@ -234,6 +249,45 @@ def _plan(
             policy=policy,
         )
         _settle(chunk, entity_id, row, qbo_fields, current, result, open_fields.get(entity_id, {}), stats)
+
+
+def _storable(chunk: _Chunk, row: Mapping[str, Any]) -> bool:
+    """Whether Batchly's columns can hold the record's QuickBooks values; if not, list each value that does not fit
+    (the record is then left out of the chunk)."""
+    if row["deleted"]:
+        return True  # deactivating writes nothing QuickBooks sent
+    kind = chunk.kind
+    values = {**kind.mapping.from_qbo(row["data"]), "qbo_id": row["qbo_id"]}
+    problems = unstorable(values, column_rules(kind.entity_type))
+    for column, why in problems.items():
+        message = f"{column} {why}"
+        chunk.errors.append(
+            PullError(
+                chunk.organization_id,
+                kind.qbo_entity,
+                row["qbo_id"],
+                column,
+                message,
+                row["entity_id"],
+                chunk.run_id,
+            )
+        )
+        chunk.log.append(
+            LogEntry(
+                chunk.organization_id,
+                "pull",
+                kind.entity_type,
+                "store",
+                "error",
+                row["entity_id"],
+                row["qbo_id"],
+                message,
+                chunk.run_id,
+            )
+        )
+    if problems:
+        chunk.failed.add(row["qbo_id"])
+    return not problems
 
 
 def _settle(

@@ -1,0 +1,75 @@
+"""``pull_errors``: the QuickBooks records (and fields) the pull could not store in Batchly, while the problem lasts.
+
+A record is listed when one of its values does not fit Batchly's columns (``rules.storage``); the pull stores
+everything else and tries the record again each time, and storing it removes its rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from batchly_pipelines.store.schema import pull_errors, utcnow
+from batchly_pipelines.store.upsert import bulk_upsert
+
+e = pull_errors.c
+KEY = ("organization_id", "entity_type", "qbo_id", "field")
+
+
+@dataclass(frozen=True)
+class PullError:
+    """One value of one QuickBooks record that Batchly cannot store."""
+
+    organization_id: int
+    entity_type: str  # QBO entity name: Customer, Item, Invoice
+    qbo_id: str
+    field: str
+    message: str
+    entity_id: int | None = None
+    run_id: str | None = None
+
+
+def record_errors(conn: Connection, errors: Sequence[PullError]) -> None:
+    """List ``errors`` (a record and field already listed keeps its ``first_seen_at``), in the caller's
+    transaction."""
+    now = utcnow()
+    bulk_upsert(
+        conn,
+        pull_errors,
+        ({**vars(error), "first_seen_at": now, "last_seen_at": now} for error in errors),
+        key=KEY,
+        update=("message", "entity_id", "run_id", "last_seen_at"),
+    )
+
+
+def clear_errors(conn: Connection, organization_id: int, entity_type: str, qbo_ids: Iterable[str]) -> None:
+    """Remove the listed errors of these records (they have been stored), in the caller's transaction."""
+    ids = sorted(set(qbo_ids))
+    if ids:
+        conn.execute(
+            sa.delete(pull_errors).where(
+                e.organization_id == organization_id, e.entity_type == entity_type, e.qbo_id.in_(ids)
+            )
+        )
+
+
+def open_errors(
+    conn: Connection, organization_id: int, entity_type: str | None = None, *, limit: int = 500
+) -> list[dict[str, Any]]:
+    """The listed errors of an organisation (optionally of one entity), oldest first."""
+    query = sa.select(pull_errors).where(e.organization_id == organization_id).order_by(e.id).limit(limit)
+    if entity_type is not None:
+        query = query.where(e.entity_type == entity_type)
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def count_errors(conn: Connection, organization_id: int, entity_type: str) -> int:
+    """How many values of the organisation's ``entity_type`` records are listed."""
+    query = sa.select(sa.func.count()).where(
+        e.organization_id == organization_id, e.entity_type == entity_type
+    )
+    return int(conn.execute(query).scalar_one())
