@@ -380,8 +380,6 @@ sync_log = sa.Table(
     sa.Index(None, "organization_id", "created_at"),
 )
 
-# Every (DocNumber, customer) an invoice was ever sent to a QuickBooks company with, written before the create leaves
-# the process: after a create whose answer was lost, the DocNumber guard still finds that copy however the invoice was
 # The pull's error list: a QuickBooks record (and field) Batchly cannot store — a value its columns cannot hold. One
 # row per record and field while the problem lasts (the pull goes on with every other record, and retries this one
 # each time); the record being stored removes its rows. A Dagster check fails while any row is here.
@@ -401,6 +399,8 @@ pull_errors = sa.Table(
     sa.UniqueConstraint("organization_id", "entity_type", "qbo_id", "field"),
 )
 
+# Every (DocNumber, customer) an invoice was ever sent to a QuickBooks company with, written before the create leaves
+# the process: after a create whose answer was lost, the DocNumber guard still finds that copy however the invoice was
 # renumbered, voided or set to draft since. ``doc_key`` is the DocNumber as QuickBooks compares it (no letter case).
 qbo_invoice_sends = sa.Table(
     "qbo_invoice_sends",
