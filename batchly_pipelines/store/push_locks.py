@@ -104,7 +104,9 @@ def remaining(conn: Connection, realm_id: str, owner: str) -> timedelta | None:
 
     The row is locked (``FOR UPDATE``), so a write-back that checked it commits before anyone can take the lock over.
     """
-    row = conn.execute(sa.select(c.owner, c.expires_at).where(c.realm_id == realm_id).with_for_update()).first()
+    row = conn.execute(
+        sa.select(c.owner, c.expires_at).where(c.realm_id == realm_id).with_for_update()
+    ).first()
     if row is None or row.owner != owner:
         return None
     left = row.expires_at - database_now(conn)
@@ -122,3 +124,15 @@ def holder(engine: Engine, realm_id: str) -> LockHolder | None:
     with engine.connect() as conn:
         row = conn.execute(sa.select(qbo_push_locks).where(c.realm_id == realm_id)).first()
     return None if row is None else _holder(row)
+
+
+def holder_and_live(engine: Engine, realm_id: str) -> tuple[LockHolder, bool] | None:
+    """The lock's current row and whether its lease is still running by the database's clock (``None``: no row).
+
+    A holder whose lease ran out stopped renewing it: its process is gone (or frozen past its lease).
+    """
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(qbo_push_locks).where(c.realm_id == realm_id)).first()
+        if row is None:
+            return None
+        return _holder(row), row.expires_at > database_now(conn)
