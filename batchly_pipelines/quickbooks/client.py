@@ -3,7 +3,8 @@
 Every request goes through the realm's shared rate limiter, carries ``minorversion=75`` and a timeout, and is decoded
 with exact decimals. Transient failures (connection errors, timeouts, 500/502/503/504) are retried with exponential
 backoff and jitter — writes only ever with the same ``requestid``, so QuickBooks replays instead of writing twice. A 429
-pauses the realm for every process and is retried without counting against the request. A 401 refreshes the token once.
+teaches the realm's limiter (it is raised inside the request's slot), pauses the realm for every process and is
+retried without counting against the request. A 401 refreshes the token once.
 """
 
 from __future__ import annotations
@@ -525,6 +526,8 @@ class QuickBooksClient:
                 )
             except TRANSPORT_ERRORS as exc:
                 raise ServerError(f"no answer from QuickBooks ({type(exc).__name__})", detail=path) from None
+            if response.status_code == 429:  # raised in the slot: the limiter learns from it, never counts it
+                raise error_from_response(response.status_code, response.content, response.headers)
         tid = response.headers.get("intuit_tid")
         if response.status_code == 200:
             try:

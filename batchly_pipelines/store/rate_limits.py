@@ -2,34 +2,42 @@
 
 - ``qbo_rate_realms``: one row per realm. Every admission locks it (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's
   ``BEGIN IMMEDIATE`` serialises writers anyway), so two processes never both take the last slot. It also carries
-  ``paused_until``: after a 429 every process holds off until then.
+  ``paused_until`` (after a 429 every process holds off until then) and ``budget``, what the limiter learned the
+  realm takes (JSON; ``NULL``: nothing learned, Intuit's numbers).
 - ``qbo_rate_requests``: one row per request. While it is in flight it holds an in-flight slot (until
   ``in_flight_until``, so a process that crashed mid-request cannot hold a slot for ever); when its answer arrives
-  ``sent_at`` becomes that moment.
+  ``sent_at`` becomes that moment. A request answered 429 is deleted: the server did not count it.
 
-What counts against which window is the limiter's business (``quickbooks.ratelimit``): an admission hands it the
-realm's rows and logs a request only when it says so. Times are ``time.time()`` seconds.
+What counts against which window, and what the budget means, is the limiter's business (``quickbooks.ratelimit``):
+an admission hands it the realm's rows and budget, stores the budget it returns and logs a request only when it
+says so. Times are ``time.time()`` seconds.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from batchly_pipelines.store.schema import qbo_rate_realms, qbo_rate_requests
 
 
 @dataclass(frozen=True)
 class RateRequest:
-    """One ``qbo_rate_requests`` row: when it was answered (in flight: admitted), and until when it is in flight."""
+    """One ``qbo_rate_requests`` row: when it was admitted, when it was answered (in flight: admitted), whether it
+    is a batch call, and until when it is in flight."""
 
+    admitted_at: float
     sent_at: float
     is_batch: bool
     in_flight_until: float | None
+
+
+Budget = Mapping[str, Any] | None
 
 
 class DatabaseRateLedger:
@@ -43,21 +51,21 @@ class DatabaseRateLedger:
     def admit(
         self,
         batch: bool,
-        wait: Callable[[float, float, Sequence[RateRequest]], float],
+        decide: Callable[[float, float, Budget, Sequence[RateRequest]], tuple[float, Budget]],
         *,
         forget_after: float,
         lease_seconds: float,
     ) -> int | float:
         """Under the realm's lock: forget answered requests older than ``forget_after`` seconds, then ask
-        ``wait(now, paused_until, requests)``. When it answers 0, log an in-flight request and return its id (an
-        ``int``); otherwise return the wait (a ``float``)."""
+        ``decide(now, paused_until, budget, requests)`` and store the budget it returns. When it answers 0, log an
+        in-flight request and return its id (an ``int``); otherwise return the wait (a ``float``)."""
         realm, r = self.realm_id, qbo_rate_requests.c
         with self.engine.begin() as conn:
-            paused_until = conn.execute(
-                sa.select(qbo_rate_realms.c.paused_until)
+            paused_until, budget = conn.execute(
+                sa.select(qbo_rate_realms.c.paused_until, qbo_rate_realms.c.budget)
                 .where(qbo_rate_realms.c.realm_id == realm)
                 .with_for_update()
-            ).scalar_one()
+            ).one()
             now = time.time()
             finished = sa.or_(r.in_flight_until.is_(None), r.in_flight_until <= now)
             conn.execute(
@@ -66,14 +74,19 @@ class DatabaseRateLedger:
                 )
             )
             rows = conn.execute(
-                sa.select(r.sent_at, r.is_batch, r.in_flight_until).where(r.realm_id == realm)
+                sa.select(r.admitted_at, r.sent_at, r.is_batch, r.in_flight_until).where(r.realm_id == realm)
             ).all()
-            seconds = wait(now, paused_until, [RateRequest(*row) for row in rows])
+            seconds, learned = decide(now, paused_until, budget, [RateRequest(*row) for row in rows])
+            self._store_budget(conn, budget, learned)
             if seconds > 0:
                 return float(seconds)
             inserted = conn.execute(
                 sa.insert(qbo_rate_requests).values(
-                    realm_id=realm, is_batch=batch, sent_at=now, in_flight_until=now + lease_seconds
+                    realm_id=realm,
+                    is_batch=batch,
+                    admitted_at=now,
+                    sent_at=now,
+                    in_flight_until=now + lease_seconds,
                 )
             ).inserted_primary_key
         assert inserted is not None
@@ -95,6 +108,39 @@ class DatabaseRateLedger:
                 sa.update(qbo_rate_realms)
                 .where(qbo_rate_realms.c.realm_id == self.realm_id, qbo_rate_realms.c.paused_until < until)
                 .values(paused_until=until)
+            )
+
+    def refused(
+        self, request_id: int, learn: Callable[[float, Budget, Sequence[RateRequest]], Budget]
+    ) -> None:
+        """The request was answered 429: under the realm's lock it leaves the ledger (the server did not count it)
+        and the budget ``learn(now, budget, requests)`` returns is stored."""
+        realm, r = self.realm_id, qbo_rate_requests.c
+        with self.engine.begin() as conn:
+            budget = conn.execute(
+                sa.select(qbo_rate_realms.c.budget)
+                .where(qbo_rate_realms.c.realm_id == realm)
+                .with_for_update()
+            ).scalar_one()
+            conn.execute(sa.delete(qbo_rate_requests).where(r.id == request_id))
+            rows = conn.execute(
+                sa.select(r.admitted_at, r.sent_at, r.is_batch, r.in_flight_until).where(r.realm_id == realm)
+            ).all()
+            self._store_budget(conn, budget, learn(time.time(), budget, [RateRequest(*row) for row in rows]))
+
+    def budget(self) -> Budget:
+        """The realm's budget as stored (``None``: nothing learned yet)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(qbo_rate_realms.c.budget).where(qbo_rate_realms.c.realm_id == self.realm_id)
+            ).scalar_one()
+
+    def _store_budget(self, conn: Connection, stored: Budget, learned: Budget) -> None:
+        if learned is not None and learned != stored:
+            conn.execute(
+                sa.update(qbo_rate_realms)
+                .where(qbo_rate_realms.c.realm_id == self.realm_id)
+                .values(budget=dict(learned))
             )
 
     def _ensure_realm_row(self) -> None:

@@ -231,6 +231,7 @@ qbo_rate_realms = sa.Table(
     sa.Column(
         "paused_until", sa.Float, nullable=False, server_default="0"
     ),  # after a 429: nobody sends before
+    sa.Column("budget", sa.JSON),  # what the limiter learned the realm takes (NULL: Intuit's documented numbers)
 )
 
 qbo_rate_requests = sa.Table(
@@ -239,6 +240,7 @@ qbo_rate_requests = sa.Table(
     _pk(),
     sa.Column("realm_id", sa.String(32), nullable=False),
     sa.Column("is_batch", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("admitted_at", sa.Float, nullable=False, server_default="0"),  # when the limiter let it go
     sa.Column("sent_at", sa.Float, nullable=False),  # when the answer arrived, once it has
     sa.Column("in_flight_until", sa.Float),  # set while in flight; a crashed holder's slot frees at this time
     sa.Index(None, "realm_id", "sent_at"),

@@ -1,18 +1,28 @@
 """Per-realm limits shared through the Batchly database (SQLite and PostgreSQL): windows, in-flight leases that
-expire, pauses seen by every process, several processes staying under the sandbox's throttle, and a throttled run
-that finishes with every record written."""
+expire (scaled with the time scale), pauses seen by every process, a budget learned from 429s (halved where the 429
+hit, added back window by window, shared by every process), several processes staying under the sandbox's throttle,
+and a throttled run that finishes with every record written."""
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
 import time
+from dataclasses import replace
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp
-from batchly_pipelines.quickbooks.ratelimit import RateLimits, SharedRateLimiter
+from batchly_pipelines.quickbooks.errors import ThrottledError
+from batchly_pipelines.quickbooks.ratelimit import (
+    Admission,
+    LearnedWindow,
+    RateLimits,
+    RealmBudget,
+    SharedRateLimiter,
+)
 from batchly_pipelines.services.connections import database_rate_limiter
 from batchly_pipelines.store.schema import qbo_rate_requests
 from batchly_pipelines_tests.support import workers
@@ -77,6 +87,24 @@ def test_in_flight_slots_are_released_and_expire(engine: Engine) -> None:
         assert conn.execute(flying).scalar_one() == 0
 
 
+def test_in_flight_slots_of_a_dead_process_come_back_within_a_scaled_lease(engine: Engine) -> None:
+    # 30 QuickBooks seconds of lease at TIME_SCALE: half a real second, not 30.
+    limits = RateLimits(concurrent=1, lease_seconds=30.0, time_scale=TIME_SCALE)
+    dead = database_rate_limiter(engine, "realm-dead", limits)
+    held = dead.slot()
+    held.__enter__()  # admitted, then the process died: the slot is never given back
+    waited: list[float] = []
+    other = threading.Thread(
+        target=lambda: waited.extend(_timed_slots(database_rate_limiter(engine, "realm-dead", limits), 1)),
+        daemon=True,
+    )
+    other.start()
+    other.join(timeout=5)
+    assert not other.is_alive(), "the dead process's slot was not given back within 5 s"
+    assert 0.4 <= waited[0] < 2.0
+    del held  # only now: a collected generator would give its slot back
+
+
 def test_a_pause_holds_every_limiter_of_the_realm(engine: Engine) -> None:
     first = database_rate_limiter(engine, "realm-pause", RateLimits(time_scale=TIME_SCALE))
     second = database_rate_limiter(engine, "realm-pause", RateLimits(time_scale=TIME_SCALE))
@@ -131,3 +159,195 @@ def test_a_throttled_run_finishes_and_reports_its_waits(
     assert stats["throttled"] == SandboxAdmin(sandbox.base_url).counter(realm_id, "throttled")
     assert stats["calls"]["batch"] == 10 + stats["throttled"]  # a 429 never costs a record an attempt
     assert stats["retries"] == 0
+
+
+# -- the learned budget (AIMD per realm) -----------------------------------------------------------------------
+DOCUMENTED = RateLimits()
+
+
+def _discovered() -> RealmBudget:
+    """A realm that served 20 batch calls in a window and refused the 21st (half of Intuit's 40)."""
+    fresh = RealmBudget.documented(DOCUMENTED)
+    served = replace(fresh, batch_per_minute=replace(fresh.batch_per_minute, served=20), adjusted_at=100.0)
+    admission = Admission(
+        request_id=30,
+        admitted_at=99.5,
+        batch=True,
+        per_minute=45,
+        batch_per_minute=21,
+        in_flight=10,
+        probed=frozenset(),
+    )
+    return served.throttled(admission, now=100.0, limits=DOCUMENTED)
+
+
+def test_a_429_at_a_new_high_halves_the_window_it_hit_and_nothing_else() -> None:
+    budget = _discovered()
+    assert budget.batch_per_minute == LearnedWindow(limit=20, ceiling=20.0, served=20)
+    assert budget.per_minute == RealmBudget.documented(DOCUMENTED).per_minute
+    assert budget.concurrent == 10
+    assert budget.event_at == 100.0  # every request sent until now belongs to this 429
+
+
+def test_429s_of_requests_sent_before_the_reaction_do_not_halve_again() -> None:
+    budget = _discovered()
+    late = Admission(
+        request_id=33,
+        admitted_at=99.9,
+        batch=True,
+        per_minute=48,
+        batch_per_minute=22,
+        in_flight=10,
+        probed=frozenset(),
+    )
+    assert budget.throttled(late, now=100.1, limits=DOCUMENTED) == budget
+
+
+def test_each_success_window_adds_back_up_to_the_documented_ceiling() -> None:
+    budget = _discovered()
+    window = 60.0
+    assert budget.grown(100.0 + window - 0.1, window, DOCUMENTED) == budget
+    once = budget.grown(100.0 + window, window, DOCUMENTED)
+    assert once.batch_per_minute.ceiling == 21.0  # a fortieth of the documented 40 per window
+    assert once.batch_per_minute.limit == 20  # the limit rises only as the realm serves more (probes)
+    assert once.batch_per_minute.cap == 21  # one probe beyond it
+    assert budget.grown(100.0 + 10 * window, window, DOCUMENTED).batch_per_minute.ceiling == 30.0
+    assert budget.grown(100.0 + 30 * window, window, DOCUMENTED).batch_per_minute.ceiling == 40.0
+    assert budget.grown(100.0 + 90 * window, window, DOCUMENTED).per_minute.ceiling == 500.0
+
+
+def test_after_a_halving_the_ceiling_climbs_back_fast_to_what_the_realm_took_then_slowly() -> None:
+    # A company that takes 30 of the documented 40 batch calls: the first 429 halves the limit to 20.
+    fresh = RealmBudget.documented(DOCUMENTED)
+    served = replace(fresh, batch_per_minute=replace(fresh.batch_per_minute, served=30), adjusted_at=100.0)
+    refused = Admission(
+        request_id=50,
+        admitted_at=99.0,
+        batch=True,
+        per_minute=60,
+        batch_per_minute=31,
+        in_flight=10,
+        probed=frozenset(),
+    )
+    budget = served.throttled(refused, now=100.0, limits=DOCUMENTED)
+    assert budget.batch_per_minute == LearnedWindow(limit=20, ceiling=20.0, served=30)
+    ceilings = [
+        budget.grown(100.0 + n * 60.0, 60.0, DOCUMENTED).batch_per_minute.ceiling for n in range(1, 8)
+    ]
+    assert ceilings == [25.0, 27.5, 28.75, 29.75, 30.75, 31.75, 32.75]
+
+
+def test_the_limit_follows_what_the_realm_serves_up_to_the_ceiling() -> None:
+    budget = _discovered().grown(280.0, 60.0, DOCUMENTED)  # ceiling 23
+    raised = budget.observed({"per_minute": 30, "batch_per_minute": 21}).batch_per_minute
+    assert (raised.limit, raised.served) == (21, 21)
+    assert budget.observed({"batch_per_minute": 30}).batch_per_minute.limit == 23
+    assert budget.observed({"batch_per_minute": 12}) == budget  # never lowered by a quiet window
+
+
+def test_a_failed_probe_halves_the_ceiling_but_keeps_what_the_realm_served() -> None:
+    budget = _discovered().grown(160.0, 60.0, DOCUMENTED)
+    probe = Admission(
+        request_id=80,
+        admitted_at=165.0,
+        batch=True,
+        per_minute=40,
+        batch_per_minute=21,
+        in_flight=3,
+        probed=frozenset({"batch_per_minute"}),
+    )
+    after = budget.throttled(probe, now=170.0, limits=DOCUMENTED)
+    assert after.batch_per_minute == LearnedWindow(limit=20, ceiling=10.5, served=20)
+    assert after.adjusted_at == 170.0  # the next success window counts from here
+    later = [after.grown(170.0 + n * 60.0, 60.0, DOCUMENTED).batch_per_minute.ceiling for n in (1, 5, 6)]
+    assert later == [15.25, 20.8125, 21.8125]  # the next probe goes six windows later
+
+
+def test_a_429_while_a_probe_is_pending_is_the_probes_whichever_request_got_it() -> None:
+    # The probe (the 21st) overtook a request admitted as the 19th on its way to QuickBooks, which refused that one.
+    budget = _discovered().grown(160.0, 60.0, DOCUMENTED)
+    budget = replace(budget, batch_per_minute=replace(budget.batch_per_minute, probe_at=165.0))
+    overtaken = Admission(
+        request_id=79,
+        admitted_at=164.9,
+        batch=True,
+        per_minute=40,
+        batch_per_minute=19,
+        in_flight=4,
+        probed=frozenset(),
+    )
+    after = budget.throttled(overtaken, now=165.2, limits=DOCUMENTED, answered={"batch_per_minute": 20})
+    assert after.batch_per_minute == LearnedWindow(limit=20, ceiling=10.5, served=20)
+    passed = budget.observed({"batch_per_minute": 21}).batch_per_minute  # or the probe got through
+    assert (passed.limit, passed.probe_at) == (21, 0.0)
+
+
+def test_a_429_within_every_level_the_realm_served_halves_the_in_flight_budget() -> None:
+    fresh = RealmBudget.documented(DOCUMENTED)
+    budget = replace(
+        fresh,
+        per_minute=replace(fresh.per_minute, served=90),
+        batch_per_minute=replace(fresh.batch_per_minute, served=7),
+    )
+    early = Admission(
+        request_id=6,
+        admitted_at=0.5,
+        batch=True,
+        per_minute=6,
+        batch_per_minute=3,
+        in_flight=6,
+        probed=frozenset(),
+    )
+    after = budget.throttled(early, now=1.0, limits=DOCUMENTED)
+    assert after.concurrent == 5
+    assert (after.per_minute, after.batch_per_minute) == (budget.per_minute, budget.batch_per_minute)
+    assert after.grown(1.0 + 60.0, 60.0, DOCUMENTED).concurrent == 6
+
+
+def test_the_budget_survives_a_round_trip_and_a_change_of_documented_limits() -> None:
+    budget = _discovered()
+    assert RealmBudget.load(budget.dump(), DOCUMENTED) == budget
+    tighter = RateLimits(batch_per_minute=10)
+    assert RealmBudget.load(budget.dump(), tighter).batch_per_minute.limit == 10
+    assert RealmBudget.load(None, DOCUMENTED) == RealmBudget.documented(DOCUMENTED)
+
+
+def test_a_429_lowers_the_realm_budget_for_every_process(engine: Engine) -> None:
+    limits = RateLimits(batch_per_minute=8, time_scale=TIME_SCALE)
+    first = database_rate_limiter(engine, "realm-learn", limits)
+    _timed_slots(first, 5, batch=True)
+    with pytest.raises(ThrottledError), first.slot(batch=True):
+        raise ThrottledError("the realm answered the sixth batch call 429")
+
+    other = database_rate_limiter(engine, "realm-learn", limits)  # another process, later
+    assert other.budget().batch_per_minute.limit == 4  # halved from 8 (it took 5)
+    assert _timed_slots(other, 1)[0] < 0.3 * WINDOW  # plain requests were not what it refused
+    # Five batch calls are in the window (the refused one is not: the server did not count it); four fit.
+    assert _timed_slots(other, 1, batch=True)[0] >= 0.5 * WINDOW
+
+
+def test_a_push_limiter_stays_within_a_budget_it_learned_from_another_process(
+    sandbox: SandboxServer, realm_id: str, engine: Engine
+) -> None:
+    # The realm takes 4 batch calls a window; one process learns it the hard way, the next one knows.
+    SandboxAdmin(sandbox.base_url).settings(realm_id, limits={"batch_per_minute": 4})
+    config = ClientConfig(time_scale=TIME_SCALE)
+
+    def push(prefix: str, count: int) -> dict[str, object]:
+        limiter = database_rate_limiter(engine, realm_id, RateLimits(time_scale=TIME_SCALE))
+        tokens = SandboxTokens(sandbox.base_url, realm_id)
+        with QuickBooksClient(realm_id, sandbox.base_url, tokens, limiter=limiter, config=config) as qbo:
+            ops = [
+                WriteOp(i, "Customer", "create", {"DisplayName": f"{prefix} {i}"}, f"{prefix}-{i}")
+                for i in range(count)
+            ]
+            assert all(r.ok for r in qbo.write_batch(ops))
+            return qbo.stats.as_dict()
+
+    assert push("first", 150)["throttled"] > 0
+    # Eight batch calls over two windows: at most one probe above the learned four is refused (a limiter fixed at
+    # Intuit's 40 has four of them refused in each window, and more on every retry).
+    assert push("second", 240)["throttled"] <= 1
+    budget = database_rate_limiter(engine, realm_id, RateLimits(time_scale=TIME_SCALE)).budget()
+    # Four, or three when a call overtaken on its way made the realm refuse it at what the limiter counted as third.
+    assert budget.batch_per_minute.limit in (3, 4)

@@ -5,6 +5,9 @@ up the organisations' realms. It never calls QuickBooks. An organisation that al
 progress is left alone (that run keeps claiming until nothing is due); otherwise a run is requested, tagged with the
 realm so ``dagster.yaml``'s run-tag limit keeps one push run per QuickBooks company. The cursor counts requests per
 organisation, which makes every run key unique and traceable (``push-org<id>-upto<max due id>-<n>``).
+
+Every tick first fails the push runs whose process is gone (:mod:`.dead_runs`): the default run launcher cannot
+notice them, and a dead ``STARTED`` run would hold its company's run slot until an operator terminated it.
 """
 
 import json
@@ -20,12 +23,14 @@ from dagster import (
     sensor,
 )
 
+from batchly_pipelines.defs.push.dead_runs import fail_dead_push_runs
 from batchly_pipelines.defs.push.job import push_to_quickbooks
+from batchly_pipelines.defs.push.tags import ORGANIZATION_TAG, REALM_TAG
 from batchly_pipelines.defs.resources import BatchlyDatabase
 from batchly_pipelines.store.organizations import connected_realms
 
-REALM_TAG = "batchly/realm"
-ORGANIZATION_TAG = "batchly/organization"
+__all__ = ["ORGANIZATION_TAG", "REALM_TAG", "push_run_request", "sync_queue_sensor"]
+
 INTERVAL_SECONDS = 5
 ACTIVE_STATUSES = [
     DagsterRunStatus.QUEUED,
@@ -53,16 +58,17 @@ def push_run_request(organization_id: int, realm_id: str, run_key: str) -> RunRe
 def sync_queue_sensor(
     context: SensorEvaluationContext, batchly_db: BatchlyDatabase
 ) -> SensorResult | SkipReason:
+    runs = context.instance.get_runs(
+        filters=RunsFilter(job_name=push_to_quickbooks.name, statuses=ACTIVE_STATUSES)
+    )
+    dead = fail_dead_push_runs(context.instance, batchly_db.engine, runs)
+    for message in dead.values():
+        context.log.warning(message)
     due = batchly_db.queue.due_by_organization()
     if not due:
         return SkipReason("nothing due in the sync queue")
     realms = connected_realms(batchly_db.engine, due)
-    active = {
-        run.tags.get(ORGANIZATION_TAG)
-        for run in context.instance.get_runs(
-            filters=RunsFilter(job_name=push_to_quickbooks.name, statuses=ACTIVE_STATUSES)
-        )
-    }
+    active = {run.tags.get(ORGANIZATION_TAG) for run in runs if run.run_id not in dead}
     requested: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
     requests = []
     for organization_id, (count, max_id) in sorted(due.items()):
