@@ -2,7 +2,7 @@
 (``pull_errors``).
 
 Revision ID: 0009
-Revises: 0010
+Revises: 0008
 Create Date: 2026-12-02 10:00:00.000000
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0010"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -3,8 +3,8 @@
 ``budget`` holds what the limiter learned the company takes (JSON; ``NULL``: Intuit's documented numbers), shared by
 every process; ``admitted_at`` tells the requests sent before the limiter reacted to a 429 from those sent after.
 
-Revision ID: 0008
-Revises: 0009 (the numbers are reservations, not the order: 0006 → 0007 → 0010 → 0009 → 0008)
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-09 10:00:00.000000
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
