@@ -3,13 +3,16 @@
 
 Nothing is launched behind the UI's back: the sensors push what is queued, ``sync_status_sensor`` re-evaluates the
 checks, and "Sync now" is launched from the launchpad with typed config. One stack serves every test of the module;
-the tests run in file order (a refused invoice, its dead-letter entry, "Sync now", the fix). Screenshots go to
-``docs/images/`` (the README shows one).
+the tests run in file order (a refused invoice's failed run, "Sync now" asking for it, the dead letter red and then
+green after the fix). Screenshots go to ``docs/images/`` with ``BATCHLY_UPDATE_SCREENSHOTS=1`` (the README shows
+one), else to a temporary folder.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,7 +46,12 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-IMAGES = REPO / "docs" / "images"
+# the README's screenshots are remade with BATCHLY_UPDATE_SCREENSHOTS=1; other runs keep theirs out of the tree
+IMAGES = (
+    REPO / "docs" / "images"
+    if os.environ.get("BATCHLY_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "batchly-operator-ui"
+)
 LOCATION = "batchly_pipelines"
 REASON = "an invoice needs at least one line"
 RUN_TIMEOUT_S = 90.0
