@@ -231,7 +231,8 @@ qbo_rate_realms = sa.Table(
     sa.Column(
         "paused_until", sa.Float, nullable=False, server_default="0"
     ),  # after a 429: nobody sends before
-    sa.Column("budget", sa.JSON),  # what the limiter learned the realm takes (NULL: Intuit's documented numbers)
+    # what the limiter learned the realm takes (NULL: Intuit's documented numbers)
+    sa.Column("budget", sa.JSON),
 )
 
 qbo_rate_requests = sa.Table(
