@@ -1,7 +1,7 @@
 """Dagster really running: ``dagster dev`` (webserver + daemon) on the project's workspace, in its own process group.
 
-Used by the end-to-end test and by the push benchmark. ``DAGSTER_HOME`` is a fresh folder holding the project's
-``dagster.yaml`` (run-tag limit per realm, the ``qbo_api`` pool), so sensors start in their default state.
+Used by the end-to-end test and by the push and chaos benchmarks. ``DAGSTER_HOME`` is a fresh folder holding the
+project's ``dagster.yaml`` (run-tag limit per realm, the ``qbo_api`` pool), so sensors start in their default state.
 """
 
 from __future__ import annotations
@@ -20,10 +20,18 @@ from typing import Any
 
 import psutil
 import requests
+from dagster import DagsterEventType, DagsterInstance
+from dagster._core.instance.ref import InstanceRef
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0
 ACTIVE_STATUSES = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED"})
+# events only a run's own processes log: the run worker its start, each step process its start
+RUN_PROCESS_EVENTS = (
+    DagsterEventType.RUN_START,
+    DagsterEventType.STEP_WORKER_STARTED,
+    DagsterEventType.STEP_START,
+)
 
 
 def free_port() -> int:
@@ -112,18 +120,53 @@ class DagsterStack:
                 return runs
             time.sleep(1.0)
 
+    def run_failure(self, run_id: str) -> str | None:
+        """Why a run's step failed: the first step failure's error message, and its cause's when it has one (an
+        unexpected exception); ``None`` if no step failed."""
+        data = self.graphql(
+            "query($id: ID!) { runOrError(runId: $id) { ... on Run { eventConnection { events { __typename "
+            "... on ExecutionStepFailureEvent { error { message cause { message } } } } } } } }",
+            {"id": run_id},
+        )
+        events = data["runOrError"].get("eventConnection", {}).get("events", [])
+        error = next((e["error"] for e in events if e.get("error")), None)
+        if error is None:
+            return None
+        cause = (error.get("cause") or {}).get("message")
+        return str(error["message"]).strip() + (f" — caused by {str(cause).strip()}" if cause else "")
+
     def run_worker_pids(self, run_id: str) -> list[int]:
-        """Processes executing a run (``dagster api execute_run`` / ``execute_step`` carrying its id)."""
+        """Live processes executing a run: the run worker and its step processes, as the run's own event log names
+        them (the process that logged its start and each step's), with their children; only this stack's processes.
+
+        The command lines do not tell: under ``dagster dev`` a run worker is a ``multiprocessing`` child of the code
+        server, and so are its steps.
+        """
         assert self.process is not None
-        found = []
+        with DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home))) as instance:
+            logged = {
+                entry.dagster_event.pid
+                for entry in instance.all_logs(run_id, of_type=set(RUN_PROCESS_EVENTS))
+                if entry.dagster_event is not None and entry.dagster_event.pid is not None
+            }
+        found: dict[int, None] = {}
         for proc in psutil.Process(self.process.pid).children(recursive=True):
+            if proc.pid in logged:
+                found[proc.pid] = None
+                with contextlib.suppress(psutil.Error):
+                    found.update(dict.fromkeys(child.pid for child in proc.children(recursive=True)))
+        return list(found)
+
+    def signal_run(self, run_id: str, signum: int) -> int:
+        """Send ``signum`` to every process of the run (:meth:`run_worker_pids`); how many got it."""
+        signalled = 0
+        for pid in self.run_worker_pids(run_id):
             try:
-                cmdline = " ".join(proc.cmdline())
-            except psutil.Error:
+                os.kill(pid, signum)
+                signalled += 1
+            except ProcessLookupError:
                 continue
-            if "execute_run" in cmdline or run_id in cmdline:
-                found.append(proc.pid)
-        return found
+        return signalled
 
     def mark_run_dead(self, run_id: str) -> None:
         """What an operator does for a run whose process died: terminate it immediately in Dagster.

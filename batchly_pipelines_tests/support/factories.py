@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,6 +55,38 @@ def invoice(
             unit_price=Decimal("10.10"),
             amount=Decimal("20.20"),
         )
+    return invoice_id
+
+
+def correction(conn: Connection, original_id: int, doc_number: str) -> int:
+    """What the app does to correct an invoice: a new invoice replacing it (``replaces_invoice_id``), with the same
+    customer, dates and lines except one more of the first line's item."""
+    original = conn.execute(sa.select(s.invoices).where(s.invoices.c.id == original_id)).mappings().one()
+    lines = list(
+        conn.execute(
+            sa.select(s.invoice_lines)
+            .where(s.invoice_lines.c.invoice_id == original_id)
+            .order_by(s.invoice_lines.c.line_no)
+        ).mappings()
+    )
+    copies = [
+        {key: line[key] for key in ("line_no", "item_id", "description", "quantity", "unit_price", "amount")}
+        for line in lines
+    ]
+    first = copies[0]
+    first["quantity"] += 1
+    first["amount"] = (first["quantity"] * first["unit_price"]).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    keep = ("organization_id", "customer_id", "sales_order_id", "txn_date", "due_date")
+    invoice_id = _insert(
+        conn,
+        s.invoices,
+        **{key: original[key] for key in keep},
+        doc_number=doc_number,
+        total_amount=sum((line["amount"] for line in copies), Decimal("0.00")),
+        replaces_invoice_id=original_id,
+    )
+    for line in copies:
+        _insert(conn, s.invoice_lines, invoice_id=invoice_id, **line)
     return invoice_id
 
 

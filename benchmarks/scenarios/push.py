@@ -18,13 +18,9 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psutil
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
@@ -36,6 +32,7 @@ from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines_tests.support.dagster_stack import DagsterStack
+from batchly_pipelines_tests.support.databases import fresh_database_url
 from batchly_pipelines_tests.support.push import Books
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
@@ -64,7 +61,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # stop Dagster on the way out
     with (
         tempfile.TemporaryDirectory(prefix="bench-push-") as folder,
-        _database(args.database_url, Path(folder)) as url,
+        fresh_database_url(args.database_url, Path(folder)) as url,
     ):
         engine = create_engine(url)
         migrate.upgrade(engine)
@@ -112,28 +109,12 @@ def _drive(dagster: DagsterStack, engine: Engine, args: argparse.Namespace) -> i
             active = [run for run in dagster.runs() if run["status"] == "STARTED"]
             if active:
                 for run in active:
-                    _sigkill_run(dagster, run["runId"])
+                    dagster.signal_run(run["runId"], signal.SIGKILL)
                     dagster.mark_run_dead(run["runId"])
                 print(f"killed run {active[0]['runId'][:8]} at {mapped} invoices mapped", flush=True)
                 kills += 1
         time.sleep(0.2)
     return kills
-
-
-def _sigkill_run(dagster: DagsterStack, run_id: str) -> None:
-    """SIGKILL the run worker and its step processes (and their children)."""
-    victims: list[psutil.Process] = []
-    for pid in dagster.run_worker_pids(run_id):
-        try:
-            proc = psutil.Process(pid)
-            victims += [proc, *proc.children(recursive=True)]
-        except psutil.Error:
-            continue
-    for proc in victims:
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
 
 
 def _mapped(engine: Engine) -> int:
@@ -184,21 +165,3 @@ def _figures(
         },
         "wall_seconds": round(elapsed, 1),
     }
-
-
-@contextmanager
-def _database(server_url: str, folder: Path) -> Iterator[str]:
-    """A fresh, empty Batchly database: a new PostgreSQL database (dropped afterwards) or a SQLite file."""
-    if server_url == "sqlite":
-        yield f"sqlite:///{folder / 'batchly.sqlite'}"
-        return
-    admin_engine = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = f"batchly_bench_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_engine.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin_engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_engine.dispose()
