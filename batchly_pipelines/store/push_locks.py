@@ -119,13 +119,6 @@ def release(engine: Engine, realm_id: str, owner: str) -> None:
         conn.execute(sa.delete(qbo_push_locks).where(c.realm_id == realm_id, c.owner == owner))
 
 
-def holder(engine: Engine, realm_id: str) -> LockHolder | None:
-    """The lock's current row, live or lapsed (for status and messages)."""
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(qbo_push_locks).where(c.realm_id == realm_id)).first()
-    return None if row is None else _holder(row)
-
-
 def holder_and_live(engine: Engine, realm_id: str) -> tuple[LockHolder, bool] | None:
     """The lock's current row and whether its lease is still running by the database's clock (``None``: no row).
 

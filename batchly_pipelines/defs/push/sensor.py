@@ -13,7 +13,6 @@ notice them, and a dead ``STARTED`` run would hold its company's run slot until 
 import json
 
 from dagster import (
-    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
@@ -27,17 +26,12 @@ from batchly_pipelines.defs.push.dead_runs import fail_dead_push_runs
 from batchly_pipelines.defs.push.job import push_to_quickbooks
 from batchly_pipelines.defs.push.tags import ORGANIZATION_TAG, REALM_TAG
 from batchly_pipelines.defs.resources import BatchlyDatabase
+from batchly_pipelines.defs.runs import ACTIVE_STATUSES
 from batchly_pipelines.store.organizations import connected_realms
 
 __all__ = ["ORGANIZATION_TAG", "REALM_TAG", "push_run_request", "sync_queue_sensor"]
 
 INTERVAL_SECONDS = 5
-ACTIVE_STATUSES = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-]
 
 
 def push_run_request(organization_id: int, realm_id: str, run_key: str) -> RunRequest:

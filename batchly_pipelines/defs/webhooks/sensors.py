@@ -23,17 +23,12 @@ from dagster import (
 )
 
 from batchly_pipelines.defs.resources import BatchlyDatabase
+from batchly_pipelines.defs.runs import ACTIVE_STATUSES
 from batchly_pipelines.defs.webhooks.jobs import WEBHOOK_REALM_TAG, pull_webhook_changes
 from batchly_pipelines.store.inbox import pending_by_realm
 
 INTERVAL_SECONDS = 5
 RETRY_AFTER_SECONDS = 60.0
-ACTIVE_STATUSES = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-]
 
 
 def webhook_run_request(realm_id: str, run_key: str) -> RunRequest:
