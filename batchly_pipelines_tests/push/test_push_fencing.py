@@ -272,3 +272,40 @@ def test_the_lock_follows_the_database_clock_not_a_skewed_process_clock(
     )  # wherever a process clock is read
     holder = push_locks.acquire(engine, client.realm_id, "skewed-newcomer", org, timedelta(minutes=2))
     assert holder is not None and holder.owner == "healthy-holder"
+
+
+def _drop_once(real: Callable[..., Any], failures: int = 1) -> Callable[..., Any]:
+    """``real`` whose first ``failures`` calls meet a dropped database connection."""
+    calls = itertools.count()
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if next(calls) < failures:
+            raise sa.exc.OperationalError(
+                "SELECT qbo_push_locks", {}, Exception("server closed the connection")
+            )
+        return real(*args, **kwargs)
+
+    return flaky
+
+
+def test_a_dropped_connection_during_a_lease_check_or_the_lock_wait_does_not_stop_the_push(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _demo_into(engine, org, 30)
+    monkeypatch.setattr(push_locks, "acquire", _drop_once(push_locks.acquire))
+    monkeypatch.setattr(push_locks, "remaining", _drop_once(push_locks.remaining, failures=2))
+    monkeypatch.setattr(push_module, "FENCE_RETRY_SECONDS", 0.01)
+    stats = push(lock_wait=timedelta(seconds=5))  # the lease was never in doubt: one retry each, then on
+    assert stats.failed == 0
+    _assert_exactly_once(engine, books, 30)
+
+
+def test_a_database_that_stays_away_stops_the_push_saying_so(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _demo_into(engine, org, 30)
+    monkeypatch.setattr(push_locks, "remaining", _drop_once(push_locks.remaining, failures=10**6))
+    monkeypatch.setattr(push_module, "FENCE_RETRY_SECONDS", 0.01)
+    with pytest.raises(PushAbandoned, match="database did not answer its lease check"):
+        push()
+    assert books.objects("Invoice") == [] and books.objects("Customer") == []  # nothing written unproven

@@ -48,9 +48,10 @@ CLAIM_SIZE = (
 )
 DEFAULT_LEASE = timedelta(minutes=2)  # renewed while the run lives: a dead run's rows return within this
 LINGER_POLL_SECONDS = 1.0
-RENEW_RETRY_SECONDS = (
-    1.0  # a failed renewal (database unreachable) is retried this often until the lease is at risk
-)
+# a failed renewal (database unreachable) is retried this often until the lease is at risk
+RENEW_RETRY_SECONDS = 1.0
+FENCE_ATTEMPTS = 3  # a lease check that fails this often in a row (the database is gone) stops the push
+FENCE_RETRY_SECONDS = 0.2
 
 
 class RealmBusy(RuntimeError):
@@ -179,12 +180,25 @@ def _acquire_realm(
     wait: timedelta,
 ) -> None:
     deadline = time.monotonic() + wait.total_seconds()
-    while (holder := push_locks.acquire(engine, realm_id, worker, organization_id, lease, grace)) is not None:
+    while True:
+        try:
+            holder = push_locks.acquire(engine, realm_id, worker, organization_id, lease, grace)
+            unreachable = None
+        except Exception as exc:  # a dropped database connection: ask again until the wait is over
+            holder, unreachable = None, exc
+        if holder is None and unreachable is None:
+            return
         if time.monotonic() >= deadline:
+            if holder is not None:
+                raise RealmBusy(
+                    f"another push of QuickBooks company {realm_id} is running (organisation "
+                    f"{holder.organization_id}, worker {holder.owner}, lease until "
+                    f"{holder.expires_at:%Y-%m-%d %H:%M:%S} UTC); it was not started twice — try again when that "
+                    "one has finished"
+                )
             raise RealmBusy(
-                f"another push of QuickBooks company {realm_id} is running (organisation {holder.organization_id}, "
-                f"worker {holder.owner}, lease until {holder.expires_at:%Y-%m-%d %H:%M:%S} UTC); it was not "
-                "started twice — try again when that one has finished"
+                f"the push lock of QuickBooks company {realm_id} could not be taken: the database did not answer "
+                f"({type(unreachable).__name__}); nothing was sent — try again"
             )
         time.sleep(min(LINGER_POLL_SECONDS, max(0.05, deadline - time.monotonic())))
 
@@ -297,15 +311,25 @@ class _Push:
         left by (measured from before the database was asked, so no pause can stretch it)."""
         if self._lease_lost.is_set():
             raise WriteFenceLost(f"the push lost its lease on QuickBooks company {self.realm_id}")
-        asked = time.monotonic()
-        try:
-            with self.engine.begin() as conn:
-                left = self._fence_in(conn)
-        except WriteFenceLost:
-            raise
-        except Exception as exc:  # cannot prove the lease: do not write
-            raise WriteFenceLost(f"cannot confirm the push lease ({type(exc).__name__})") from None
-        return asked + (left - self._margin).total_seconds()
+        for attempt in range(1, FENCE_ATTEMPTS + 1):
+            asked = time.monotonic()
+            try:
+                with self.engine.begin() as conn:
+                    left = self._fence_in(conn)
+                return asked + (left - self._margin).total_seconds()
+            except WriteFenceLost:
+                raise
+            except Exception as exc:  # a dropped connection: the pool reconnects; ask again before giving up
+                if attempt == FENCE_ATTEMPTS:
+                    self._lost_reason = (
+                        f"the database did not answer its lease check {FENCE_ATTEMPTS} times "
+                        f"({type(exc).__name__}), so it could not prove it still holds QuickBooks company "
+                        f"{self.realm_id}"
+                    )
+                    self._lease_lost.set()
+                    raise WriteFenceLost(self._lost_reason) from None
+                time.sleep(FENCE_RETRY_SECONDS)
+        raise AssertionError("unreachable")
 
     def _fence_in(self, conn: Connection) -> timedelta:
         """In a checkpoint's transaction too: refuse unless this worker holds the realm with more than the margin
