@@ -19,6 +19,7 @@ from batchly_pipelines_tests.support.push import (
     TIME_SCALE,
     Books,
     invoice_row,
+    lose_invoice_checkpoints,
     make_due,
     queue_status,
     totals,
@@ -211,3 +212,44 @@ def test_a_503_in_the_doc_number_guard_retries_its_chunk_and_the_round_goes_on(
     push()
     assert sorted(books.by_doc_number()) == [f"G-{n:02}" for n in range(31)]
     assert all(len(copies) == 1 for copies in books.by_doc_number().values())
+
+
+@pytest.mark.parametrize("original_was", ["lost", "pushed"])
+def test_an_original_voided_by_its_open_correction_is_settled_not_refused_as_a_reopen(
+    engine: Engine,
+    org: int,
+    client: QuickBooksClient,
+    push: Callable[..., PushStats],
+    books: Books,
+    monkeypatch: pytest.MonkeyPatch,
+    original_was: str,
+) -> None:
+    """The app never voids an original it corrects: ``open`` in Batchly and voided by its open replacement in
+    QuickBooks is the settled state. The original's own queue row, coming round after the correction voided it (its
+    create's answer was lost, or an app write queued it again), is acknowledged as voided, not dead-lettered."""
+    if original_was == "lost":
+        with engine.begin() as conn:
+            customer, item = f.customer(conn, org), f.item(conn, org)
+        push()
+        with engine.begin() as conn:
+            original = f.invoice(conn, org, customer, item, doc_number="1001")
+        lose_invoice_checkpoints(engine, push, monkeypatch)
+        assert (
+            invoice_row(engine, original)["qbo_id"] is None
+        )  # its row is due again, the correction goes first
+    else:
+        original, _ = _original(engine, org, push)
+    correction = _correction(engine, org, original)
+    push(invoice_ids=[correction])
+    assert totals(books) == {"1001": [VOID], "1001-C": [CORRECTED]}
+    if original_was == "pushed":  # an app write queues it again (a voided invoice may be edited)
+        update(engine, s.invoices, original, due_date=invoice_row(engine, original)["txn_date"])
+    make_due(engine)
+
+    push()
+
+    row = invoice_row(engine, original)
+    assert (row["status"], row["sync_status"]) == ("open", "voided")
+    assert queue_status(engine, "invoice", original)[0] == "done"
+    assert totals(books) == {"1001": [VOID], "1001-C": [CORRECTED]}
+    assert invoice_row(engine, correction)["sync_status"] == "synced"

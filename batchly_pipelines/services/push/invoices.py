@@ -283,6 +283,11 @@ class InvoicePusher:
             message = f"invoice {invoice_id} qbo_id: {IMMUTABLE_MESSAGE}"
             return Failed("invoice", invoice_id, "update", message, retryable=False, invoice_status="error")
         voided = snap.voided(invoice_id)
+        corrected_by = _open_replacements(snap, invoice_id)
+        if voided and invoice["status"] == "open" and corrected_by:
+            # the app never voids an original it corrects: open here, voided there by its correction is settled
+            message = f"voided in QuickBooks by its correction, invoice {corrected_by[0]['id']}"
+            return Pushed("invoice", invoice_id, "skip", message=message, invoice_status="voided")
         issues = [
             str(issue)
             for issue in validate_pushed_invoice(
@@ -320,11 +325,7 @@ class InvoicePusher:
         """An invoice not in QuickBooks that an open replacement supersedes is never sent: acknowledged when the
         replacement is in QuickBooks, decided after the creates when it is in this chunk, otherwise left pending.
         Draft, void and refused (``sync_status = error`` and not in QuickBooks) replacements supersede nothing."""
-        open_ones = [
-            row
-            for row in snap.replacements.get(invoice_id, [])
-            if row["status"] == "open" and (row["qbo_id"] is not None or row["sync_status"] != "error")
-        ]
+        open_ones = _open_replacements(snap, invoice_id)
         pushed = [row["id"] for row in open_ones if row["qbo_id"] is not None]
         if pushed:
             return Pushed(
@@ -619,6 +620,15 @@ class InvoicePusher:
             invoice_status="synced",
             message=f"replaces invoice {create.replaces[0]}" if create.replaces else None,
         )
+
+
+def _open_replacements(snap: _Snapshot, invoice_id: int) -> list[dict[str, Any]]:
+    """The open invoices that replace ``invoice_id`` and are in QuickBooks or on their way (not refused there)."""
+    return [
+        row
+        for row in snap.replacements.get(invoice_id, [])
+        if row["status"] == "open" and (row["qbo_id"] is not None or row["sync_status"] != "error")
+    ]
 
 
 def _owe(voids: dict[str, _Void], copies: Iterable[_Void], owner: int, role: str) -> None:
