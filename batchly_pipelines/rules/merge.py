@@ -4,16 +4,19 @@ For each synced field, with ``base`` the last agreed value, ``b`` the Batchly an
 
 - ``b == q``: nothing to do; the base moves to that value (the same change on both sides is no conflict);
 - ``newest_wins`` / ``needs_review``: a field changed on one side only is taken from that side. Changed on
-  both sides, ``newest_wins`` takes the side whose record was updated later, compared at second precision
-  (QuickBooks times have no fractions), a tie going to QuickBooks; ``needs_review`` changes neither side,
-  reports a pending conflict and keeps the old base for that field;
+  both sides, ``newest_wins`` takes the side that changed *that field* later — per-field change times
+  (``batchly_changed_at``, ``qbo_changed_at``; a field without one falls back to its record's update time) —
+  compared at second precision (QuickBooks times have no fractions), a tie going to QuickBooks;
+  ``needs_review`` changes neither side, reports a pending conflict and keeps the old base for that field;
 - ``batchly_owns`` / ``qbo_owns``: the owner's value always prevails; an edit made on the other side is
   reverted and reported as a conflict resolved for the owner.
 
+A cleared value (``None``) is a value like any other: clearing a field is a change of it.
+
 Without an agreed value (first link, or a field pending since the first link) a difference counts as a
-change on both sides: ``newest_wins`` gives it to QuickBooks (the books the record was matched against),
-``needs_review`` leaves it pending, ownership gives it to the owner; each is reported as a ``first_link``
-conflict.
+change on both sides and is settled like any other: ``newest_wins`` gives it to the side that changed the
+field later, ``needs_review`` leaves it pending, ownership gives it to the owner; each is reported as a
+``first_link`` conflict.
 
 Pending conflicts are reported again by every merge until resolved (see :func:`resolve_field`); the caller
 keeps one open conflict row per record and field. Values must be normalised (``sync.mapping``) so that
@@ -132,12 +135,17 @@ def merge(
     batchly_updated_at: datetime,
     qbo_updated_at: datetime,
     policy: MergePolicy,
+    batchly_changed_at: Mapping[str, datetime] | None = None,
+    qbo_changed_at: Mapping[str, datetime] | None = None,
 ) -> MergeResult:
     """Three-way merge of the synced fields of one linked record (``base`` is ``None`` before any sync).
 
     ``batchly`` and ``qbo`` must hold every field of the policy; ``base`` may lack fields never agreed on.
+    ``batchly_changed_at`` / ``qbo_changed_at`` say when each field last changed on that side; a field they
+    lack changed when its record was last updated (``batchly_updated_at`` / ``qbo_updated_at``).
     """
-    batchly_newer = _seconds(batchly_updated_at) > _seconds(qbo_updated_at)
+    _seconds(batchly_updated_at), _seconds(qbo_updated_at)  # both must be timezone-aware
+    batchly_times, qbo_times = batchly_changed_at or {}, qbo_changed_at or {}
     base = base or {}
     to_batchly: dict[str, Any] = {}
     to_qbo: dict[str, Any] = {}
@@ -163,7 +171,9 @@ def merge(
         elif rule is Rule.NEEDS_REVIEW:
             resolution, conflicted = Resolution.PENDING_REVIEW, True
         else:
-            resolution = Resolution.BATCHLY if batchly_newer and not first_link else Resolution.QUICKBOOKS
+            batchly_at = _seconds(batchly_times.get(name, batchly_updated_at))
+            qbo_at = _seconds(qbo_times.get(name, qbo_updated_at))
+            resolution = Resolution.BATCHLY if batchly_at > qbo_at else Resolution.QUICKBOOKS
             conflicted = True
         if conflicted:
             conflicts.append(
@@ -210,6 +220,45 @@ def changes_to_push(
         and name not in held
         and batchly[name] != base[name]
     }
+
+
+def owned_reverts(
+    base: Mapping[str, Any] | None,
+    batchly: Mapping[str, Any],
+    qbo: Mapping[str, Any],
+    *,
+    policy: MergePolicy,
+) -> MergeResult:
+    """Batchly edits of fields QuickBooks owns, put back to QuickBooks' value (``qbo``; the push, which does
+    not read QuickBooks, passes the base). Each is an ``owned_field`` conflict settled for QuickBooks: the
+    push never sends such an edit and the pull reverts it, whether or not QuickBooks changed meanwhile.
+    ``base`` is a patch (the reverted fields at QuickBooks' value); fields ``qbo`` lacks are left alone."""
+    base = base or {}
+    to_batchly: dict[str, Any] = {}
+    conflicts: list[Conflict] = []
+    for name in policy.fields:
+        if policy.rule_for(name) is not Rule.QBO_OWNS or name not in qbo or batchly[name] == qbo[name]:
+            continue
+        if name in base and batchly[name] == base[name]:
+            continue  # QuickBooks changed it, Batchly did not: the merge takes it, no conflict
+        to_batchly[name] = qbo[name]
+        conflicts.append(
+            Conflict(
+                policy.entity,
+                name,
+                base.get(name),
+                batchly[name],
+                qbo[name],
+                Resolution.QUICKBOOKS,
+                ConflictReason.OWNED_FIELD,
+            )
+        )
+    return MergeResult(
+        MappingProxyType(to_batchly),
+        MappingProxyType({}),
+        MappingProxyType(dict(to_batchly)),
+        tuple(conflicts),
+    )
 
 
 def resolve_field(name: str, chosen: Any, *, batchly_value: Any, qbo_value: Any) -> MergeResult:

@@ -21,6 +21,7 @@ from batchly_pipelines.rules.merge import (
     Rule,
     changes_to_push,
     merge,
+    owned_reverts,
     resolve_field,
 )
 from batchly_pipelines_tests.support.strategies import SETTINGS, utc_times
@@ -214,17 +215,96 @@ def test_needs_review_changes_neither_side_and_keeps_the_base() -> None:
     assert CUSTOMER_POLICY.rule_for("notes") is Rule.NEWEST_WINS  # with_rules made a copy
 
 
-def test_first_link_gives_differing_fields_to_quickbooks_with_conflicts() -> None:
-    batchly = customer(display_name="Acme", email="ops@acme.test", phone="555", notes="ours")
-    qbo = customer(display_name="Acme", email="ops@acme.test", phone="555 0", notes="theirs")
-    result = run(None, batchly, qbo, batchly_at=T0 + timedelta(days=1))
-    assert result.to_batchly == {"phone": "555 0", "notes": "theirs"}
-    assert result.to_qbo == {}
-    assert {(c.field, c.base_value, c.resolution, c.reason) for c in result.conflicts} == {
-        ("phone", None, Resolution.QUICKBOOKS, ConflictReason.FIRST_LINK),
-        ("notes", None, Resolution.QUICKBOOKS, ConflictReason.FIRST_LINK),
+def test_first_link_gives_each_differing_field_to_the_newer_side_with_conflicts() -> None:
+    """Issue 10 failure 8: the first link used to give every difference to QuickBooks, wiping Batchly-only values
+    (phone, notes, city) even when Batchly was newer."""
+    batchly = customer(display_name="Acme", phone="555", notes="ours", bill_city="Boise")
+    qbo = customer(display_name="Acme", notes="theirs")
+    newer_in_batchly = run(None, batchly, qbo, batchly_at=T0 + timedelta(days=1))
+    assert newer_in_batchly.to_qbo == {"phone": "555", "notes": "ours", "bill_city": "Boise"}
+    assert newer_in_batchly.to_batchly == {}
+    assert {(c.field, c.base_value, c.resolution, c.reason) for c in newer_in_batchly.conflicts} == {
+        ("phone", None, Resolution.BATCHLY, ConflictReason.FIRST_LINK),
+        ("notes", None, Resolution.BATCHLY, ConflictReason.FIRST_LINK),
+        ("bill_city", None, Resolution.BATCHLY, ConflictReason.FIRST_LINK),
     }
-    assert result.base == qbo
+    assert newer_in_batchly.base == batchly
+    newer_in_qbo = run(None, batchly, qbo, qbo_at=T0 + timedelta(days=1))
+    assert newer_in_qbo.to_batchly == {"phone": None, "notes": "theirs", "bill_city": None}
+    assert newer_in_qbo.base == qbo
+
+
+def test_first_link_decides_per_field_by_when_each_side_changed_it() -> None:
+    batchly = customer(display_name="Acme", phone="555", notes="ours")
+    qbo = customer(display_name="Acme", notes="theirs")
+    result = merge(
+        None,
+        batchly,
+        qbo,
+        batchly_updated_at=T0 + timedelta(days=2),
+        qbo_updated_at=T0 + timedelta(days=1),
+        batchly_changed_at={"phone": T0 + timedelta(days=2), "notes": T0},
+        policy=CUSTOMER_POLICY,
+    )
+    assert result.to_qbo == {"phone": "555"} and result.to_batchly == {"notes": "theirs"}
+
+
+def test_newest_wins_per_field_not_by_the_records_last_update() -> None:
+    """Batchly edited notes first, QuickBooks then edited notes, then Batchly edited the phone: the record is newer
+    in Batchly, but QuickBooks' notes are the newer notes."""
+    base = customer(notes="base", phone="1")
+    batchly, qbo = base | {"notes": "b", "phone": "2"}, base | {"notes": "q"}
+    times = {"notes": T0, "phone": T0 + timedelta(minutes=10)}
+    result = merge(
+        base,
+        batchly,
+        qbo,
+        batchly_updated_at=T0 + timedelta(minutes=10),
+        qbo_updated_at=T0 + timedelta(minutes=5),
+        batchly_changed_at=times,
+        policy=CUSTOMER_POLICY,
+    )
+    assert result.to_batchly == {"notes": "q"} and result.to_qbo == {"phone": "2"}
+    assert [(c.field, c.resolution) for c in result.conflicts] == [("notes", Resolution.QUICKBOOKS)]
+    by_qbo_field_time = merge(
+        base,
+        batchly,
+        qbo,
+        batchly_updated_at=T0 + timedelta(minutes=10),
+        qbo_updated_at=T0 + timedelta(minutes=5),
+        batchly_changed_at=times | {"notes": T0 + timedelta(minutes=3)},
+        qbo_changed_at={"notes": T0 + timedelta(minutes=1)},
+        policy=CUSTOMER_POLICY,
+    )
+    assert by_qbo_field_time.to_qbo == {"notes": "b", "phone": "2"}
+
+
+def test_a_value_cleared_on_one_side_is_a_change_like_any_other() -> None:
+    base = customer(notes="base", phone="555")
+    cleared_in_qbo = run(base, base | {"notes": "new"}, base | {"phone": None})
+    assert cleared_in_qbo.to_batchly == {"phone": None} and cleared_in_qbo.to_qbo == {"notes": "new"}
+    assert cleared_in_qbo.base["phone"] is None
+    cleared_in_batchly = run(base, base | {"phone": None}, base)
+    assert cleared_in_batchly.to_qbo == {"phone": None}
+
+
+def test_owned_reverts_put_batchly_edits_of_quickbooks_fields_back() -> None:
+    base: dict[str, Any] = {"name": "Hose", "sku": "H-1", "description": "d", "unit_price": Decimal("10.00")}
+    base |= {"item_type": "Service", "is_active": True}
+    edited = base | {"name": "Hose XL", "sku": None, "unit_price": Decimal("1.00"), "description": "new"}
+    qbo = base | {"unit_price": Decimal("11.00"), "is_active": False}  # QuickBooks moved on meanwhile
+    result = owned_reverts(base, edited, qbo, policy=ITEM_POLICY)
+    assert result.to_batchly == {"name": "Hose", "sku": "H-1", "unit_price": Decimal("11.00")}
+    assert (
+        result.to_qbo == {} and result.base == result.to_batchly
+    )  # is_active: QuickBooks' change, no conflict
+    assert {(c.field, c.batchly_value, c.qbo_value, c.resolution, c.reason) for c in result.conflicts} == {
+        ("name", "Hose XL", "Hose", Resolution.QUICKBOOKS, ConflictReason.OWNED_FIELD),
+        ("sku", None, "H-1", Resolution.QUICKBOOKS, ConflictReason.OWNED_FIELD),
+        ("unit_price", Decimal("1.00"), Decimal("11.00"), Resolution.QUICKBOOKS, ConflictReason.OWNED_FIELD),
+    }
+    assert not owned_reverts(base, base, base, policy=ITEM_POLICY).conflicts
+    assert not owned_reverts(None, customer(notes="x"), customer(), policy=CUSTOMER_POLICY).conflicts
 
 
 def test_first_link_with_review_leaves_the_field_without_a_base() -> None:
