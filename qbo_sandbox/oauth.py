@@ -17,7 +17,8 @@ from qbo_sandbox.state import Realm, SandboxState, TokenRecord
 from qbo_sandbox.wire import Request, Response, json_response, loads
 
 ACCESS_TOKEN_LIFETIME = 3600.0
-REFRESH_TOKEN_LIFETIME = 100 * 24 * 3600.0
+REFRESH_TOKEN_LIFETIME = 100 * 24 * 3600.0  # rolling: every refresh starts it again
+REFRESH_TOKEN_HARD_LIFETIME = 5 * 365 * 24 * 3600.0  # Intuit's cap from consent, which refreshes never extend
 CODE_LIFETIME = 600.0
 SCOPE = "com.intuit.quickbooks.accounting"
 SCOPES = (SCOPE, "com.intuit.quickbooks.payment", *openid.OPENID_SCOPES)
@@ -89,6 +90,7 @@ class OAuthServer:
                 self._expiry(CODE_LIFETIME),
                 params["redirect_uri"],
                 scope=params.get("scope") or SCOPE,
+                hard_expires_at=self._expiry(REFRESH_TOKEN_HARD_LIFETIME),
             )
         query = {"code": code, "state": params.get("state", ""), "realmId": realm.realm_id}
         separator = "&" if "?" in params["redirect_uri"] else "?"
@@ -118,7 +120,7 @@ class OAuthServer:
             return _oauth_error(400, "invalid_grant", "Incorrect or invalid authorization code")
         if record.redirect_uri != form.get("redirect_uri"):
             return _oauth_error(400, "invalid_grant", "redirect_uri does not match the authorization request")
-        answer = self.issue(record.realm_id, record.grant_id, record.scope)
+        answer = self.issue(record.realm_id, record.grant_id, record.scope, record.hard_expires_at)
         if "openid" in openid.scopes(record.scope):
             claims = openid.id_token_claims(
                 self.issuer(base_url),
@@ -146,7 +148,7 @@ class OAuthServer:
                 if not in_grace or record.successor is None:
                     return _oauth_error(400, "invalid_grant", "Incorrect or invalid refresh token")
                 return json_response(200, record.successor, _NO_STORE)
-            response = self.issue(record.realm_id, record.grant_id, record.scope)
+            response = self.issue(record.realm_id, record.grant_id, record.scope, record.hard_expires_at)
             record.used_at = now
             record.successor = response
         self.state.counters.add("global", "token_refreshes")
@@ -158,16 +160,34 @@ class OAuthServer:
             return Response(0, drop=True)
         return json_response(200, response, _NO_STORE)
 
-    def issue(self, realm_id: str, grant_id: str | None = None, scope: str = SCOPE) -> dict[str, Any]:
-        """Mint an access/refresh token pair for a realm (a new grant unless one is given) with the grant's scopes."""
+    def issue(
+        self,
+        realm_id: str,
+        grant_id: str | None = None,
+        scope: str = SCOPE,
+        hard_expires_at: float | None = None,
+    ) -> dict[str, Any]:
+        """Mint an access/refresh token pair for a realm (a new grant unless one is given) with the grant's scopes.
+
+        The refresh token lives 100 days from now, but never past the grant's hard expiry (5 years from consent;
+        a new grant's starts now); the answer carries both, as Intuit's does (``x_refresh_token_expires_in``,
+        ``x_refresh_token_hard_expires_in``)."""
         grant = grant_id or secrets.token_hex(8)
+        now = self.clock.now()
+        hard = hard_expires_at if hard_expires_at is not None else self._expiry(REFRESH_TOKEN_HARD_LIFETIME)
+        refresh_expires_at = min(self._expiry(REFRESH_TOKEN_LIFETIME), hard)
         access, refresh = secrets.token_urlsafe(48), "AB11" + secrets.token_urlsafe(36)
         with self.state.lock:
             self.state.tokens[access] = TokenRecord(
-                "access", realm_id, grant, self._expiry(ACCESS_TOKEN_LIFETIME), scope=scope
+                "access",
+                realm_id,
+                grant,
+                self._expiry(ACCESS_TOKEN_LIFETIME),
+                scope=scope,
+                hard_expires_at=hard,
             )
             self.state.tokens[refresh] = TokenRecord(
-                "refresh", realm_id, grant, self._expiry(REFRESH_TOKEN_LIFETIME), scope=scope
+                "refresh", realm_id, grant, refresh_expires_at, scope=scope, hard_expires_at=hard
             )
             self.state.dirty = True
         return {
@@ -175,7 +195,8 @@ class OAuthServer:
             "access_token": access,
             "refresh_token": refresh,
             "expires_in": max(1, round(self.clock.scaled(ACCESS_TOKEN_LIFETIME))),
-            "x_refresh_token_expires_in": max(1, round(self.clock.scaled(REFRESH_TOKEN_LIFETIME))),
+            "x_refresh_token_expires_in": max(1, round(refresh_expires_at - now)),
+            "x_refresh_token_hard_expires_in": max(1, round(hard - now)),
         }
 
     def revoke(self, request: Request) -> Response:

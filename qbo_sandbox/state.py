@@ -186,6 +186,9 @@ class TokenRecord:
     used_at: float | None = None
     successor: dict[str, Any] | None = None  # the token response a refresh token was exchanged for
     scope: str = ""  # the grant's scopes, space-separated ("" = the accounting scope alone)
+    hard_expires_at: float | None = (
+        None  # the grant's cap (5 years from consent): no refresh token outlives it
+    )
 
 
 class Counters:

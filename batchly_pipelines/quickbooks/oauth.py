@@ -34,6 +34,8 @@ SCOPE = "com.intuit.quickbooks.accounting"
 TOKEN_TIMEOUT = (2.0, 6.0)
 TOKEN_ATTEMPTS = 3
 TOKEN_BACKOFF_MAX = 1.0
+# some of Intuit's token endpoints return x_refresh_token_hard_expires_in only when asked for it
+TOKEN_HEADERS = {"Accept": "application/json", "x-include-refresh-token-hard-expires-in": "true"}
 
 
 @dataclass(frozen=True)
@@ -49,23 +51,28 @@ class OAuthConfig:
 
 @dataclass(frozen=True)
 class TokenSet:
-    """An access/refresh token pair and when each expires. The tokens are left out of ``repr``."""
+    """An access/refresh token pair and when each expires: the refresh token's rolling expiry (100 days, renewed by
+    every refresh) and the grant's hard expiry (Intuit's 5-year cap, which no refresh extends; ``None`` when the
+    answer did not say). The tokens are left out of ``repr``."""
 
     access_token: str = field(repr=False)
     refresh_token: str = field(repr=False)
     access_expires_at: datetime
     refresh_expires_at: datetime | None
+    refresh_hard_expires_at: datetime | None = None
 
     @classmethod
     def from_response(cls, payload: Mapping[str, Any], now: datetime | None = None) -> TokenSet:
         """Parse the token endpoint's JSON answer."""
         now = now or datetime.now(UTC)
         refresh_in = payload.get("x_refresh_token_expires_in")
+        hard_in = payload.get("x_refresh_token_hard_expires_in")
         return cls(
             access_token=str(payload["access_token"]),
             refresh_token=str(payload["refresh_token"]),
             access_expires_at=now + timedelta(seconds=float(payload.get("expires_in", 3600))),
             refresh_expires_at=now + timedelta(seconds=float(refresh_in)) if refresh_in else None,
+            refresh_hard_expires_at=now + timedelta(seconds=float(hard_in)) if hard_in else None,
         )
 
 
@@ -129,7 +136,7 @@ class OAuthClient:
                 self.config.token_url,
                 data=form,
                 auth=auth,
-                headers={"Accept": "application/json"},
+                headers=TOKEN_HEADERS,
                 timeout=TOKEN_TIMEOUT,
             )
         except (requests.ConnectionError, requests.Timeout) as exc:

@@ -38,6 +38,9 @@ class TokenPair(Protocol):
     @property
     def refresh_expires_at(self) -> datetime | None: ...
 
+    @property
+    def refresh_hard_expires_at(self) -> datetime | None: ...
+
 
 @dataclass(frozen=True)
 class StoredTokens:
@@ -47,6 +50,7 @@ class StoredTokens:
     refresh_token: str = field(repr=False)
     access_expires_at: datetime
     refresh_expires_at: datetime | None
+    refresh_hard_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,7 @@ class ConnectionStore:
                 refresh_token=self._decrypt(row["refresh_token_enc"]),
                 access_expires_at=row["access_token_expires_at"],
                 refresh_expires_at=row["refresh_token_expires_at"],
+                refresh_hard_expires_at=row["refresh_token_hard_expires_at"],
             )
         return ConnectionRecord(
             id=row["id"],
@@ -237,13 +242,19 @@ class ConnectionStore:
             tokens=tokens,
         )
 
-    def _token_values(self, tokens: TokenPair) -> dict[str, Any]:
-        return {
+    def _token_values(self, tokens: TokenPair, *, same_grant: bool = False) -> dict[str, Any]:
+        """The columns of a token pair. A refresh (``same_grant``) whose answer did not say the hard expiry keeps
+        the stored one: refreshes never move it."""
+        values = {
             "access_token_enc": self._encrypt(tokens.access_token),
             "refresh_token_enc": self._encrypt(tokens.refresh_token),
             "access_token_expires_at": tokens.access_expires_at,
             "refresh_token_expires_at": tokens.refresh_expires_at,
+            "refresh_token_hard_expires_at": tokens.refresh_hard_expires_at,
         }
+        if same_grant and tokens.refresh_hard_expires_at is None:
+            del values["refresh_token_hard_expires_at"]
+        return values
 
     def _encrypt(self, value: str) -> str:
         return self._fernet.encrypt(value.encode()).decode()
@@ -268,7 +279,7 @@ class LockedConnection:
             .values(
                 token_version=qbo_connections.c.token_version + 1,
                 updated_at=utcnow(),
-                **self._store._token_values(tokens),
+                **self._store._token_values(tokens, same_grant=True),
             )
         )
         self.record = self._store._load(

@@ -213,7 +213,8 @@ qbo_connections = sa.Table(
     sa.Column("access_token_enc", sa.Text),  # Fernet ciphertext, never plaintext
     sa.Column("refresh_token_enc", sa.Text),
     sa.Column("access_token_expires_at", UTCDateTime),
-    sa.Column("refresh_token_expires_at", UTCDateTime),
+    sa.Column("refresh_token_expires_at", UTCDateTime),  # rolling: every refresh moves it
+    sa.Column("refresh_token_hard_expires_at", UTCDateTime),  # the grant's cap (Intuit: 5 years from consent)
     sa.Column("token_version", sa.Integer, nullable=False, server_default="0"),
     # connected | needs_reauth | disconnected
     sa.Column("status", sa.String(16), nullable=False, server_default="connected"),

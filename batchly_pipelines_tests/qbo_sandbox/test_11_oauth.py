@@ -192,3 +192,28 @@ def test_token_lifetimes_follow_the_time_scale() -> None:
         assert _company_info(sandbox, realm, tokens["access_token"]) == 200
         SandboxAdmin(sandbox.base_url).advance_clock(61)
         assert _company_info(sandbox, realm, tokens["access_token"]) == 401
+
+
+def test_every_token_answer_carries_the_grants_hard_expiry_which_refreshes_do_not_extend(
+    oauth_sandbox: SandboxServer,
+) -> None:
+    _, first = _code_flow(oauth_sandbox)
+    assert first["x_refresh_token_hard_expires_in"] == 5 * 365 * 86400  # Intuit's 5-year cap from consent
+    SandboxAdmin(oauth_sandbox.base_url).advance_clock(3600)
+    refreshed = _token(oauth_sandbox, grant_type="refresh_token", refresh_token=first["refresh_token"]).json()
+    assert refreshed["x_refresh_token_expires_in"] == 100 * 86400  # the rolling lifetime starts again
+    assert refreshed["x_refresh_token_hard_expires_in"] == 5 * 365 * 86400 - 3600  # the cap does not move
+
+
+def test_a_refresh_token_never_outlives_its_grants_hard_expiry() -> None:
+    with SandboxServer(SandboxConfig(throttle=False)) as sandbox:
+        _, tokens = _code_flow(sandbox)
+        admin = SandboxAdmin(sandbox.base_url)
+        for _ in range(20):  # refreshed every 90 days for 1,800 days: 25 days are left of the 5-year cap
+            admin.advance_clock(90 * 86400)
+            tokens = _token(sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"]).json()
+        assert tokens["x_refresh_token_hard_expires_in"] == 25 * 86400
+        assert tokens["x_refresh_token_expires_in"] == 25 * 86400  # not the 100 days a refresh usually gives
+        admin.advance_clock(25 * 86400 + 1)
+        expired = _token(sandbox, grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+        assert expired.status_code == 400 and expired.json()["error"] == "invalid_grant"

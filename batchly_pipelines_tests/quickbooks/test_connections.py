@@ -139,6 +139,33 @@ def test_refresh_ahead_of_expiry_rotates_and_persists_first(
     assert SandboxAdmin(sandbox.base_url).counter(realm_id, "token_refreshes") == 1
 
 
+def test_the_token_store_records_the_hard_expiry_intuit_returns_and_keeps_it_across_refreshes(
+    engine: Engine, settings: Settings, sandbox: SandboxServer, realm_id: str
+) -> None:
+    before = utcnow()
+    org, tokens = _connect(engine, settings, sandbox.base_url, realm_id, expired=True)
+    assert tokens.refresh_hard_expires_at is not None
+    cap = timedelta(seconds=5 * 365 * 86400 / TIME_SCALE)  # the sandbox's 5 years, compressed
+    assert before + cap - timedelta(seconds=5) <= tokens.refresh_hard_expires_at <= utcnow() + cap
+    assert _row(engine, org).refresh_token_hard_expires_at == tokens.refresh_hard_expires_at
+    with client_for_organization(
+        engine, settings, org, config=CONFIG
+    ) as qbo:  # refreshes: same grant, same cap
+        assert qbo.count("Account") > 0
+    row = _row(engine, org)
+    assert row.token_version == 2
+    assert abs(row.refresh_token_hard_expires_at - tokens.refresh_hard_expires_at) < timedelta(seconds=2)
+    stored = ConnectionStore(engine, settings.secret_key).load(org).tokens
+    assert stored is not None and stored.refresh_hard_expires_at == row.refresh_token_hard_expires_at
+
+
+def test_a_token_answer_without_a_hard_expiry_leaves_it_unknown() -> None:
+    tokens = TokenSet.from_response(
+        {"access_token": "a", "refresh_token": "r", "x_refresh_token_expires_in": 10}
+    )
+    assert tokens.refresh_hard_expires_at is None and tokens.refresh_expires_at is not None
+
+
 def test_401_refreshes_once_and_retries(
     engine: Engine, settings: Settings, sandbox: SandboxServer, realm_id: str
 ) -> None:
