@@ -52,6 +52,7 @@ RESERVED_QUERY_KEYS = frozenset({"startPosition", "maxResults", "totalCount"})
 BATCH_VOIDABLE = frozenset({"Invoice"})  # other voids (a payment's is an update with include=void) go singly
 
 CallKind = Literal["query", "read", "cdc", "batch", "write"]
+READ_KINDS: frozenset[str] = frozenset({"query", "read", "cdc"})  # metered by Intuit per app and month
 WRITE_KINDS: frozenset[str] = frozenset(
     {"batch", "write"}
 )  # a batch may carry a query, but is fenced as a write
@@ -72,6 +73,12 @@ class RateLimiter(Protocol):
     def slot(self, batch: bool = False) -> AbstractContextManager[float]: ...
 
     def pause(self, seconds: float) -> None: ...
+
+
+class ReadMeter(Protocol):
+    """Counts the metered reads QuickBooks answered (``store.read_budget.DatabaseReadMeter``)."""
+
+    def count(self, kind: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,7 @@ class QuickBooksClient:
     """One realm's data API. Thread-safe; up to ``config.in_flight`` requests run at once.
 
     ``write_fence`` (settable) is checked before every write that leaves the process, retries included.
+    ``read_meter`` counts every query, read and CDC call QuickBooks answered with 200 (Intuit meters only those).
     """
 
     def __init__(
@@ -218,8 +226,10 @@ class QuickBooksClient:
         session: requests.Session | None = None,
         stats: ClientStats | None = None,
         write_fence: WriteFence | None = None,
+        read_meter: ReadMeter | None = None,
     ) -> None:
         self.realm_id = realm_id
+        self.read_meter = read_meter
         self.write_fence = write_fence
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
@@ -530,6 +540,8 @@ class QuickBooksClient:
                 raise error_from_response(response.status_code, response.content, response.headers)
         tid = response.headers.get("intuit_tid")
         if response.status_code == 200:
+            if kind in READ_KINDS and self.read_meter is not None:
+                self.read_meter.count(kind)
             try:
                 return _Reply(json.loads(response.content, parse_float=Decimal), tid)
             except ValueError:

@@ -30,6 +30,7 @@ from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.connections import ConnectionRecord, ConnectionStore, StoredTokens
 from batchly_pipelines.store.db import Engine
 from batchly_pipelines.store.rate_limits import DatabaseRateLedger
+from batchly_pipelines.store.read_budget import DatabaseReadMeter
 
 REFRESH_AHEAD_SECONDS = 300.0  # refresh this long before the access token expires (scaled by the time scale)
 
@@ -179,7 +180,8 @@ def client_for_organization(
     limits: RateLimits | None = None,
     session: requests.Session | None = None,
 ) -> QuickBooksClient:
-    """A client for the organisation's connected realm, with tokens and rate limits shared through ``engine``.
+    """A client for the organisation's connected realm, with tokens and rate limits shared through ``engine``; its
+    reads are counted against the app's monthly read budget (``store.read_budget``).
 
     Raises :class:`ReauthorizationRequired` (saying what to run) when the connection needs re-authorisation and
     ``LookupError`` when the organisation was never connected.
@@ -205,4 +207,5 @@ def client_for_organization(
         config=config,
         session=session,
         stats=stats,
+        read_meter=DatabaseReadMeter(engine, settings.qbo_client_id, record.realm_id),
     )

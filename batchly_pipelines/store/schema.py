@@ -467,4 +467,37 @@ qbo_webhook_events = sa.Table(
     # the sensor's pending events per realm, and a run's claim
     sa.Index(None, "status", "realm_id", "id"),
     sa.Index(None, "run_id"),
+    sa.Index(None, "realm_id", "received_at"),  # when each realm last sent something (webhooks_flowing)
+)
+
+# The CDC repair per realm: ``repaired_until`` is the QuickBooks time up to which a sweep saw every change (the next
+# sweep starts there), ``swept_at`` when the last sweep ended, ``gaps`` what it found that no event had brought.
+qbo_webhook_realms = sa.Table(
+    "qbo_webhook_realms",
+    metadata,
+    sa.Column("realm_id", sa.String(32), primary_key=True),
+    sa.Column("repaired_until", UTCDateTime, nullable=False),
+    sa.Column("swept_at", UTCDateTime, nullable=False),
+    sa.Column("gaps", sa.Integer, nullable=False, server_default="0"),
+)
+
+# Each start of a webhook receiver: a start after the last sweep means it was down, so a sweep is due at once.
+qbo_webhook_receivers = sa.Table(
+    "qbo_webhook_receivers",
+    metadata,
+    _pk(),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("address", sa.String(255), nullable=False),
+    sa.Index(None, "started_at"),
+)
+
+# Metered QuickBooks reads (queries, reads by id, CDC) per app (OAuth client id), month (UTC, ``YYYY-MM``) and realm.
+qbo_read_meter = sa.Table(
+    "qbo_read_meter",
+    metadata,
+    sa.Column("app_id", sa.String(100), primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("realm_id", sa.String(32), primary_key=True),
+    sa.Column("reads", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
