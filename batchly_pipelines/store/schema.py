@@ -427,6 +427,17 @@ sync_write_marker = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
 )
 
+# When each synced field of a customer or item last changed in Batchly (app writes only), filled by triggers
+# (store/field_changes.py): newest-wins compares per field.
+batchly_field_changes = sa.Table(
+    "batchly_field_changes",
+    metadata,
+    sa.Column("entity_type", sa.String(16), primary_key=True),
+    sa.Column("entity_id", sa.Integer, primary_key=True),
+    sa.Column("field", sa.String(64), primary_key=True),
+    sa.Column("changed_at", UTCDateTime, nullable=False),
+)
+
 # One push per QuickBooks company across every entry point (CLI, Dagster, benchmarks): the holder's lease is renewed
 # while it works and checked before every write; a dead holder's lock lapses within one lease.
 qbo_push_locks = sa.Table(

@@ -26,6 +26,7 @@ def test_upgrade_from_empty_reaches_head_with_tables_and_triggers(empty_engine: 
     assert migrate.current_revision(empty_engine) == migrate.head_revision()
     assert set(metadata.tables) <= set(sa.inspect(empty_engine).get_table_names())
     expected = {"customers_outbox", "items_outbox", "invoices_outbox", "invoice_lines_outbox"}
+    expected |= {"customers_field_changes", "items_field_changes"}
     found = {
         name.rsplit("_", 1)[0] if empty_engine.dialect.name == "sqlite" else name
         for name in _triggers(empty_engine)
@@ -47,7 +48,11 @@ def test_downgrade_to_base_removes_everything_and_upgrade_again_works(empty_engi
     assert _triggers(empty_engine) == set()
     if empty_engine.dialect.name == "postgresql":
         with empty_engine.connect() as conn:
-            functions = conn.execute(sa.text("SELECT proname FROM pg_proc WHERE proname LIKE '%_outbox_fn'"))
+            functions = conn.execute(
+                sa.text(
+                    "SELECT proname FROM pg_proc WHERE proname LIKE '%_outbox_fn' OR proname LIKE '%_field_changes_fn'"
+                )
+            )
             assert functions.all() == []
     migrate.upgrade(empty_engine)
     assert migrate.current_revision(empty_engine) == migrate.head_revision()
