@@ -259,18 +259,47 @@ def open_conflicts(engine: Engine, limit: int = 200) -> tuple[int, list[dict[str
     ]
 
 
-def connection_problems(engine: Engine) -> list[dict[str, Any]]:
-    """QuickBooks connections that cannot be used (``needs_reauth`` or any status but ``connected``), by
-    organisation: realm, status, the reason stored with it."""
+def connection_problems(
+    engine: Engine, hard_expiry_within: timedelta, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """QuickBooks connections that cannot be used (``needs_reauth`` or any status but ``connected``) or soon cannot:
+    their refresh token's hard expiry (Intuit's 5-year cap, which no refresh extends) is within
+    ``hard_expiry_within`` or past. By organisation: realm, status, the reason (the stored one, or when the cap
+    ends) and ``hard_expires_at``."""
     c = s.qbo_connections.c
+    now = now or utcnow()
+    expiring = c.refresh_token_hard_expires_at < now + hard_expiry_within
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(c.organization_id, c.realm_id, c.status, c.status_reason, c.updated_at)
-            .where(c.status != "connected")
+            sa.select(
+                c.organization_id,
+                c.realm_id,
+                c.status,
+                c.status_reason,
+                c.refresh_token_hard_expires_at.label("hard_expires_at"),
+                c.updated_at,
+            )
+            .where(sa.or_(c.status != "connected", expiring))
             .order_by(c.organization_id)
         ).mappings()
         organizations = _organization_names(conn)
-        return [{**r, "organization": organizations.get(r["organization_id"])} for r in rows]
+        return [
+            {
+                **r,
+                "organization": organizations.get(r["organization_id"]),
+                "status_reason": r["status_reason"] if r["status"] != "connected" else _hard_expiry(r, now),
+            }
+            for r in rows
+        ]
+
+
+def _hard_expiry(row: Mapping[str, Any], now: datetime) -> str:
+    expires_at = row["hard_expires_at"]
+    when = f"{expires_at:%Y-%m-%d %H:%M} UTC"
+    if expires_at <= now:
+        return f"the refresh token's 5-year hard expiry has expired ({when}): the connection stops at its next refresh"
+    days = (expires_at - now).days
+    return f"the refresh token's 5-year hard expiry expires in {days} days ({when}); no refresh extends it"
 
 
 def waiting_due_rows(

@@ -39,7 +39,11 @@ def _rows(check: Any, key: str) -> list[dict[str, Any]]:
 
 
 def _connect(
-    engine: Engine, organization_id: int, status: str = "connected", reason: str | None = None
+    engine: Engine,
+    organization_id: int,
+    status: str = "connected",
+    reason: str | None = None,
+    hard_expiry_in: timedelta | None = None,
 ) -> None:
     now = utcnow()
     with engine.begin() as conn:
@@ -51,6 +55,7 @@ def _connect(
                 base_url="http://127.0.0.1:1",
                 status=status,
                 status_reason=reason,
+                refresh_token_hard_expires_at=now + hard_expiry_in if hard_expiry_in is not None else None,
                 created_at=now,
                 updated_at=now,
             )
@@ -154,6 +159,28 @@ def test_a_connection_that_needs_reauthorisation_fails_with_the_command_that_fix
     assert row["organization"] == "Broken" and row["status"] == "needs_reauth"
     assert row["status_reason"] == "the refresh token was revoked"
     assert row["fix"] == f"batchly-sync connect --org {broken}"
+
+
+def test_a_refresh_token_whose_hard_expiry_is_within_30_days_fails_per_organisation_with_the_reconnect_command(
+    engine: Engine,
+) -> None:
+    with engine.begin() as conn:
+        later, soon, gone = (f.organization(conn, name) for name in ("Later", "Soon", "Gone"))
+    _connect(engine, later, hard_expiry_in=timedelta(days=31))
+    _connect(engine, soon, hard_expiry_in=timedelta(days=12, hours=1))
+    _connect(engine, gone, hard_expiry_in=-timedelta(hours=1))
+
+    check = _evaluate(engine)["connections_healthy"]
+
+    assert not check.passed and check.severity == AssetCheckSeverity.ERROR
+    rows = {row["organization"]: row for row in _rows(check, "connections")}
+    assert sorted(rows) == ["Gone", "Soon"]
+    assert rows["Soon"]["status"] == "connected" and rows["Soon"]["hard_expires_at"]
+    assert "expires in 12 days" in rows["Soon"]["status_reason"]
+    assert "has expired" in rows["Gone"]["status_reason"]
+    assert rows["Soon"]["fix"] == f"batchly-sync connect --org {soon}"
+    assert f"batchly-sync connect --org {soon}" in (check.description or "")
+    assert check.metadata["unhealthy"].value == 2
 
 
 def test_due_rows_left_waiting_are_named_per_organisation(engine: Engine) -> None:

@@ -28,6 +28,8 @@ from batchly_pipelines.store.status import connection_problems, dead_letter, ope
 ROWS = 200  # records listed per check (the counts are complete)
 NAMED = 5  # records named in a check's description
 WAITING_LIMIT = timedelta(minutes=10)  # a due row no push took for this long means the queue is stuck
+# Intuit warns in product 30 days before a refresh token's hard expiry: so does connections_healthy
+HARD_EXPIRY_WARNING = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -102,13 +104,13 @@ def _no_open_conflicts(batchly_db: BatchlyDatabase) -> Verdict:
 
 
 def _connections_healthy(batchly_db: BatchlyDatabase) -> Verdict:
-    rows = connection_problems(batchly_db.engine)
+    rows = connection_problems(batchly_db.engine, HARD_EXPIRY_WARNING)
     return Verdict(
         passed=not rows,
         severity=AssetCheckSeverity.ERROR,
         metadata={"unhealthy": len(rows), "connections": tables.connections(rows)},
         description=(
-            f"{len(rows)} connection(s) unusable: "
+            f"{len(rows)} connection(s) unusable or about to be: "
             + _named(
                 rows,
                 lambda row: (
@@ -118,7 +120,7 @@ def _connections_healthy(batchly_db: BatchlyDatabase) -> Verdict:
                 len(rows),
             )
             if rows
-            else "every connection is usable"
+            else f"every connection is usable for {HARD_EXPIRY_WARNING.days} days at least"
         ),
     )
 
@@ -184,8 +186,9 @@ no_open_conflicts = _check(
 connections_healthy = _check(
     "connections_healthy",
     _connections_healthy,
-    "Every QuickBooks connection is usable; one that needs re-authorisation stops its organisation's "
-    "sync until someone runs `batchly-sync connect --org N`.",
+    "Every QuickBooks connection is usable, and its refresh token's hard expiry (Intuit's 5-year cap) is more "
+    f"than {HARD_EXPIRY_WARNING.days} days away; a connection that needs re-authorisation stops its organisation's "
+    "sync until someone runs `batchly-sync connect --org N`, which also starts a new 5 years.",
 )
 queue_not_waiting = _check(
     "queue_not_waiting",

@@ -130,7 +130,8 @@ def conflicts(rows: Iterable[Mapping[str, Any]]) -> TableMetadataValue:
 
 
 def connections(rows: Iterable[Mapping[str, Any]]) -> TableMetadataValue:
-    """Unusable QuickBooks connections (:func:`~batchly_pipelines.store.status.connection_problems`)."""
+    """Unusable or soon unusable QuickBooks connections
+    (:func:`~batchly_pipelines.store.status.connection_problems`)."""
     return table(
         [
             TableColumn("organization_id", "int"),
@@ -138,6 +139,7 @@ def connections(rows: Iterable[Mapping[str, Any]]) -> TableMetadataValue:
             TableColumn("realm_id", "string"),
             TableColumn("status", "string"),
             TableColumn("status_reason", "string"),
+            TableColumn("hard_expires_at", "datetime", description="the refresh token's 5-year cap"),
             TableColumn("fix", "string"),
             TableColumn("updated_at", "datetime"),
         ],
