@@ -39,16 +39,19 @@ class QueueItem:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter; the record goes to the dead letter after ``max_attempts``."""
+    """Exponential backoff with jitter (half to all of the ceiling); the record goes to the dead letter after
+    ``max_attempts``. Delays are QuickBooks time, compressed by ``time_scale`` like the client's waits (the sandbox's
+    ``--time-scale``; 1 against Intuit)."""
 
     max_attempts: int = 8
     base_delay: timedelta = timedelta(seconds=5)
     max_delay: timedelta = timedelta(hours=1)
+    time_scale: float = 1.0
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def delay(self, attempt: int) -> timedelta:
         """How long to wait before attempt ``attempt + 1`` (``attempt`` ≥ 1)."""
-        ceiling = min(self.max_delay, self.base_delay * (2 ** max(0, attempt - 1)))
+        ceiling = min(self.max_delay, self.base_delay * (2 ** max(0, attempt - 1))) / self.time_scale
         return ceiling * self.rng.uniform(0.5, 1.0)
 
 

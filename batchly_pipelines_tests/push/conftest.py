@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp, WriteResult
 from batchly_pipelines.services.connections import client_for_organization
-from batchly_pipelines.services.push.organization import PushStats, push_organization
+from batchly_pipelines.services.push.organization import DEFAULT_LEASE, PushStats, push_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines_tests.quickbooks.conftest import settings
 from batchly_pipelines_tests.support import factories as f
@@ -63,9 +63,13 @@ def books(sandbox: SandboxServer, client: QuickBooksClient) -> Books:
 
 @pytest.fixture
 def push(engine: Engine, client: QuickBooksClient, org: int) -> Callable[..., PushStats]:
-    """Run the push for the organisation (keyword arguments go to ``push_organization``)."""
+    """Run the push for the organisation (keyword arguments go to ``push_organization``).
+
+    Unless a test is about the lease, it lasts 2 real minutes, as before the lease followed the time scale (2
+    QuickBooks minutes are 2 s at ``TIME_SCALE``, which a loaded test machine can stall past)."""
 
     def run(**kwargs: Any) -> PushStats:
+        kwargs.setdefault("lease", DEFAULT_LEASE * TIME_SCALE)
         return push_organization(engine, client, org, worker="test-worker", **kwargs)
 
     return run

@@ -23,7 +23,7 @@ from batchly_pipelines.store.connections import ConnectionStore, unlink_organiza
 from batchly_pipelines.store.queue import SyncQueue
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert_exactly_once, _demo_into
-from batchly_pipelines_tests.support.push import Books
+from batchly_pipelines_tests.support.push import TIME_SCALE, Books
 from qbo_sandbox.admin_client import SandboxAdmin
 
 INVOICES = 120
@@ -131,7 +131,9 @@ def test_lease_renewal_survives_a_dropped_database_connection(
         return slow(self, outcomes, items)
 
     monkeypatch.setattr(Checkpointer, "write", slow_write)
-    stats = push(lease=timedelta(seconds=1.5), claim_size=30)  # renewals every 0.5 s, the first two fail
+    stats = push(
+        lease=timedelta(seconds=1.5 * TIME_SCALE), claim_size=30
+    )  # 1.5 s: renewals every 0.5 s, the first two fail
     assert next(failures) > 3, "the renewer kept renewing after the failures"
     assert stats.failed == 0
     _assert_exactly_once(engine, books, 60)
@@ -157,7 +159,7 @@ def test_a_push_that_cannot_renew_its_lease_stops_before_it_lapses(
 
     monkeypatch.setattr(Checkpointer, "write", slow_write)
     with pytest.raises(PushAbandoned):
-        push(lease=timedelta(seconds=1.2), claim_size=30)
+        push(lease=timedelta(seconds=1.2 * TIME_SCALE), claim_size=30)  # 1.2 s
     assert len(books.objects("Invoice")) < 90
 
 

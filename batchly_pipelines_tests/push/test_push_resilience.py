@@ -15,7 +15,7 @@ from batchly_pipelines.services.push.organization import Progress, PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
-from batchly_pipelines_tests.support.push import Books
+from batchly_pipelines_tests.support.push import TIME_SCALE, Books
 
 IMPATIENT = RetryPolicy(base_delay=timedelta(0), max_delay=timedelta(0))
 
@@ -88,7 +88,7 @@ def test_run_killed_after_quickbooks_wrote_is_resumed_without_duplicates(
 
     monkeypatch.setattr(Checkpointer, "write", dies_on_the_second_invoice_chunk)
     with pytest.raises(Killed):
-        push(lease=timedelta(seconds=1), claim_size=1000)
+        push(lease=timedelta(seconds=TIME_SCALE), claim_size=1000)  # 1 s
     monkeypatch.setattr(Checkpointer, "write", write)
     with engine.connect() as conn:
         recorded = conn.execute(
@@ -118,7 +118,7 @@ def test_a_live_run_keeps_its_leases_however_long_a_round_takes(
             stolen = SyncQueue(engine).claim("intruder", limit=1000, lease=timedelta(minutes=1))
             intruder.append(len(stolen))
 
-    push(lease=timedelta(seconds=0.5), progress=slow_progress)
+    push(lease=timedelta(seconds=0.5 * TIME_SCALE), progress=slow_progress)  # 0.5 s
 
     assert intruder == [0]
     _assert_exactly_once(engine, books, 30)

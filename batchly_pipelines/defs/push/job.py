@@ -145,7 +145,7 @@ def push_records(
         raise Failure(description=str(exc), allow_retries=False) from None
     with client:
         try:
-            stats = _push(context, config, batchly_db, quickbooks, client, report, chosen)
+            stats = _push(context, config, batchly_db, client, report, chosen)
         except (
             RealmBusy,
             PushAbandoned,
@@ -183,7 +183,6 @@ def _push(
     context: OpExecutionContext,
     config: PushConfig,
     batchly_db: BatchlyDatabase,
-    quickbooks: QuickBooksResource,
     client: QuickBooksClient,
     report: _ProgressReporter,
     invoice_ids: list[int] | None,
@@ -198,7 +197,7 @@ def _push(
         run_id=context.run.run_id,
         claim_size=config.claim_size,
         linger_seconds=config.linger_seconds,
-        lease=timedelta(seconds=config.lease_seconds / quickbooks.time_scale),
+        lease=timedelta(seconds=config.lease_seconds),  # QuickBooks time: the push compresses it
     )
 
 

@@ -41,12 +41,13 @@ from batchly_pipelines.store import push_locks
 from batchly_pipelines.store.connections import holds_connection
 from batchly_pipelines.store.db import Connection, Engine
 from batchly_pipelines.store.push_rows import load_invoice_lines, load_rows
-from batchly_pipelines.store.queue import QueueItem, SyncQueue
+from batchly_pipelines.store.queue import QueueItem, RetryPolicy, SyncQueue
 
 CLAIM_SIZE = (
     1200  # queue rows per round: a QuickBooks minute of batch calls, so rounds rarely idle the budget
 )
-DEFAULT_LEASE = timedelta(minutes=2)  # renewed while the run lives: a dead run's rows return within this
+# QuickBooks time (compressed by the time scale), renewed while the run lives: a dead run's rows return within it
+DEFAULT_LEASE = timedelta(minutes=2)
 LINGER_POLL_SECONDS = 1.0
 # a failed renewal (database unreachable) is retried this often until the lease is at risk
 RENEW_RETRY_SECONDS = 1.0
@@ -143,6 +144,10 @@ def push_organization(
 ) -> PushStats:
     """Push everything due for ``organization_id`` (or only ``invoice_ids`` and what they depend on).
 
+    ``lease`` is QuickBooks time, like every wait of the client: it is compressed by the client's ``time_scale``
+    (``QBO_TIME_SCALE``) here, for the CLI, the Dagster job and the benchmarks alike, and so is the queue's retry
+    backoff (unless a ``queue`` with its own policy is given).
+
     Runs until no due row is left, then keeps watching the queue for ``linger_seconds`` (a warm run picks up records
     created meanwhile within a second instead of waiting for the next sensor tick and a new run). Raises :class:`AuthError` when the realm's connection must be re-authorised
     (after checkpointing what was done); every other failure is per record.
@@ -152,13 +157,13 @@ def push_organization(
     the queue leases, and checked before every write to QuickBooks and in every checkpoint. A push that loses it stops
     with :class:`PushAbandoned` before writing again; the rows it held go back to the queue when their lease lapses.
     """
-    push = _Push(
-        engine, client, organization_id, worker, run_id, claim_size, lease, queue or SyncQueue(engine)
-    )
+    config = client.config
+    lease = timedelta(seconds=config.scaled(lease.total_seconds()))
+    queue = queue or SyncQueue(engine, RetryPolicy(time_scale=config.time_scale))
+    push = _Push(engine, client, organization_id, worker, run_id, claim_size, lease, queue)
     wanted = sorted(set(invoice_ids)) if invoice_ids is not None else None
     # a write sent just before a lease ran out may still be applied for the client's whole request time (QuickBooks
     # gives up after 120 s): nobody takes a lapsed lock over before that has passed
-    config = client.config
     grace = timedelta(seconds=config.scaled(config.connect_timeout + config.read_timeout))
     wait = lease + grace if lock_wait is None else lock_wait
     _acquire_realm(engine, client.realm_id, worker, organization_id, lease, grace, wait)
