@@ -1,0 +1,1 @@
+"""The per-company full reconciliation job and its checks."""

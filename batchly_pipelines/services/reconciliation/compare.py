@@ -1,0 +1,336 @@
+"""The comparison of the full reconciliation: one organisation's Batchly records against a complete, fresh read of
+its QuickBooks company, field by field. No I/O: records in, differences out.
+
+Each difference names the record and the field, both values and why they differ, and what the sync's own rules
+allow to repair it (:class:`Repair`), or nothing when no rule settles it. :class:`Explanations` then says whether an
+open conflict or a listed error (the pull's error list, a failed or dead push) already accounts for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import date
+from enum import StrEnum
+from typing import Any
+
+from batchly_pipelines.rules.mapping import decode_snapshot, to_money
+from batchly_pipelines.rules.merge import Rule
+from batchly_pipelines.rules.name_lists import NameList
+from batchly_pipelines.rules.payments import RefundTargets
+from batchly_pipelines.services.pull.invoice_payments import (
+    DELETED_IN_QUICKBOOKS,
+    MirroredFacts,
+    RefundIndex,
+)
+
+RECORD = "record"  # the "field" of a difference in the ID sets: the record exists on one side only
+_NO_BASE: Any = object()
+
+
+class Repair(StrEnum):
+    """What the rules allow the reconciliation to do about a difference."""
+
+    TAKE_QUICKBOOKS = "take QuickBooks' value"  # written into Batchly, base moved to it
+    PUSH = "queue a push of Batchly's value"  # the outbox queues the record; the push sends it
+    REFRESH = (
+        "re-read from QuickBooks and reconcile"  # mirror refreshed, the pull's reconciliation applies it
+    )
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One field (or a whole record, ``field == "record"``) on which Batchly and QuickBooks disagree."""
+
+    entity: str  # customer | item | invoice
+    entity_id: int | None  # Batchly id (None: only in QuickBooks)
+    qbo_id: str | None  # QuickBooks id (None: only in Batchly)
+    name: str | None  # display name or DocNumber, for people
+    field: str
+    batchly_value: Any
+    qbo_value: Any
+    why: str
+    repair: Repair | None = None
+    explained_by: str | None = None  # an open conflict or a listed error
+
+    @property
+    def record(self) -> str:
+        """``customer 12 "Zoë" (QuickBooks 57)``."""
+        who = f"{self.entity} {self.entity_id}" if self.entity_id is not None else f"QuickBooks {self.entity}"
+        label = f' "{self.name}"' if self.name else ""
+        twin = (
+            f" (QuickBooks {self.qbo_id})" if self.qbo_id is not None and self.entity_id is not None else ""
+        )
+        alone = f" {self.qbo_id}" if self.entity_id is None else ""
+        return f"{who}{alone}{label}{twin}"
+
+    def as_row(self) -> dict[str, str]:
+        """The difference as a table row: record, field, both values, why, and what explains or repairs it."""
+        return {
+            "record": self.record,
+            "field": self.field,
+            "batchly": _shown(self.batchly_value),
+            "quickbooks": _shown(self.qbo_value),
+            "why": self.why,
+            "explained_by": self.explained_by or "",
+            "repair": self.repair.value if self.repair else "",
+        }
+
+
+def _shown(value: Any) -> str:
+    return "—" if value is None else str(value)
+
+
+def compare_name_list(
+    kind: NameList, rows: Sequence[Mapping[str, Any]], objects: Mapping[str, Mapping[str, Any]]
+) -> list[Difference]:
+    """Batchly's customers or items (every row of the organisation, with ``link_base``) against every QuickBooks
+    object of the entity by Id: the ID sets both ways, then every synced field of each linked pair."""
+    found: list[Difference] = []
+    linked = {str(row["qbo_id"]) for row in rows if row["qbo_id"] is not None}
+    for row in rows:
+        name = row[kind.name_column]
+        if row["qbo_id"] is None:
+            found.append(
+                Difference(
+                    kind.entity_type,
+                    row["id"],
+                    None,
+                    name,
+                    RECORD,
+                    name,
+                    None,
+                    "only in Batchly: never created in QuickBooks",
+                    Repair.PUSH,
+                )
+            )
+            continue
+        qbo_id = str(row["qbo_id"])
+        obj = objects.get(qbo_id)
+        ours = kind.mapping.from_row(row)
+        if obj is None:
+            if ours["is_active"]:
+                found.append(
+                    Difference(
+                        kind.entity_type,
+                        row["id"],
+                        qbo_id,
+                        name,
+                        "is_active",
+                        True,
+                        None,
+                        "deleted in QuickBooks, still active in Batchly",
+                        Repair.REFRESH,
+                    )
+                )
+            continue
+        theirs = kind.mapping.from_qbo(obj)
+        base = (
+            decode_snapshot(kind.entity_type, row["link_base"] or {}) if row["link_base"] is not None else {}
+        )
+        for column in kind.mapping.fields:
+            if ours[column] == theirs[column]:
+                continue
+            why, repair = _settle(kind.policy.rule_for(column), ours[column], theirs[column], base, column)
+            found.append(
+                Difference(
+                    kind.entity_type,
+                    row["id"],
+                    qbo_id,
+                    name,
+                    column,
+                    ours[column],
+                    theirs[column],
+                    why,
+                    repair,
+                )
+            )
+    for qbo_id, obj in objects.items():
+        if qbo_id not in linked:
+            theirs = kind.mapping.from_qbo(obj)
+            found.append(
+                Difference(
+                    kind.entity_type,
+                    None,
+                    qbo_id,
+                    theirs[kind.name_column],
+                    RECORD,
+                    None,
+                    theirs[kind.name_column],
+                    "only in QuickBooks: no Batchly record is linked to it",
+                    Repair.REFRESH,
+                )
+            )
+    return found
+
+
+def _settle(
+    rule: Rule, ours: Any, theirs: Any, base: Mapping[str, Any], column: str
+) -> tuple[str, Repair | None]:
+    """Why a linked field differs and which side the rules give it to (None: no rule settles it)."""
+    if rule is Rule.QBO_OWNS:
+        return f"QuickBooks owns {column}", Repair.TAKE_QUICKBOOKS
+    if rule is Rule.BATCHLY_OWNS:
+        return f"Batchly owns {column}", Repair.PUSH
+    was = base.get(column, _NO_BASE)
+    if was is _NO_BASE:
+        return "never agreed on since the link", None
+    if ours == was:
+        return "changed in QuickBooks only", Repair.TAKE_QUICKBOOKS
+    if theirs == was:
+        return "changed in Batchly only", Repair.PUSH
+    if rule is Rule.NEEDS_REVIEW:
+        return "changed on both sides (review field) and no review is open", None
+    return "changed on both sides and no conflict was recorded", None
+
+
+@dataclass(frozen=True)
+class QuickBooksBooks:
+    """A complete read of one company's invoices, payments and refund receipts, by Id."""
+
+    invoices: Mapping[str, Mapping[str, Any]]
+    payments: Mapping[str, Mapping[str, Any]]
+    refunds: Mapping[str, Mapping[str, Any]]
+
+    def facts(self) -> MirroredFacts:
+        """The payment facts of every invoice, as the pull derives them, from this read instead of the mirror."""
+        return MirroredFacts(
+            self.payments, RefundIndex(self.refunds.values()), RefundTargets(self.invoices, self.payments)
+        )
+
+
+def is_voided(invoice: Mapping[str, Any]) -> bool:
+    """A QuickBooks invoice that was voided (zero total, ``Voided`` prepended to its note)."""
+    return to_money(invoice.get("TotalAmt", 0)) == 0 and str(invoice.get("PrivateNote") or "").startswith(
+        "Voided"
+    )
+
+
+PAYMENT_COLUMNS = tuple(DELETED_IN_QUICKBOOKS.as_columns())
+
+
+def compare_invoices(
+    rows: Sequence[Mapping[str, Any]], books: QuickBooksBooks, today: date
+) -> tuple[list[Difference], int]:
+    """Batchly's invoices (with ``customer_qbo_id``) against the company's: the ID sets (an invoice QuickBooks has
+    under the DocNumber of a Batchly invoice it is not linked to is a duplicate), and for each linked one its total,
+    DocNumber, customer, void and payment columns (amounts paid, due, credited, refunded, status, last payment). Also
+    returns how many QuickBooks invoices are QuickBooks' own (a DocNumber Batchly does not have: not synced)."""
+    found: list[Difference] = []
+    facts = books.facts()
+    by_doc = {str(row["doc_number"]).strip().lower(): row for row in rows}
+    linked = {str(row["qbo_id"]) for row in rows if row["qbo_id"] is not None}
+    for row in rows:
+        doc = row["doc_number"]
+
+        def differ(column: str, ours: Any, theirs: Any, why: str, repair: Repair | None = None) -> None:
+            found.append(
+                Difference("invoice", row["id"], row["qbo_id"], doc, column, ours, theirs, why, repair)  # noqa: B023
+            )
+
+        if row["qbo_id"] is None:
+            if row["status"] == "open":
+                differ(
+                    RECORD,
+                    doc,
+                    None,
+                    "only in Batchly: an open invoice never created in QuickBooks",
+                    Repair.PUSH,
+                )
+            continue
+        obj = books.invoices.get(str(row["qbo_id"]))
+        if obj is None:
+            expected = DELETED_IN_QUICKBOOKS.as_columns()
+        else:
+            voided = is_voided(obj)
+            if row["status"] == "void" and not voided:
+                differ("status", "void", "open", "voided in Batchly, open in QuickBooks", Repair.PUSH)
+            if not voided and row["status"] != "void":
+                total = to_money(obj.get("TotalAmt", 0))
+                if row["total_amount"] != total:
+                    differ("total_amount", row["total_amount"], total, "totals differ")
+            if str(obj.get("DocNumber") or "") != doc:
+                differ("doc_number", doc, obj.get("DocNumber"), "DocNumbers differ")
+            customer = str((obj.get("CustomerRef") or {}).get("value"))
+            if row["customer_qbo_id"] != customer:
+                differ("customer", row["customer_qbo_id"], customer, "billed to another customer")
+            expected = facts.columns(obj, today)
+        for column, theirs in expected.items():
+            if row[column] != theirs:
+                why = "deleted in QuickBooks" if obj is None else "payment figures differ from QuickBooks'"
+                differ(column, row[column], theirs, why, Repair.REFRESH)
+    own = 0
+    for qbo_id, obj in books.invoices.items():
+        if qbo_id in linked:
+            continue
+        twin = by_doc.get(str(obj.get("DocNumber") or "").strip().lower())
+        if twin is None:
+            own += 1
+        elif not is_voided(obj):
+            found.append(
+                Difference(
+                    "invoice",
+                    twin["id"],
+                    qbo_id,
+                    twin["doc_number"],
+                    RECORD,
+                    twin["qbo_id"],
+                    qbo_id,
+                    f"QuickBooks invoice {qbo_id} carries this DocNumber but is not its twin (a duplicate?)",
+                )
+            )
+    return found, own
+
+
+class Explanations:
+    """What already accounts for a difference: an open conflict of the record (on that field, or its link), an entry
+    of the pull's error list, a push that failed or went to the dead letter."""
+
+    def __init__(
+        self,
+        conflicts: Iterable[Mapping[str, Any]],
+        pull_errors: Iterable[Mapping[str, Any]],
+        pushes: Iterable[Mapping[str, Any]],
+        qbo_entities: Mapping[str, str],
+    ) -> None:
+        self._conflicts: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        for conflict in conflicts:
+            for key in _keys(conflict["entity_id"], conflict["qbo_id"]):
+                self._conflicts.setdefault((conflict["entity_type"], key), []).append(conflict)
+        entities = {qbo: ours for ours, qbo in qbo_entities.items()}
+        self._errors: dict[tuple[str, str], str] = {}
+        for error in pull_errors:
+            entity = entities.get(error["entity_type"], error["entity_type"].lower())
+            text = f"pull error: {error['message']}"
+            self._errors.setdefault((entity, f"qbo:{error['qbo_id']}"), text)
+            if error["entity_id"] is not None:
+                self._errors.setdefault((entity, f"id:{error['entity_id']}"), text)
+        for push in pushes:
+            if push["status"] == "dead" or push["last_error"]:
+                state = "dead letter" if push["status"] == "dead" else "push failing"
+                self._errors.setdefault(
+                    (push["entity_type"], f"id:{push['entity_id']}"),
+                    f"{state} (queue row {push['id']}): {push['last_error'] or 'no message'}",
+                )
+
+    def explain(self, difference: Difference) -> Difference:
+        """``difference`` with ``explained_by`` set when something accounts for it."""
+        keys = _keys(difference.entity_id, difference.qbo_id)
+        for key in keys:
+            for conflict in self._conflicts.get((difference.entity, key), []):
+                if conflict["field"] in (difference.field, "link") or difference.field == RECORD:
+                    return replace(
+                        difference, explained_by=f"open conflict {conflict['id']} ({conflict['field']})"
+                    )
+        for key in keys:
+            error = self._errors.get((difference.entity, key))
+            if error:
+                return replace(difference, explained_by=error)
+        return difference
+
+
+def _keys(entity_id: int | None, qbo_id: str | None) -> list[str]:
+    """The keys a record is known by: its Batchly id and its QuickBooks id, whichever it has."""
+    return ([f"id:{entity_id}"] if entity_id is not None else []) + (
+        [f"qbo:{qbo_id}"] if qbo_id is not None else []
+    )

@@ -1,0 +1,113 @@
+"""What the per-company full reconciliation reads of Batchly (every customer, item and invoice of one organisation,
+with their links and what explains a difference) and the two writes its repairs make.
+
+The repairs: a field QuickBooks wins is written into Batchly in the caller's sync transaction (no echo), with the
+link's base moved to it; a record whose Batchly value must reach QuickBooks is *touched* in an ordinary transaction
+(an UPDATE of one watched column to itself), so the outbox trigger queues its push like any app edit would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.push_rows import TABLES
+
+st, q, c, e = s.qbo_sync_state.c, s.sync_queue.c, s.sync_conflicts.c, s.pull_errors.c
+
+# the watched column an UPDATE touches to queue a record's push (any column of the outbox trigger's list would do)
+TOUCHED_COLUMN = {"customer": "display_name", "item": "name", "invoice": "status"}
+
+
+def records_with_links(conn: Connection, entity_type: str, organization_id: int) -> list[dict[str, Any]]:
+    """Every ``customer`` or ``item`` row of the organisation, linked or not, with its link's ``base`` and
+    ``sync_token`` (None when unlinked), by id."""
+    table = TABLES[entity_type]
+    t = table.c
+    query = (
+        sa.select(table, st.base.label("link_base"), st.sync_token.label("link_sync_token"))
+        .outerjoin(s.qbo_sync_state, sa.and_(st.entity_type == entity_type, st.entity_id == t.id))
+        .where(t.organization_id == organization_id)
+        .order_by(t.id)
+    )
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def invoices_with_customers(conn: Connection, organization_id: int) -> list[dict[str, Any]]:
+    """Every invoice of the organisation with its customer's QuickBooks id (``customer_qbo_id``), by id."""
+    i, cu = s.invoices.c, s.customers.c
+    query = (
+        sa.select(s.invoices, cu.qbo_id.label("customer_qbo_id"))
+        .join(s.customers, cu.id == i.customer_id)
+        .where(i.organization_id == organization_id)
+        .order_by(i.id)
+    )
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def open_conflicts(conn: Connection, organization_id: int) -> list[dict[str, Any]]:
+    """The organisation's conflicts waiting for review: id, entity_type, entity_id, qbo_id, field."""
+    query = sa.select(c.id, c.entity_type, c.entity_id, c.qbo_id, c.field).where(
+        c.organization_id == organization_id, c.resolution == "pending_review"
+    )
+    return [dict(r) for r in conn.execute(query.order_by(c.id)).mappings()]
+
+
+def listed_pull_errors(conn: Connection, organization_id: int) -> list[dict[str, Any]]:
+    """The pull's error list of the organisation: QuickBooks entity and id, Batchly id, field, message."""
+    query = sa.select(e.entity_type, e.qbo_id, e.entity_id, e.field, e.message).where(
+        e.organization_id == organization_id
+    )
+    return [dict(r) for r in conn.execute(query.order_by(e.id)).mappings()]
+
+
+def unfinished_pushes(conn: Connection, organization_id: int) -> list[dict[str, Any]]:
+    """Queue rows of the organisation not done (pending, in progress, dead): id, entity_type, entity_id, status,
+    last_error, oldest first."""
+    query = sa.select(q.id, q.entity_type, q.entity_id, q.status, q.last_error).where(
+        q.organization_id == organization_id, q.status != "done"
+    )
+    return [dict(r) for r in conn.execute(query.order_by(q.id)).mappings()]
+
+
+def take_values(
+    conn: Connection, entity_type: str, entity_id: int, values: Mapping[str, Any], base: Mapping[str, Any]
+) -> None:
+    """Write ``values`` into one Batchly row (``updated_at`` left alone: it means "changed in Batchly") and store
+    ``base`` (encoded) as its link's base — in the caller's (sync) transaction."""
+    table = TABLES[entity_type]
+    if values:
+        conn.execute(
+            sa.update(table)
+            .where(table.c.id == entity_id)
+            .values({**values, "updated_at": table.c.updated_at})
+        )
+    move_base(conn, entity_type, entity_id, base)
+
+
+def move_base(conn: Connection, entity_type: str, entity_id: int, base: Mapping[str, Any]) -> None:
+    """Store ``base`` (encoded) as the link's base of one record, in the caller's transaction."""
+    conn.execute(
+        sa.update(s.qbo_sync_state)
+        .where(st.entity_type == entity_type, st.entity_id == entity_id)
+        .values(base=dict(base))
+    )
+
+
+def queue_pushes(conn: Connection, entity_type: str, entity_ids: list[int]) -> int:
+    """Queue a push of each record through the outbox trigger (an UPDATE of a watched column to itself); call it in
+    an ordinary transaction, never a sync one (whose writes the trigger skips). Returns the rows touched."""
+    if not entity_ids:
+        return 0
+    table = TABLES[entity_type]
+    column = TOUCHED_COLUMN[entity_type]
+    touched = conn.execute(
+        sa.update(table)
+        .where(table.c.id.in_(entity_ids))
+        .values({column: table.c[column], "updated_at": table.c.updated_at})
+    )
+    return int(touched.rowcount)
