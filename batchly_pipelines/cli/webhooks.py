@@ -14,15 +14,18 @@ from batchly_pipelines.store import migrate
 from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.inbox import inbox_events
 from batchly_pipelines.store.schema import WEBHOOK_EVENT_STATES
+from batchly_pipelines.store.webhook_repair import record_receiver_start
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Receive Intuit's webhooks into the inbox until interrupted (SIGINT or SIGTERM finish in-flight deliveries)."""
+    """Receive Intuit's webhooks into the inbox until interrupted (SIGINT or SIGTERM finish in-flight deliveries).
+    Each start is recorded: a receiver that was down may have missed deliveries, so every realm's sweep is due."""
     webhooks = WebhookSettings.from_env(settings, host=args.host, port=args.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = create_engine(settings.database_url)
     migrate.upgrade(engine)
     server = ReceiverServer(create_app(engine, webhooks.verifier_token), webhooks.host, webhooks.port)
+    record_receiver_start(engine, server.url)  # the socket listens: the realms' CDC sweeps are due at once
     section("webhooks", f"receiving at {server.url} (Ctrl-C stops)")
     server.serve()
     return 0

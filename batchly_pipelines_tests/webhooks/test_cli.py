@@ -18,6 +18,7 @@ from batchly_pipelines.services.webhooks.events import parse_delivery
 from batchly_pipelines.services.webhooks.intake import UNKNOWN_REALM, record_delivery
 from batchly_pipelines.services.webhooks.signature import sign
 from batchly_pipelines.settings import DEFAULT_WEBHOOK_PORT, Settings, SettingsError, WebhookSettings
+from batchly_pipelines.store.webhook_repair import last_receiver_start
 from batchly_pipelines_tests.support.webhooks import VERIFIER, change, cloudevents, inbox
 
 SQLITE_ONLY = pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
@@ -79,6 +80,8 @@ def test_serve_receives_signed_deliveries_and_stops_on_sigterm(engine: Engine, t
         line = process.stdout.readline()  # printed once the socket is bound
         assert line.startswith("webhooks:"), line + (process.stderr.read() if process.stderr else "")
         url = line.split("receiving at ", 1)[1].split()[0]
+        with engine.connect() as conn:  # a start: the realms' CDC sweeps are due at once
+            assert last_receiver_start(conn) is not None
         body = cloudevents(change("9999999999", "Customer", "1"))
         refused = requests.post(
             url, data=body, headers={"intuit-signature": sign("forged", body)}, timeout=10

@@ -27,6 +27,8 @@ from batchly_pipelines.defs.webhooks.sensors import webhook_inbox_sensor
 from batchly_pipelines.services.webhooks.receiver import create_app
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import ConnectionStore
+from batchly_pipelines.store.schema import utcnow
+from batchly_pipelines.store.webhook_repair import record_receiver_start, save_sweep
 from batchly_pipelines_tests.support import factories
 from batchly_pipelines_tests.support.pull import Company
 from batchly_pipelines_tests.support.sandbox_client import Qbo
@@ -73,6 +75,13 @@ def _tick(engine: Engine, instance: DagsterInstance, cursor: str | None = None) 
     return result
 
 
+def _swept(engine: Engine, *realm_ids: str) -> None:
+    """The realms were swept just now (no CDC sweep is due)."""
+    with engine.begin() as conn:
+        for realm_id in realm_ids:
+            save_sweep(conn, realm_id, utcnow(), utcnow(), 0)
+
+
 def _requests(result: SensorResult | SkipReason) -> list[RunRequest]:
     assert isinstance(result, SensorResult), result
     return [r for r in result.run_requests or [] if isinstance(r, RunRequest)]
@@ -91,12 +100,13 @@ def test_a_mixed_realm_delivery_makes_one_tagged_run_per_realm(
     app: Starlette, company: Company, sandbox: SandboxServer, secret_key: str, instance: DagsterInstance
 ) -> None:
     engine = company.engine
-    assert isinstance(_tick(engine, instance), SkipReason)  # nothing pending
     other = Qbo(sandbox)
     with engine.begin() as conn:
         second_org = factories.organization(conn, name="Second Ltd")
     connect(engine, second_org, other.realm_id, sandbox.base_url, secret_key)
     first_realm, second_realm = company.qbo.realm_id, other.realm_id
+    _swept(engine, first_realm, second_realm)
+    assert isinstance(_tick(engine, instance), SkipReason)  # nothing pending, no sweep due
     body = cloudevents(
         change(first_realm, "Customer", "1"),
         change(second_realm, "Invoice", "2"),
@@ -110,7 +120,8 @@ def test_a_mixed_realm_delivery_makes_one_tagged_run_per_realm(
     assert sorted(r.tags[WEBHOOK_REALM_TAG] for r in requests) == sorted([first_realm, second_realm])
     for request in requests:
         realm = request.tags[WEBHOOK_REALM_TAG]
-        assert request.run_config == {"ops": {"pull_notified_changes": {"config": {"realm_id": realm}}}}
+        config = {"realm_id": realm, "sweep": False}
+        assert request.run_config == {"ops": {"pull_notified_changes": {"config": config}}}
         newest = max(r["id"] for r in inbox(engine) if r["realm_id"] == realm)
         assert request.run_key == f"webhooks-{realm}-upto{newest}-1"
     assert isinstance(first, SensorResult)
@@ -134,6 +145,7 @@ def test_a_realm_whose_last_run_failed_waits_before_the_next(
     company: Company, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     realm = company.qbo.realm_id
+    _swept(company.engine, realm)
     assert post_events(company, change(realm, "Customer", "1")) == 200
     instance.add_run(
         DagsterRun(
@@ -152,10 +164,10 @@ def post_events(company: Company, *changes: Event) -> int:
     return post(create_app(company.engine, VERIFIER), cloudevents(*changes)).status
 
 
-def _run(company: Company, instance: DagsterInstance, realm_id: str) -> Any:
+def _run(company: Company, instance: DagsterInstance, realm_id: str, sweep: bool = False) -> Any:
     url = _url(company.engine)
     return pull_webhook_changes.execute_in_process(
-        run_config={"ops": {"pull_notified_changes": {"config": {"realm_id": realm_id}}}},
+        run_config={"ops": {"pull_notified_changes": {"config": {"realm_id": realm_id, "sweep": sweep}}}},
         resources={
             "batchly_db": BatchlyDatabase(database_url=url),
             "quickbooks": QuickBooksResource(database_url=url),
@@ -195,3 +207,38 @@ def test_a_run_that_cannot_pull_fails_and_leaves_the_events_pending(
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert "re-authorised" in (failure.event_specific_data.error.message or "")  # type: ignore[union-attr]
     assert statuses(inbox(company.engine)) == ["pending"]
+
+
+def test_a_sweep_is_requested_for_a_realm_never_swept_and_at_once_after_a_receiver_start(
+    company: Company, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    realm = company.qbo.realm_id
+    [first] = _requests(_tick(company.engine, instance))
+    assert first.run_key == f"webhooks-{realm}-sweep-1"
+    assert first.run_config["ops"]["pull_notified_changes"]["config"] == {"realm_id": realm, "sweep": True}
+    _swept(company.engine, realm)
+    assert isinstance(_tick(company.engine, instance), SkipReason)
+    record_receiver_start(company.engine, "http://127.0.0.1:8767/webhooks/quickbooks")
+    assert [r.run_key for r in _requests(_tick(company.engine, instance, json.dumps({realm: 1})))] == [
+        f"webhooks-{realm}-sweep-2"
+    ]
+    _swept(company.engine, realm)
+    monkeypatch.setenv("BATCHLY_WEBHOOK_REPAIR_MINUTES", "0.0001")  # due again at once
+    assert post_events(company, change(realm, "Customer", "1")) == 200
+    [both] = _requests(_tick(company.engine, instance))
+    assert both.run_key.startswith(f"webhooks-{realm}-upto")
+    assert both.run_config["ops"]["pull_notified_changes"]["config"]["sweep"] is True
+
+
+def test_a_sweep_run_pulls_what_no_event_brought(
+    company: Company, instance: DagsterInstance, environment: None
+) -> None:
+    customer = company.qbo.customer("Ada")
+    company.pull()
+    company.act("update_customer", customer_id=customer["Id"], fields={"Notes": "lost event"})
+    result = _run(company, instance, company.qbo.realm_id, sweep=True)
+    assert result.success
+    assert company.row(s.customers, qbo_id=customer["Id"])["notes"] == "lost event"
+    [output] = [e for e in result.all_node_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = output.event_specific_data.metadata  # type: ignore[union-attr]
+    assert metadata["sweep_gaps"].value == {"Customer": 1}

@@ -14,6 +14,7 @@ from pydantic import Field
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.quickbooks.errors import AuthError
 from batchly_pipelines.services.webhooks.drain import RealmNotConnected, drain_realm
+from batchly_pipelines.services.webhooks.repair import sweep_realm
 
 WEBHOOK_REALM_TAG = "batchly/webhook-realm"
 
@@ -23,6 +24,10 @@ class WebhookPullConfig(Config):
 
     realm_id: str = Field(
         description="The QuickBooks realm (company) whose pending webhook events are pulled."
+    )
+    sweep: bool = Field(
+        default=False,
+        description="Also sweep the realm with CDC since its last sweep, pulling whatever no event brought.",
     )
 
 
@@ -38,13 +43,25 @@ def pull_notified_changes(
     quickbooks: QuickBooksResource,
 ) -> Output[dict[str, Any]]:
     """Claim the realm's pending events, pull the records they name into every organisation connected to it, and
-    mark the events done."""
+    mark the events done; with ``sweep``, then pull what CDC reports that no event brought."""
     try:
         drain = drain_realm(batchly_db.engine, config.realm_id, context.run.run_id, quickbooks.client_for)
+        sweep = (
+            sweep_realm(batchly_db.engine, config.realm_id, quickbooks.client_for, run_id=context.run.run_id)
+            if config.sweep
+            else None
+        )
     except (LookupError, AuthError, RealmNotConnected) as exc:  # needs a person; the events stay pending
         raise Failure(description=str(exc), allow_retries=False) from None
-    summary = drain.as_dict()
+    summary = drain.as_dict() | ({"sweep": sweep.as_dict()} if sweep else {})
     context.log.info(f"realm {config.realm_id}: {summary}")
+    if sweep and sweep.beyond_horizon:
+        context.log.warning(
+            f"realm {config.realm_id}: the last sweep is older than CDC's 30 days; changes before "
+            f"{sweep.since:%Y-%m-%d %H:%M} UTC are left to the pulls (backfill them if an event may be missing)"
+        )
+    if sweep and sweep.gaps:
+        context.log.info(f"realm {config.realm_id}: the CDC sweep pulled what no event brought: {sweep.gaps}")
     read = {
         entity: sum(pull.read.get(entity, 0) for pull in drain.pulls)
         for entity in sorted({e for pull in drain.pulls for e in pull.read})
@@ -62,6 +79,17 @@ def pull_notified_changes(
             ),
             "read": MetadataValue.json(read),
             "seconds": MetadataValue.float(drain.duration_s),
+            **(
+                {
+                    "sweep_gaps": MetadataValue.json(sweep.gaps),
+                    "sweep_api_calls": sweep.api_calls,
+                    "repaired_until": MetadataValue.text(
+                        sweep.repaired_until.isoformat() if sweep.repaired_until else "-"
+                    ),
+                }
+                if sweep
+                else {}
+            ),
         },
     )
 

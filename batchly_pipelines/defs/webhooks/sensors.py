@@ -1,15 +1,19 @@
-"""``webhook_inbox_sensor``: one ``pull_webhook_changes`` run per QuickBooks company with pending webhook events.
+"""``webhook_inbox_sensor``: one ``pull_webhook_changes`` run per QuickBooks company with pending webhook events or a
+CDC sweep due.
 
-Each tick runs one indexed query over the inbox (pending events per realm that an organisation is connected to) and
-never calls QuickBooks. A realm with a run queued or in progress is left alone: whatever arrives meanwhile waits for
+Each tick runs a few indexed queries (pending events per realm an organisation is connected to; the realms whose
+sweep is due: never swept, swept more than ``BATCHLY_WEBHOOK_REPAIR_MINUTES`` ago — 15 by default — or a receiver
+started since) and never calls QuickBooks. A realm's run drains its events and, when due, sweeps it. A realm with a run queued or in progress is left alone: whatever arrives meanwhile waits for
 the next run, which takes in everything pending when it starts — so a burst of events costs a few runs, not one per
 event. After a failed run the realm waits ``RETRY_AFTER_SECONDS`` before another is requested. Runs are tagged with
 the realm (``batchly/webhook-realm``); the cursor counts requests per realm, which keeps run keys unique
-(``webhooks-<realm>-upto<newest event id>-<n>``).
+(``webhooks-<realm>-upto<newest event id>-<n>``, or ``webhooks-<realm>-sweep-<n>`` for a sweep alone).
 """
 
 import json
+import os
 import time
+from datetime import timedelta
 
 from dagster import (
     DagsterRunStatus,
@@ -25,17 +29,33 @@ from dagster import (
 from batchly_pipelines.defs.resources import BatchlyDatabase
 from batchly_pipelines.defs.runs import ACTIVE_STATUSES
 from batchly_pipelines.defs.webhooks.jobs import WEBHOOK_REALM_TAG, pull_webhook_changes
+from batchly_pipelines.services.webhooks.repair import REPAIR_EVERY, sweeps_due
+from batchly_pipelines.settings import SettingsError
 from batchly_pipelines.store.inbox import pending_by_realm
 
 INTERVAL_SECONDS = 5
 RETRY_AFTER_SECONDS = 60.0
 
 
-def webhook_run_request(realm_id: str, run_key: str) -> RunRequest:
-    """A ``pull_webhook_changes`` run for one realm, tagged with it."""
+def repair_every(environ: dict[str, str] | None = None) -> timedelta:
+    """How often each realm is swept: ``BATCHLY_WEBHOOK_REPAIR_MINUTES`` (default 15)."""
+    text = (os.environ if environ is None else environ).get("BATCHLY_WEBHOOK_REPAIR_MINUTES", "")
+    if not text:
+        return REPAIR_EVERY
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = 0.0
+    if not minutes > 0:
+        raise SettingsError("BATCHLY_WEBHOOK_REPAIR_MINUTES", "minutes between CDC sweeps, more than 0", text)
+    return timedelta(minutes=minutes)
+
+
+def webhook_run_request(realm_id: str, run_key: str, sweep: bool = False) -> RunRequest:
+    """A ``pull_webhook_changes`` run for one realm, tagged with it; ``sweep``: a CDC sweep after the drain."""
     return RunRequest(
         run_key=run_key,
-        run_config={"ops": {"pull_notified_changes": {"config": {"realm_id": realm_id}}}},
+        run_config={"ops": {"pull_notified_changes": {"config": {"realm_id": realm_id, "sweep": sweep}}}},
         tags={WEBHOOK_REALM_TAG: realm_id},
     )
 
@@ -44,14 +64,18 @@ def webhook_run_request(realm_id: str, run_key: str) -> RunRequest:
     job=pull_webhook_changes,
     minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Starts one targeted pull per QuickBooks company with pending webhook events (no QuickBooks calls).",
+    description=(
+        "Starts one targeted pull per QuickBooks company with pending webhook events or a CDC sweep due "
+        "(no QuickBooks calls)."
+    ),
 )
 def webhook_inbox_sensor(
     context: SensorEvaluationContext, batchly_db: BatchlyDatabase
 ) -> SensorResult | SkipReason:
     pending = pending_by_realm(batchly_db.engine)
-    if not pending:
-        return SkipReason("no pending webhook events")
+    due = sweeps_due(batchly_db.engine, repair_every())
+    if not pending and not due:
+        return SkipReason("no pending webhook events, no CDC sweep due")
     active = {
         run.tags.get(WEBHOOK_REALM_TAG)
         for run in context.instance.get_runs(
@@ -60,16 +84,23 @@ def webhook_inbox_sensor(
     }
     requested: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
     requests = []
-    for realm_id, (count, newest) in sorted(pending.items()):
+    for realm_id in sorted(set(pending) | set(due)):
         if realm_id in active or _failed_recently(context, realm_id):
             continue
         generation = requested.get(realm_id, 0) + 1
         requested[realm_id] = generation
-        context.log.info(f"realm {realm_id}: {count} pending webhook event(s)")
-        requests.append(webhook_run_request(realm_id, f"webhooks-{realm_id}-upto{newest}-{generation}"))
+        if realm_id in pending:
+            count, newest = pending[realm_id]
+            context.log.info(f"realm {realm_id}: {count} pending webhook event(s)")
+            run_key = f"webhooks-{realm_id}-upto{newest}-{generation}"
+        else:
+            run_key = f"webhooks-{realm_id}-sweep-{generation}"
+        if realm_id in due:
+            context.log.info(f"realm {realm_id}: CDC sweep due ({due[realm_id]})")
+        requests.append(webhook_run_request(realm_id, run_key, sweep=realm_id in due))
     if not requests:
         return SkipReason(
-            "every realm with pending events has a pull running, or failed less than a minute ago"
+            "every realm with pending events or a sweep due has a pull running, or failed less than a minute ago"
         )
     return SensorResult(run_requests=requests, cursor=json.dumps(requested, sort_keys=True))
 

@@ -1,0 +1,118 @@
+"""The CDC repair: changes no event brought (dropped, held back, sent while the receiver was down) reach Batchly through
+one CDC read per realm; when events brought everything a sweep costs that one read; the health of each realm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.services.webhooks.drain import drain_realm
+from batchly_pipelines.services.webhooks.events import parse_delivery
+from batchly_pipelines.services.webhooks.intake import record_delivery
+from batchly_pipelines.services.webhooks.repair import (
+    CDC_HORIZON,
+    HORIZON_WARNING,
+    sweep_realm,
+    sweeps_due,
+    webhook_health,
+)
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.schema import utcnow
+from batchly_pipelines.store.webhook_repair import realm_repairs, record_receiver_start
+from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed, queue
+from batchly_pipelines_tests.support.webhooks import change, legacy
+
+ClientFor = Callable[[int], QuickBooksClient]
+
+
+def _repair_of(company: Company) -> sa.Row | None:
+    with company.engine.connect() as conn:
+        return realm_repairs(conn, [company.qbo.realm_id]).get(company.qbo.realm_id)  # type: ignore[return-value]
+
+
+def test_a_sweep_pulls_what_no_event_brought_and_the_next_one_costs_one_read(
+    company: Company, client_for: ClientFor
+) -> None:
+    customer = company.qbo.customer("Ada")
+    item = company.qbo.item("Hours", "50.00")
+    invoice = company.qbo.invoice(customer, item, "100.00", DueDate="2099-01-01")
+    paid = company.qbo.invoice(customer, item, "100.00", DueDate="2099-01-01")
+    payment = company.act("record_payment", invoice_id=paid["Id"])["Payment"]
+    company.pull()
+    link_invoices_as_pushed(company.engine, company.org, [invoice, paid])
+    company.pull()
+    realm = company.qbo.realm_id
+    assert sweep_realm(company.engine, realm, client_for).gaps == {}  # the pulls left nothing to repair
+
+    # the accountant's changes; every webhook of them was lost
+    company.act("update_customer", customer_id=customer["Id"], fields={"Notes": "no event came"})
+    company.act("set_item_price", item_id=item["Id"], unit_price="65.00")
+    company.act("record_payment", invoice_id=invoice["Id"], amount="40.00")
+    company.act("delete_payment", payment_id=payment["Id"])
+
+    sweep = sweep_realm(company.engine, realm, client_for, run_id="sweep-1")
+    # the new payment and the deleted one; both invoices they moved
+    assert sweep.gaps == {"Customer": 1, "Item": 1, "Payment": 2, "Invoice": 2}
+    assert company.row(s.customers, qbo_id=customer["Id"])["notes"] == "no event came"
+    assert company.row(s.items, qbo_id=item["Id"])["unit_price"] == Decimal("65.00")
+    partial = company.row(s.invoices, qbo_id=invoice["Id"])
+    assert (partial["payment_status"], partial["amount_paid"]) == ("partial", Decimal("40.00"))
+    reverted = company.row(s.invoices, qbo_id=paid["Id"])
+    assert (reverted["payment_status"], reverted["amount_due"]) == ("unpaid", Decimal("100.00"))
+    assert queue(company.engine) == []  # nothing the repair wrote echoes back as a push
+    repair = _repair_of(company)
+    assert repair is not None and repair.gaps == 6 and repair.repaired_until == sweep.repaired_until
+
+    again = sweep_realm(company.engine, realm, client_for)
+    assert (again.gaps, again.api_calls, again.since) == ({}, 1, sweep.repaired_until)
+
+
+def test_changes_webhooks_brought_cost_the_sweep_nothing_more(
+    company: Company, client_for: ClientFor
+) -> None:
+    customer = company.qbo.customer("Bob")
+    company.pull()
+    realm = company.qbo.realm_id
+    sweep_realm(company.engine, realm, client_for)
+    updated = company.act("update_customer", customer_id=customer["Id"], fields={"Notes": "via webhook"})
+    record_delivery(company.engine, parse_delivery(legacy(change(realm, "Customer", customer["Id"]))))
+    drain_realm(company.engine, realm, "drain-1", client_for)
+    sweep = sweep_realm(company.engine, realm, client_for)
+    assert sweep.changes == 1 and sweep.gaps == {} and sweep.api_calls == 1
+    assert updated["Customer"]["SyncToken"] == "1"
+
+
+def test_a_sweep_is_due_when_never_made_after_the_interval_and_at_once_after_a_receiver_restart(
+    company: Company, client_for: ClientFor
+) -> None:
+    realm = company.qbo.realm_id
+    assert sweeps_due(company.engine) == {realm: "never swept"}
+    sweep_realm(company.engine, realm, client_for)
+    assert sweeps_due(company.engine) == {}
+    later = utcnow() + timedelta(minutes=16)
+    assert sweeps_due(company.engine, now=later) == {realm: "last swept 16 min ago"}
+    record_receiver_start(company.engine, "http://127.0.0.1:8767/webhooks/quickbooks")
+    assert "receiver started" in sweeps_due(company.engine)[realm]
+    sweep_realm(company.engine, realm, client_for)
+    assert sweeps_due(company.engine) == {}
+
+
+def test_health_names_a_silent_realm_and_a_gap_near_cdcs_horizon(
+    company: Company, client_for: ClientFor
+) -> None:
+    realm = company.qbo.realm_id
+    [fresh] = webhook_health(company.engine, silence_limit=timedelta(hours=1))
+    assert fresh.realm_id == realm and fresh.problems == ()
+    [silent] = webhook_health(
+        company.engine, silence_limit=timedelta(hours=1), now=utcnow() + timedelta(hours=2)
+    )
+    assert len(silent.problems) == 1 and "sent no webhook event for 2.0 h" in silent.problems[0]
+    record_delivery(company.engine, parse_delivery(legacy(change(realm, "Customer", "1"))))
+    sweep_realm(company.engine, realm, client_for)
+    near = utcnow() + CDC_HORIZON - HORIZON_WARNING + timedelta(hours=1)
+    [old] = webhook_health(company.engine, silence_limit=timedelta(days=365), now=near)
+    assert len(old.problems) == 1 and "no CDC sweep has covered the last 25.0 days" in old.problems[0]
