@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from batchly_pipelines.store.schema import qbo_mirror, qbo_reconciled, utcnow
-from batchly_pipelines.store.upsert import bulk_upsert
+from batchly_pipelines.store.upsert import bulk_upsert, upsert_keys
 
 m, rc = qbo_mirror.c, qbo_reconciled.c
 
@@ -42,12 +42,36 @@ def live_tokens(conn: Connection, organization_id: int, entity: str, ids: Sequen
     )
 
 
+def _version_number(token: Any) -> sa.ColumnElement[int]:
+    """A SyncToken column as the number it is (QuickBooks counts versions up from 0)."""
+    return sa.cast(token, sa.BigInteger)
+
+
 def write_versions(
-    conn: Connection, organization_id: int, entity: str, objects: Iterable[tuple[Mapping[str, Any], datetime]]
-) -> None:
-    """Write each ``(object, its LastUpdatedTime)`` as the live mirror row of that object, with a new version."""
+    conn: Connection,
+    organization_id: int,
+    entity: str,
+    objects: Iterable[tuple[Mapping[str, Any], datetime]],
+    *,
+    force: bool = False,
+) -> set[str]:
+    """Write each ``(object, its LastUpdatedTime)`` as the live mirror row of that object, with a new version — only
+    where the mirror holds nothing of it or an older SyncToken (with ``force`` also the same one; a deletion is only
+    replaced by a newer version, a tombstone never), decided in the write itself, so a slower read landing last
+    never puts an older version back. Returns the ids written."""
+
+    def newer(offered: Any) -> sa.ColumnElement[bool]:
+        stored = _version_number(qbo_mirror.c.sync_token)
+        same_or_newer = _version_number(offered.sync_token) >= stored
+        strictly_newer = _version_number(offered.sync_token) > stored
+        live_and_not_older = sa.and_(qbo_mirror.c.deleted.is_(False), same_or_newer)
+        return sa.and_(
+            qbo_mirror.c.sync_token != "",  # a tombstone: QuickBooks never brings back what it deleted
+            sa.or_(strictly_newer, live_and_not_older) if force else strictly_newer,
+        )
+
     now = utcnow()
-    bulk_upsert(
+    written = upsert_keys(
         conn,
         qbo_mirror,
         (
@@ -65,7 +89,9 @@ def write_versions(
             for obj, last_updated in objects
         ),
         key=("organization_id", "entity_type", "qbo_id"),
+        only_if=newer,
     )
+    return {qbo_id for _, _, qbo_id in written}
 
 
 def as_json(value: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -21,18 +21,34 @@ def bulk_upsert(
     *,
     key: Sequence[str],
     update: Sequence[str] | None = None,
+    only_if: Callable[[Any], sa.ColumnElement[bool]] | None = None,
 ) -> int:
-    """Insert ``rows``, updating ``update`` columns (default: all but the key) where ``key`` already exists.
+    """Insert ``rows``, updating ``update`` columns (default: all but the key) where ``key`` already exists; returns
+    the number of rows written (see :func:`upsert_keys`)."""
+    return len(upsert_keys(conn, table, rows, key=key, update=update, only_if=only_if))
+
+
+def upsert_keys(
+    conn: Connection,
+    table: sa.Table,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    key: Sequence[str],
+    update: Sequence[str] | None = None,
+    only_if: Callable[[Any], sa.ColumnElement[bool]] | None = None,
+) -> list[tuple[Any, ...]]:
+    """Insert ``rows``, updating ``update`` columns (default: all but the key) where ``key`` already exists and, with
+    ``only_if``, only where ``only_if(excluded)`` holds for the stored row (``excluded`` is the row offered) — decided
+    by the database in the write itself, so two writers racing cannot both win. Returns the keys written.
 
     Every row must have the same columns. Where rows share a key, the later one wins, on both backends
     (PostgreSQL refuses to touch a row twice in one statement; SQLite would keep whichever came last). One compiled
-    statement runs over chunks of rows, which SQLAlchemy's "insertmanyvalues" sends as multi-row INSERTs. Returns
-    the number of rows written.
+    statement runs over chunks of rows, which SQLAlchemy's "insertmanyvalues" sends as multi-row INSERTs.
     """
     iterator = iter(rows)
     first = next(iterator, None)
     if first is None:
-        return 0
+        return []
     columns = list(first)
     update_columns = [c for c in (update if update is not None else columns) if c not in key]
     chunk_size = max(1, MAX_BOUND_VALUES // len(columns))
@@ -40,19 +56,20 @@ def bulk_upsert(
     statement = insert(table)
     if update_columns:
         statement = statement.on_conflict_do_update(
-            index_elements=list(key), set_={c: statement.excluded[c] for c in update_columns}
+            index_elements=list(key),
+            set_={c: statement.excluded[c] for c in update_columns},
+            where=only_if(statement.excluded) if only_if is not None else None,
         )
     else:
         statement = statement.on_conflict_do_nothing(index_elements=list(key))
     # RETURNING makes SQLAlchemy batch the rows into multi-row INSERTs on every driver (psycopg2 would otherwise
     # send one statement per row)
     batched = statement.returning(*(table.c[k] for k in key))
-    written = 0
+    written: list[tuple[Any, ...]] = []
     pending: list[Mapping[str, Any]] = [first]
     while pending:
         pending.extend(islice(iterator, chunk_size - len(pending)))
         latest = {tuple(row[k] for k in key): dict(row) for row in pending}
-        conn.execute(batched, list(latest.values())).all()
-        written += len(latest)
+        written.extend(tuple(row) for row in conn.execute(batched, list(latest.values())).all())
         pending = list(islice(iterator, chunk_size))
     return written

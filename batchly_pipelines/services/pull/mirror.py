@@ -40,7 +40,7 @@ from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.quickbooks.wire import qbo_last_updated
 from batchly_pipelines.store.db import Connection, Engine
 from batchly_pipelines.store.invoice_payments import linked_invoice_ids
-from batchly_pipelines.store.mirror import live_ids, live_tokens, mark_deleted, write_versions
+from batchly_pipelines.store.mirror import live_ids, mark_deleted, write_versions
 from batchly_pipelines.store.schema import utcnow
 
 logger = logging.getLogger(__name__)
@@ -224,13 +224,14 @@ def store_objects(
     *,
     force: bool = False,
 ) -> list[Mapping[str, Any]]:
-    """Write the objects QuickBooks has a new version of (all of them with ``force``); returns those written."""
+    """Write the objects QuickBooks has a newer version of than the mirror (with ``force`` also the same version
+    again; never an older one, whichever read lands last); returns those written."""
     if not objects:
         return []
-    known = live_tokens(conn, organization_id, entity, [obj["Id"] for obj in objects])
-    changed = [obj for obj in objects if force or known.get(obj["Id"]) != obj["SyncToken"]]
-    write_versions(conn, organization_id, entity, ((obj, qbo_last_updated(obj)) for obj in changed))
-    return changed
+    written = write_versions(
+        conn, organization_id, entity, ((obj, qbo_last_updated(obj)) for obj in objects), force=force
+    )
+    return [obj for obj in objects if obj["Id"] in written]
 
 
 def _deleted_at(tombstones: Iterable[Mapping[str, Any]]) -> dict[str, datetime]:
