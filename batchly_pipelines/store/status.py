@@ -259,6 +259,44 @@ def open_conflicts(engine: Engine, limit: int = 200) -> tuple[int, list[dict[str
     ]
 
 
+def settled_conflicts(
+    engine: Engine, since: timedelta, limit: int = 200, now: datetime | None = None
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many conflicts were settled within ``since`` — automatically by a pull or push (newest change wins) or by a
+    person — and the newest ``limit`` of them, like :func:`open_conflicts` plus ``winner`` (the resolution),
+    ``chosen`` (the value that won) and ``settled_at``."""
+    c = s.sync_conflicts.c
+    settled_at = sa.func.coalesce(c.resolved_at, c.detected_at)
+    recent = sa.and_(c.resolution != "pending_review", settled_at >= (now or utcnow()) - since)
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).where(recent)).scalar_one()
+        rows = (
+            conn.execute(
+                sa.select(s.sync_conflicts, settled_at.label("settled_at"))
+                .where(recent)
+                .order_by(settled_at.desc(), c.id.desc())
+                .limit(limit)
+            )
+            .mappings()
+            .all()
+        )
+        names = record_names(conn, [(r["entity_type"], r["entity_id"]) for r in rows])
+        organizations = _organization_names(conn)
+    sides = {"batchly": "batchly_value", "quickbooks": "qbo_value"}
+    return total, [
+        {
+            **r,
+            "organization": organizations.get(r["organization_id"]),
+            "name": names.get((r["entity_type"], r["entity_id"])),
+            "winner": r["resolution"],
+            "chosen": r["resolved_value"]
+            if r["resolved_value"] is not None or r["resolution"] not in sides
+            else r[sides[r["resolution"]]],
+        }
+        for r in rows
+    ]
+
+
 def connection_problems(
     engine: Engine, hard_expiry_within: timedelta, now: datetime | None = None
 ) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from dagster import AssetCheckSeverity, materialize
+from dagster import AssetCheckSeverity, DagsterInstance, DagsterRun, materialize
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.definitions import defs
@@ -27,9 +27,9 @@ LEASE = timedelta(minutes=1)
 CHECKS = [dead_letter_empty, no_open_conflicts, connections_healthy, queue_not_waiting]
 
 
-def _evaluate(engine: Engine) -> dict[str, Any]:
+def _evaluate(engine: Engine, instance: DagsterInstance | None = None) -> dict[str, Any]:
     database = BatchlyDatabase(database_url=engine.url.render_as_string(hide_password=False))
-    result = materialize([sync_status, *CHECKS], resources={"batchly_db": database})
+    result = materialize([sync_status, *CHECKS], resources={"batchly_db": database}, instance=instance)
     assert result.success
     return {check.check_name: check for check in result.get_asset_check_evaluations()}
 
@@ -144,6 +144,73 @@ def test_open_conflicts_are_listed_with_names_values_and_when_each_side_changed(
     with engine.begin() as conn:
         conn.execute(sa.update(s.sync_conflicts).values(resolution="quickbooks", resolved_at=utcnow()))
     assert _evaluate(engine)["no_open_conflicts"].passed
+
+
+def _conflict(conn: Any, org: int, customer: int, field: str, **values: Any) -> int:
+    row = {
+        "organization_id": org,
+        "entity_type": "customer",
+        "entity_id": customer,
+        "qbo_id": "58",
+        "field": field,
+        "base_value": "base",
+        "batchly_value": "ours",
+        "qbo_value": "theirs",
+        "batchly_updated_at": utcnow() - timedelta(hours=2),
+        "qbo_updated_at": utcnow() - timedelta(hours=1),
+        "detected_at": utcnow(),
+        **values,
+    }
+    return int(conn.execute(sa.insert(s.sync_conflicts).values(**row)).inserted_primary_key[0])
+
+
+def test_recently_settled_conflicts_are_listed_with_who_settled_them_pull_push_or_a_person(
+    engine: Engine,
+) -> None:
+    instance = DagsterInstance.ephemeral()
+    pull = instance.add_run(DagsterRun(job_name="pull_customers"))
+    push = instance.add_run(DagsterRun(job_name="push_to_quickbooks"))
+    with engine.begin() as conn:
+        org = f.organization(conn, "Acme Ltd")
+        customer = f.customer(conn, org, display_name="Zoë O'Brien")
+        by_pull = _conflict(conn, org, customer, "email", resolution="quickbooks", run_id=pull.run_id)
+        by_push = _conflict(conn, org, customer, "phone", resolution="batchly", run_id=push.run_id)
+        by_person = _conflict(
+            conn,
+            org,
+            customer,
+            "notes",
+            resolution="value",
+            resolved_value="agreed",
+            resolved_by="ops@example.com",
+            resolved_at=utcnow() - timedelta(hours=3),
+        )
+        _conflict(  # settled long ago: not recent
+            conn,
+            org,
+            customer,
+            "company_name",
+            resolution="batchly",
+            detected_at=utcnow() - timedelta(days=30),
+        )
+        waiting = _conflict(conn, org, customer, "given_name", resolution="pending_review")
+
+    check = _evaluate(engine, instance)["no_open_conflicts"]
+
+    assert not check.passed and check.metadata["open"].value == 1
+    assert [row["conflict_id"] for row in _rows(check, "conflicts")] == [waiting]
+    assert check.metadata["settled_recently"].value == 3
+    settled = {row["conflict_id"]: row for row in _rows(check, "settled")}
+    assert list(settled) == [by_push, by_pull, by_person]  # newest first
+    assert settled[by_pull]["settled_by"] == f"pull_customers run {pull.run_id[:8]} (newest change wins)"
+    assert settled[by_push]["settled_by"] == f"push_to_quickbooks run {push.run_id[:8]} (newest change wins)"
+    assert settled[by_person]["settled_by"] == "ops@example.com"
+    assert settled[by_pull]["winner"] == "quickbooks" and settled[by_pull]["chosen"] == "theirs"
+    assert settled[by_push]["chosen"] == "ours" and settled[by_person]["chosen"] == "agreed"
+    row = settled[by_pull]
+    assert row["name"] == "Zoë O'Brien" and row["organization"] == "Acme Ltd"
+    assert (row["base_value"], row["batchly_value"], row["qbo_value"]) == ("base", "ours", "theirs")
+    assert row["batchly_updated_at"] and row["qbo_updated_at"] and row["settled_at"]
 
 
 def test_a_connection_that_needs_reauthorisation_fails_with_the_command_that_fixes_it(engine: Engine) -> None:

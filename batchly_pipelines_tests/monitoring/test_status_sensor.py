@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from dagster import (
     AssetCheckEvaluation,
     AssetMaterialization,
@@ -25,7 +26,9 @@ from batchly_pipelines.defs.monitoring import sensors
 from batchly_pipelines.defs.monitoring.assets import sync_status
 from batchly_pipelines.defs.monitoring.sensors import REFRESH_EVERY_SECONDS, sync_status_sensor
 from batchly_pipelines.defs.resources import BatchlyDatabase
+from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import SyncQueue
+from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.support import factories as f
 
 
@@ -96,6 +99,41 @@ def test_a_run_that_ended_after_the_last_refresh_brings_a_refresh(engine: Engine
     assert job_name in (result.asset_events[0].description or "")
     assert result.cursor is not None
     assert isinstance(_tick(instance, engine, result.cursor), SkipReason)  # recorded: nothing new since
+
+
+def test_a_change_an_operator_would_see_is_recorded_on_the_next_tick_without_any_run(engine: Engine) -> None:
+    instance = DagsterInstance.ephemeral()
+    with engine.begin() as conn:
+        org = f.organization(conn)
+        customer = f.customer(conn, org, display_name="Zoë O'Brien")
+    first = _tick(instance, engine)
+    assert isinstance(first, SensorResult)
+    assert isinstance(_tick(instance, engine, first.cursor), SkipReason)  # nothing changed
+
+    with engine.begin() as conn:  # e.g. a conflict a pull outside Dagster (the CLI) left for review
+        conn.execute(
+            sa.insert(s.sync_conflicts).values(
+                organization_id=org,
+                entity_type="customer",
+                entity_id=customer,
+                field="email",
+                batchly_value="ours@example.com",
+                qbo_value="theirs@example.com",
+                resolution="pending_review",
+                detected_at=utcnow(),
+            )
+        )
+
+    changed = _tick(instance, engine, first.cursor)
+    assert isinstance(changed, SensorResult)
+    assert "no_open_conflicts" in (changed.asset_events[0].description or "")
+    conflicts = next(
+        e
+        for e in changed.asset_events
+        if isinstance(e, AssetCheckEvaluation) and e.check_name == "no_open_conflicts"
+    )
+    assert not conflicts.passed and "Zoë O'Brien" in (conflicts.description or "")
+    assert isinstance(_tick(instance, engine, changed.cursor), SkipReason)  # recorded: no news since
 
 
 def test_a_quiet_status_is_refreshed_every_five_minutes(

@@ -13,23 +13,33 @@ from typing import Any
 
 from dagster import (
     AssetCheckEvaluation,
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
+    DagsterInstance,
     MetadataValue,
+    RunsFilter,
     asset_check,
 )
 
 from batchly_pipelines.defs.monitoring import tables
 from batchly_pipelines.defs.monitoring.assets import sync_status
 from batchly_pipelines.defs.resources import BatchlyDatabase
-from batchly_pipelines.store.status import connection_problems, dead_letter, open_conflicts, waiting_due_rows
+from batchly_pipelines.store.status import (
+    connection_problems,
+    dead_letter,
+    open_conflicts,
+    settled_conflicts,
+    waiting_due_rows,
+)
 
 ROWS = 200  # records listed per check (the counts are complete)
 NAMED = 5  # records named in a check's description
 WAITING_LIMIT = timedelta(minutes=10)  # a due row no push took for this long means the queue is stuck
 # Intuit warns in product 30 days before a refresh token's hard expiry: so does connections_healthy
 HARD_EXPIRY_WARNING = timedelta(days=30)
+SETTLED_WITHIN = timedelta(days=7)  # settled conflicts listed beside the open ones
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ def _record(row: Mapping[str, Any]) -> str:
     return f"{row['entity_type']} {row['entity_id']}{name}"
 
 
-def _dead_letter_empty(batchly_db: BatchlyDatabase) -> Verdict:
+def _dead_letter_empty(batchly_db: BatchlyDatabase, instance: DagsterInstance) -> Verdict:
     dead = sum(d["dead"] for d in batchly_db.queue.depth().values())
     rows = dead_letter(batchly_db.engine, limit=ROWS)
     return Verdict(
@@ -88,22 +98,40 @@ def _dead_letter_empty(batchly_db: BatchlyDatabase) -> Verdict:
     )
 
 
-def _no_open_conflicts(batchly_db: BatchlyDatabase) -> Verdict:
+def _no_open_conflicts(batchly_db: BatchlyDatabase, instance: DagsterInstance) -> Verdict:
     total, rows = open_conflicts(batchly_db.engine, limit=ROWS)
+    settled_total, settled = settled_conflicts(batchly_db.engine, SETTLED_WITHIN, limit=ROWS)
     return Verdict(
         passed=total == 0,
         severity=AssetCheckSeverity.WARN,
-        metadata={"open": total, "conflicts": tables.conflicts(rows)},
+        metadata={
+            "open": total,
+            "conflicts": tables.conflicts(rows),
+            "settled_recently": settled_total,
+            "settled": tables.settled_conflicts(settled, _job_names(instance, settled)),
+        },
         description=(
             f"{total} conflict(s) waiting for review: "
             + _named(rows, lambda row: f"conflict {row['id']}, {_record(row)} {row['field']}", total)
             if total
             else "no conflict waiting for review"
-        ),
+        )
+        + f" ({settled_total} settled in the last {SETTLED_WITHIN.days} days)",
     )
 
 
-def _connections_healthy(batchly_db: BatchlyDatabase) -> Verdict:
+def _job_names(instance: DagsterInstance, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Run id → job name of the runs that recorded these conflicts (runs Dagster no longer has are left out)."""
+    run_ids = sorted({row["run_id"] for row in rows if row.get("run_id")})
+    if not run_ids:
+        return {}
+    return {
+        record.dagster_run.run_id: record.dagster_run.job_name
+        for record in instance.get_run_records(RunsFilter(run_ids=run_ids))
+    }
+
+
+def _connections_healthy(batchly_db: BatchlyDatabase, instance: DagsterInstance) -> Verdict:
     rows = connection_problems(batchly_db.engine, HARD_EXPIRY_WARNING)
     return Verdict(
         passed=not rows,
@@ -125,7 +153,7 @@ def _connections_healthy(batchly_db: BatchlyDatabase) -> Verdict:
     )
 
 
-def _queue_not_waiting(batchly_db: BatchlyDatabase) -> Verdict:
+def _queue_not_waiting(batchly_db: BatchlyDatabase, instance: DagsterInstance) -> Verdict:
     rows = waiting_due_rows(batchly_db.engine, WAITING_LIMIT)
     waiting = sum(row["waiting"] for row in rows)
     oldest = max((row["waited_seconds"] for row in rows), default=0.0)
@@ -153,18 +181,19 @@ def _queue_not_waiting(batchly_db: BatchlyDatabase) -> Verdict:
     )
 
 
-def _check(
-    name: str, verdict: Callable[[BatchlyDatabase], Verdict], description: str
-) -> AssetChecksDefinition:
+VerdictOf = Callable[[BatchlyDatabase, DagsterInstance], Verdict]
+
+
+def _check(name: str, verdict: VerdictOf, description: str) -> AssetChecksDefinition:
     @asset_check(asset=sync_status, name=name, description=description)
-    def check(batchly_db: BatchlyDatabase) -> AssetCheckResult:
-        return verdict(batchly_db).result()
+    def check(context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase) -> AssetCheckResult:
+        return verdict(batchly_db, context.instance).result()
 
     return check
 
 
 # what sync_status_sensor records: check name → verdict
-VERDICTS: dict[str, Callable[[BatchlyDatabase], Verdict]] = {
+VERDICTS: dict[str, VerdictOf] = {
     "dead_letter_empty": _dead_letter_empty,
     "no_open_conflicts": _no_open_conflicts,
     "connections_healthy": _connections_healthy,
@@ -180,7 +209,8 @@ dead_letter_empty = _check(
 no_open_conflicts = _check(
     "no_open_conflicts",
     _no_open_conflicts,
-    "Conflicts waiting for review: resolve them with the resolve_conflicts job (conflict_ids) or "
+    "Conflicts waiting for review, with the conflicts settled in the last 7 days (by a pull or push, newest "
+    "change wins, or by a person): resolve open ones with the resolve_conflicts job (conflict_ids and winner) or "
     "`batchly-sync conflicts resolve`.",
 )
 connections_healthy = _check(

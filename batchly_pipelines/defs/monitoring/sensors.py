@@ -1,7 +1,9 @@
 """``sync_status_sensor``: keeps ``sync_status`` and its checks live without anyone clicking.
 
-It refreshes them when ``sync_status`` was never materialised, when any other run (push, pull, resolve, retry …)
-ended after the last refresh read the database, and at least every five minutes. A refresh is recorded by the sensor
+Every tick (15 s) it evaluates the checks; it records them when what they show changed since its last record (a
+check passed or failed, a count moved — a conflict left by the CLI, a resolve, a dead row), when ``sync_status`` was
+never materialised, when any other run (push, pull, resolve, retry …) ended after the last refresh read the database,
+and at least every five minutes. A refresh is recorded by the sensor
 itself — a materialisation of ``sync_status`` and one evaluation per check, the same metadata the asset and its
 checks produce — so it costs a few queries in the code server instead of a run process each time (a run per
 refresh slowed the pushes it followed on a two-core machine). ``sync_status_job`` refreshes by hand.
@@ -10,7 +12,9 @@ refresh slowed the pushes it followed on a two-core machine). ``sync_status_job`
 import json
 import math
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from dagster import (
     AssetCheckEvaluation,
@@ -27,7 +31,7 @@ from dagster import (
 )
 
 from batchly_pipelines.defs.monitoring.assets import status_metadata, sync_status, sync_status_job
-from batchly_pipelines.defs.monitoring.checks import VERDICTS
+from batchly_pipelines.defs.monitoring.checks import VERDICTS, Verdict
 from batchly_pipelines.defs.resources import BatchlyDatabase
 
 INTERVAL_SECONDS = 15
@@ -42,17 +46,20 @@ def _now() -> float:
 @sensor(
     minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Records sync_status and its checks after every other run ends and at least every 5 minutes.",
+    description="Records sync_status and its checks when what they show changed, after every other run ends and at "
+    "least every 5 minutes.",
 )
 def sync_status_sensor(
     context: SensorEvaluationContext, batchly_db: BatchlyDatabase
 ) -> SensorResult | SkipReason:
-    read_at = json.loads(context.cursor)["read_at"] if context.cursor else None
-    refreshed, refresh_run = _last_refresh(context.instance, read_at)
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    refreshed, refresh_run = _last_refresh(context.instance, cursor.get("read_at"))
     now = _now()
-    reason = _reason(context.instance, refreshed, refresh_run, now)
+    verdicts = {name: verdict(batchly_db, context.instance) for name, verdict in VERDICTS.items()}
+    seen = _fingerprint(verdicts)
+    reason = _reason(context.instance, refreshed, refresh_run, now) or _changed(cursor.get("seen"), seen)
     if reason is None:
-        return SkipReason("no run ended since the last refresh")
+        return SkipReason("nothing changed and no run ended since the last refresh")
     context.log.info(f"refreshing sync_status: {reason}")
     events: list[AssetMaterialization | AssetCheckEvaluation] = [
         AssetMaterialization(
@@ -60,9 +67,24 @@ def sync_status_sensor(
             description=f"recorded by sync_status_sensor: {reason}",
             metadata=status_metadata(batchly_db),
         ),
-        *(verdict(batchly_db).evaluation(name) for name, verdict in VERDICTS.items()),
+        *(verdict.evaluation(name) for name, verdict in verdicts.items()),
     ]
-    return SensorResult(asset_events=events, cursor=json.dumps({"read_at": now}))
+    return SensorResult(asset_events=events, cursor=json.dumps({"read_at": now, "seen": seen}))
+
+
+def _fingerprint(verdicts: Mapping[str, Verdict]) -> dict[str, list[Any]]:
+    """What an operator would see change in each check: whether it passed and its counts."""
+    return {
+        name: [verdict.passed, *(v for v in verdict.metadata.values() if isinstance(v, int))]
+        for name, verdict in verdicts.items()
+    }
+
+
+def _changed(recorded: Mapping[str, list[Any]] | None, now: Mapping[str, list[Any]]) -> str | None:
+    if recorded is None:
+        return None  # the cursor predates fingerprints (or was reset): the five-minute refresh catches up
+    changed = sorted(name for name in now if recorded.get(name) != now[name])
+    return f"what {', '.join(changed)} show(s) changed" if changed else None
 
 
 def _reason(

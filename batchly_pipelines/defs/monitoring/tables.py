@@ -105,28 +105,61 @@ def dead_letter(rows: Iterable[Mapping[str, Any]]) -> TableMetadataValue:
     )
 
 
+CONFLICT_COLUMNS = [
+    TableColumn("conflict_id", "int", description="resolve it with resolve_conflicts (conflict_ids)"),
+    TableColumn("organization", "string"),
+    TableColumn("entity_type", "string"),
+    TableColumn("id", "int", description="the Batchly record id (none for a QuickBooks record to link)"),
+    TableColumn("name", "string"),
+    TableColumn("qbo_id", "string"),
+    TableColumn("field", "string"),
+    TableColumn("base_value", "string", description="what both sides last agreed on"),
+    TableColumn("batchly_value", "string"),
+    TableColumn("batchly_updated_at", "datetime", description="when Batchly changed it"),
+    TableColumn("qbo_value", "string"),
+    TableColumn("qbo_updated_at", "datetime", description="when QuickBooks changed it"),
+    TableColumn("detected_at", "datetime"),
+]
+
+
 def conflicts(rows: Iterable[Mapping[str, Any]]) -> TableMetadataValue:
     """Conflicts waiting for review (:func:`~batchly_pipelines.store.status.open_conflicts`)."""
     return table(
-        [
-            TableColumn("conflict_id", "int", description="resolve it with resolve_conflicts (conflict_ids)"),
-            TableColumn("organization", "string"),
-            TableColumn("entity_type", "string"),
-            TableColumn(
-                "id", "int", description="the Batchly record id (none for a QuickBooks record to link)"
-            ),
-            TableColumn("name", "string"),
-            TableColumn("qbo_id", "string"),
-            TableColumn("field", "string"),
-            TableColumn("base_value", "string", description="what both sides last agreed on"),
-            TableColumn("batchly_value", "string"),
-            TableColumn("batchly_updated_at", "datetime"),
-            TableColumn("qbo_value", "string"),
-            TableColumn("qbo_updated_at", "datetime"),
-            TableColumn("detected_at", "datetime"),
-        ],
-        ({**row, "conflict_id": row["id"], "id": row["entity_id"]} for row in rows),
+        CONFLICT_COLUMNS, ({**row, "conflict_id": row["id"], "id": row["entity_id"]} for row in rows)
     )
+
+
+def settled_conflicts(rows: Iterable[Mapping[str, Any]], job_names: Mapping[str, str]) -> TableMetadataValue:
+    """Recently settled conflicts (:func:`~batchly_pipelines.store.status.settled_conflicts`) and who settled each:
+    the person, or the pull or push run that applied newest-wins (``job_names``: run id → job)."""
+    return table(
+        [
+            *CONFLICT_COLUMNS,
+            TableColumn("winner", "string", description="batchly, quickbooks or value"),
+            TableColumn("chosen", "string", description="the value both sides now hold"),
+            TableColumn("settled_by", "string", description="a person, or the run that settled it"),
+            TableColumn("settled_at", "datetime"),
+        ],
+        (
+            {
+                **row,
+                "conflict_id": row["id"],
+                "id": row["entity_id"],
+                "settled_by": _settled_by(row, job_names),
+            }
+            for row in rows
+        ),
+    )
+
+
+def _settled_by(row: Mapping[str, Any], job_names: Mapping[str, str]) -> str:
+    if row.get("resolved_by"):
+        return str(row["resolved_by"])
+    run_id = row.get("run_id")
+    if not run_id:
+        return "the sync (newest change wins)"
+    job = job_names.get(run_id)
+    return f"{job + ' ' if job else ''}run {run_id[:8]} (newest change wins)"
 
 
 def connections(rows: Iterable[Mapping[str, Any]]) -> TableMetadataValue:
