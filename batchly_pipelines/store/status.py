@@ -325,14 +325,15 @@ def connection_problems(
             {
                 **r,
                 "organization": organizations.get(r["organization_id"]),
-                "status_reason": r["status_reason"] if r["status"] != "connected" else _hard_expiry(r, now),
+                "status_reason": r["status_reason"]
+                if r["status"] != "connected"
+                else _hard_expiry(r["hard_expires_at"], now),
             }
             for r in rows
         ]
 
 
-def _hard_expiry(row: Mapping[str, Any], now: datetime) -> str:
-    expires_at = row["hard_expires_at"]
+def _hard_expiry(expires_at: datetime, now: datetime) -> str:
     when = f"{expires_at:%Y-%m-%d %H:%M} UTC"
     if expires_at <= now:
         return f"the refresh token's 5-year hard expiry has expired ({when}): the connection stops at its next refresh"
