@@ -33,10 +33,16 @@ class ConflictRecord:
     batchly_updated_at: datetime | None = None
     qbo_updated_at: datetime | None = None
     run_id: str | None = None
+    reason: str | None = (
+        None  # both_changed | first_link | owned_field (rules.merge.ConflictReason); link: none
+    )
 
 
 def record_conflicts(conn: Connection, conflicts: Iterable[ConflictRecord]) -> int:
-    """Insert conflict rows in the caller's transaction. Returns how many were written."""
+    """Insert conflict rows in the caller's transaction. Returns how many were inserted.
+
+    A review (``pending_review``) of a record and field that already waits for one is not inserted again: the open
+    row is refreshed with the values and times seen now, so a reviewer always sees the current values."""
     rows = [
         {
             **vars(conflict),
@@ -52,9 +58,38 @@ def record_conflicts(conn: Connection, conflicts: Iterable[ConflictRecord]) -> i
             raise ValueError(
                 f"conflict on {row['entity_type']}.{row['field']}: unknown resolution {row['resolution']!r}"
             )
-    if rows:
-        conn.execute(sa.insert(sync_conflicts), rows)
-    return len(rows)
+    fresh = []
+    for row in rows:
+        if row["resolution"] == "pending_review" and _refresh_open(conn, row):
+            continue
+        fresh.append(row)
+    if fresh:
+        conn.execute(sa.insert(sync_conflicts), fresh)
+    return len(fresh)
+
+
+def _refresh_open(conn: Connection, row: dict[str, Any]) -> bool:
+    """Update the open review of ``row``'s record and field with ``row``'s values; False when there is none."""
+    record = c.entity_id == row["entity_id"] if row["entity_id"] is not None else c.qbo_id == row["qbo_id"]
+    seen = {
+        key: row[key]
+        for key in ("batchly_value", "qbo_value", "batchly_updated_at", "qbo_updated_at", "run_id")
+        if row[key] is not None or key.endswith("_value")
+    }
+    if row["entity_id"] is not None and row["qbo_id"] is not None:
+        seen["qbo_id"] = row["qbo_id"]
+    updated = conn.execute(
+        sa.update(sync_conflicts)
+        .where(
+            c.organization_id == row["organization_id"],
+            c.entity_type == row["entity_type"],
+            c.field == row["field"],
+            c.resolution == "pending_review",
+            record,
+        )
+        .values(**seen)
+    ).rowcount
+    return bool(updated)
 
 
 def list_conflicts(

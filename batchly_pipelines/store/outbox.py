@@ -9,7 +9,14 @@ Sales orders have no trigger: they never sync.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from batchly_pipelines.store.schema import sync_queue, utcnow
 
 
 @dataclass(frozen=True)
@@ -129,3 +136,42 @@ def drop_statements(dialect: str) -> list[str]:
                 f"DROP FUNCTION IF EXISTS {_trigger_name(source)}_fn()",
             ]
     return statements
+
+
+def enqueue_updates(
+    conn: Connection, organization_id: int, entity_type: str, entity_ids: Sequence[int]
+) -> None:
+    """Queue a push of these records in the caller's (sync) transaction, as an app write would: for what a merge
+    decided QuickBooks must take when no app write queued it (a QuickBooks edit of a field Batchly owns, a first
+    link Batchly wins). A record already waiting keeps its one pending row."""
+    if not entity_ids:
+        return
+    now = utcnow()
+    rows = [
+        {
+            "organization_id": organization_id,
+            "entity_type": entity_type,
+            "entity_id": entity_id,
+            "operation": "update",
+            "status": "pending",
+            "change_count": 1,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "enqueued_at": now,
+            "updated_at": now,
+        }
+        for entity_id in entity_ids
+    ]
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    statement = insert(sync_queue)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["entity_type", "entity_id"],
+            index_where=sync_queue.c.status == "pending",
+            set_={
+                "change_count": sync_queue.c.change_count + 1,
+                "updated_at": statement.excluded.updated_at,
+            },
+        ),
+        rows,
+    )

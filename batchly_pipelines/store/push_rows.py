@@ -55,11 +55,18 @@ def load_replacements(conn: Connection, invoice_ids: Iterable[int]) -> dict[int,
     return replacements
 
 
-def write_back(conn: Connection, entity_type: str, entity_id: int, values: Mapping[str, Any]) -> None:
-    """Write a push's outcome (``qbo_id``, merged fields, ``sync_status`` …) to one Batchly row in the caller's
-    transaction. ``None`` values are left out (they never clear a column); nothing is written when none is left.
+def write_back(
+    conn: Connection,
+    entity_type: str,
+    entity_id: int,
+    values: Mapping[str, Any],
+    merged: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a push's outcome (``qbo_id``, ``sync_status`` …) and the synced fields its merge took from QuickBooks
+    (``merged``) to one Batchly row in the caller's transaction. ``None`` in ``values`` is left out; in ``merged``
+    it is written: a value cleared in QuickBooks is cleared in Batchly. Nothing is written when nothing is left.
     ``updated_at`` moves as on any update (the column's ``onupdate``), as the push has always done."""
-    values = {name: value for name, value in values.items() if value is not None}
+    values = {name: value for name, value in values.items() if value is not None} | dict(merged or {})
     if values:
         table = TABLES[entity_type]
         conn.execute(sa.update(table).where(table.c.id == entity_id).values(**values))

@@ -322,6 +322,7 @@ sync_conflicts = sa.Table(
     sa.Column("resolved_at", UTCDateTime),
     sa.Column("detected_at", UTCDateTime, nullable=False, default=utcnow),
     sa.Column("run_id", sa.String(64)),
+    sa.Column("reason", sa.String(16)),  # both_changed | first_link | owned_field (none for a link review)
     sa.Index(None, "organization_id", "resolution"),
 )
 
@@ -436,6 +437,18 @@ batchly_field_changes = sa.Table(
     sa.Column("entity_id", sa.Integer, primary_key=True),
     sa.Column("field", sa.String(64), primary_key=True),
     sa.Column("changed_at", UTCDateTime, nullable=False),
+)
+
+# Fields of an organisation's customers or items that go to manual review when both sides changed them (instead of
+# the entity's rule), honoured by the pull and the push alike (store/review_fields.py).
+merge_review_fields = sa.Table(
+    "merge_review_fields",
+    metadata,
+    sa.Column(
+        "organization_id", sa.Integer, sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("entity_type", sa.String(16), primary_key=True),
+    sa.Column("field", sa.String(64), primary_key=True),
 )
 
 # One push per QuickBooks company across every entry point (CLI, Dagster, benchmarks): the holder's lease is renewed

@@ -112,10 +112,9 @@ def test_batchly_wins_the_same_field_when_its_change_is_newer(company: Company) 
     ada = company.qbo.customer("Ada", Notes="base")
     company.pull()
     row = company.row(s.customers, qbo_id=ada["Id"])
-    company.act("update_customer", customer_id=ada["Id"], fields={"Notes": "from QuickBooks"})
-    _app_update(
-        company, s.customers, row["id"], notes="from Batchly", updated_at=utcnow() + timedelta(hours=1)
-    )
+    with company.qbo.admin.clock_advanced(-3600):  # QuickBooks' edit an hour before Batchly's
+        company.act("update_customer", customer_id=ada["Id"], fields={"Notes": "from QuickBooks"})
+    _app_update(company, s.customers, row["id"], notes="from Batchly")
     company.pull()
     assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "from Batchly"
     [conflict] = _conflicts(company)

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from batchly_pipelines.rules.mapping import decode_snapshot, to_money
+from batchly_pipelines.rules.merge import Rule
 from batchly_pipelines.rules.name_lists import NameList
 from batchly_pipelines.services.pull.invoice_payments import MirroredFacts, RefundIndex
 from batchly_pipelines.store.conflicts import count_open, open_conflict_fields
@@ -61,7 +62,8 @@ def _chunks(engine: Engine, page: Page, organization_id: int) -> Iterator[list[d
 
 def record_drift(engine: Engine, kind: NameList, organization_id: int) -> CheckOutcome:
     """Linked records reconciled with QuickBooks' current version whose fields differ from it — other than fields
-    waiting for the push (changed in Batchly since the base) or for review (an open conflict)."""
+    waiting for the push (changed in Batchly since the base, in a field the push sends: an edit of a field
+    QuickBooks owns is never sent, so it counts) or for review (an open conflict)."""
 
     def page(conn: Connection, organization_id: int, after: int, limit: int) -> list[dict[str, Any]]:
         return reconciled_rows(conn, kind, organization_id, after, limit)
@@ -78,7 +80,7 @@ def record_drift(engine: Engine, kind: NameList, organization_id: int) -> CheckO
                 name
                 for name in kind.mapping.fields
                 if batchly[name] != qbo[name]
-                and batchly[name] == base.get(name)
+                and (batchly[name] == base.get(name) or kind.policy.rule_for(name) is Rule.QBO_OWNS)
                 and name not in held.get(row["id"], ())
             ]
             if drifted:

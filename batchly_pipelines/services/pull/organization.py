@@ -20,7 +20,7 @@ from typing import Any
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.rules.merge import MergePolicy, Rule
-from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS
+from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS, NameList
 from batchly_pipelines.rules.payments import refund_targets
 from batchly_pipelines.services.pull.invoice_payments import PaymentStats, linked_ids, reconcile_payments
 from batchly_pipelines.services.pull.mirror import (
@@ -32,11 +32,13 @@ from batchly_pipelines.services.pull.mirror import (
     pull_deletions,
     store_objects,
 )
+from batchly_pipelines.services.pull.owned import revert_owned_edits
 from batchly_pipelines.services.pull.reconcile import ReconcileStats, reconcile
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.db import Engine
 from batchly_pipelines.store.invoice_payments import unmirrored_invoices
 from batchly_pipelines.store.mirror import mark_deleted, mirrored_payments, not_mirrored
+from batchly_pipelines.store.review_fields import add_review_fields, review_fields
 from batchly_pipelines.store.schema import utcnow
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # before any QuickBooks Online company existed
@@ -243,17 +245,37 @@ def review_policy(policy: MergePolicy, review_fields: Iterable[str]) -> MergePol
     return policy.with_rules(**{name: Rule.NEEDS_REVIEW for name in review_fields})
 
 
+def organization_policy(
+    engine: Engine, kind: NameList, organization_id: int, also_review: Iterable[str] = ()
+) -> MergePolicy:
+    """The merge policy of ``kind`` for the organisation: its stored review fields go to review. ``also_review``
+    (a pull's ``--review-field``) are stored first, so the push honours them too."""
+    also_review = list(also_review)
+    review_policy(kind.policy, also_review)  # unknown fields are refused before anything is stored
+    with engine.begin() as conn:
+        if also_review:
+            add_review_fields(conn, organization_id, kind.entity_type, also_review)
+        fields = review_fields(conn, organization_id, kind.entity_type)
+    return review_policy(kind.policy, fields)
+
+
 def reconcile_customers(
     engine: Engine, organization_id: int, *, review_fields: Iterable[str] = (), run_id: str | None = None
 ) -> ReconcileStats:
     """Bring Batchly's customers in line with the mirror (merge, link or review, create, deactivate)."""
-    policy = review_policy(CUSTOMERS.policy, review_fields)
+    policy = organization_policy(engine, CUSTOMERS, organization_id, review_fields)
     return reconcile(engine, CUSTOMERS, organization_id, policy=policy, run_id=run_id)
 
 
 def reconcile_items(engine: Engine, organization_id: int, *, run_id: str | None = None) -> ReconcileStats:
-    """Bring Batchly's items in line with the mirror (QuickBooks owns all but the description)."""
-    return reconcile(engine, ITEMS, organization_id, run_id=run_id)
+    """Bring Batchly's items in line with the mirror (QuickBooks owns all but the description), then put Batchly's
+    edits of the fields QuickBooks owns back (``services.pull.owned``)."""
+    policy = organization_policy(engine, ITEMS, organization_id)
+    stats = reconcile(engine, ITEMS, organization_id, policy=policy, run_id=run_id)
+    reverted, fields = revert_owned_edits(engine, ITEMS, organization_id, run_id=run_id)
+    stats.updated += reverted
+    stats.conflicts += fields
+    return stats
 
 
 def reconcile_invoice_payments(

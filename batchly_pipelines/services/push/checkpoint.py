@@ -141,12 +141,12 @@ class Checkpointer:
                     log.append(self._log(outcome.key, outcome.action, "error", None, outcome.message))
                     continue
                 qbo_id = str(outcome.qbo_obj["Id"]) if outcome.qbo_obj else None
-                values: dict[str, Any] = dict(outcome.batchly_changes)
+                values: dict[str, Any] = {}
                 if qbo_id is not None:
                     values["qbo_id"] = qbo_id
                 if outcome.invoice_status is not None:
                     values.update(sync_status=outcome.invoice_status, synced_at=now)
-                write_back(conn, outcome.entity_type, outcome.entity_id, values)
+                write_back(conn, outcome.entity_type, outcome.entity_id, values, outcome.batchly_changes)
                 if outcome.qbo_obj is not None and outcome.base is not None:
                     states.append(
                         link_state(self.organization_id, outcome.key, outcome.qbo_obj, outcome.base)

@@ -4,6 +4,14 @@
   (same e-mail or phone; for items, the same name) is linked and merged; anything else becomes a conflict for review.
 - Linked → a sparse update of the fields Batchly changed since the base (items: the description only, QuickBooks owns
   the rest), with the base's SyncToken. A stale token (5010) merges against the re-read object and retries.
+  Validation looks only at the fields sent: a bad value in a field the push leaves alone blocks nothing.
+- A Batchly edit of a field QuickBooks owns (an item's name, SKU, type, price, active flag) is never sent and never
+  acknowledged as pushed: it is reverted to QuickBooks' value (``item.revert`` when nothing else was to be sent),
+  recorded as an ``owned_field`` conflict settled for QuickBooks and logged with why.
+
+Merges (after a 5010, and the first link after a 6240) are the pull's: per-field change times decide newest-wins,
+a cleared value is a change like any other, the organisation's review fields (and any field with an open review)
+are left to a person. Every conflict settled or opened is recorded with its resolution and named in the log entry.
 """
 
 from __future__ import annotations
@@ -26,7 +34,15 @@ from batchly_pipelines.rules.mapping import (
     with_identity,
 )
 from batchly_pipelines.rules.matching import MatchDecision, match_customer
-from batchly_pipelines.rules.merge import MergeResult, changes_to_push, merge
+from batchly_pipelines.rules.merge import (
+    MergePolicy,
+    MergeResult,
+    Resolution,
+    Rule,
+    changes_to_push,
+    merge,
+    owned_reverts,
+)
 from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS, NameList
 from batchly_pipelines.services.push.checkpoint import (
     Failed,
@@ -36,7 +52,9 @@ from batchly_pipelines.services.push.checkpoint import (
     describe,
 )
 from batchly_pipelines.store.conflicts import ConflictRecord, open_conflict_fields
+from batchly_pipelines.store.field_changes import field_change_times
 from batchly_pipelines.store.push_rows import load_rows
+from batchly_pipelines.store.review_fields import review_fields
 from batchly_pipelines.store.sync_state import load_states
 
 ROUNDS = 3  # write, then at most two follow-ups (after a 5010 or a duplicate-name link)
@@ -44,11 +62,14 @@ ROUNDS = 3  # write, then at most two follow-ups (after a 5010 or a duplicate-na
 
 @dataclass(frozen=True)
 class _Record:
-    """A valid Batchly record: its synced fields and when Batchly last changed it."""
+    """A valid Batchly record: its synced fields, when Batchly last changed it and each field, and the merge policy
+    for it (the organisation's review fields and its open reviews go to review)."""
 
     entity_id: int
     fields: Mapping[str, Any]
     updated_at: datetime
+    changed_at: Mapping[str, datetime]
+    policy: MergePolicy
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,7 @@ class _Attempt:
     base: Mapping[str, Any] | None
     conflicts: tuple[ConflictRecord, ...] = ()
     batchly_changes: Mapping[str, Any] = field(default_factory=dict)
+    action: str | None = None  # what the outcome is called when it is not the write's operation (a link)
 
 
 class NameListPusher:
@@ -78,6 +100,9 @@ class NameListPusher:
             rows = load_rows(conn, kind.entity_type, ids)
             states = {st.entity_id: st for st in load_states(conn, org, kind.entity_type, entity_ids=ids)}
             held = open_conflict_fields(conn, org, kind.entity_type)
+            reviewed = review_fields(conn, org, kind.entity_type)
+            times = field_change_times(conn, kind.entity_type, rows.values())
+        policy = kind.policy.with_rules(**dict.fromkeys(reviewed, Rule.NEEDS_REVIEW))
         outcomes: list[Outcome] = []
         attempts: list[_Attempt] = []
         for entity_id in ids:
@@ -85,23 +110,37 @@ class NameListPusher:
             if row is None:
                 outcomes.append(Pushed(kind.entity_type, entity_id, "skip", message="deleted in Batchly"))
                 continue
-            issues = kind.validate(row)
+            pending = held.get(entity_id, set()) & set(policy.fields)
+            record = _Record(
+                entity_id,
+                kind.mapping.from_row(row),
+                row["updated_at"],
+                times.get(entity_id, {}),
+                policy.with_rules(**dict.fromkeys(pending, Rule.NEEDS_REVIEW)),
+            )
+            state = states.get(entity_id)
+            base = decode_snapshot(kind.entity_type, state.base) if state is not None else None
+            changes = changes_to_push(base, record.fields, policy=record.policy, pending=pending)
+            issues = [issue for issue in kind.validate(row) if state is None or issue.field in changes]
             if issues:
                 message = "; ".join(str(issue) for issue in issues)
                 outcomes.append(Failed(kind.entity_type, entity_id, "validate", message, retryable=False))
                 continue
-            record = _Record(entity_id, kind.mapping.from_row(row), row["updated_at"])
-            state = states.get(entity_id)
             if state is None:
                 attempts.append(self._create(record))
                 continue
-            base = decode_snapshot(kind.entity_type, state.base)
-            changes = changes_to_push(
-                base, record.fields, policy=kind.policy, pending=held.get(entity_id, ())
+            reverted = owned_reverts(base, record.fields, base or {}, policy=record.policy)
+            attempt = _Attempt(
+                record,
+                self._update_op(entity_id, record.fields, changes, state.qbo_id, state.sync_token),
+                base,
+                self._conflicts(record, state.qbo_id, None, reverted),
+                reverted.to_batchly,
             )
             if changes:
-                update = self._update_op(entity_id, record.fields, changes, state.qbo_id, state.sync_token)
-                attempts.append(_Attempt(record, update, base))
+                attempts.append(attempt)
+            elif reverted.conflicts:
+                outcomes.append(self._pushed(attempt, "revert", None))
             else:
                 outcomes.append(
                     Pushed(kind.entity_type, entity_id, "skip", message="no change since the last sync")
@@ -168,7 +207,7 @@ class NameListPusher:
     def _settle(self, attempt: _Attempt, result: WriteResult) -> Outcome | _Attempt:
         kind = self.kind
         if result.ok and result.entity_obj is not None:
-            return self._pushed(attempt, attempt.op.operation, result.entity_obj)
+            return self._pushed(attempt, attempt.action or attempt.op.operation, result.entity_obj)
         error = result.error or QboError("no answer for this write")
         if isinstance(error, StaleObjectError) and result.current is not None:
             return self._merge(attempt, result.current, attempt.base)
@@ -179,35 +218,51 @@ class NameListPusher:
         )
 
     def _pushed(
-        self, attempt: _Attempt, action: str, obj: Mapping[str, Any], base: Mapping[str, Any] | None = None
+        self,
+        attempt: _Attempt,
+        action: str,
+        obj: Mapping[str, Any] | None,
+        base: Mapping[str, Any] | None = None,
     ) -> Pushed:
-        agreed = base if base is not None else self.kind.mapping.from_qbo(obj)
+        """What to store: the link at ``obj`` (none for a revert alone) with the agreed ``base`` (default: ``obj``'s
+        fields), the fields Batchly takes, and the conflicts, each named in the log entry."""
+        agreed = base if base is not None or obj is None else self.kind.mapping.from_qbo(obj)
         return Pushed(
             self.kind.entity_type,
             attempt.record.entity_id,
             action,
             qbo_obj=obj,
-            base=encode_snapshot(agreed),
+            base=encode_snapshot(agreed) if agreed is not None else None,
             batchly_changes=attempt.batchly_changes,
             conflicts=attempt.conflicts,
+            message=_describe(attempt.conflicts),
         )
 
     def _merge(
         self, attempt: _Attempt, current: Mapping[str, Any], base: Mapping[str, Any] | None
     ) -> Outcome | _Attempt:
         """Three-way merge against QuickBooks' current object; push what Batchly still has to say."""
+        record = attempt.record
         result = merge(
             base,
-            attempt.record.fields,
+            record.fields,
             self.kind.mapping.from_qbo(current),
-            batchly_updated_at=attempt.record.updated_at,
+            batchly_updated_at=record.updated_at,
             qbo_updated_at=qbo_last_updated(current),
-            policy=self.kind.policy,
+            policy=record.policy,
+            batchly_changed_at=record.changed_at,
         )
+        seen = {
+            conflict.field for conflict in result.conflicts
+        }  # seen again now: the merge's view replaces it
         merged = replace(
             attempt,
-            conflicts=attempt.conflicts + self._conflicts(attempt, current, result),
-            batchly_changes={**attempt.batchly_changes, **result.to_batchly},
+            conflicts=tuple(c for c in attempt.conflicts if c.field not in seen)
+            + self._conflicts(record, str(current["Id"]), current, result),
+            batchly_changes={
+                **{k: v for k, v in attempt.batchly_changes.items() if k not in result.base},
+                **result.to_batchly,
+            },
         )
         action = "link" if base is None else "update"
         if not result.to_qbo:
@@ -216,7 +271,7 @@ class NameListPusher:
         update = self._update_op(
             merged.record.entity_id, intended, result.to_qbo, str(current["Id"]), str(current["SyncToken"])
         )
-        return replace(merged, op=update, base=result.base)
+        return replace(merged, op=update, base=result.base, action=action)
 
     def _link_duplicate(self, attempt: _Attempt, error: QboError) -> Outcome | _Attempt:
         """6240: link to the QuickBooks record of that name when it is the same one, else leave it for review."""
@@ -268,25 +323,53 @@ class NameListPusher:
         )
 
     def _conflicts(
-        self, attempt: _Attempt, current: Mapping[str, Any], result: MergeResult
+        self, record: _Record, qbo_id: str, current: Mapping[str, Any] | None, result: MergeResult
     ) -> tuple[ConflictRecord, ...]:
+        """The merge's conflicts as rows; ``current`` is the QuickBooks object merged against (none: the base)."""
         return tuple(
             ConflictRecord(
                 organization_id=self.ctx.organization_id,
                 entity_type=self.kind.entity_type,
-                entity_id=attempt.record.entity_id,
-                qbo_id=str(current["Id"]),
+                entity_id=record.entity_id,
+                qbo_id=qbo_id,
                 field=conflict.field,
                 base_value=conflict.base_value,
                 batchly_value=conflict.batchly_value,
                 qbo_value=conflict.qbo_value,
                 resolution=conflict.resolution.value,
-                batchly_updated_at=attempt.record.updated_at,
-                qbo_updated_at=qbo_last_updated(current),
+                batchly_updated_at=record.changed_at.get(conflict.field, record.updated_at),
+                qbo_updated_at=qbo_last_updated(current) if current is not None else None,
                 run_id=self.ctx.run_id,
+                reason=conflict.reason.value,
             )
             for conflict in result.conflicts
         )
+
+
+_SETTLED = {
+    Resolution.BATCHLY: "Batchly's value kept",
+    Resolution.QUICKBOOKS: "QuickBooks' value kept",
+    Resolution.PENDING_REVIEW: "left for review",
+}
+
+
+def _describe(conflicts: Sequence[ConflictRecord]) -> str | None:
+    """One line naming each conflict and how it was settled (for the sync log)."""
+    if not conflicts:
+        return None
+    parts = []
+    for conflict in conflicts:
+        resolution = Resolution(conflict.resolution)
+        if conflict.reason == "owned_field":
+            owner = "QuickBooks" if resolution is Resolution.QUICKBOOKS else "Batchly"
+            why = f"{owner} owns it, the other side's edit is reverted"
+        else:
+            why = "changed on both sides" if conflict.reason == "both_changed" else "first link"
+        parts.append(
+            f"{conflict.field}: {_SETTLED[resolution]} ({why}; Batchly {conflict.batchly_value!r}, "
+            f"QuickBooks {conflict.qbo_value!r})"
+        )
+    return "conflicts: " + "; ".join(parts)
 
 
 def _digest(value: object) -> str:

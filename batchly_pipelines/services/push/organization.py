@@ -106,6 +106,7 @@ class PushStats:
     errors: list[str] = field(
         default_factory=list
     )  # chunks that failed as a whole, with why (records retry later)
+    conflicts: Counter[str] = field(default_factory=Counter)  # per entity and resolution (customer.quickbooks …)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for logs, metadata and JSON."""
@@ -119,6 +120,7 @@ class PushStats:
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "api": self.api,
             "errors": list(self.errors),
+            "conflicts": dict(sorted(self.conflicts.items())),
         }
 
 
@@ -477,6 +479,8 @@ class _Push:
             for outcome in outcomes:
                 ok = isinstance(outcome, Pushed)
                 self.stats.actions[f"{outcome.entity_type}.{outcome.action if ok else 'failed'}"] += 1
+                for conflict in outcome.conflicts:
+                    self.stats.conflicts[f"{conflict.entity_type}.{conflict.resolution}"] += 1
             self.stats.done += result.acked + result.retrying + result.dead
             self.stats.failed += result.retrying + result.dead
             self.stats.dead += result.dead

@@ -1,4 +1,6 @@
-"""Per-field change times of customers and items: ``batchly_field_changes`` and the triggers that fill it.
+"""Per-field change times of customers and items (``batchly_field_changes`` and the triggers that fill it), and the
+fields each organisation sends to review (``merge_review_fields``), for the pull and the push alike; and why a
+conflict was reported (``sync_conflicts.reason``).
 
 Newest-wins compares when *that field* changed on each side (``store/field_changes.py``). Rows edited before this
 migration have no recorded change: their fields count as changed when the record was created.
@@ -32,9 +34,26 @@ def upgrade() -> None:
     )
     for statement in field_changes.create_statements(op.get_bind().dialect.name):
         op.execute(statement)
+    op.add_column("sync_conflicts", sa.Column("reason", sa.String(16)))  # plain ADD COLUMN, no table rebuild
+    op.create_table(
+        "merge_review_fields",
+        sa.Column("organization_id", sa.Integer, nullable=False),
+        sa.Column("entity_type", sa.String(16), nullable=False),
+        sa.Column("field", sa.String(64), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["organization_id"],
+            ["organizations.id"],
+            name=op.f("fk_merge_review_fields_organization_id_organizations"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("organization_id", "entity_type", "field", name=op.f("pk_merge_review_fields")),
+    )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sync_conflicts") as batch:
+        batch.drop_column("reason")
+    op.drop_table("merge_review_fields")
     for statement in field_changes.drop_statements(op.get_bind().dialect.name):
         op.execute(statement)
     op.drop_table("batchly_field_changes")

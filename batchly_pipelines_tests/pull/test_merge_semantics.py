@@ -1,0 +1,210 @@
+"""Merge semantics of the pull (issue 10, failures 3, 4, 8 and 9): ownership writes the owner's value to both sides,
+a cleared value is a change, the first link merges like any other both-sides change, newest-wins is per field, and
+review fields are honoured; a review shows current values and is resolved on what the reviewer saw."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from batchly_pipelines.rules.name_lists import ITEMS
+from batchly_pipelines.services.pull.checks import record_drift
+from batchly_pipelines.services.pull.resolve import resolve_conflicts
+from batchly_pipelines.services.push.organization import PushStats, push_organization
+from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.review_fields import set_review_fields
+from batchly_pipelines.store.schema import utcnow
+from batchly_pipelines_tests.support import factories
+from batchly_pipelines_tests.support.pull import Company, open_conflicts, queue
+
+
+def _app_update(company: Company, table: sa.Table, row_id: int, **values: Any) -> None:
+    """An edit made in the Batchly app (the triggers queue it and record when each field changed)."""
+    with company.engine.begin() as conn:
+        conn.execute(sa.update(table).where(table.c.id == row_id).values(**values))
+
+
+def _changed_earlier(company: Company, entity_type: str, entity_id: int, field: str, hours: float) -> None:
+    """Pretend Batchly's last change of ``field`` was ``hours`` ago (as if the edit had been made then)."""
+    c = s.batchly_field_changes.c
+    with company.engine.begin() as conn:
+        conn.execute(
+            sa.update(s.batchly_field_changes)
+            .where(c.entity_type == entity_type, c.entity_id == entity_id, c.field == field)
+            .values(changed_at=utcnow() - timedelta(hours=hours))
+        )
+
+
+def _push(company: Company) -> PushStats:
+    return push_organization(company.engine, company.client, company.org, worker="test-worker")
+
+
+def _conflicts(company: Company) -> list[dict[str, Any]]:
+    return company.rows(s.sync_conflicts)
+
+
+def _pending_items(company: Company) -> list[int]:
+    return [
+        q["entity_id"]
+        for q in queue(company.engine)
+        if q["entity_type"] == "item" and q["status"] == "pending"
+    ]
+
+
+def test_batchly_edits_of_quickbooks_owned_item_fields_fail_the_check_and_are_reverted_on_the_next_pull(
+    company: Company,
+) -> None:
+    widget = company.qbo.item("Widget", "10.00", Sku="W-1")
+    company.pull()
+    item = company.row(s.items, qbo_id=widget["Id"])
+    _app_update(
+        company, s.items, item["id"], unit_price=Decimal("99.00"), is_active=False, name="Gadget", sku=None
+    )
+
+    drift = record_drift(company.engine, ITEMS, company.org)
+    assert drift.failed == 1 and set(drift.examples[0]["fields"]) == {
+        "unit_price",
+        "is_active",
+        "name",
+        "sku",
+    }
+
+    company.pull()  # QuickBooks changed nothing: the mirror has no news, the edits are still reverted
+
+    after = company.row(s.items, id=item["id"])
+    assert (after["unit_price"], after["is_active"], after["name"], after["sku"]) == (
+        Decimal("10.00"),
+        True,
+        "Widget",
+        "W-1",
+    )
+    settled = {(c["field"], c["resolution"], c["reason"]) for c in _conflicts(company)}
+    assert settled == {
+        (name, "quickbooks", "owned_field") for name in ("unit_price", "is_active", "name", "sku")
+    }
+    assert record_drift(company.engine, ITEMS, company.org).passed
+
+
+def test_a_description_edited_only_in_quickbooks_is_written_back_to_quickbooks(
+    connected: Company,
+) -> None:
+    company = connected
+    widget = company.qbo.item("Widget", "10.00", Description="Ours")
+    company.pull()
+    item = company.row(s.items, qbo_id=widget["Id"])
+    company.act("update", entity="Item", id=widget["Id"], fields={"Description": "Theirs"})
+
+    company.pull()
+
+    assert company.row(s.items, id=item["id"])["description"] == "Ours"
+    [conflict] = _conflicts(company)
+    assert (conflict["field"], conflict["resolution"], conflict["reason"]) == (
+        "description",
+        "batchly",
+        "owned_field",
+    )
+    assert _pending_items(company) == [item["id"]]  # Batchly won: the push is queued
+    _push(company)
+    assert company.qbo.read("Item", widget["Id"])["Item"]["Description"] == "Ours"
+    company.pull()
+    assert record_drift(company.engine, ITEMS, company.org).passed and len(_conflicts(company)) == 1
+
+
+def test_the_first_link_keeps_newer_batchly_only_values_and_sends_them(connected: Company) -> None:
+    company = connected
+    with company.qbo.admin.clock_advanced(-3600):  # QuickBooks' record is an hour older
+        zoe = company.qbo.customer("Zoë", PrimaryEmailAddr={"Address": "zoe@example.com"})
+    with company.engine.begin() as conn:
+        customer = factories.customer(
+            conn, company.org, "Zoë", email="zoe@example.com", phone="555", notes="ours", bill_city="Boise"
+        )
+
+    company.pull()
+
+    row = company.row(s.customers, id=customer)
+    assert row["qbo_id"] == zoe["Id"]
+    assert (row["phone"], row["notes"], row["bill_city"]) == ("555", "ours", "Boise")
+    assert {(c["field"], c["resolution"], c["reason"]) for c in _conflicts(company)} == {
+        (name, "batchly", "first_link") for name in ("phone", "notes", "bill_city")
+    }
+    _push(company)
+    qbo = company.qbo.read("Customer", zoe["Id"])["Customer"]
+    assert (qbo["PrimaryPhone"]["FreeFormNumber"], qbo["Notes"], qbo["BillAddr"]["City"]) == (
+        "555",
+        "ours",
+        "Boise",
+    )
+
+
+def test_newest_wins_per_field_not_by_the_records_last_update(company: Company) -> None:
+    """Batchly edited the notes an hour ago, QuickBooks then edited them, and Batchly just edited the phone: the
+    record is newer in Batchly, QuickBooks' notes are the newer notes."""
+    ada = company.qbo.customer("Ada", Notes="base")
+    company.pull()
+    row = company.row(s.customers, qbo_id=ada["Id"])
+    _app_update(company, s.customers, row["id"], notes="from Batchly")
+    _changed_earlier(company, "customer", row["id"], "notes", hours=1)
+    with company.qbo.admin.clock_advanced(-1800):
+        company.act("update_customer", customer_id=ada["Id"], fields={"Notes": "from QuickBooks"})
+    _app_update(company, s.customers, row["id"], phone="555")
+
+    company.pull()
+
+    after = company.row(s.customers, id=row["id"])
+    assert (after["notes"], after["phone"]) == ("from QuickBooks", "555")
+    [conflict] = _conflicts(company)
+    assert (conflict["field"], conflict["resolution"]) == ("notes", "quickbooks")
+
+
+def test_a_value_cleared_in_quickbooks_is_cleared_in_batchly(company: Company) -> None:
+    ada = company.qbo.customer("Ada", PrimaryPhone={"FreeFormNumber": "555"}, Notes="n")
+    company.pull()
+    company.act("update_customer", customer_id=ada["Id"], fields={"PrimaryPhone": {"FreeFormNumber": ""}})
+    company.pull()
+    assert company.row(s.customers, qbo_id=ada["Id"])["phone"] is None
+    assert queue(company.engine) == []
+
+
+def _reviewed_notes(company: Company) -> tuple[dict[str, Any], dict[str, Any]]:
+    with company.engine.begin() as conn:
+        set_review_fields(conn, company.org, "customer", ["notes"])
+    ada = company.qbo.customer("Ada", Notes="base")
+    company.pull()
+    row = company.row(s.customers, qbo_id=ada["Id"])
+    _app_update(company, s.customers, row["id"], notes="from Batchly")
+    company.act("update_customer", customer_id=ada["Id"], fields={"Notes": "from QuickBooks"})
+    company.pull()
+    [review] = open_conflicts(company.engine)
+    return ada, review
+
+
+def test_a_review_field_stored_for_the_organisation_holds_on_the_pull_and_shows_current_values(
+    company: Company,
+) -> None:
+    ada, review = _reviewed_notes(company)
+    assert (review["batchly_value"], review["qbo_value"]) == ("from Batchly", "from QuickBooks")
+    company.act("update_customer", customer_id=ada["Id"], fields={"Notes": "from QuickBooks, again"})
+    company.pull()
+    [again] = open_conflicts(company.engine)
+    assert again["id"] == review["id"] and again["qbo_value"] == "from QuickBooks, again"
+    assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "from Batchly"
+
+
+def test_resolving_applies_what_the_reviewer_saw_or_refuses_because_it_changed(company: Company) -> None:
+    ada, review = _reviewed_notes(company)
+    _app_update(company, s.customers, review["entity_id"], notes="changed after the review was shown")
+
+    with pytest.raises(ValueError, match=r"changed since"):
+        resolve_conflicts(company.engine, winner="quickbooks", resolved_by="ana", conflict_ids=[review["id"]])
+
+    [shown] = open_conflicts(company.engine)  # still open, now showing the current values
+    assert shown["batchly_value"] == "changed after the review was shown"
+    [done] = resolve_conflicts(
+        company.engine, winner="quickbooks", resolved_by="ana", conflict_ids=[shown["id"]]
+    )
+    assert done.chosen == "from QuickBooks"
+    assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "from QuickBooks"
