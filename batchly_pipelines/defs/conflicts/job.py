@@ -1,10 +1,24 @@
-"""``resolve_conflicts``: settle reviewed conflicts from the Dagster UI (run config picks them and the winner)."""
+"""``resolve_conflicts``: settle reviewed conflicts from the Dagster UI (run config picks them and the winner).
+
+The config is typed: the launchpad's "Scaffold missing config" writes every field, ``winner`` and ``entity_type`` are
+choices it offers, and a wrong value is refused before the run starts. ``sync_status_sensor`` records
+``no_open_conflicts`` again as soon as the run has settled them.
+"""
+
+from enum import Enum
 
 from dagster import Config, Failure, OpExecutionContext, job, op
 from pydantic import Field
 
 from batchly_pipelines.defs.resources import BatchlyDatabase
 from batchly_pipelines.services.pull.resolve import WINNERS, resolve_conflicts
+
+Winner = Enum("Winner", {winner: winner for winner in WINNERS})  # type: ignore[misc]  # the launchpad's choices
+
+
+class EntityType(Enum):
+    customer = "customer"
+    item = "item"
 
 
 class ResolveConflictsConfig(Config):
@@ -14,11 +28,11 @@ class ResolveConflictsConfig(Config):
     organization_id: int | None = Field(
         default=None, description="Or every open conflict of an organisation …"
     )
-    entity_type: str | None = Field(
-        default=None, description="… optionally only of this entity (customer, item) …"
-    )
+    entity_type: EntityType | None = Field(default=None, description="… optionally only of this entity …")
     field: str | None = Field(default=None, description="… and this field (or 'link').")
-    winner: str = Field(description=f"One of {', '.join(WINNERS)}.")
+    winner: Winner = Field(
+        description="batchly: Batchly's current value; quickbooks: QuickBooks' current value; value: the value below."
+    )
     value: str | None = Field(default=None, description="The value to apply when winner is 'value'.")
     resolved_by: str = Field(
         default="", description="Who decided (default: the run's user tag, else 'dagster')."
@@ -35,12 +49,12 @@ def resolve_selected_conflicts(
     try:
         resolved = resolve_conflicts(
             batchly_db.engine,
-            winner=config.winner,
+            winner=config.winner.value,
             value=config.value,
             resolved_by=resolved_by,
             conflict_ids=config.conflict_ids or None,
             organization_id=config.organization_id,
-            entity_type=config.entity_type,
+            entity_type=config.entity_type.value if config.entity_type else None,
             field=config.field,
             run_id=context.run.run_id,
         )
