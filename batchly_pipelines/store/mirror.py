@@ -220,36 +220,48 @@ def mirrored_objects(
     return {qbo_id: dict(data) for qbo_id, data in conn.execute(query).all()}
 
 
-def unreconciled(
-    conn: Connection,
-    organization_id: int,
-    entity: str,
-    after: str,
-    limit: int,
-    *,
-    only: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """The next ``limit`` mirror rows after ``after`` (by ``qbo_id``, the mirror's primary key order) whose version
-    is not the one they were last reconciled at — never reconciled ones included; ``only`` reads those ids whatever
-    their version."""
-    joined = qbo_mirror.outerjoin(
-        qbo_reconciled,
-        sa.and_(
-            rc.organization_id == m.organization_id,
-            rc.entity_type == m.entity_type,
-            rc.qbo_id == m.qbo_id,
-        ),
+def unreconciled_ids(
+    conn: Connection, organization_id: int, entity: str, after: str, limit: int
+) -> tuple[list[str], str | None]:
+    """Of the next ``limit`` mirror rows after ``after`` (by ``qbo_id``, the mirror's primary key order), the ids
+    whose version is not the one they were last reconciled at (never reconciled ones included), and the last id
+    looked at (None when no row is left). Two range scans of primary keys, compared here: the cost is linear in
+    the rows whatever the planner thinks of a join of two freshly filled tables."""
+    scanned = conn.execute(
+        sa.select(m.qbo_id, m.version)
+        .where(m.organization_id == organization_id, m.entity_type == entity, m.qbo_id > after)
+        .order_by(m.qbo_id)
+        .limit(limit)
+    ).all()
+    if not scanned:
+        return [], None
+    last = scanned[-1][0]
+    recorded = dict(
+        conn.execute(
+            sa.select(rc.qbo_id, rc.mirror_version).where(
+                rc.organization_id == organization_id,
+                rc.entity_type == entity,
+                rc.qbo_id > after,
+                rc.qbo_id <= last,
+            )
+        ).all()
     )
+    return [qbo_id for qbo_id, version in scanned if recorded.get(qbo_id) != version], last
+
+
+def mirror_rows(
+    conn: Connection, organization_id: int, entity: str, ids: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The mirror rows of ``ids`` (``qbo_id``, ``sync_token``, ``last_updated_time``, ``deleted``, ``data``,
+    ``version``), in ``qbo_id`` order."""
+    if not ids:
+        return []
     query = (
         sa.select(m.qbo_id, m.sync_token, m.last_updated_time, m.deleted, m.data, m.version)
-        .select_from(joined)
-        .where(m.organization_id == organization_id, m.entity_type == entity, m.qbo_id > after)
+        .where(m.organization_id == organization_id, m.entity_type == entity, m.qbo_id.in_(list(ids)))
+        .order_by(m.qbo_id)
     )
-    if only is None:
-        query = query.where(sa.or_(rc.mirror_version.is_(None), rc.mirror_version != m.version))
-    else:
-        query = query.where(m.qbo_id.in_(list(only)))
-    return [dict(r) for r in conn.execute(query.order_by(m.qbo_id).limit(limit)).mappings()]
+    return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def record_reconciled(

@@ -29,14 +29,29 @@ def unlinked_rows(conn: Connection, entity_type: str, organization_id: int) -> I
 
 
 def twins(
-    conn: Connection, entity_type: str, organization_id: int, qbo_ids: Sequence[str]
+    conn: Connection, entity_type: str, organization_id: int, qbo_ids: Sequence[str], *, lock: bool = False
 ) -> dict[str, tuple[int, bool]]:
-    """The Batchly rows linked to these QuickBooks ids: QuickBooks id → (Batchly id, ``is_active``)."""
+    """The Batchly rows linked to these QuickBooks ids: QuickBooks id → (Batchly id, ``is_active``); with ``lock``
+    the rows stay locked (``FOR UPDATE``, in id order) until the caller's transaction ends."""
     t = TABLES[entity_type].c
     query = sa.select(t.qbo_id, t.id, t.is_active).where(
         t.organization_id == organization_id, t.qbo_id.in_(qbo_ids)
     )
+    if lock:
+        query = query.order_by(t.id).with_for_update(of=TABLES[entity_type])
     return {qbo_id: (entity_id, active) for qbo_id, entity_id, active in conn.execute(query).all()}
+
+
+def lock_rows(conn: Connection, entity_type: str, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Batchly rows of ``entity_type`` by id (missing ids are left out), locked until the caller's transaction ends
+    (``SELECT … FOR UPDATE`` in id order on PostgreSQL; SQLite's transactions hold the whole database already): an
+    app edit that comes meanwhile waits, then lands on top of what the caller wrote, never under it."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    table = TABLES[entity_type]
+    query = sa.select(table).where(table.c.id.in_(wanted)).order_by(table.c.id).with_for_update()
+    return {row["id"]: dict(row) for row in conn.execute(query).mappings()}
 
 
 def insert_records(

@@ -26,7 +26,7 @@ pending review keeps one open ``sync_conflicts`` row per record and field howeve
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +43,16 @@ from batchly_pipelines.store.conflicts import (
     record_conflicts,
 )
 from batchly_pipelines.store.db import Connection, Engine, sync_transaction
-from batchly_pipelines.store.field_changes import field_change_times
-from batchly_pipelines.store.mirror import record_reconciled, unreconciled
-from batchly_pipelines.store.outbox import enqueue_updates
+from batchly_pipelines.store.mirror import mirror_rows, record_reconciled, unreconciled_ids
 from batchly_pipelines.store.pull_errors import PullError, clear_errors, record_errors
-from batchly_pipelines.store.push_rows import load_rows
-from batchly_pipelines.store.records import column_rules, insert_records, twins, unlinked_rows, write_fields
+from batchly_pipelines.store.records import (
+    column_rules,
+    insert_records,
+    lock_rows,
+    twins,
+    unlinked_rows,
+    write_fields,
+)
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, load_states, save_states, write_log
 
 CHUNK = 1000
@@ -96,7 +100,6 @@ class _Chunk:
     log: list[LogEntry] = field(default_factory=list)
     errors: list[PullError] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)  # QuickBooks ids left out: Batchly cannot store them
-    pushes: set[int] = field(default_factory=set)  # records with something for QuickBooks: queued for the push
 
     def note(
         self, action: str, qbo_id: str, entity_id: int | None = None, message: str | None = None
@@ -132,15 +135,12 @@ def reconcile(
     policy = policy or kind.policy
     with engine.connect() as conn:
         unlinked = _unlinked_by_name(conn, kind, organization_id)
-    after = ""
-    while True:
-        with engine.connect() as conn:
-            pulled = unreconciled(conn, organization_id, kind.qbo_entity, after, CHUNK, only=only)
-            if not pulled:
-                break
-            rows = _with_news(conn, kind, organization_id, pulled)
-        after = pulled[-1]["qbo_id"]
+    for ids in _batches(engine, kind, organization_id, only):
+        # one transaction reads the batch and writes it, its Batchly rows locked from the first read: an app edit
+        # committed meanwhile waits and lands after, never overwritten by a merge that did not see it
         with sync_transaction(engine) as conn:
+            pulled = mirror_rows(conn, organization_id, kind.qbo_entity, ids)
+            rows = _with_news(conn, kind, organization_id, pulled)
             chunk = _Chunk(kind, organization_id, run_id)
             if rows:
                 _plan(conn, chunk, rows, unlinked, policy, stats)
@@ -155,13 +155,31 @@ def reconcile(
     return stats
 
 
+def _batches(
+    engine: Engine, kind: NameList, organization_id: int, only: Sequence[str] | None
+) -> Iterator[list[str]]:
+    """The QuickBooks ids to reconcile, a batch at a time: ``only`` as given, else the mirror rows whose version
+    was not reconciled yet, scanned in key order (linear in the mirror's rows)."""
+    if only is not None:
+        wanted = sorted(set(only))
+        for start in range(0, len(wanted), CHUNK):
+            yield wanted[start : start + CHUNK]
+        return
+    after: str | None = ""
+    while after is not None:
+        with engine.connect() as conn:
+            ids, after = unreconciled_ids(conn, organization_id, kind.qbo_entity, after, CHUNK)
+        if ids:
+            yield ids
+
+
 def _with_news(
     conn: Connection, kind: NameList, organization_id: int, pulled: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The pulled rows with news for Batchly — unlinked, newer than the link, or deleted while still active — each
     with its Batchly twin's id and the link's base."""
     ids = [row["qbo_id"] for row in pulled]
-    linked = twins(conn, kind.entity_type, organization_id, ids)
+    linked = twins(conn, kind.entity_type, organization_id, ids, lock=True)
     links = {
         state.qbo_id: (state.sync_token, state.base)
         for state in load_states(conn, organization_id, kind.entity_type, qbo_ids=ids)
@@ -215,8 +233,7 @@ def _plan(
                 assert isinstance(match.candidate_id, int)
                 wanted.add(match.candidate_id)
                 named.pop(match.candidate_id)  # one QuickBooks record per Batchly record
-    batchly = load_rows(conn, kind.entity_type, wanted)
-    changed_at = field_change_times(conn, kind.entity_type, batchly.values())
+    batchly = lock_rows(conn, kind.entity_type, wanted)
     open_fields = open_reviews(conn, org, kind.entity_type, wanted)
     for row in rows:
         qbo_id = row["qbo_id"]
@@ -251,7 +268,6 @@ def _plan(
             batchly_updated_at=current["updated_at"],
             qbo_updated_at=row["last_updated_time"],
             policy=policy,
-            batchly_changed_at=changed_at[entity_id],
         )
         _settle(chunk, entity_id, row, qbo_fields, current, result, open_fields.get(entity_id, {}), stats)
 
@@ -316,13 +332,12 @@ def _settle(
             "update", row["qbo_id"], entity_id, "from QuickBooks: " + ", ".join(sorted(result.to_batchly))
         )
         stats.updated += 1
-    # a field Batchly wins is still QuickBooks' value until the push sends it: keep that as the base, and queue the
-    # push (a QuickBooks edit of a field Batchly owns or a first link Batchly wins has no app write that queued it)
+    # a field Batchly wins is still QuickBooks' value until the push sends it: keep that as the base
     base = {**result.base, **{name: qbo_fields[name] for name in result.to_qbo}}
     chunk.states.append(_state(chunk, entity_id, row, base))
-    if result.to_qbo:
-        chunk.pushes.add(entity_id)
-    for conflict in result.conflicts:  # a review already open is refreshed with the values seen now
+    for conflict in result.conflicts:
+        if conflict.resolution is Resolution.PENDING_REVIEW and conflict.field in open_fields:
+            continue  # already waiting for review: one open row per record and field
         chunk.conflicts.append(_field_conflict(chunk, entity_id, row, current, conflict))
     for name, conflict_id in open_fields.items():
         if name not in result.pending_fields and name in result.base:
@@ -357,7 +372,6 @@ def _field_conflict(
         batchly_updated_at=current["updated_at"],
         qbo_updated_at=row["last_updated_time"],
         run_id=chunk.run_id,
-        reason=conflict.reason.value,
     )
 
 
@@ -395,7 +409,6 @@ def _apply(conn: Connection, chunk: _Chunk, stats: ReconcileStats) -> None:
     for entity_id, changes in chunk.updates.items():
         write_fields(conn, entity_type, entity_id, changes)
     save_states(conn, chunk.states)
-    enqueue_updates(conn, chunk.organization_id, entity_type, sorted(chunk.pushes))
     stats.conflicts += record_conflicts(conn, chunk.conflicts)
     for conflict_id, value in chunk.settled.items():
         mark_resolved(conn, conflict_id, winner="value", resolved_by=SETTLED_BY, value=value)
