@@ -158,6 +158,16 @@ def open_reviews_of_qbo_ids(
     return set(conn.execute(query).scalars())
 
 
+def refresh_review(conn: Connection, conflict_id: int, *, batchly_value: Any, qbo_value: Any) -> bool:
+    """Show the current values in an open review (a decision on the old ones is refused). False if not open."""
+    updated = conn.execute(
+        sa.update(sync_conflicts)
+        .where(c.id == conflict_id, c.resolution == "pending_review")
+        .values(batchly_value=_jsonable(batchly_value), qbo_value=_jsonable(qbo_value))
+    ).rowcount
+    return bool(updated)
+
+
 def count_open(conn: Connection, organization_id: int) -> dict[str, int]:
     """Conflicts waiting for review, counted per entity type."""
     rows = conn.execute(

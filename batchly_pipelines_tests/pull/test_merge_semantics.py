@@ -109,7 +109,7 @@ def test_a_description_edited_only_in_quickbooks_is_written_back_to_quickbooks(
     )
     assert _pending_items(company) == [item["id"]]  # Batchly won: the push is queued
     _push(company)
-    assert company.qbo.read("Item", widget["Id"])["Item"]["Description"] == "Ours"
+    assert company.qbo.read("Item", widget["Id"])["Description"] == "Ours"
     company.pull()
     assert record_drift(company.engine, ITEMS, company.org).passed and len(_conflicts(company)) == 1
 
@@ -132,7 +132,7 @@ def test_the_first_link_keeps_newer_batchly_only_values_and_sends_them(connected
         (name, "batchly", "first_link") for name in ("phone", "notes", "bill_city")
     }
     _push(company)
-    qbo = company.qbo.read("Customer", zoe["Id"])["Customer"]
+    qbo = company.qbo.read("Customer", zoe["Id"])
     assert (qbo["PrimaryPhone"]["FreeFormNumber"], qbo["Notes"], qbo["BillAddr"]["City"]) == (
         "555",
         "ours",

@@ -6,6 +6,11 @@ through the push: the record is written (or touched) in an ordinary transaction,
 base keeps QuickBooks' value for that field so the push sends exactly it. A ``link`` conflict (a QuickBooks record
 whose Batchly twin was unclear) is settled by linking it to a Batchly record (``value`` = its id, or ``batchly`` when
 there was one candidate) or by creating a new Batchly record from QuickBooks (``quickbooks``).
+
+A person decides on the values a conflict row shows. When either side's value has changed since (Batchly's row, or
+the mirror's QuickBooks record), the decision is not applied: the row is refreshed with the current values, so the
+next look shows them, and the conflict stays open. The other selected conflicts are still resolved; then
+:class:`ReviewOutdated` names the ones refused.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from batchly_pipelines.rules.mapping import decode_snapshot, encode_snapshot
 from batchly_pipelines.rules.merge import resolve_field
 from batchly_pipelines.rules.name_lists import NAME_LISTS, NameList
 from batchly_pipelines.services.pull.reconcile import LINK_FIELD, reconcile
-from batchly_pipelines.store.conflicts import list_conflicts, mark_resolved
+from batchly_pipelines.store.conflicts import list_conflicts, mark_resolved, refresh_review
 from batchly_pipelines.store.db import Connection, Engine, sync_transaction
 from batchly_pipelines.store.mirror import mirrored_data
 from batchly_pipelines.store.push_rows import load_rows
@@ -27,6 +32,19 @@ from batchly_pipelines.store.records import insert_records, link_record, write_f
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, load_states, save_states, write_log
 
 WINNERS = ("batchly", "quickbooks", "value")
+
+
+class ReviewOutdated(ValueError):
+    """Some conflicts were not resolved: their values changed since they were shown (``resolved``: the others)."""
+
+    def __init__(self, refused: list[str], resolved: list[Resolved]) -> None:
+        super().__init__(" ".join(refused))
+        self.refused = refused
+        self.resolved = resolved
+
+
+class _Changed(Exception):
+    """One conflict's values changed since it was shown."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +84,7 @@ def resolve_conflicts(
             ids=list(conflict_ids) if conflict_ids is not None else None,
             limit=100_000,
         )
-    resolved = []
+    resolved, refused = [], []
     for conflict in conflicts:
         kind = NAME_LISTS.get(conflict["entity_type"])
         if kind is None:
@@ -74,7 +92,12 @@ def resolve_conflicts(
                 f"conflict {conflict['id']}: {conflict['entity_type']} conflicts are not resolvable"
             )
         resolve = _resolve_link if conflict["field"] == LINK_FIELD else _resolve_field
-        resolved.append(resolve(engine, kind, conflict, winner, value, resolved_by, run_id))
+        try:
+            resolved.append(resolve(engine, kind, conflict, winner, value, resolved_by, run_id))
+        except _Changed as exc:
+            refused.append(str(exc))
+    if refused:
+        raise ReviewOutdated(refused, resolved)
     return resolved
 
 
@@ -98,6 +121,19 @@ def _resolve_field(
         qbo_value = _mirror_fields(conn, kind, org, conflict["qbo_id"])[name]
         [state] = load_states(conn, org, kind.entity_type, entity_ids=[entity_id])
     spec = next(spec for spec in kind.mapping.specs if spec.column == name)
+    shown = spec.normalise(conflict["batchly_value"]), spec.normalise(conflict["qbo_value"])
+    if shown != (batchly_value, qbo_value):
+        with engine.begin() as conn:
+            refresh_review(conn, conflict["id"], batchly_value=batchly_value, qbo_value=qbo_value)
+        changed = [
+            f"{side} {was!r} → {now!r}"
+            for side, was, now in (("Batchly", shown[0], batchly_value), ("QuickBooks", shown[1], qbo_value))
+            if was != now
+        ]
+        raise _Changed(
+            f"Conflict {conflict['id']} ({kind.entity_type} {entity_id} {name}) was not resolved: it changed since "
+            f"it was shown ({', '.join(changed)}); it now shows the current values, review it again."
+        )
     chosen = {"batchly": batchly_value, "quickbooks": qbo_value}.get(winner, spec.normalise(value))
     result = resolve_field(name, chosen, batchly_value=batchly_value, qbo_value=qbo_value)
     base = {**decode_snapshot(kind.entity_type, state.base), name: qbo_value if result.to_qbo else chosen}
