@@ -11,9 +11,7 @@ the realm (``batchly/webhook-realm``); the cursor counts requests per realm, whi
 """
 
 import json
-import os
 import time
-from datetime import timedelta
 
 from dagster import (
     DagsterRunStatus,
@@ -28,27 +26,14 @@ from dagster import (
 
 from batchly_pipelines.defs.resources import BatchlyDatabase
 from batchly_pipelines.defs.runs import ACTIVE_STATUSES
+from batchly_pipelines.defs.webhooks.checks import WEBHOOK_VERDICTS
+from batchly_pipelines.defs.webhooks.config import repair_every
 from batchly_pipelines.defs.webhooks.jobs import WEBHOOK_REALM_TAG, pull_webhook_changes
-from batchly_pipelines.services.webhooks.repair import REPAIR_EVERY, sweeps_due
-from batchly_pipelines.settings import SettingsError
+from batchly_pipelines.services.webhooks.repair import sweeps_due
 from batchly_pipelines.store.inbox import pending_by_realm
 
 INTERVAL_SECONDS = 5
 RETRY_AFTER_SECONDS = 60.0
-
-
-def repair_every(environ: dict[str, str] | None = None) -> timedelta:
-    """How often each realm is swept: ``BATCHLY_WEBHOOK_REPAIR_MINUTES`` (default 15)."""
-    text = (os.environ if environ is None else environ).get("BATCHLY_WEBHOOK_REPAIR_MINUTES", "")
-    if not text:
-        return REPAIR_EVERY
-    try:
-        minutes = float(text)
-    except ValueError:
-        minutes = 0.0
-    if not minutes > 0:
-        raise SettingsError("BATCHLY_WEBHOOK_REPAIR_MINUTES", "minutes between CDC sweeps, more than 0", text)
-    return timedelta(minutes=minutes)
 
 
 def webhook_run_request(realm_id: str, run_key: str, sweep: bool = False) -> RunRequest:
@@ -114,3 +99,32 @@ def _failed_recently(context: SensorEvaluationContext, realm_id: str) -> bool:
         return False
     ended = records[0].end_time or records[0].update_timestamp.timestamp()
     return time.time() - ended < RETRY_AFTER_SECONDS
+
+
+CHECKS_INTERVAL_SECONDS = 60
+CHECKS_RECORD_EVERY_SECONDS = 300
+
+
+@sensor(
+    minimum_interval_seconds=CHECKS_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Records the webhooks_flowing and read_budget checks of sync_status when their outcome changes and at "
+        "least every 5 minutes (a few queries, no run, no QuickBooks call)."
+    ),
+)
+def webhook_checks_sensor(
+    context: SensorEvaluationContext, batchly_db: BatchlyDatabase
+) -> SensorResult | SkipReason:
+    last: dict[str, object] = json.loads(context.cursor) if context.cursor else {}
+    verdicts = {name: verdict(batchly_db) for name, verdict in WEBHOOK_VERDICTS.items()}
+    outcome = {name: [verdict.passed, verdict.severity.value] for name, verdict in verdicts.items()}
+    now = time.time()
+    recorded_at = last.get("recorded_at")
+    fresh = isinstance(recorded_at, int | float) and now - recorded_at < CHECKS_RECORD_EVERY_SECONDS
+    if fresh and last.get("outcome") == outcome:
+        return SkipReason("the webhook checks' outcome has not changed since they were last recorded")
+    return SensorResult(
+        asset_events=[verdict.evaluation(name) for name, verdict in verdicts.items()],
+        cursor=json.dumps({"recorded_at": now, "outcome": outcome}),
+    )
