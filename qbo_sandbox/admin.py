@@ -12,6 +12,7 @@ from typing import Any
 from qbo_sandbox import faults
 from qbo_sandbox.books import Books
 from qbo_sandbox.clock import Clock, envelope_time
+from qbo_sandbox.metering import ReadMeter
 from qbo_sandbox.oauth import OAuthServer
 from qbo_sandbox.seed import Seeder, SeedPlan, create_company
 from qbo_sandbox.state import Limits, Realm, SandboxState
@@ -44,11 +45,13 @@ class AdminApi:
         clock: Clock,
         oauth: OAuthServer,
         webhooks: WebhookDispatcher,
+        meter: ReadMeter | None = None,
     ) -> None:
         self.state = state
         self.clock = clock
         self.oauth = oauth
         self.webhooks = webhooks
+        self.meter = meter or ReadMeter(clock)
         self._global: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
             ("GET", "realms"): self._list_realms,
             ("POST", "realms"): self._create_realm,
@@ -56,6 +59,8 @@ class AdminApi:
             ("POST", "counters/reset"): self._reset_counters,
             ("POST", "clock"): self._advance_clock,
             ("POST", "webhooks"): self._webhooks,
+            ("GET", "metering"): lambda _: self.meter.report(),
+            ("POST", "metering"): self._metering,
         }
         self._per_realm: dict[tuple[str, str], Callable[[Realm, dict[str, Any]], Any]] = {
             ("POST", "seed"): self._seed,
@@ -122,8 +127,14 @@ class AdminApi:
 
     def _webhooks(self, payload: dict[str, Any]) -> dict[str, Any]:
         config = WebhookConfig(**payload)
+        config.aggregation_seconds = float(config.aggregation_seconds)
         self.webhooks.configure(config)
         return asdict(config)
+
+    def _metering(self, payload: dict[str, Any]) -> dict[str, Any]:
+        quota = payload.get("read_quota")
+        self.meter.configure(None if quota is None else int(quota))
+        return self.meter.report()
 
     # -- realm routes ----------------------------------------------------------------------------------------
     def _seed(self, realm: Realm, payload: dict[str, Any]) -> dict[str, Any]:

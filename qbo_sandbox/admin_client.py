@@ -156,8 +156,27 @@ class SandboxAdmin:
             self.advance_clock(-seconds)
 
     def configure_webhooks(
-        self, url: str | None, verifier: str = "", format: str = "legacy"
+        self,
+        url: str | None,
+        verifier: str = "",
+        format: str = "legacy",
+        aggregation_seconds: float = 1.0,
     ) -> dict[str, Any]:
         """Deliver webhooks to ``url`` (None turns them off), signed with ``verifier``, as ``legacy`` or
-        ``cloudevents``."""
-        return dict(self.call("POST", "webhooks", {"url": url, "verifier": verifier, "format": format}))
+        ``cloudevents``, gathering events for ``aggregation_seconds`` (scaled) into each notification."""
+        payload = {
+            "url": url,
+            "verifier": verifier,
+            "format": format,
+            "aggregation_seconds": aggregation_seconds,
+        }
+        return dict(self.call("POST", "webhooks", payload))
+
+    # -- metered reads ---------------------------------------------------------------------------------------
+    def metering(self) -> dict[str, Any]:
+        """``{"read_quota", "reads": {app: {month: n}}}``: the app's metered reads per month."""
+        return dict(self.call("GET", "metering"))
+
+    def set_read_quota(self, quota: int | None) -> dict[str, Any]:
+        """Refuse reads (429) past ``quota`` a month; ``None`` lifts the quota."""
+        return dict(self.call("POST", "metering", {"read_quota": quota}))

@@ -9,6 +9,7 @@ from typing import Any
 from qbo_sandbox import faults
 from qbo_sandbox.books import Books, entity_spec
 from qbo_sandbox.clock import Clock, envelope_time
+from qbo_sandbox.metering import ReadMeter, is_read
 from qbo_sandbox.oauth import AuthError, OAuthServer
 from qbo_sandbox.state import Realm, SandboxState
 from qbo_sandbox.throttle import Throttle, Throttled, throttled_response
@@ -42,12 +43,14 @@ class DataApi:
         oauth: OAuthServer,
         throttle: Throttle,
         latency_ms: float = 0.0,
+        meter: ReadMeter | None = None,
     ) -> None:
         self.state = state
         self.clock = clock
         self.oauth = oauth
         self.throttle = throttle
         self.latency_ms = latency_ms
+        self.meter = meter or ReadMeter(clock)
 
     def handle(self, request: Request, realm_id: str, parts: list[str]) -> Response:
         """Authenticate, admit through the throttle, inject faults, replay or execute."""
@@ -62,12 +65,19 @@ class DataApi:
             )
         resource = parts[0].lower()
         self.state.counters.add(realm_id, f"request:{request.method} {resource}")
+        metered = is_read(request.method, resource)
+        if metered and self.meter.blocked(self.oauth.client_id):  # the app's monthly reads are used up
+            self.state.counters.add(realm_id, "read_quota_refused")
+            return throttled_response(self.clock)
         try:
             with self.throttle.admit(realm_id, realm.limits, batch=resource == "batch"):
-                return self._admitted(request, realm, parts)
+                response = self._admitted(request, realm, parts)
         except Throttled:
             self.state.counters.add(realm_id, "throttled")
             return throttled_response(self.clock)
+        if metered and response.status == 200:
+            self.meter.count(self.oauth.client_id)
+        return response
 
     def _admitted(self, request: Request, realm: Realm, parts: list[str]) -> Response:
         if self.latency_ms:

@@ -33,6 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--webhook-url")
     serve.add_argument("--webhook-verifier", default="")
     serve.add_argument("--webhook-format", choices=FORMATS, default="legacy")
+    serve.add_argument(
+        "--webhook-aggregation-seconds",
+        type=float,
+        default=defaults.webhook_aggregation_seconds,
+        help="gather events this long (scaled) into one notification (Intuit: 60, 180 or 300)",
+    )
+    serve.add_argument(
+        "--read-quota",
+        type=int,
+        help="metered reads per app and month; past it reads answer 429 (Intuit: 500000)",
+    )
     return parser
 
 
@@ -53,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         webhook_url=args.webhook_url,
         webhook_verifier=args.webhook_verifier,
         webhook_format=args.webhook_format,
+        webhook_aggregation_seconds=args.webhook_aggregation_seconds,
+        read_quota=args.read_quota,
     )
     stop = threading.Event()
 

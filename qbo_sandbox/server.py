@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 from qbo_sandbox.admin import PREFIX, AdminApi
 from qbo_sandbox.api import DataApi
 from qbo_sandbox.clock import Clock
+from qbo_sandbox.metering import ReadMeter
 from qbo_sandbox.oauth import JWKS_PATH, USERINFO_PATH, OAuthServer
 from qbo_sandbox.seed import (
     DEMO_COMPANY_NAME,
@@ -33,7 +34,7 @@ from qbo_sandbox.seed import (
 )
 from qbo_sandbox.state import SandboxState
 from qbo_sandbox.throttle import Throttle
-from qbo_sandbox.webhooks import WebhookConfig, WebhookDispatcher
+from qbo_sandbox.webhooks import AGGREGATION_SECONDS, WebhookConfig, WebhookDispatcher
 from qbo_sandbox.wire import Request, Response, dumps, json_response, system_fault
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class SandboxConfig:
     webhook_url: str | None = None
     webhook_verifier: str = ""
     webhook_format: str = "legacy"
+    webhook_aggregation_seconds: float = AGGREGATION_SECONDS
+    read_quota: int | None = None  # the app's metered reads per month (None: counted, never refused)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -143,12 +146,18 @@ class SandboxServer:
         )
         self.throttle = Throttle(self.clock, self.config.throttle)
         webhook_config = WebhookConfig(
-            self.config.webhook_url, self.config.webhook_verifier, self.config.webhook_format
+            self.config.webhook_url,
+            self.config.webhook_verifier,
+            self.config.webhook_format,
+            self.config.webhook_aggregation_seconds,
         )
         self.webhooks = WebhookDispatcher(self.clock, self.state.counters, webhook_config)
         self.state.listeners.append(self.webhooks.on_event)
-        self.api = DataApi(self.state, self.clock, self.oauth, self.throttle, self.config.latency_ms)
-        self.admin = AdminApi(self.state, self.clock, self.oauth, self.webhooks)
+        self.meter = ReadMeter(self.clock, self.config.read_quota)
+        self.api = DataApi(
+            self.state, self.clock, self.oauth, self.throttle, self.config.latency_ms, meter=self.meter
+        )
+        self.admin = AdminApi(self.state, self.clock, self.oauth, self.webhooks, meter=self.meter)
         self._httpd: _HTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()

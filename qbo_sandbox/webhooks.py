@@ -1,18 +1,22 @@
-"""Signed webhook delivery (legacy and CloudEvents formats) with Intuit's retry schedule, scaled by the clock."""
+"""Signed webhook delivery (legacy and CloudEvents formats) with Intuit's retry schedule, scaled by the clock.
+
+Events are gathered over an aggregation window (1 s by default; Intuit's production aggregates over 1, 3 or 5
+minutes) into one notification, which mixes realms. Notifications go out one at a time, in order: one that is not
+acknowledged (anything but a 200 within 3 s) is retried on Intuit's schedule, and the later ones wait behind it —
+"you may not receive subsequent events until you correctly acknowledge the first".
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import heapq
 import hmac
-import itertools
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +25,7 @@ from qbo_sandbox.state import Counters, Event
 from qbo_sandbox.wire import dumps
 
 RETRY_SCHEDULE = (10.0, 20.0, 30.0, 300.0, 1200.0, 7200.0, 14400.0, 21600.0)  # then every 6 h
-BATCH_WINDOW = 1.0  # events are gathered this long (scaled) before a notification is sent
+AGGREGATION_SECONDS = 1.0  # events are gathered this long (scaled) before a notification is sent
 DELIVERY_TIMEOUT = 3.0
 FORMATS = ("legacy", "cloudevents")
 _OPERATION_VERB = {
@@ -34,12 +38,25 @@ _OPERATION_VERB = {
 
 
 @dataclass
+class _Notification:
+    """One signed notification: its target, when it is next due and how often it was tried."""
+
+    body: bytes
+    url: str
+    signature: str
+    due: float
+    attempts: int = 0
+
+
+@dataclass
 class WebhookConfig:
-    """Where and how to deliver: no ``url`` means webhooks are off."""
+    """Where and how to deliver: no ``url`` means webhooks are off; ``aggregation_seconds`` (scaled) is how long
+    events are gathered into one notification."""
 
     url: str | None = None
     verifier: str = ""
     format: str = "legacy"
+    aggregation_seconds: float = AGGREGATION_SECONDS
 
 
 def sign(verifier: str, body: bytes) -> str:
@@ -92,7 +109,7 @@ def cloudevents_payload(events: list[Event]) -> list[dict[str, Any]]:
 
 
 class WebhookDispatcher:
-    """Collects change events and delivers them from a background thread, retrying until a 200."""
+    """Collects change events and delivers them from a background thread, in order, retrying each until a 200."""
 
     def __init__(self, clock: Clock, counters: Counters, config: WebhookConfig | None = None) -> None:
         self.clock = clock
@@ -101,17 +118,16 @@ class WebhookDispatcher:
         self._cond = threading.Condition()
         self._pending: list[Event] = []
         self._flush_at: float | None = None
-        self._queue: list[
-            tuple[float, int, int, bytes, str, str]
-        ] = []  # due, seq, attempt, body, url, signature
-        self._seq = itertools.count()
+        self._outbox: deque[_Notification] = deque()  # the head is tried; the rest wait behind it
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="qbo-sandbox-webhooks", daemon=True)
 
     def configure(self, config: WebhookConfig) -> None:
-        """Change the target; events already queued keep their original target."""
+        """Change the target; notifications already queued keep their original target."""
         if config.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}")
+        if not config.aggregation_seconds >= 0:
+            raise ValueError("aggregation_seconds must be 0 or more")
         with self._cond:
             self.config = config
 
@@ -134,7 +150,7 @@ class WebhookDispatcher:
                 return
             self._pending.append(event)
             if self._flush_at is None:
-                self._flush_at = time.monotonic() + self.clock.scaled(BATCH_WINDOW)
+                self._flush_at = time.monotonic() + self.clock.scaled(self.config.aggregation_seconds)
                 self._cond.notify_all()
 
     def _run(self) -> None:
@@ -147,14 +163,12 @@ class WebhookDispatcher:
                 if self._stopped:
                     return
                 self._flush_pending()
-                ready = []
-                while self._queue and self._queue[0][0] <= time.monotonic():
-                    ready.append(heapq.heappop(self._queue))
-            for _, _, attempt, body, url, signature in ready:
-                self._deliver(attempt, body, url, signature)
+                head = self._outbox[0] if self._outbox and self._outbox[0].due <= time.monotonic() else None
+            if head is not None:
+                self._deliver(head)
 
     def _next_due(self) -> float | None:
-        candidates = [self._queue[0][0]] if self._queue else []
+        candidates = [self._outbox[0].due] if self._outbox else []
         if self._flush_at is not None:
             candidates.append(self._flush_at)
         return min(candidates, default=None)
@@ -168,15 +182,17 @@ class WebhookDispatcher:
         )
         body = dumps(payload)
         signature = sign(self.config.verifier, body)
-        heapq.heappush(self._queue, (time.monotonic(), next(self._seq), 0, body, self.config.url, signature))
+        self._outbox.append(_Notification(body, self.config.url, signature, due=time.monotonic()))
 
-    def _deliver(self, attempt: int, body: bytes, url: str, signature: str) -> None:
-        content_type = "application/cloudevents-batch+json" if body.startswith(b"[") else "application/json"
+    def _deliver(self, notification: _Notification) -> None:
+        content_type = (
+            "application/cloudevents-batch+json" if notification.body.startswith(b"[") else "application/json"
+        )
         request = urllib.request.Request(
-            url,
-            data=body,
+            notification.url,
+            data=notification.body,
             method="POST",
-            headers={"Content-Type": content_type, "intuit-signature": signature},
+            headers={"Content-Type": content_type, "intuit-signature": notification.signature},
         )
         try:
             with urllib.request.urlopen(request, timeout=DELIVERY_TIMEOUT) as response:
@@ -184,10 +200,13 @@ class WebhookDispatcher:
         except (urllib.error.URLError, OSError):
             ok = False
         self.counters.add("global", "webhook_deliveries" if ok else "webhook_failures")
-        if ok:
-            return
-        delay = RETRY_SCHEDULE[min(attempt, len(RETRY_SCHEDULE) - 1)]
         with self._cond:
-            due = time.monotonic() + self.clock.scaled(delay)
-            heapq.heappush(self._queue, (due, next(self._seq), attempt + 1, body, url, signature))
+            if ok:
+                self._outbox.popleft()
+                if self._outbox:  # the next one waited behind it: it goes now
+                    self._outbox[0].due = min(self._outbox[0].due, time.monotonic())
+            else:
+                delay = RETRY_SCHEDULE[min(notification.attempts, len(RETRY_SCHEDULE) - 1)]
+                notification.attempts += 1
+                notification.due = time.monotonic() + self.clock.scaled(delay)
             self._cond.notify_all()

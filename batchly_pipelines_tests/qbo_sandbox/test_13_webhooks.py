@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -120,3 +121,75 @@ def test_failed_deliveries_are_retried_on_the_scaled_schedule() -> None:
     assert receiver.deliveries[0][3] == receiver.deliveries[2][3], "the same notification is retried"
     assert times[1] - times[0] >= 0.1 * 0.9 and times[2] - times[1] >= 0.2 * 0.9  # 10 s and 20 s / 100
     assert counters["global"]["webhook_failures"] == 2 and counters["global"]["webhook_deliveries"] == 1
+
+
+def test_a_cloudevents_delivery_mixes_realms(receiver: Receiver) -> None:
+    with _sandbox(receiver, "cloudevents") as sandbox:
+        first, second = Qbo(sandbox), Qbo(sandbox)
+        first.customer("First Co customer")
+        second.customer("Second Co customer")
+        receiver.wait(1)
+    [(_, _, _, body)] = receiver.deliveries
+    assert {event["intuitaccountid"] for event in json.loads(body)} == {first.realm_id, second.realm_id}
+
+
+def test_a_failing_notification_holds_back_the_later_ones_until_it_is_acknowledged() -> None:
+    receiver = Receiver(failures=2)
+    try:
+        with _sandbox(receiver, "legacy") as sandbox:
+            qbo = Qbo(sandbox)
+            qbo.customer("First")
+            receiver.wait(1)
+            qbo.customer("Second")  # a later notification, while the first waits for its retry
+            receiver.wait(4)
+    finally:
+        receiver.httpd.shutdown()
+    names = [
+        [
+            entity["id"]
+            for n in json.loads(body)["eventNotifications"]
+            for entity in n["dataChangeEvent"]["entities"]
+        ]
+        for _, _, _, body in receiver.deliveries
+    ]
+    statuses = [status for _, status, _, _ in receiver.deliveries]
+    assert statuses == [500, 500, 200, 200]
+    assert names[0] == names[1] == names[2] != names[3]  # the second went only after the first got its 200
+
+
+def test_events_are_aggregated_over_the_configured_window(receiver: Receiver) -> None:
+    with _sandbox(receiver, "cloudevents") as sandbox:
+        qbo = Qbo(sandbox)
+        qbo.admin.configure_webhooks(receiver.url, VERIFIER, "cloudevents", aggregation_seconds=30.0)
+        started = time.monotonic()
+        for n in range(3):
+            qbo.customer(f"Aggregated {n}")
+            time.sleep(0.05)
+        receiver.wait(1)
+        time.sleep(0.1)
+    [(delivered_at, _, _, body)] = receiver.deliveries
+    assert len(json.loads(body)) == 3
+    assert delivered_at - started >= 0.3 * 0.9  # 30 s / 100
+
+
+def test_reads_are_metered_per_app_and_month_and_refused_past_the_quota(receiver: Receiver) -> None:
+    with _sandbox(receiver, "legacy") as sandbox:
+        qbo = Qbo(sandbox)
+        admin = SandboxAdmin(sandbox.base_url)
+        customer = qbo.customer("Metered")  # a write: not metered
+        qbo.read("Customer", customer["Id"])
+        qbo.query("SELECT * FROM Customer")
+        assert qbo.get("query", query="SELECT * FROM Nothing").status_code == 400  # a fault: not metered
+        metering = admin.metering()
+        month = next(iter(metering["reads"]["batchly-local-client"]))
+        assert metering["reads"] == {"batchly-local-client": {month: 2}} and metering["read_quota"] is None
+        admin.set_read_quota(3)
+        since = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert qbo.get("cdc", entities="Customer", changedSince=since).status_code == 200
+        refused = qbo.get("query", query="SELECT * FROM Customer")
+        assert refused.status_code == 429 and "ThrottleExceeded" in refused.text  # as Intuit answers
+        assert qbo.create("Customer", {"DisplayName": "Writes go on"})["DisplayName"] == "Writes go on"
+        assert admin.metering()["reads"]["batchly-local-client"][month] == 3
+        with admin.clock_advanced(40 * 86400):  # next month: the quota starts again
+            qbo.token = admin.access_token(qbo.realm_id)  # (the old one expired meanwhile)
+            assert qbo.get("query", query="SELECT * FROM Customer").status_code == 200
