@@ -1,4 +1,5 @@
-"""``batchly-sync pull`` and ``batchly-sync conflicts list|resolve``: the pull from the operator's command line."""
+"""``batchly-sync pull``, ``batchly-sync conflicts list|resolve`` and ``batchly-sync review-fields``: the pull and
+its merge policy from the operator's command line."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from typing import Any
 from batchly_pipelines.cli.output import section
 from batchly_pipelines.quickbooks.errors import ReauthorizationRequired
 from batchly_pipelines.rules.mapping import CUSTOMER_FIELDS
+from batchly_pipelines.rules.name_lists import NAME_LISTS
 from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.pull.organization import pull_organization, window_since_cursor
 from batchly_pipelines.services.pull.resolve import WINNERS, resolve_conflicts
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.conflicts import list_conflicts
 from batchly_pipelines.store.db import create_engine
+from batchly_pipelines.store.review_fields import review_fields, set_review_fields
 
 
 def _aware(text: str) -> datetime:
@@ -101,6 +104,27 @@ def _resolve(engine: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review_fields(args: argparse.Namespace, settings: Settings) -> int:
+    """Show, or with ``--set`` / ``--clear`` replace, the fields of an organisation's customers or items that go to
+    manual review when both sides changed them (the pull and the push alike)."""
+    kind = NAME_LISTS[args.entity]
+    engine = create_engine(settings.database_url)
+    if args.set is not None or args.clear:
+        wanted = [] if args.clear else args.set
+        unknown = sorted(set(wanted) - set(kind.policy.fields))
+        if unknown:
+            raise SystemExit(
+                f"batchly-sync review-fields: {args.entity} does not sync {', '.join(unknown)} "
+                f"(it syncs {', '.join(kind.policy.fields)})"
+            )
+        with engine.begin() as conn:
+            set_review_fields(conn, args.org, args.entity, wanted)
+    with engine.connect() as conn:
+        fields = sorted(review_fields(conn, args.org, args.entity))
+    print(f"organisation {args.org} {args.entity} review fields: {', '.join(fields) or 'none'}")
+    return 0
+
+
 def _shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
@@ -115,9 +139,20 @@ def add_pull_commands(sub: Any) -> None:
         action="append",
         default=[],
         choices=CUSTOMER_FIELDS,
-        help="customer field sent to manual review instead of newest-wins (repeatable)",
+        help="customer field sent to manual review instead of newest-wins, from now on, by the pull and the push "
+        "(stored; see review-fields; repeatable)",
     )
     pull.set_defaults(handler=cmd_pull)
+
+    review = sub.add_parser(
+        "review-fields", help="fields that go to manual review when both sides changed them (pull and push)"
+    )
+    review.add_argument("--org", type=int, required=True, help="organisation id")
+    review.add_argument("--entity", choices=sorted(NAME_LISTS), default="customer")
+    change = review.add_mutually_exclusive_group()
+    change.add_argument("--set", nargs="+", metavar="FIELD", help="replace the review fields with these")
+    change.add_argument("--clear", action="store_true", help="no field goes to review")
+    review.set_defaults(handler=cmd_review_fields)
 
     conflicts = sub.add_parser("conflicts", help="review and resolve merge conflicts")
     conflicts.add_argument("action", choices=["list", "resolve"])

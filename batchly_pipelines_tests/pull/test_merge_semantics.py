@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from batchly_pipelines.cli.main import main
 from batchly_pipelines.rules.name_lists import ITEMS
 from batchly_pipelines.services.pull.checks import record_drift
 from batchly_pipelines.services.pull.resolve import resolve_conflicts
 from batchly_pipelines.services.push.organization import PushStats, push_organization
 from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.review_fields import set_review_fields
+from batchly_pipelines.store.review_fields import review_fields, set_review_fields
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.support import factories
 from batchly_pipelines_tests.support.pull import Company, open_conflicts, queue
@@ -208,3 +209,19 @@ def test_resolving_applies_what_the_reviewer_saw_or_refuses_because_it_changed(c
     )
     assert done.chosen == "from QuickBooks"
     assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "from QuickBooks"
+
+
+def test_review_fields_from_the_command_line_are_stored_for_the_pull_and_the_push(
+    connected: Company, capsys: pytest.CaptureFixture[str]
+) -> None:
+    org = str(connected.org)
+    assert main(["pull", "--org", org, "--review-field", "notes"]) == 0
+    assert main(["review-fields", "--org", org]) == 0
+    assert capsys.readouterr().out.strip().endswith("customer review fields: notes")
+    assert main(["review-fields", "--org", org, "--set", "email", "phone"]) == 0
+    with connected.engine.connect() as conn:
+        assert review_fields(conn, connected.org, "customer") == {"email", "phone"}
+    with pytest.raises(SystemExit, match="does not sync balance"):
+        main(["review-fields", "--org", org, "--set", "balance"])
+    assert main(["review-fields", "--org", org, "--clear"]) == 0
+    assert capsys.readouterr().out.strip().endswith("customer review fields: none")
