@@ -56,10 +56,12 @@ Version = tuple[str, str]  # (Id, SyncToken): one version of one QuickBooks obje
 
 
 class ServerClock:
-    """The latest QuickBooks ``time`` among the answers of one read (thread-safe: pages are prefetched)."""
+    """QuickBooks' ``time`` of the answers of one read (thread-safe: pages are read concurrently): the latest, and
+    for each range of the window read to its end, the time of its last answer."""
 
     def __init__(self) -> None:
         self.latest: datetime | None = None
+        self._finished: list[tuple[datetime, datetime]] = []  # (range end, time of the range's last answer)
         self._lock = threading.Lock()
 
     def saw(self, moment: datetime | None) -> None:
@@ -69,6 +71,27 @@ class ServerClock:
         with self._lock:
             if self.latest is None or moment > self.latest:
                 self.latest = moment
+
+    def finished(self, range_end: datetime, last_answer: datetime | None) -> None:
+        """A range of the window ending at ``range_end`` was read through; ``last_answer`` is the time of its
+        last answer."""
+        if last_answer is None:
+            return
+        self.saw(last_answer)
+        with self._lock:
+            self._finished.append((range_end, last_answer))
+
+    def complete_until(self, end: datetime, lag: timedelta) -> datetime | None:
+        """Up to when, on QuickBooks' clock, every row stamped before it has been read (``end`` at most): an edit
+        made while a range was read lands at QuickBooks' now and is met by that range's paging if it was visible
+        to the range's last answer — stamped at least ``lag`` before it; a range whose last answer came ``lag``
+        past its end holds nothing newer. So: the earliest last answer less ``lag`` of a range that ends after
+        it, or ``end``. None when no range carried a time."""
+        with self._lock:
+            if not self._finished:
+                return None
+            still_open = [answer - lag for range_end, answer in self._finished if answer - lag < range_end]
+        return min([end, *still_open])
 
 
 class IncompleteSecond(RuntimeError):
@@ -107,70 +130,145 @@ class Window:
 def changed_pages(
     client: QuickBooksClient, entity: str, window: Window, clock: ServerClock | None = None
 ) -> Iterator[list[dict[str, Any]]]:
-    """Every object of ``entity`` updated in ``window``, one page at a time, each version (Id, SyncToken) once;
-    ``clock`` notes QuickBooks' time of every answer."""
-    clock = clock or ServerClock()
-    cursor = window.start
-    seen_at_cursor: set[Version] = set()
-    while True:
-        where = Window(cursor, window.end).conditions(entity)
-        answer = client.query(q.select(entity, where, ORDER, 1, q.MAX_RESULTS))
-        clock.saw(answer.server_time)
-        page = answer.rows
-        fresh = [obj for obj in page if version_of(obj) not in seen_at_cursor]
-        if fresh:
-            yield fresh
-        if len(page) < q.MAX_RESULTS:
-            return
-        newest = qbo_last_updated(page[-1])
-        if newest == cursor:  # a whole page inside one second: read that second by position
-            yield from _one_second(client, entity, cursor, seen_at_cursor, clock)
-            cursor, seen_at_cursor = cursor + timedelta(seconds=1), set()
-            if cursor >= window.end:  # that second was the window's last
-                return
-            continue
-        cursor, seen_at_cursor = newest, {version_of(obj) for obj in page if qbo_last_updated(obj) == newest}
+    """Every object of ``entity`` updated in ``window``, one page at a time (not in time order), each version
+    (Id, SyncToken) once per range it is met in; ``clock`` notes QuickBooks' time of every answer and how far each
+    range was read. Pages are read concurrently, up to the client's in-flight limit (its limiter keeps the realm's
+    per-second and per-minute budgets): while a reader is idle, a range whose page came back full hands the upper
+    half of what is left of it to that reader. At most one page per reader waits for the caller; a caller that
+    stops early stops the readers."""
+    reader = _SplitReader(client, entity, clock or ServerClock(), max(1, client.config.in_flight))
+    return reader.pages(window)
 
 
-def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
-    """``pages``, with the next page fetched in a thread while the caller stores the current one (two pages in
-    memory at most). A fetch error is raised where the caller would have got that page; a caller that stops early
-    stops the thread."""
-    Item = tuple[list[dict[str, Any]] | None, BaseException | None]
-    ahead: queue.Queue[Item] = queue.Queue(maxsize=1)
-    stop = threading.Event()
+@dataclass
+class _Range:
+    """What is left to read of one range of a window: ``[start, end)``, less the versions already met at
+    ``start``."""
 
-    def hand_over(item: Item) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    start: datetime
+    end: datetime
+    seen: set[Version]
 
-    def fetch() -> None:
+
+_Handed = tuple[list[dict[str, Any]] | None, BaseException | None]
+
+
+class _SplitReader:
+    """Reads a window's ranges in threads, splitting them while readers are idle (see :func:`changed_pages`)."""
+
+    def __init__(self, client: QuickBooksClient, entity: str, clock: ServerClock, workers: int) -> None:
+        self.client, self.entity, self.clock, self.workers = client, entity, clock, workers
+        self.todo: list[_Range] = []
+        self.busy = 0
+        self.exited = 0
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.out: queue.Queue[_Handed] = queue.Queue(workers)
+
+    def pages(self, window: Window) -> Iterator[list[dict[str, Any]]]:
+        self.todo.append(_Range(window.start, window.end, set()))
+        threads = [
+            threading.Thread(target=self._work, name=f"qbo-read-{n}", daemon=True)
+            for n in range(self.workers)
+        ]
+        for thread in threads:
+            thread.start()
         try:
-            for page in pages:
-                if not hand_over((page, None)):
+            while True:
+                page, error = self.out.get()
+                if error is not None:
+                    raise error
+                if page is None:
                     return
-            hand_over((None, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            hand_over((None, exc))
+                yield page
+        finally:
+            self.stop.set()
+            with self.cond:
+                self.cond.notify_all()
+            for thread in threads:
+                thread.join()
 
-    worker = threading.Thread(target=fetch, name="qbo-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            page, error = ahead.get()
-            if error is not None:
-                raise error
-            if page is None:
+    def _hand_over(self, item: _Handed) -> None:
+        while not self.stop.is_set() or item[0] is None:
+            try:
+                self.out.put(item, timeout=0.1)
                 return
-            yield page
-    finally:
-        stop.set()
-        worker.join()
+            except queue.Full:
+                if self.stop.is_set():
+                    return
+                continue
+
+    def _work(self) -> None:
+        try:
+            while (part := self._next()) is not None:
+                try:
+                    self._read(part)
+                finally:
+                    with self.cond:
+                        self.busy -= 1
+                        self.cond.notify_all()
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._hand_over((None, exc))
+            self.stop.set()
+        finally:
+            with self.cond:
+                self.exited += 1
+                last = self.exited == self.workers
+            if last:
+                self._hand_over((None, None))
+
+    def _next(self) -> _Range | None:
+        """The next range to read; None when everything is read (or the read stopped)."""
+        with self.cond:
+            while not self.stop.is_set():
+                if self.todo:
+                    self.busy += 1
+                    return self.todo.pop()
+                if self.busy == 0:
+                    self.cond.notify_all()
+                    return None
+                self.cond.wait(0.5)
+            return None
+
+    def _split(self, part: _Range) -> _Range:
+        """Hand the upper half of what is left of ``part`` to an idle reader; returns what this reader keeps."""
+        with self.cond:
+            if self.todo or self.busy >= self.workers:
+                return part
+            middle = (part.start + (part.end - part.start) / 2).replace(microsecond=0)
+            if not part.start < middle < part.end:
+                return part
+            self.todo.append(_Range(middle, part.end, set()))
+            self.cond.notify()
+        return _Range(part.start, middle, part.seen)
+
+    def _read(self, part: _Range) -> None:
+        """Read one range through (keyset paging, see the module doc), splitting what is left of it while a reader
+        is idle; the range's own clock tells :meth:`ServerClock.complete_until` when its last answer came."""
+        own = ServerClock()
+        while not self.stop.is_set():
+            where = Window(part.start, part.end).conditions(self.entity)
+            answer = self.client.query(q.select(self.entity, where, ORDER, 1, q.MAX_RESULTS))
+            own.saw(answer.server_time)
+            page = answer.rows
+            fresh = [obj for obj in page if version_of(obj) not in part.seen]
+            if fresh:
+                self._hand_over((fresh, None))
+            if len(page) < q.MAX_RESULTS:
+                break
+            newest = qbo_last_updated(page[-1])
+            if newest == part.start:  # a whole page inside one second: read that second by position
+                for crowded in _one_second(self.client, self.entity, part.start, part.seen, own):
+                    self._hand_over((crowded, None))
+                part = _Range(part.start + timedelta(seconds=1), part.end, set())
+                if part.start >= part.end:  # that second was the range's last
+                    break
+                continue
+            seen = {version_of(obj) for obj in page if qbo_last_updated(obj) == newest}
+            part = self._split(_Range(newest, part.end, seen))
+        else:
+            return  # stopped: this range is not read through
+        self.clock.finished(part.end, own.latest)
 
 
 def _one_second(

@@ -28,7 +28,6 @@ from batchly_pipelines.services.pull.mirror import (
     ServerClock,
     Window,
     changed_pages,
-    prefetched,
     pull_deletions,
     store_objects,
 )
@@ -103,7 +102,7 @@ def _mirror_pages(
     clock: ServerClock,
 ) -> Iterable[list[Mapping[str, Any]]]:
     """Stream the window of ``entity`` into the mirror; yields the objects of each page that were new or changed."""
-    for page in prefetched(changed_pages(client, entity, window, clock)):
+    for page in changed_pages(client, entity, window, clock):
         with engine.begin() as conn:
             changed = store_objects(conn, organization_id, entity, page)
         stats.count(entity, "pulled", len(page))
@@ -112,11 +111,12 @@ def _mirror_pages(
 
 
 def _read_until(window: Window, clock: ServerClock, deletions: Deletions) -> datetime | None:
-    """How far ``window`` was read, on QuickBooks' clock: the last answer's time less :data:`SAFETY_LAG`, no
-    further than the window's end nor than CDC saw deletions; None when no answer carried a time."""
-    if clock.latest is None:
+    """How far ``window`` was read, on QuickBooks' clock (:meth:`ServerClock.complete_until`; for one range read
+    alone, its last answer's time less :data:`SAFETY_LAG`), no further than the window's end nor than CDC saw
+    deletions; None when no answer carried a time."""
+    mark = clock.complete_until(window.end, SAFETY_LAG)
+    if mark is None:
         return None
-    mark = min(window.end, clock.latest - SAFETY_LAG)
     if deletions.seen_until is not None:
         mark = min(mark, deletions.seen_until)
     return mark
