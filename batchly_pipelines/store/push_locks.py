@@ -99,18 +99,25 @@ def renew(engine: Engine, realm_id: str, owner: str, lease: timedelta) -> bool:
         )
 
 
-def remaining(conn: Connection, realm_id: str, owner: str) -> timedelta | None:
+def remaining(conn: Connection, realm_id: str, owner: str, *, hold: bool = False) -> timedelta | None:
     """How much lease ``owner`` has left (``None`` when it does not hold the lock), inside the caller's transaction.
 
-    The row is locked (``FOR UPDATE``), so a write-back that checked it commits before anyone can take the lock over.
+    ``hold``: the row stays locked (``FOR UPDATE``) until the caller's transaction ends, so a write-back that checked
+    it last commits before anyone can take the lock over. That hold is bounded by the lease: on PostgreSQL the
+    session is ended (and the transaction rolled back) when it sits idle in the transaction for longer than the lease
+    it has left — a holder frozen before its COMMIT (SIGSTOP, a pause) cannot keep the company past its lease.
     """
-    row = conn.execute(
-        sa.select(c.owner, c.expires_at).where(c.realm_id == realm_id).with_for_update()
-    ).first()
+    query = sa.select(c.owner, c.expires_at).where(c.realm_id == realm_id)
+    row = conn.execute(query.with_for_update() if hold else query).first()
     if row is None or row.owner != owner:
         return None
     left = row.expires_at - database_now(conn)
-    return left if left > timedelta(0) else None
+    if left <= timedelta(0):
+        return None
+    if hold and conn.dialect.name == "postgresql":
+        timeout = str(max(1, int(left.total_seconds() * 1000)))  # milliseconds
+        conn.execute(sa.select(sa.func.set_config("idle_in_transaction_session_timeout", timeout, True)))
+    return left
 
 
 def release(engine: Engine, realm_id: str, owner: str) -> None:

@@ -311,3 +311,75 @@ def test_a_database_that_stays_away_stops_the_push_saying_so(
     with pytest.raises(PushAbandoned, match="database did not answer its lease check"):
         push()
     assert books.objects("Invoice") == [] and books.objects("Customer") == []  # nothing written unproven
+
+
+@pytest.mark.parametrize("engine", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_a_push_frozen_inside_a_checkpoint_is_taken_over_within_its_lease(
+    engine: Engine, org: int, client: QuickBooksClient, books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder stopped (SIGSTOP, a GC pause) inside a checkpoint transaction, right after it proved its lease, must
+    not keep the lock row locked past that lease: the company is free for a successor once the lease ran out, and
+    the frozen write-back never lands. (PostgreSQL: on SQLite a writing transaction locks the whole file, so a frozen
+    writer there stops every process until it resumes — the single-machine mode.)"""
+    import threading
+    import time
+
+    _demo_into(engine, org, 30)
+    lease = push_module.DEFAULT_LEASE / TIME_SCALE  # 2 s
+    frozen = threading.Event()
+    freeze = lease * 4
+    write = Checkpointer.write
+
+    def freezes_after_its_lease_check(
+        self: Checkpointer, outcomes: Sequence[Outcome], items: Any
+    ) -> CheckpointResult:
+        check = self.fence
+        assert check is not None
+        creates = any(o.entity_type == "invoice" and o.action == "create" for o in outcomes)
+
+        def fence(conn: Any) -> object:
+            left = check(conn)
+            if creates and not frozen.is_set():
+                frozen.set()
+                time.sleep(freeze.total_seconds())
+                thawed.set()
+            return left
+
+        self.fence = fence
+        try:
+            return write(self, outcomes, items)
+        finally:
+            self.fence = check
+
+    monkeypatch.setattr(Checkpointer, "write", freezes_after_its_lease_check)
+    renew, thawed = push_locks.renew, threading.Event()
+
+    def frozen_renew(*args: Any, **kwargs: Any) -> bool:  # the whole process is stopped, its renewer too
+        if frozen.is_set():
+            thawed.wait(freeze.total_seconds())
+        return renew(*args, **kwargs)
+
+    monkeypatch.setattr(push_locks, "renew", frozen_renew)
+    outcome: list[BaseException | PushStats] = []
+
+    def holder() -> None:
+        try:
+            outcome.append(push_module.push_organization(engine, client, org, worker="frozen", claim_size=30))
+        except BaseException as exc:  # the test reads it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    assert frozen.wait(30), "the push never reached an invoice checkpoint"
+    froze_at = time.monotonic()
+    while push_locks.acquire(engine, client.realm_id, "successor", org, lease) is not None:
+        assert time.monotonic() - froze_at < freeze.total_seconds(), "the frozen holder kept the company"
+        time.sleep(0.05)
+    taken_after = time.monotonic() - froze_at
+    thread.join(30)
+
+    assert taken_after <= lease.total_seconds() + 1.0, taken_after
+    assert outcome and isinstance(outcome[0], PushAbandoned), outcome
+    assert (
+        _linked(engine) == 0
+    )  # the frozen chunk's write-back was rolled back, not committed after the takeover

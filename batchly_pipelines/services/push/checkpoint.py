@@ -105,7 +105,9 @@ class Checkpointer:
         *,
         fence: Callable[[Connection], object] | None = None,
     ) -> None:
-        self.fence = fence  # raises inside the transaction when this worker may no longer write back
+        self.fence = (
+            fence  # raises inside the transaction (its last statement) when this worker may not write back
+        )
         self.engine = engine
         self.queue = queue
         self.organization_id = organization_id
@@ -120,8 +122,6 @@ class Checkpointer:
             return result
         now = utcnow()
         with sync_transaction(self.engine) as conn:
-            if self.fence is not None:
-                self.fence(conn)
             states: list[SyncState] = []
             conflicts: list[ConflictRecord] = []
             log: list[LogEntry] = []
@@ -157,6 +157,8 @@ class Checkpointer:
             save_states(conn, states)
             record_conflicts(conn, conflicts)
             write_log(conn, log)
+            if self.fence is not None:  # last, so the lock row it holds is held only until the commit
+                self.fence(conn)
         return result
 
     def _log(

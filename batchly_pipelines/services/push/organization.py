@@ -106,7 +106,9 @@ class PushStats:
     errors: list[str] = field(
         default_factory=list
     )  # chunks that failed as a whole, with why (records retry later)
-    conflicts: Counter[str] = field(default_factory=Counter)  # per entity and resolution (customer.quickbooks …)
+    conflicts: Counter[str] = field(
+        default_factory=Counter
+    )  # per entity and resolution (customer.quickbooks …)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for logs, metadata and JSON."""
@@ -231,7 +233,9 @@ class _Push:
         self.claim_size = claim_size
         self.lease = lease
         self.queue = queue
-        self.checkpointer = Checkpointer(engine, queue, organization_id, run_id, fence=self._fence_in)
+        self.checkpointer = Checkpointer(
+            engine, queue, organization_id, run_id, fence=lambda conn: self._fence_in(conn, hold=True)
+        )
         self.realm_id = client.realm_id
         self._lease_lost = threading.Event()
         self._lost_reason: str | None = None
@@ -338,10 +342,16 @@ class _Push:
                 time.sleep(FENCE_RETRY_SECONDS)
         raise AssertionError("unreachable")
 
-    def _fence_in(self, conn: Connection) -> timedelta:
+    def _fence_in(self, conn: Connection, *, hold: bool = False) -> timedelta:
         """In a checkpoint's transaction too: refuse unless this worker holds the realm with more than the margin
-        left and the organisation is still connected to that company (not reconnected or switched meanwhile)."""
-        left = None if self._lease_lost.is_set() else push_locks.remaining(conn, self.realm_id, self.worker)
+        left and the organisation is still connected to that company (not reconnected or switched meanwhile).
+        ``hold`` (a checkpoint's last statement): the lock row stays locked until it commits, for at most the lease
+        left (see :func:`push_locks.remaining`)."""
+        left = (
+            None
+            if self._lease_lost.is_set()
+            else push_locks.remaining(conn, self.realm_id, self.worker, hold=hold)
+        )
         if left is None or left <= self._margin:
             self._lease_lost.set()
             raise WriteFenceLost(f"the push lost its lease on QuickBooks company {self.realm_id}")
