@@ -166,6 +166,9 @@ class RuntimeSettings:
         str  # BATCHLY_SCHEDULE_TIMEZONE: the zone of the 02:00 / 03:00 / 04:00 nightly schedules
     )
     qbo_time_scale: float  # QBO_TIME_SCALE: the local sandbox's --time-scale; 1 against Intuit
+    nightly_batch: int = 250  # BATCHLY_NIGHTLY_BATCH: companies per nightly pull run
+    company_workers: int = 8  # BATCHLY_COMPANY_WORKERS: companies a pull run works on at once
+    company_retry_s: float = 30.0  # BATCHLY_COMPANY_RETRY_S: pause before a failed company is tried again
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
@@ -188,7 +191,22 @@ class RuntimeSettings:
             pull_timezone=_time_zone(env, "BATCHLY_PULL_TIMEZONE"),
             schedule_timezone=_time_zone(env, "BATCHLY_SCHEDULE_TIMEZONE"),
             qbo_time_scale=time_scale,
+            nightly_batch=int(_positive(env, "BATCHLY_NIGHTLY_BATCH", 250)),
+            company_workers=int(_positive(env, "BATCHLY_COMPANY_WORKERS", 8)),
+            company_retry_s=_positive(env, "BATCHLY_COMPANY_RETRY_S", 30.0),
         )
+
+
+def _positive(env: Mapping[str, str], variable: str, default: float) -> float:
+    """A number greater than 0 from ``variable`` (whole when ``default`` is), else ``default``."""
+    raw = env.get(variable) or str(default)
+    try:
+        value: float = int(raw) if isinstance(default, int) else float(raw)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise SettingsError(variable, "a number greater than 0", raw)
+    return value
 
 
 def _time_zone(env: Mapping[str, str], variable: str) -> str:

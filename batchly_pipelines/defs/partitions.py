@@ -1,96 +1,107 @@
-"""Pull partitions: a dynamic ``company`` dimension (one key per connected organisation, its id) x a daily dimension.
-The sensor that keeps the company keys in step with ``qbo_connections`` is ``defs/pull/sensors.py``.
+"""Pull partitions: one dynamic ``company`` partition per connected organisation, named after it; the days a run
+pulls are its tags, not partitions.
 
-The daily dimension starts at ``BATCHLY_PULL_START_DATE`` (default 2024-01-01) and cuts days in
-``BATCHLY_PULL_TIMEZONE`` (default UTC), both read when the code location loads. Today is a partition too, so what
-changed so far today can be pulled on demand; the nightly schedules pull the last complete day.
+A company's key is its name made a slug, then its id (``acme-trading-17``): partition pages and run pages name the
+organisation, and the id makes the key unique and gives the organisation back (:func:`organization_id`). The key is
+chosen when the company is first seen and kept when the organisation is renamed, so its history stays on one key.
+``defs/pull/sensors.py`` keeps the keys in step with ``qbo_connections``.
 
-A run's partitions are read from its range tags first (:func:`run_partition_keys`): a range backfill launched from a
-job page gives its one run the range tags *and* the first partition's ``dagster/partition/<dimension>`` tags, which
-Dagster's ``context.partition_keys`` then reads as that one partition.
+Why no day dimension: company x day since 2024-01-01 made ~1,070 partitions per company — a million per asset at a
+thousand companies, ten times what Dagster's UI and daemon are comfortable with. The pull is incremental (cursors per
+entity), so a day partition never meant "that day's data" anyway, only "a pull whose window covered it". A run pulls
+the days its tags :data:`FROM_TAG` / :data:`TO_TAG` name (``YYYY-MM-DD``, both included, cut in
+``BATCHLY_PULL_TIMEZONE``); without them it pulls incrementally, from where the company's last pull ended. That is
+what the nightly schedules do; a range backfill is a backfill of company partitions with the two tags.
+
+A run's companies are its partition range when it has one (:func:`run_company_keys`): the nightly batches and range
+backfills run as one run over many companies (``BackfillPolicy.single_run``).
 """
 
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from __future__ import annotations
 
-from dagster import (
-    AssetExecutionContext,
-    DailyPartitionsDefinition,
-    DynamicPartitionsDefinition,
-    MultiPartitionKey,
-    MultiPartitionsDefinition,
-    PartitionKeyRange,
-)
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from dagster import DagsterInstance, DynamicPartitionsDefinition, Failure
 
 from batchly_pipelines.services.pull.mirror import Window
 from batchly_pipelines.settings import RuntimeSettings
 
 RUNTIME = RuntimeSettings.from_env()
 COMPANY = "company"
-DAY = "day"
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+PARTITION_TAG = "dagster/partition"
+FROM_TAG, TO_TAG = "batchly/pull/from", "batchly/pull/to"
+SLUG_LENGTH = 40
 
 company_partitions = DynamicPartitionsDefinition(name=COMPANY)
-daily_partitions = DailyPartitionsDefinition(
-    start_date=RUNTIME.pull_start_date.isoformat(),
-    timezone=RUNTIME.pull_timezone,
-    end_offset=1,  # today's partition exists too: an on-demand pull of what changed so far today
-)
-pull_partitions = MultiPartitionsDefinition({COMPANY: company_partitions, DAY: daily_partitions})
 
 
-def company_key(organization_id: int) -> str:
-    """The ``company`` partition key of an organisation."""
-    return str(organization_id)
+def company_key(organization_id: int, name: str | None = None) -> str:
+    """The ``company`` partition key of an organisation: its name as a slug, a dash, its id."""
+    text = unicodedata.normalize("NFKD", name or "").encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:SLUG_LENGTH].strip("-")
+    return f"{slug}-{organization_id}" if slug else str(organization_id)
 
 
-def pull_key(organization_id: int, day: str) -> MultiPartitionKey:
-    """The pull partition of one organisation and one day (``YYYY-MM-DD``)."""
-    return MultiPartitionKey({COMPANY: company_key(organization_id), DAY: day})
+def organization_id(key: str) -> int:
+    """The organisation a ``company`` key names (the number after its last dash)."""
+    return int(key.rsplit("-", 1)[-1])
 
 
-def run_partition_keys(context: AssetExecutionContext) -> list[str]:
-    """The pull partitions a run materialises: its partition range when it has one (every key in it), else its
-    one partition."""
-    tags = context.run.tags
+def keys_by_organization(keys: Sequence[str]) -> dict[int, str]:
+    """``organization id → key`` of company partition keys."""
+    return {organization_id(key): key for key in keys}
+
+
+def run_company_keys(tags: Mapping[str, str], instance: DagsterInstance) -> list[str]:
+    """The company partitions a run works on: every key of its range when it has one, else its one partition, else
+    none (a run without partitions)."""
     start, end = tags.get(RANGE_START), tags.get(RANGE_END)
     if start and end:
-        keys = pull_partitions.get_partition_keys_in_range(
-            PartitionKeyRange(start, end), dynamic_partitions_store=context.instance
-        )
-        return list(keys)
-    return [context.partition_key]
+        keys = list(instance.get_dynamic_partitions(COMPANY))
+        if start not in keys or end not in keys:
+            raise Failure(
+                f"the run's company range {start}…{end} names a company that is no longer connected"
+            )
+        first, last = keys.index(start), keys.index(end)
+        return keys[min(first, last) : max(first, last) + 1]
+    single = tags.get(PARTITION_TAG) or tags.get(f"{PARTITION_TAG}/{COMPANY}")
+    return [single] if single else []
 
 
-def windows_by_organization(partition_keys: Iterable[str]) -> dict[int, Window]:
-    """One window per organisation covering all its days among ``partition_keys`` (a backfill range pulls once)."""
-    days: dict[int, list[str]] = defaultdict(list)
-    for key in partition_keys:
-        dimensions = pull_partitions.get_partition_key_from_str(key).keys_by_dimension
-        days[int(dimensions[COMPANY])].append(dimensions[DAY])
-    windows = {}
-    for organization_id, keys in days.items():
-        first = daily_partitions.time_window_for_partition_key(min(keys))
-        last = daily_partitions.time_window_for_partition_key(max(keys))
-        windows[organization_id] = Window(_utc(first.start), _utc(last.end))
-    return windows
+def run_organizations(tags: Mapping[str, str], instance: DagsterInstance) -> list[int]:
+    """The organisations of a run's company partitions (see :func:`run_company_keys`)."""
+    return [organization_id(key) for key in run_company_keys(tags, instance)]
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
+def _day(tags: Mapping[str, str], name: str) -> date:
+    try:
+        return date.fromisoformat(tags[name])
+    except ValueError:
+        raise Failure(f"tag {name} must be a day as YYYY-MM-DD, not {tags[name]!r}") from None
 
 
-def partition_tags(tags: Mapping[str, str]) -> list[int] | None:
-    """The organisations a run's tags name (a range within one company, or a single partition), or None. The range
-    comes first: a job's range run also carries its first partition's tags."""
-    start, end = tags.get(RANGE_START), tags.get(RANGE_END)
-    if start and end:
-        companies = {
-            pull_partitions.get_partition_key_from_str(key).keys_by_dimension[COMPANY] for key in (start, end)
-        }
-        return [int(companies.pop())] if len(companies) == 1 else None
-    single = tags.get(f"dagster/partition/{COMPANY}")
-    if single is not None:
-        return [int(single)]
-    return None
+def tagged_window(tags: Mapping[str, str], timezone: str = RUNTIME.pull_timezone) -> Window | None:
+    """The window of the days a run's :data:`FROM_TAG` / :data:`TO_TAG` name (both included; either alone is a
+    single day), cut in ``timezone``; None without them (the pull is incremental)."""
+    if FROM_TAG not in tags and TO_TAG not in tags:
+        return None
+    first = _day(tags, FROM_TAG if FROM_TAG in tags else TO_TAG)
+    last = _day(tags, TO_TAG if TO_TAG in tags else FROM_TAG)
+    if last < first:
+        raise Failure(f"{TO_TAG} ({last}) is before {FROM_TAG} ({first})")
+    zone = ZoneInfo(timezone)
+
+    def midnight(day: date) -> datetime:
+        return datetime.combine(day, time(), zone).astimezone(UTC)
+
+    return Window(midnight(first), midnight(last + timedelta(days=1)))
+
+
+def day_tags(first: date, last: date | None = None) -> dict[str, str]:
+    """The tags that make a pull run pull the days ``first`` to ``last`` (both included)."""
+    return {FROM_TAG: first.isoformat(), TO_TAG: (last or first).isoformat()}

@@ -70,3 +70,12 @@ def connected_realms(engine: Engine, organization_ids: Iterable[int]) -> dict[in
                 .order_by(conn_c.id)
             )
         }
+
+
+def organizations_with_connection(engine: Engine) -> list[tuple[int, str]]:
+    """Organisations with a QuickBooks connection row (whatever its status), as ``(id, name)`` by id."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(org.id, org.name).where(org.id.in_(sa.select(conn_c.organization_id))).order_by(org.id)
+        ).all()
+    return [(organization_id, name) for organization_id, name in rows]

@@ -4,7 +4,7 @@ of a range), the company sensor, the nightly schedule ticks, the checks and the 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -27,9 +27,14 @@ from sqlalchemy.engine import Engine
 from batchly_pipelines.definitions import defs
 from batchly_pipelines.defs.partitions import (
     COMPANY,
-    partition_tags,
-    pull_key,
-    windows_by_organization,
+    FROM_TAG,
+    RANGE_END,
+    RANGE_START,
+    TO_TAG,
+    company_key,
+    day_tags,
+    run_organizations,
+    tagged_window,
 )
 from batchly_pipelines.defs.pull.sensors import company_partitions_sensor
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
@@ -74,8 +79,23 @@ def _run(
     return result
 
 
-def _day(moment: datetime) -> str:
-    return moment.astimezone(UTC).date().isoformat()
+def _day(moment: datetime) -> date:
+    return moment.astimezone(UTC).date()
+
+
+def _key(company: Company) -> str:
+    """The company partition of the fixtures' organisation (``factories.organization`` names it Acme Ltd)."""
+    return company_key(company.org, "Acme Ltd")
+
+
+def _materializations(result: ExecuteInProcessResult, asset: str) -> list[Any]:
+    """The run's materialisations of ``asset`` (a step materialises a mirror and its reconciled asset)."""
+    step = {"qbo_customers": "customers", "batchly_customers": "customers"}.get(asset, asset)
+    return [
+        m
+        for m in result.asset_materializations_for_node(f"pull_{step}_step")
+        if m.asset_key == AssetKey(asset)
+    ]
 
 
 def test_definitions_load_with_the_pull_names() -> None:
@@ -101,8 +121,8 @@ def test_the_company_sensor_keeps_partitions_in_step_with_connections(
     result = company_partitions_sensor(context)
     assert isinstance(result, SensorResult)
     [request] = result.dynamic_partitions_requests or []
-    assert list(request.partition_keys) == [str(connected.org)]
-    instance.add_dynamic_partitions(COMPANY, [str(connected.org), "999"])  # 999: a connection since removed
+    assert list(request.partition_keys) == [f"acme-ltd-{connected.org}"]  # named after the organisation
+    instance.add_dynamic_partitions(COMPANY, [_key(connected), "999"])  # 999: a connection since removed
     result = company_partitions_sensor(
         build_sensor_context(instance=instance, resources=_resources(connected.engine))
     )
@@ -137,40 +157,36 @@ def test_nightly_schedules_tick_for_every_company_for_the_previous_day(
             instance=instance, scheduled_execution_time=tick, repository_def=defs.get_repository_def()
         )
     )
-    assert [r.partition_key for r in requests.run_requests or []] == [
-        pull_key(7, "2026-11-20"),
-        pull_key(12, "2026-11-20"),
-    ]
-    assert len({r.run_key for r in requests.run_requests or []}) == 2
+    [request] = requests.run_requests or []  # one run for the batch of companies, not one each
+    assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("7", "12")
+    assert FROM_TAG not in request.tags  # each company from where its last pull ended
 
 
 def test_a_backfill_of_a_range_pulls_one_window_in_one_run_and_the_checks_pass(
     connected: Company, instance: DagsterInstance
 ) -> None:
     connected.qbo.admin.seed(connected.qbo.realm_id, **SEED)
-    instance.add_dynamic_partitions(COMPANY, [str(connected.org)])
+    instance.add_dynamic_partitions(COMPANY, [_key(connected)])
     now = utcnow()
-    tags = {
-        "dagster/asset_partition_range_start": pull_key(connected.org, _day(now - timedelta(days=12))),
-        "dagster/asset_partition_range_end": pull_key(connected.org, _day(now)),
-    }
-    result = _run("pull_customers", connected, instance, tags=tags)
-    materializations = result.asset_materializations_for_node("qbo_customers")
-    assert len(materializations) == 13  # every day of the range, from one step
-    mirror = materializations[0]
+    tags = day_tags(_day(now - timedelta(days=12)), _day(now))
+    result = _run("pull_customers", connected, instance, partition_key=_key(connected), tags=tags)
+    [mirror] = _materializations(result, "qbo_customers")  # the company's partition, once for the range
     assert mirror.metadata["pulled"].value == SEED["customers"]
     assert (
         mirror.metadata["api_calls"].value <= 3
     )  # one window: a page and the CDC call, not one query per day
-    batchly = result.asset_materializations_for_node("batchly_customers")[0]
+    assert mirror.partition == _key(connected)
+    [batchly] = _materializations(result, "batchly_customers")
     assert batchly.metadata["created"].value == SEED["customers"]
     assert batchly.metadata["dagster/row_count"].value == SEED["customers"]
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["customers_match_quickbooks"].passed and checks["conflicts_reviewed"].passed
     assert len(connected.rows(s.customers)) == SEED["customers"]
 
-    again = _run("pull_customers", connected, instance, tags=tags)  # idempotent
-    assert again.asset_materializations_for_node("batchly_customers")[0].metadata["changed"].value == 0
+    again = _run(
+        "pull_customers", connected, instance, partition_key=_key(connected), tags=tags
+    )  # idempotent
+    assert _materializations(again, "batchly_customers")[0].metadata["changed"].value == 0
     assert queue(connected.engine) == []
 
 
@@ -178,18 +194,19 @@ def test_one_partition_of_payments_and_items_with_their_checks(
     connected: Company, instance: DagsterInstance
 ) -> None:
     connected.qbo.admin.seed(connected.qbo.realm_id, **{**SEED, "days": 1})
-    instance.add_dynamic_partitions(COMPANY, [str(connected.org)])
-    today = pull_key(connected.org, _day(utcnow()))
-    yesterday = pull_key(connected.org, _day(utcnow() - timedelta(days=1)))
-    for partition in (yesterday, today):
-        _run("pull_customers", connected, instance, partition_key=partition)
-        items = _run("pull_items", connected, instance, partition_key=partition)
+    key = _key(connected)
+    instance.add_dynamic_partitions(COMPANY, [key])
+    today = day_tags(_day(utcnow()))
+    yesterday = day_tags(_day(utcnow() - timedelta(days=1)))
+    for days in (yesterday, today):
+        _run("pull_customers", connected, instance, partition_key=key, tags=days)
+        items = _run("pull_items", connected, instance, partition_key=key, tags=days)
     assert len(connected.rows(s.items)) == SEED["items"]
     assert all(e.passed for e in items.get_asset_check_evaluations())
     invoices = connected.qbo.query("SELECT * FROM Invoice MAXRESULTS 1000")["Invoice"]
     link_invoices_as_pushed(connected.engine, connected.org, invoices)
-    for partition in (yesterday, today):
-        payments = _run("pull_payments", connected, instance, partition_key=partition)
+    for days in (yesterday, today):
+        payments = _run("pull_payments", connected, instance, partition_key=key, tags=days)
     checks = {e.check_name: e for e in payments.get_asset_check_evaluations()}
     assert checks["invoice_totals_match"].passed and checks["payment_status_consistent"].passed
     assert checks["payment_status_consistent"].metadata["checked"].value == SEED["invoices"]
@@ -201,7 +218,7 @@ def test_one_partition_of_payments_and_items_with_their_checks(
             .where(s.invoices.c.id == first)
             .values(total_amount=Decimal("0.01"), payment_status="voided")
         )
-    broken = _run("pull_payments", connected, instance, partition_key=today)
+    broken = _run("pull_payments", connected, instance, partition_key=key, tags=today)
     checks = {e.check_name: e for e in broken.get_asset_check_evaluations()}
     assert (
         not checks["invoice_totals_match"].passed
@@ -273,16 +290,14 @@ def test_resolving_for_batchly_or_a_value_sends_the_change_to_the_push(
     assert connected.row(s.sync_conflicts, id=conflict["id"])["resolved_by"] == "dagster"
 
 
-def test_a_run_over_several_companies_and_days_pulls_one_window_per_company() -> None:
-    keys = [str(pull_key(org, day)) for org in (3, 12) for day in ("2026-11-02", "2026-11-01", "2026-11-04")]
-    windows = windows_by_organization(keys)
-    assert sorted(windows) == [3, 12]
-    assert windows[3].start == datetime(2026, 11, 1, tzinfo=UTC)
-    assert windows[3].end == datetime(2026, 11, 5, tzinfo=UTC)  # the last day included, whole
-    assert partition_tags({"dagster/partition/company": "12"}) == [12]
-    range_tags = {
-        "dagster/asset_partition_range_start": str(pull_key(3, "2026-11-01")),
-        "dagster/asset_partition_range_end": str(pull_key(3, "2026-11-04")),
-    }
-    assert partition_tags(range_tags) == [3]
-    assert partition_tags({}) is None
+def test_a_run_pulls_the_days_its_tags_name_for_the_companies_of_its_range(instance: DagsterInstance) -> None:
+    window = tagged_window({FROM_TAG: "2026-11-01", TO_TAG: "2026-11-04"}, "America/New_York")
+    assert window is not None
+    assert window.start == datetime(2026, 11, 1, 4, tzinfo=UTC)  # midnight in the pull's time zone (EDT)
+    assert window.end == datetime(2026, 11, 5, 5, tzinfo=UTC)  # the last day included, whole (EST by then)
+    assert tagged_window({TO_TAG: "2026-11-04"}, "UTC") == tagged_window(day_tags(date(2026, 11, 4)), "UTC")
+    assert tagged_window({}) is None  # incremental
+    instance.add_dynamic_partitions(COMPANY, ["acme-3", "bravo-12", "charlie-5"])
+    assert run_organizations({"dagster/partition": "bravo-12"}, instance) == [12]
+    assert run_organizations({RANGE_START: "acme-3", RANGE_END: "bravo-12"}, instance) == [3, 12]
+    assert run_organizations({}, instance) == []

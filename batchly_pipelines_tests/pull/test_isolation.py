@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from dagster import DagsterInstance, instance_for_test
 
 from batchly_pipelines.definitions import defs
-from batchly_pipelines.defs.partitions import COMPANY, pull_key
+from batchly_pipelines.defs.partitions import COMPANY, company_key, day_tags
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
@@ -88,7 +88,8 @@ def test_the_error_list_shows_in_the_materialisation_and_fails_a_check(
 ) -> None:
     nul = connected.qbo.customer("Nul Notes", Notes=NUL_NOTES)
     connected.qbo.customer("Grace Hopper")
-    instance.add_dynamic_partitions(COMPANY, [str(connected.org)])
+    key = company_key(connected.org, "Acme Ltd")
+    instance.add_dynamic_partitions(COMPANY, [key])
     url = connected.engine.url.render_as_string(hide_password=False)
     result = defs.resolve_job_def("pull_customers").execute_in_process(
         instance=instance,
@@ -96,11 +97,16 @@ def test_the_error_list_shows_in_the_materialisation_and_fails_a_check(
             "batchly_db": BatchlyDatabase(database_url=url),
             "quickbooks": QuickBooksResource(database_url=url),
         },
-        partition_key=pull_key(connected.org, utcnow().astimezone(UTC).date().isoformat()),
+        partition_key=key,
+        tags=day_tags(utcnow().astimezone(UTC).date()),
         raise_on_error=False,
     )
     assert result.success  # the pull went on with every other customer
-    [materialization] = result.asset_materializations_for_node("batchly_customers")
+    [materialization] = [
+        m
+        for m in result.asset_materializations_for_node("pull_customers_step")
+        if m.asset_key.path == ["batchly_customers"]
+    ]
     assert materialization.metadata["errors"].value == 1
     [unstored] = materialization.metadata["unstored"].value
     assert (unstored["qbo_id"], unstored["field"]) == (nul["Id"], "notes")

@@ -2,8 +2,9 @@
 the GraphQL mutation the UI sends — from the job page (a partition-set backfill) or from the asset catalog (an asset
 selection) — then the backfill daemon's iteration, which creates the run, and a run launcher that executes it.
 
-From a job page Dagster gives the range's single run (``BackfillPolicy.single_run``) its range tags and also the first
-partition's ``dagster/partition/<dimension>`` tags; ``context.partition_keys`` then reads that one partition."""
+Company partitions are chosen in the dialog, the days are the backfill's tags ``batchly/pull/from`` / ``to`` (the
+dialog's "tags" field). A backfill of several companies runs as one run over all of them
+(``BackfillPolicy.single_run``), whose range tags give its companies."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.backfill import execute_backfill_iteration
 from dagster_graphql.test.utils import execute_dagster_graphql
 
-from batchly_pipelines.defs.partitions import COMPANY, pull_key
+from batchly_pipelines.defs.partitions import COMPANY, FROM_TAG, TO_TAG, company_key
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.support.pull import Company
@@ -67,11 +68,11 @@ def workspace(instance: DagsterInstance) -> Iterator[WorkspaceProcessContext]:
         yield context
 
 
-def _range_keys(company: Company) -> list[str]:
+def _day_tags() -> list[dict[str, str]]:
+    """The range of days as the tags the backfill dialog sends."""
     today = utcnow().astimezone(UTC).date()
-    return [
-        str(pull_key(company.org, (today - timedelta(days=n)).isoformat())) for n in range(DAYS - 1, -1, -1)
-    ]
+    first = today - timedelta(days=DAYS - 1)
+    return [{"key": FROM_TAG, "value": first.isoformat()}, {"key": TO_TAG, "value": today.isoformat()}]
 
 
 def _launch(workspace: WorkspaceProcessContext, params: dict[str, Any]) -> str:
@@ -90,9 +91,12 @@ def test_a_range_backfill_pulls_the_whole_range_in_one_run(
     assert os.environ[
         "BATCHLY_DATABASE_URL"
     ]  # set by the connected fixture, read by the location's resources
-    instance.add_dynamic_partitions(COMPANY, [str(connected.org)])
+    # a second company of the same database, unconnected to any realm it would not be asked for
+    key = company_key(connected.org, "Acme Ltd")
+    instance.add_dynamic_partitions(COMPANY, ["another-company-9999", key])
     params: dict[str, Any] = {
-        "partitionNames": _range_keys(connected),
+        "partitionNames": [key],
+        "tags": _day_tags(),
         # the steps in this process rather than one process each (what the launchpad's run config allows)
         "runConfigData": {"execution": {"config": {"in_process": {}}}},
     }
@@ -113,12 +117,9 @@ def test_a_range_backfill_pulls_the_whole_range_in_one_run(
     runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
     assert [run.status.value for run in runs] == ["SUCCESS"]  # one run for the whole range
     tags = runs[0].tags
-    assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == (
-        _range_keys(connected)[0],
-        _range_keys(connected)[-1],
-    )
+    assert {tag["key"]: tag["value"] for tag in _day_tags()}.items() <= tags.items()
     with connected.engine.connect() as conn:
         customers = conn.execute(sa.select(sa.func.count()).select_from(s.customers)).scalar_one()
     assert customers == 12  # every day of the range was pulled, not only the first
-    for asset in ("qbo_customers", "batchly_customers"):  # and the catalog shows every day of it materialised
-        assert instance.get_materialized_partitions(AssetKey(asset)) == set(_range_keys(connected)), asset
+    for asset in ("qbo_customers", "batchly_customers"):  # and the catalog shows the company materialised
+        assert instance.get_materialized_partitions(AssetKey(asset)) == {key}, asset

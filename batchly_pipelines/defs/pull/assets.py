@@ -1,33 +1,50 @@
 """The pull as partitioned assets: QuickBooks entities (external) → mirrors ``qbo_*`` → reconciled ``batchly_*``.
 
-Partitions are company x day (``partitions.pull_partitions``). A run over several days of a company — a backfill of a
-range runs as one (``BackfillPolicy.single_run``) — pulls one window, not one per day. Every materialisation reports
-rows pulled, changed, created, deactivated, conflicts, QuickBooks calls and duration. The work itself is in
-``services.pull``; these functions only wire it to Dagster.
+Each pair (``qbo_customers`` → ``batchly_customers``, items, payments) is one step over company partitions
+(``partitions.company_partitions``): a run — a nightly batch of companies, a backfill of a range — works on all its
+companies in one process, several at a time (``services.fleet``), each company's mirror pull then its reconciliation
+in that company's own transactions. As each company finishes, its numbers (rows pulled, changed, created,
+deactivated, conflicts, QuickBooks calls, duration, attempts) are observed on its partitions — the run's progress on
+the asset's timeline. When every company succeeded the step materialises all the run's partitions with the run's
+totals, and the asset checks follow. A company that still fails after its retries is left unmaterialised: every
+other company is materialised with its own numbers and the step fails at the end, naming each failed company and
+why — the run is FAILED and the company's partitions show failed, the others materialised (the checks of that run
+are skipped, as after any failed step; the next pull's run evaluates them).
+
+The days a run pulls are its ``batchly/pull/from`` / ``batchly/pull/to`` tags; without them each company is pulled
+from where its last pull ended (``partitions.tagged_window``). The work itself is in ``services.pull``.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from typing import Any
 
-import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
+    AssetObservation,
     AssetSpec,
     BackfillPolicy,
     Config,
+    Failure,
     MaterializeResult,
     MetadataValue,
-    asset,
+    multi_asset,
 )
 from pydantic import Field
 
-from batchly_pipelines.defs.partitions import pull_partitions, run_partition_keys, windows_by_organization
+from batchly_pipelines.defs.partitions import (
+    RUNTIME,
+    company_partitions,
+    keys_by_organization,
+    run_company_keys,
+    tagged_window,
+)
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.rules.mapping import CUSTOMER_FIELDS
+from batchly_pipelines.services.fleet import CompanyOutcome, run_fleet
 from batchly_pipelines.services.pull.checks import unstored_records
 from batchly_pipelines.services.pull.mirror import Window
 from batchly_pipelines.services.pull.organization import (
@@ -38,11 +55,21 @@ from batchly_pipelines.services.pull.organization import (
     reconcile_customers,
     reconcile_invoice_payments,
     reconcile_items,
+    window_since_cursor,
 )
-from batchly_pipelines.services.pull.reconcile import ReconcileStats
 from batchly_pipelines.store.db import Engine
 
 QBO_GROUP, MIRROR_GROUP, BATCHLY_GROUP = "quickbooks", "quickbooks_mirror", "batchly"
+UNSTORED_SHOWN = 50  # unstored records listed in a run's materialisation
+
+qbo_customers, qbo_items, qbo_payments = (
+    AssetKey("qbo_customers"),
+    AssetKey("qbo_items"),
+    AssetKey("qbo_payments"),
+)
+batchly_customers = AssetKey("batchly_customers")
+batchly_items = AssetKey("batchly_items")
+batchly_invoice_payments = AssetKey("batchly_invoice_payments")
 
 
 def _quickbooks(entity: str, description: str) -> AssetSpec:
@@ -58,140 +85,154 @@ quickbooks_invoices = _quickbooks("Invoice", "Invoices in QuickBooks Online (Tot
 quickbooks_payments = _quickbooks("Payment", "Payments in QuickBooks Online.")
 
 PullStep = Callable[[Engine, QuickBooksClient, int, Window], PullStats]
+ReconcileStep = Callable[[Engine, int, str], Mapping[str, Any]]
 
 
-def _mirror(
-    context: AssetExecutionContext,
-    batchly_db: BatchlyDatabase,
-    quickbooks: QuickBooksResource,
-    step: PullStep,
-) -> MaterializeResult:
-    """Run a pull step for every organisation in the run's partitions, one window each, and report it."""
-    rows = []
-    for organization_id, window in windows_by_organization(run_partition_keys(context)).items():
-        with quickbooks.client_for(organization_id) as client:
-            stats = step(batchly_db.engine, client, organization_id, window)
-        context.log.info("organisation %s %s: %s", organization_id, window, stats.by_entity)
-        rows.append(
-            {
-                "organization": organization_id,
-                "window": f"{window.start:%Y-%m-%d %H:%M} → {window.end:%Y-%m-%d %H:%M} UTC",
-                **{k: v for k, v in asdict(stats).items() if k not in ("window", "entities", "by_entity")},
-            }
-        )
-    return _recorded(context, _result(rows, "pulled"))
-
-
-def _result(rows: list[dict[str, Any]], row_count: str) -> MaterializeResult:
-    """Metadata: totals of every numeric column, the row count, and a per-organisation table."""
-    frame = pd.DataFrame(rows)
-    totals: dict[str, Any] = {
-        column: MetadataValue.int(int(frame[column].sum()))
-        for column in frame.columns
-        if column not in ("organization", "duration_s") and pd.api.types.is_integer_dtype(frame[column])
+def _mirror_numbers(stats: PullStats) -> dict[str, Any]:
+    numbers: dict[str, Any] = {
+        k: v for k, v in asdict(stats).items() if k not in ("window", "entities", "by_entity")
     }
-    return MaterializeResult(
+    numbers["window"] = f"{stats.window.start:%Y-%m-%d %H:%M} → {stats.window.end:%Y-%m-%d %H:%M} UTC"
+    numbers["dagster/row_count"] = stats.pulled
+    return numbers
+
+
+def _pull_companies(
+    context: AssetExecutionContext,
+    database: BatchlyDatabase,
+    quickbooks: QuickBooksResource,
+    pull: PullStep,
+    reconcile: ReconcileStep,
+    mirror_key: AssetKey,
+    reconciled_key: AssetKey,
+    entity: str,
+    row_count: str,
+) -> Iterator[MaterializeResult]:
+    """Pull and reconcile every company of the run, several at a time, each company's numbers observed on its
+    partition as it finishes. When all succeeded, the run's totals materialise every partition; when some failed,
+    each company that succeeded is materialised with its own numbers and the step fails, naming the others."""
+    selected = [key for key in (mirror_key, reconciled_key) if key in context.selected_asset_keys]
+    keys = keys_by_organization(run_company_keys(context.run.tags, context.instance))
+    window = tagged_window(context.run.tags)
+    engine = database.engine
+
+    def work(org: int) -> dict[AssetKey, dict[str, Any]]:
+        numbers = {}
+        if mirror_key in selected:
+            with quickbooks.client_for(org) as client:
+                numbers[mirror_key] = _mirror_numbers(
+                    pull(engine, client, org, window or window_since_cursor(engine, org))
+                )
+        if reconciled_key in selected:
+            reconciled = dict(reconcile(engine, org, context.run.run_id))
+            reconciled["dagster/row_count"] = reconciled[row_count]
+            if reconciled.get("errors"):
+                reconciled["unstored"] = [
+                    {"organization": org, **example}
+                    for example in unstored_records(engine, org, entity).examples
+                ]
+            numbers[reconciled_key] = reconciled
+        return numbers
+
+    def report(outcome: CompanyOutcome[dict[AssetKey, dict[str, Any]]]) -> None:
+        key = keys[outcome.organization_id]
+        if outcome.result is None:
+            context.log.error(
+                "company %s failed after %d attempt(s): %s", key, outcome.attempts, outcome.error
+            )
+            return
+        for asset_key, numbers in outcome.result.items():
+            if numbers.get("unstored"):
+                context.log.warning("company %s: records Batchly cannot store: %s", key, numbers["unstored"])
+            metadata = _metadata({**numbers, "attempts": outcome.attempts})
+            context.log_event(AssetObservation(asset_key, partition=key, metadata=metadata))
+
+    outcomes = run_fleet(
+        keys, work, workers=RUNTIME.company_workers, retry_delay_s=RUNTIME.company_retry_s, on_outcome=report
+    )
+    failed = [outcome for outcome in outcomes if outcome.failed]
+    context.log.info("%d companies pulled, %d failed", len(outcomes) - len(failed), len(failed))
+    if not failed:
+        for asset_key in selected:
+            yield MaterializeResult(
+                asset_key=asset_key, metadata=_totals([o.result[asset_key] for o in outcomes if o.result])
+            )
+        return
+    for outcome in outcomes:
+        for asset_key, numbers in (outcome.result or {}).items():
+            partition = keys[outcome.organization_id]
+            context.log_event(
+                AssetMaterialization(asset_key, partition=partition, metadata=_metadata(numbers))
+            )
+    rows = "\n".join(
+        f"| {keys[o.organization_id]} | {o.attempts} | {(o.error or '').replace('|', '/')} |" for o in failed
+    )
+    raise Failure(
+        description=f"{len(failed)} of {len(outcomes)} companies failed: "
+        + ", ".join(keys[o.organization_id] for o in failed),
         metadata={
-            "dagster/row_count": MetadataValue.int(int(frame[row_count].sum()) if len(frame) else 0),
-            **totals,
-            "duration_s": MetadataValue.float(float(frame["duration_s"].sum()) if len(frame) else 0.0),
-            "organizations": MetadataValue.md(frame.to_markdown(index=False) if len(frame) else "_none_"),
-        }
+            "failed_companies": MetadataValue.md(f"| company | attempts | error |\n|---|---|---|\n{rows}"),
+            "failed": len(failed),
+            "succeeded": len(outcomes) - len(failed),
+        },
+        allow_retries=False,
     )
 
 
-def _reconciled(
-    context: AssetExecutionContext,
-    engine: Engine,
-    reconcile: Callable[[int], Mapping[str, Any]],
-    row_count: str,
-    entity: str,
-) -> MaterializeResult:
-    """Run a reconciliation for every organisation in the run's partitions and report it, with the QuickBooks
-    ``entity`` records Batchly could not store (record and field) under ``unstored``."""
-    organizations = windows_by_organization(run_partition_keys(context))
-    rows = [
-        {"organization": organization_id, **reconcile(organization_id)} for organization_id in organizations
-    ]
-    context.log.info("reconciled: %s", rows)
-    result = _result(rows, row_count)
-    unstored = [
-        {"organization": organization_id, **example}
-        for organization_id in organizations
-        for example in unstored_records(engine, organization_id, entity).examples
-    ]
-    if unstored:
-        context.log.warning("QuickBooks %s records Batchly cannot store: %s", entity, unstored)
-    metadata = {**(result.metadata or {}), "unstored": MetadataValue.json(unstored)}
-    return _recorded(context, MaterializeResult(metadata=metadata))
+def _metadata(numbers: Mapping[str, Any]) -> dict[str, Any]:
+    """One company's numbers as metadata (its unstored records as JSON)."""
+    return {k: MetadataValue.json(v) if k == "unstored" else v for k, v in numbers.items()}
 
 
-def _recorded(context: AssetExecutionContext, result: MaterializeResult) -> MaterializeResult:
-    """``result``, recorded for every partition the run materialised. Dagster records it for the partitions it
-    believes the run has (``context.partition_keys``), which for a range run launched from a job page is only the
-    first: the others get their materialisation here."""
-    believed = set(context.partition_keys)
-    for key in run_partition_keys(context):
-        if key not in believed:
-            context.log_event(
-                AssetMaterialization(context.asset_key, partition=key, metadata=result.metadata)
-            )
-    return result
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's metadata: each whole number summed over its companies, the duration summed, the unstored records
+    of all of them."""
+    totals: dict[str, Any] = {"companies": len(rows)}
+    for name in dict.fromkeys(k for row in rows for k in row):
+        values = [row[name] for row in rows if name in row]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            totals[name] = sum(values)
+    totals["duration_s"] = round(sum(float(row.get("duration_s", 0.0)) for row in rows), 3)
+    totals["unstored"] = MetadataValue.json(
+        [u for row in rows for u in row.get("unstored", [])][:UNSTORED_SHOWN]
+    )
+    return totals
 
 
-def _with_changed(stats: ReconcileStats) -> dict[str, Any]:
-    """A reconciliation's numbers, with the Batchly records it changed."""
-    return asdict(stats) | {"changed": stats.changed}
-
-
-MIRROR_ASSET: dict[str, Any] = {
-    "partitions_def": pull_partitions,
-    "backfill_policy": BackfillPolicy.single_run(),
-    "pool": "qbo_api",
-    "group_name": MIRROR_GROUP,
-    "kinds": {"quickbooks", "sql"},
-}
-RECONCILED_ASSET: dict[str, Any] = {
-    "partitions_def": pull_partitions,
-    "backfill_policy": BackfillPolicy.single_run(),
-    "group_name": BATCHLY_GROUP,
-    "kinds": {"sql"},
-}
-
-
-@asset(
-    deps=[quickbooks_customers],
-    description="Customers QuickBooks changed in the partition's window (inactive included, CDC deletions within "
-    "30 days), mirrored into qbo_mirror.",
-    **MIRROR_ASSET,
-)
-def qbo_customers(
-    context: AssetExecutionContext, batchly_db: BatchlyDatabase, quickbooks: QuickBooksResource
-) -> MaterializeResult:
-    return _mirror(context, batchly_db, quickbooks, pull_customers)
-
-
-@asset(
-    deps=[quickbooks_items],
-    description="Items QuickBooks changed in the partition's window, mirrored into qbo_mirror.",
-    **MIRROR_ASSET,
-)
-def qbo_items(
-    context: AssetExecutionContext, batchly_db: BatchlyDatabase, quickbooks: QuickBooksResource
-) -> MaterializeResult:
-    return _mirror(context, batchly_db, quickbooks, pull_items)
-
-
-@asset(
-    deps=[quickbooks_payments, quickbooks_invoices],
-    description="Payments and invoices QuickBooks changed in the window, the invoices changed or deleted payments "
-    "apply to (Id IN, never one call per invoice), mirrored into qbo_mirror.",
-    **MIRROR_ASSET,
-)
-def qbo_payments(
-    context: AssetExecutionContext, batchly_db: BatchlyDatabase, quickbooks: QuickBooksResource
-) -> MaterializeResult:
-    return _mirror(context, batchly_db, quickbooks, pull_payments)
+def _pull_asset(
+    name: str,
+    mirror: tuple[AssetKey, list[AssetSpec], str],
+    reconciled: tuple[AssetKey, str],
+) -> Callable[..., Any]:
+    """The decorator of one mirror → reconciled pair as a single step over company partitions."""
+    mirror_key, upstream, mirror_description = mirror
+    reconciled_key, reconciled_description = reconciled
+    return multi_asset(
+        name=name,
+        specs=[
+            AssetSpec(
+                mirror_key,
+                deps=upstream,
+                description=mirror_description,
+                group_name=MIRROR_GROUP,
+                kinds={"quickbooks", "sql"},
+                partitions_def=company_partitions,
+                skippable=True,
+            ),
+            AssetSpec(
+                reconciled_key,
+                deps=[mirror_key],
+                description=reconciled_description,
+                group_name=BATCHLY_GROUP,
+                kinds={"sql"},
+                partitions_def=company_partitions,
+                skippable=True,
+            ),
+        ],
+        can_subset=True,
+        backfill_policy=BackfillPolicy.single_run(),
+        pool="qbo_api",
+    )
 
 
 class CustomerMergeConfig(Config):
@@ -203,49 +244,101 @@ class CustomerMergeConfig(Config):
     )
 
 
-@asset(
-    deps=[qbo_customers],
-    description="Batchly customers reconciled with the mirror: three-way merge (newest change wins, or review), "
-    "link or review by name, create, deactivate — never delete; conflicts in sync_conflicts.",
-    **RECONCILED_ASSET,
+def _reconciled_numbers(stats: Any) -> dict[str, Any]:
+    numbers = asdict(stats)
+    numbers.pop("entity", None)
+    if hasattr(stats, "changed"):
+        numbers["changed"] = stats.changed
+    return numbers
+
+
+@_pull_asset(
+    "pull_customers_step",
+    (
+        qbo_customers,
+        [quickbooks_customers],
+        "Customers QuickBooks changed in the run's window (inactive included, CDC deletions within 30 days), "
+        "mirrored into qbo_mirror.",
+    ),
+    (
+        batchly_customers,
+        "Batchly customers reconciled with the mirror: three-way merge (newest change wins, or review), link or "
+        "review by name, create, deactivate — never delete; conflicts in sync_conflicts.",
+    ),
 )
-def batchly_customers(
-    context: AssetExecutionContext, config: CustomerMergeConfig, batchly_db: BatchlyDatabase
-) -> MaterializeResult:
-    def run(organization_id: int) -> dict[str, Any]:
-        stats = reconcile_customers(
-            batchly_db.engine, organization_id, review_fields=config.review_fields, run_id=context.run.run_id
-        )
-        return _with_changed(stats)
+def customers_pull(
+    context: AssetExecutionContext,
+    config: CustomerMergeConfig,
+    batchly_db: BatchlyDatabase,
+    quickbooks: QuickBooksResource,
+):
+    def reconcile(engine: Engine, org: int, run_id: str) -> dict[str, Any]:
+        stats = reconcile_customers(engine, org, review_fields=config.review_fields, run_id=run_id)
+        return _reconciled_numbers(stats)
 
-    return _reconciled(context, batchly_db.engine, run, "changed", "Customer")
+    yield from _pull_companies(
+        context,
+        batchly_db,
+        quickbooks,
+        pull_customers,
+        reconcile,
+        qbo_customers,
+        batchly_customers,
+        "Customer",
+        "changed",
+    )
 
 
-@asset(
-    deps=[qbo_items],
-    description="Batchly items reconciled with the mirror: QuickBooks owns name, SKU, type, price and active; "
-    "Batchly owns the description.",
-    **RECONCILED_ASSET,
+@_pull_asset(
+    "pull_items_step",
+    (
+        qbo_items,
+        [quickbooks_items],
+        "Items QuickBooks changed in the run's window, mirrored into qbo_mirror.",
+    ),
+    (
+        batchly_items,
+        "Batchly items reconciled with the mirror: QuickBooks owns name, SKU, type, price and active; Batchly owns "
+        "the description.",
+    ),
 )
-def batchly_items(context: AssetExecutionContext, batchly_db: BatchlyDatabase) -> MaterializeResult:
-    def run(organization_id: int) -> dict[str, Any]:
-        return _with_changed(reconcile_items(batchly_db.engine, organization_id, run_id=context.run.run_id))
+def items_pull(context: AssetExecutionContext, batchly_db: BatchlyDatabase, quickbooks: QuickBooksResource):
+    def reconcile(engine: Engine, org: int, run_id: str) -> dict[str, Any]:
+        return _reconciled_numbers(reconcile_items(engine, org, run_id=run_id))
 
-    return _reconciled(context, batchly_db.engine, run, "changed", "Item")
+    yield from _pull_companies(
+        context, batchly_db, quickbooks, pull_items, reconcile, qbo_items, batchly_items, "Item", "changed"
+    )
 
 
-@asset(
-    deps=[qbo_payments],
-    description="Invoice payment columns (amount paid and due, status, last payment date and id) from QuickBooks, "
-    "and overdue re-derived for the organisation's today without QuickBooks calls.",
-    **RECONCILED_ASSET,
+@_pull_asset(
+    "pull_payments_step",
+    (
+        qbo_payments,
+        [quickbooks_payments, quickbooks_invoices],
+        "Payments and invoices QuickBooks changed in the window, the invoices changed or deleted payments apply to "
+        "(Id IN, never one call per invoice), mirrored into qbo_mirror.",
+    ),
+    (
+        batchly_invoice_payments,
+        "Invoice payment columns (amount paid and due, status, last payment date and id) from QuickBooks, and "
+        "overdue re-derived for the organisation's today without QuickBooks calls.",
+    ),
 )
-def batchly_invoice_payments(
-    context: AssetExecutionContext, batchly_db: BatchlyDatabase
-) -> MaterializeResult:
-    def run(organization_id: int) -> dict[str, Any]:
-        return asdict(
-            reconcile_invoice_payments(batchly_db.engine, organization_id, run_id=context.run.run_id)
-        )
+def payments_pull(
+    context: AssetExecutionContext, batchly_db: BatchlyDatabase, quickbooks: QuickBooksResource
+):
+    def reconcile(engine: Engine, org: int, run_id: str) -> dict[str, Any]:
+        return _reconciled_numbers(reconcile_invoice_payments(engine, org, run_id=run_id))
 
-    return _reconciled(context, batchly_db.engine, run, "updated", "Invoice")
+    yield from _pull_companies(
+        context,
+        batchly_db,
+        quickbooks,
+        pull_payments,
+        reconcile,
+        qbo_payments,
+        batchly_invoice_payments,
+        "Invoice",
+        "updated",
+    )

@@ -1,7 +1,7 @@
 """Asset checks of the pull: mirror vs Batchly drift, open conflicts (warn), invoice totals, payment status, and
 QuickBooks records Batchly could not store (the pull's error list).
 
-A check evaluates the organisations of the run's partition (from its tags), or every connected one when it runs on
+A check evaluates the organisations of the run's company partitions (from its tags), or every connected one when it runs on
 its own. The work is in ``services.pull_checks``.
 """
 
@@ -16,7 +16,7 @@ from dagster import (
     asset_check,
 )
 
-from batchly_pipelines.defs.partitions import partition_tags
+from batchly_pipelines.defs.partitions import run_organizations
 from batchly_pipelines.defs.pull.assets import batchly_customers, batchly_invoice_payments, batchly_items
 from batchly_pipelines.defs.resources import BatchlyDatabase
 from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS
@@ -30,7 +30,9 @@ REVIEW_ROWS = 20
 
 
 def _organizations(context: AssetCheckExecutionContext, database: BatchlyDatabase) -> list[int]:
-    return partition_tags(context.run.tags) or connected_organization_ids(database.engine)
+    return run_organizations(context.run.tags, context.instance) or connected_organization_ids(
+        database.engine
+    )
 
 
 def _outcome_result(

@@ -1,5 +1,5 @@
 """The pull jobs ``pull_customers``, ``pull_items`` and ``pull_payments``: each a mirror asset and its reconciled asset
-over the company x day partitions."""
+(one step) over the company partitions."""
 
 from dagster import AssetSelection, define_asset_job
 
