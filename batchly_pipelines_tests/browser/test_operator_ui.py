@@ -2,9 +2,9 @@
 ``DAGSTER_HOME``, a temporary SQLite Batchly database, the local sandbox over HTTP).
 
 Nothing is launched behind the UI's back: the sensors push what is queued, ``sync_status_sensor`` re-evaluates the
-checks, and "Sync now" is launched from the launchpad with typed config. One stack serves every test of the module;
-the tests run in file order (a refused invoice's failed run, "Sync now" asking for it, the dead letter red and then
-green after the fix). Screenshots go to ``docs/images/`` with ``BATCHLY_UPDATE_SCREENSHOTS=1`` (the README shows
+checks, and "Sync now" and "resolve_conflicts" are launched from the launchpad with typed config. One stack serves
+every test of the module; the tests run in file order (a refused invoice's failed run, "Sync now" asking for it, the
+dead letter red and then green after the fix, a conflict found and resolved). Screenshots go to ``docs/images/`` with ``BATCHLY_UPDATE_SCREENSHOTS=1`` (the README shows
 one), else to a temporary folder.
 """
 
@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,14 +25,19 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import Connection
 
+from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.oauth import TokenSet
+from batchly_pipelines.services.pull.mirror import Window
+from batchly_pipelines.services.pull.organization import EPOCH, pull_organization
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import ConnectionStore
-from batchly_pipelines.store.db import Engine, create_engine
+from batchly_pipelines.store.db import Engine, create_engine, sync_transaction
+from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.support import factories as f
 from batchly_pipelines_tests.support.dagster_stack import REPO, DagsterStack
 from batchly_pipelines_tests.support.push import Books
+from batchly_pipelines_tests.support.quickbooks import SandboxTokens
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
@@ -226,6 +232,79 @@ def test_the_dead_letter_check_turns_red_by_itself_and_green_after_the_fix(
 
     expect(row).to_contain_text("Succeeded", timeout=CHECK_TIMEOUT_MS)  # the same page, never reloaded
     assert "BAD-1" in stack.books.by_doc_number()
+
+
+def test_a_conflict_is_found_with_both_values_resolved_through_the_launchpad_and_the_check_clears_by_itself(
+    stack: Stack, page: Page, refused: dict[str, object]
+) -> None:
+    c = s.customers.c
+    with stack.engine.connect() as conn:  # linked by the push of the invoices that need it
+        qbo_id = conn.execute(sa.select(c.qbo_id).where(c.id == stack.customer)).scalar_one()
+    assert qbo_id
+    # both sides change the email: the accountant in QuickBooks, someone in Batchly (without the outbox, so no push
+    # settles it first); the pull sends email conflicts to review
+    stack.books.act(
+        action="update_customer",
+        customer_id=qbo_id,
+        fields={"PrimaryEmailAddr": {"Address": "theirs@example.com"}},
+    )
+    with sync_transaction(stack.engine) as conn:
+        conn.execute(
+            sa.update(s.customers)
+            .where(c.id == stack.customer)
+            .values(email="ours@example.com", updated_at=utcnow())
+        )
+    base_url, realm_id = stack.books.sandbox.base_url, stack.books.realm_id
+    with QuickBooksClient(realm_id, base_url, SandboxTokens(base_url, realm_id)) as client:
+        window = Window(EPOCH, utcnow() + timedelta(days=1))
+        pull_organization(stack.engine, client, stack.org, window, review_fields=["email"])
+    with stack.engine.connect() as conn:
+        [conflict] = conn.execute(
+            sa.select(s.sync_conflicts.c.id).where(s.sync_conflicts.c.resolution == "pending_review")
+        ).scalars()
+
+    page.goto(f"{stack.dagster.url}/assets/sync_status?view=checks")
+    name = page.get_by_text("no_open_conflicts", exact=True).first
+    expect(name).to_be_visible()
+    row = name.locator("xpath=../..")
+    name.click()
+    expect(row).to_contain_text(re.compile("Failed|Warning"), timeout=CHECK_TIMEOUT_MS)
+    found = re.compile(
+        rf"conflict {conflict}, customer {stack.customer} \(.*\) email: Batchly 'ours@example.com', "
+        r"QuickBooks 'theirs@example.com'"
+    )
+    expect(page.get_by_text(found).first).to_be_visible()
+    _shot(page, "conflict-check.png")
+
+    known = _ended(stack.dagster)
+    page.goto(f"{stack.dagster.url}/locations/{LOCATION}/jobs/resolve_conflicts/playground")
+    editor = page.locator(".CodeMirror").first
+    expect(editor).to_be_visible()
+    config = (
+        "ops:\n  resolve_selected_conflicts:\n    config:\n"
+        f"      conflict_ids: [{conflict}]\n"
+        "      winner: quickbooks\n"
+        "      resolved_by: ops@example.com\n"
+    )
+    editor.evaluate("(node, text) => node.CodeMirror.setValue(text)", config)
+    launch = page.get_by_role("button", name=re.compile("Launch run", re.IGNORECASE))
+    expect(launch).to_be_enabled()
+    _shot(page, "resolve-launchpad.png")
+    launch.click()
+    run = _wait_for_run(stack.dagster, known, "resolve_conflicts")
+    assert run["status"] == "SUCCESS"
+
+    page.goto(f"{stack.dagster.url}/assets/sync_status?view=checks")
+    name = page.get_by_text("no_open_conflicts", exact=True).first
+    row = name.locator("xpath=../..")
+    name.click()
+    expect(row).to_contain_text(
+        "Succeeded", timeout=CHECK_TIMEOUT_MS
+    )  # recorded by the sensor, nobody re-ran it
+    expect(page.get_by_text(re.compile(r"no conflict waiting for review \(1 settled")).first).to_be_visible()
+    with stack.engine.connect() as conn:
+        email = conn.execute(sa.select(c.email).where(c.id == stack.customer)).scalar_one()
+    assert email == "theirs@example.com"
 
 
 def _add_line(conn: Connection, invoice_id: int, item_id: int) -> None:

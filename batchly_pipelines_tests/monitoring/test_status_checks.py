@@ -140,6 +140,10 @@ def test_open_conflicts_are_listed_with_names_values_and_when_each_side_changed(
     assert row["conflict_id"] == conflict and row["name"] == "Zoë O'Brien" and row["field"] == "email"
     assert row["batchly_value"] == "ours@example.com" and row["qbo_value"] == "theirs@example.com"
     assert row["batchly_updated_at"] and row["qbo_updated_at"]
+    assert (
+        f"conflict {conflict}, customer {customer} (Zoë O'Brien) email: Batchly 'ours@example.com', "
+        "QuickBooks 'theirs@example.com'" in (check.description or "")
+    )
 
     with engine.begin() as conn:
         conn.execute(sa.update(s.sync_conflicts).values(resolution="quickbooks", resolved_at=utcnow()))

@@ -112,7 +112,14 @@ def _no_open_conflicts(batchly_db: BatchlyDatabase, instance: DagsterInstance) -
         },
         description=(
             f"{total} conflict(s) waiting for review: "
-            + _named(rows, lambda row: f"conflict {row['id']}, {_record(row)} {row['field']}", total)
+            + _named(
+                rows,
+                lambda row: (
+                    f"conflict {row['id']}, {_record(row)} {row['field']}: Batchly {row['batchly_value']!r}, "
+                    f"QuickBooks {row['qbo_value']!r}"
+                ),
+                total,
+            )
             if total
             else "no conflict waiting for review"
         )
