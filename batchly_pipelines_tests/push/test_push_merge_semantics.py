@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient, WriteOp
+from batchly_pipelines.services.pull.resolve import resolve_conflicts
 from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.conflicts import list_conflicts
@@ -239,3 +240,25 @@ def test_a_conflict_the_push_settles_is_recorded_logged_and_counted(
     [entry] = [e for e in _log(engine, "customer", customer) if e["action"] == "update"][-1:]
     assert "notes" in (entry["message"] or "") and "QuickBooks" in entry["message"]
     assert _row(engine, s.customers, customer)["notes"] == "theirs"
+
+
+def test_a_review_the_push_opened_is_resolved_on_what_it_showed_and_the_choice_is_pushed(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books
+) -> None:
+    """No pull ever mirrored the customer: the review shows what the push read from QuickBooks, and resolving it for
+    Batchly sends Batchly's value."""
+    with engine.begin() as conn:
+        set_review_fields(conn, org, "customer", ["notes"])
+    customer = _pushed_customer(engine, org, push, notes="base")
+    qbo_id = _one(books, "Customer")["Id"]
+    books.act(action="update_customer", customer_id=qbo_id, fields={"Notes": "theirs"})
+    update(engine, s.customers, customer, notes="ours")
+    push()
+    [review] = _conflicts(engine)
+
+    [done] = resolve_conflicts(engine, winner="batchly", resolved_by="ana", conflict_ids=[review["id"]])
+
+    assert (done.chosen, done.to_batchly, done.to_quickbooks) == ("ours", False, True)
+    push()
+    assert _one(books, "Customer")["Notes"] == "ours"
+    assert _row(engine, s.customers, customer)["notes"] == "ours"

@@ -20,13 +20,14 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from batchly_pipelines.rules.mapping import decode_snapshot, encode_snapshot
+from batchly_pipelines.quickbooks.wire import qbo_last_updated
+from batchly_pipelines.rules.mapping import FieldSpec, decode_snapshot, encode_snapshot
 from batchly_pipelines.rules.merge import resolve_field
 from batchly_pipelines.rules.name_lists import NAME_LISTS, NameList
 from batchly_pipelines.services.pull.reconcile import LINK_FIELD, reconcile
 from batchly_pipelines.store.conflicts import list_conflicts, mark_resolved, refresh_review
 from batchly_pipelines.store.db import Connection, Engine, sync_transaction
-from batchly_pipelines.store.mirror import mirrored_data
+from batchly_pipelines.store.mirror import mirrored_data, mirrored_objects
 from batchly_pipelines.store.push_rows import load_rows
 from batchly_pipelines.store.records import insert_records, link_record, write_fields
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, load_states, save_states, write_log
@@ -105,6 +106,17 @@ def _mirror_fields(conn: Connection, kind: NameList, organization_id: int, qbo_i
     return kind.mapping.from_qbo(mirrored_data(conn, organization_id, kind.qbo_entity, qbo_id))
 
 
+def _qbo_value(conn: Connection, kind: NameList, spec: FieldSpec, conflict: dict[str, Any]) -> Any:
+    """QuickBooks' value of the conflict's field as far as Batchly knows: the mirror's, unless the conflict was seen
+    on a newer version than the mirror holds (the push reads QuickBooks itself) or the mirror never held it."""
+    qbo_id = conflict["qbo_id"]
+    mirrored = mirrored_objects(conn, conflict["organization_id"], kind.qbo_entity, [qbo_id]).get(qbo_id)
+    seen_at = conflict["qbo_updated_at"]
+    if mirrored is None or (seen_at is not None and qbo_last_updated(mirrored) < seen_at):
+        return spec.normalise(conflict["qbo_value"])
+    return kind.mapping.from_qbo(mirrored)[spec.column]
+
+
 def _resolve_field(
     engine: Engine,
     kind: NameList,
@@ -117,10 +129,10 @@ def _resolve_field(
     org, name, entity_id = conflict["organization_id"], conflict["field"], conflict["entity_id"]
     with engine.connect() as conn:
         row = load_rows(conn, kind.entity_type, [entity_id])[entity_id]
+        spec = next(spec for spec in kind.mapping.specs if spec.column == name)
         batchly_value = kind.mapping.from_row(row)[name]
-        qbo_value = _mirror_fields(conn, kind, org, conflict["qbo_id"])[name]
+        qbo_value = _qbo_value(conn, kind, spec, conflict)
         [state] = load_states(conn, org, kind.entity_type, entity_ids=[entity_id])
-    spec = next(spec for spec in kind.mapping.specs if spec.column == name)
     shown = spec.normalise(conflict["batchly_value"]), spec.normalise(conflict["qbo_value"])
     if shown != (batchly_value, qbo_value):
         with engine.begin() as conn:
