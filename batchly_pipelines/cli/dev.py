@@ -1,5 +1,6 @@
-"""``batchly-sync dev`` (what ``make dev`` runs): the set-up of ``make run`` (sandbox, connections), ``sync_status``
-recorded into ``DAGSTER_HOME``, then the Dagster UI on the chosen port (``make dev PORT=3100``)."""
+"""``batchly-sync dev`` (what ``make dev`` runs): the set-up of ``make run`` (sandbox, connections), in local mode the
+webhook receiver with the sandbox's webhooks pointed at it, ``sync_status`` recorded into ``DAGSTER_HOME``, then the
+Dagster UI on the chosen port (``make dev PORT=3100``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from types import FrameType
 
 from batchly_pipelines.cli.cycle import prepared
 from batchly_pipelines.cli.output import section
+from batchly_pipelines.cli.webhooks import local_receiver
 from batchly_pipelines.settings import Settings
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -22,7 +25,7 @@ IN_PROCESS = json.dumps({"execution": {"config": {"in_process": {}}}})
 
 def run_dev(settings: Settings, *, port: int = 3000) -> int:
     """Run ``dagster dev`` on the project's workspace until interrupted, with the local sandbox beside it."""
-    with prepared(settings) as (_, summary):
+    with prepared(settings) as (_, summary), local_receiver(settings) if settings.is_local else nullcontext():
         for error in summary.errors:
             section("error", error)
         home = os.environ.get("DAGSTER_HOME")

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from batchly_pipelines.cli.output import section
@@ -15,6 +22,7 @@ from batchly_pipelines.store.db import create_engine
 from batchly_pipelines.store.inbox import inbox_events
 from batchly_pipelines.store.schema import WEBHOOK_EVENT_STATES
 from batchly_pipelines.store.webhook_repair import record_receiver_start
+from qbo_sandbox.admin_client import SandboxAdmin
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,6 +55,45 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         )
     print(f"{len(rows)} event(s)")
     return 0
+
+
+LOCAL_VERIFIER = (
+    "batchly-local-verifier"  # make dev's verifier token when QBO_WEBHOOK_VERIFIER_TOKEN is unset
+)
+SERVE = [str(Path(sys.executable).with_name("batchly-sync")), "webhooks", "serve"]
+
+
+@contextmanager
+def local_receiver(settings: Settings) -> Iterator[str]:
+    """``make dev``: the receiver as a child process (``batchly-sync webhooks serve``, on ``BATCHLY_WEBHOOK_PORT``),
+    with the local sandbox's webhooks pointed at it (CloudEvents, signed with the verifier token); yields its URL.
+    On the way out the sandbox stops delivering and the receiver is stopped."""
+    verifier = settings.webhook_verifier_token or LOCAL_VERIFIER
+    WebhookSettings.from_env(
+        replace(settings, webhook_verifier_token=verifier)
+    )  # a bad host or port fails here
+    env = {
+        **os.environ,
+        "QBO_WEBHOOK_VERIFIER_TOKEN": verifier,
+        "BATCHLY_DATABASE_URL": settings.database_url,
+    }
+    receiver = subprocess.Popen(SERVE, env=env, stdout=subprocess.PIPE, text=True)
+    sandbox = SandboxAdmin(settings.qbo_base_url)
+    try:
+        assert receiver.stdout is not None
+        line = receiver.stdout.readline()  # printed once its socket listens
+        if "receiving at " not in line:
+            raise RuntimeError(f"the webhook receiver did not start (exit {receiver.wait(timeout=10)})")
+        url = line.split("receiving at ", 1)[1].split()[0]
+        sandbox.configure_webhooks(url, verifier, "cloudevents")
+        section("webhooks", f"the sandbox delivers its webhooks to {url}")
+        yield url
+    finally:
+        with suppress(OSError):  # the sandbox may be gone already
+            sandbox.configure_webhooks(None)
+        if receiver.poll() is None:
+            receiver.terminate()  # SIGTERM: in-flight deliveries are answered first
+            receiver.wait(timeout=15)
 
 
 def add_webhook_commands(sub: Any) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,14 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.cli.main import main
+from batchly_pipelines.cli.webhooks import local_receiver
 from batchly_pipelines.services.webhooks.events import parse_delivery
 from batchly_pipelines.services.webhooks.intake import UNKNOWN_REALM, record_delivery
 from batchly_pipelines.services.webhooks.signature import sign
 from batchly_pipelines.settings import DEFAULT_WEBHOOK_PORT, Settings, SettingsError, WebhookSettings
 from batchly_pipelines.store.webhook_repair import last_receiver_start
-from batchly_pipelines_tests.support.webhooks import VERIFIER, change, cloudevents, inbox
+from batchly_pipelines_tests.support.pull import Company
+from batchly_pipelines_tests.support.webhooks import VERIFIER, change, cloudevents, inbox, wait_until
 
 SQLITE_ONLY = pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
 
@@ -109,3 +112,22 @@ def test_list_shows_the_newest_events(
     assert main(["webhooks", "list", "--status", "ignored"]) == 0
     out = capsys.readouterr().out
     assert "Invoice" in out and "42" in out and "Void" in out and UNKNOWN_REALM in out and "1 event(s)" in out
+
+
+@SQLITE_ONLY
+def test_make_devs_receiver_takes_the_local_sandboxs_webhooks(
+    company: Company, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHLY_WEBHOOK_PORT", "0")
+    monkeypatch.delenv("QBO_WEBHOOK_VERIFIER_TOKEN", raising=False)
+    database_url = company.engine.url.render_as_string(hide_password=False)
+    settings = _settings(tmp_path, QBO_BASE_URL=company.sandbox.base_url, BATCHLY_DATABASE_URL=database_url)
+    with local_receiver(settings) as url:
+        assert url.endswith("/webhooks/quickbooks")
+        customer = company.qbo.customer("Sent by the sandbox")
+        wait_until(lambda: any(row["entity_id"] == customer["Id"] for row in inbox(company.engine)))
+    [row] = [row for row in inbox(company.engine) if row["entity_id"] == customer["Id"]]
+    assert (row["entity_type"], row["operation"], row["status"]) == ("Customer", "Create", "pending")
+    company.qbo.customer("After make dev stopped")  # the sandbox was told to stop delivering
+    time.sleep(1.5)
+    assert len(inbox(company.engine)) == 1
