@@ -30,7 +30,12 @@ def records_with_links(conn: Connection, entity_type: str, organization_id: int)
     t = table.c
     query = (
         sa.select(table, st.base.label("link_base"), st.sync_token.label("link_sync_token"))
-        .outerjoin(s.qbo_sync_state, sa.and_(st.entity_type == entity_type, st.entity_id == t.id))
+        .outerjoin(
+            s.qbo_sync_state,
+            sa.and_(
+                st.organization_id == t.organization_id, st.entity_type == entity_type, st.entity_id == t.id
+            ),
+        )
         .where(t.organization_id == organization_id)
         .order_by(t.id)
     )
@@ -75,18 +80,28 @@ def unfinished_pushes(conn: Connection, organization_id: int) -> list[dict[str, 
 
 
 def take_values(
-    conn: Connection, entity_type: str, entity_id: int, values: Mapping[str, Any], base: Mapping[str, Any]
-) -> None:
-    """Write ``values`` into one Batchly row (``updated_at`` left alone: it means "changed in Batchly") and store
-    ``base`` (encoded) as its link's base — in the caller's (sync) transaction."""
+    conn: Connection,
+    entity_type: str,
+    entity_id: int,
+    values: Mapping[str, Any],
+    seen: Mapping[str, Any],
+    base: Mapping[str, Any],
+) -> bool:
+    """Write ``values`` into one Batchly row — only if each of those columns still holds what was read (``seen``, the
+    stored values), so an edit committed meanwhile is never overwritten — and store ``base`` (encoded) as its link's
+    base, in the caller's (sync) transaction; ``updated_at`` is left alone (it means "changed in Batchly"). False
+    (nothing written) when the row changed."""
     table = TABLES[entity_type]
-    if values:
-        conn.execute(
-            sa.update(table)
-            .where(table.c.id == entity_id)
-            .values({**values, "updated_at": table.c.updated_at})
-        )
+    unchanged = [table.c[column].is_not_distinct_from(seen[column]) for column in values]
+    written = conn.execute(
+        sa.update(table)
+        .where(table.c.id == entity_id, *unchanged)
+        .values({**values, "updated_at": table.c.updated_at})
+    ).rowcount
+    if not written:
+        return False
     move_base(conn, entity_type, entity_id, base)
+    return True
 
 
 def move_base(conn: Connection, entity_type: str, entity_id: int, base: Mapping[str, Any]) -> None:

@@ -56,6 +56,7 @@ from batchly_pipelines.store.mirror import live_ids, mark_deleted
 from batchly_pipelines.store.reconciliation import (
     invoices_with_customers,
     listed_pull_errors,
+    move_base,
     open_conflicts,
     queue_pushes,
     records_with_links,
@@ -293,14 +294,18 @@ def _repair(
         }
         for (entity, entity_id), found in take.items():
             values = {d.field: d.qbo_value for d in found}
-            if unstorable(values, COLUMN_RULES[entity]):
-                continue  # the pull lists such a value in its error list
             row = bases[(entity, entity_id)]
-            take_values(
-                conn, entity, entity_id, values, {**(row["link_base"] or {}), **encode_snapshot(values)}
-            )
-            settled += found
-            log.append(_entry(organization_id, entity, entity_id, found, "took QuickBooks' value", run_id))
+            current = NAME_LISTS[entity].mapping.from_row(row)
+            if unstorable(values, COLUMN_RULES[entity]) or any(
+                current[d.field] != d.batchly_value for d in found
+            ):
+                continue  # the pull lists such a value in its error list; an edit since the comparison wins
+            base = {**(row["link_base"] or {}), **encode_snapshot(values)}
+            if take_values(conn, entity, entity_id, values, {name: row[name] for name in values}, base):
+                settled += found
+                log.append(
+                    _entry(organization_id, entity, entity_id, found, "took QuickBooks' value", run_id)
+                )
         for entity in ("customer", "item"):
             for entity_id, found in push.get(entity, {}).items():
                 row = bases[(entity, entity_id)]
@@ -309,7 +314,7 @@ def _repair(
                 # the push sends what differs from the base: the base keeps QuickBooks' value of these fields
                 fields = {d.field: d.qbo_value for d in found if d.field != RECORD}
                 if fields:
-                    take_values(conn, entity, entity_id, {}, {**row["link_base"], **encode_snapshot(fields)})
+                    move_base(conn, entity, entity_id, {**row["link_base"], **encode_snapshot(fields)})
         write_log(conn, log)
     with engine.begin() as conn:  # an ordinary transaction: the outbox queues these pushes
         for entity, records in push.items():
