@@ -33,6 +33,7 @@ from pydantic import Field
 
 from batchly_pipelines.defs.monitoring import tables
 from batchly_pipelines.defs.push import sync_now
+from batchly_pipelines.defs.push.lineage import record_pushed
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import AuthError
@@ -161,6 +162,7 @@ def push_records(
     for failure in failures:
         context.log.error(tables.describe_failure(failure))
     rows = sync_now.report(context, batchly_db.engine, config.organization_id, wanted)
+    record_pushed(context, config.organization_id, stats.actions)  # lineage: what reached QuickBooks
     summary = stats.as_dict()
     metadata: dict[str, Any] = {
         "done": stats.done,
