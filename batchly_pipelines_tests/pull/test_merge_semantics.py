@@ -225,3 +225,23 @@ def test_review_fields_from_the_command_line_are_stored_for_the_pull_and_the_pus
         main(["review-fields", "--org", org, "--set", "balance"])
     assert main(["review-fields", "--org", org, "--clear"]) == 0
     assert capsys.readouterr().out.strip().endswith("customer review fields: none")
+
+
+def test_the_first_merge_of_a_link_a_person_chose_honours_the_review_fields(company: Company) -> None:
+    with company.engine.begin() as conn:
+        set_review_fields(conn, company.org, "customer", ["notes"])
+        twins = [
+            factories.customer(conn, company.org, "Joe's Garage", notes="ours", email=f"j{n}@a.test")
+            for n in (1, 2)
+        ]
+    joe = company.qbo.customer("Joe's Garage", Notes="theirs", PrimaryEmailAddr={"Address": "other@b.test"})
+    company.pull()
+    [link] = open_conflicts(company.engine)
+
+    resolve_conflicts(
+        company.engine, winner="value", value=twins[0], resolved_by="ana", conflict_ids=[link["id"]]
+    )
+
+    assert company.row(s.customers, id=twins[0])["notes"] == "ours"  # left for a person, not newest-wins
+    [review] = open_conflicts(company.engine)
+    assert (review["field"], review["reason"], review["qbo_id"]) == ("notes", "first_link", joe["Id"])

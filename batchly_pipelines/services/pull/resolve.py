@@ -24,6 +24,7 @@ from batchly_pipelines.quickbooks.wire import qbo_last_updated
 from batchly_pipelines.rules.mapping import FieldSpec, decode_snapshot, encode_snapshot
 from batchly_pipelines.rules.merge import resolve_field
 from batchly_pipelines.rules.name_lists import NAME_LISTS, NameList
+from batchly_pipelines.services.pull.organization import organization_policy
 from batchly_pipelines.services.pull.reconcile import LINK_FIELD, reconcile
 from batchly_pipelines.store.conflicts import list_conflicts, mark_resolved, refresh_review
 from batchly_pipelines.store.db import Connection, Engine, sync_transaction
@@ -191,7 +192,8 @@ def _resolve_link(
         _record(
             conn, kind, conflict, winner, resolved_by, entity_id, f"linked to {entity_id} ({winner})", run_id
         )
-    reconcile(engine, kind, org, run_id=run_id, only=[qbo_id])  # first merge of the new link
+    policy = organization_policy(engine, kind, org)  # the organisation's review fields hold here too
+    reconcile(engine, kind, org, policy=policy, run_id=run_id, only=[qbo_id])  # first merge of the new link
     return Resolved(conflict["id"], LINK_FIELD, entity_id, winner == "quickbooks", False)
 
 
