@@ -71,6 +71,7 @@ class DataApi:
             return throttled_response(self.clock)
         try:
             with self.throttle.admit(realm_id, realm.limits, batch=resource == "batch"):
+                self.state.counters.record_max(realm_id, "peak_in_flight", self.throttle.in_flight(realm_id))
                 response = self._admitted(request, realm, parts)
         except Throttled:
             self.state.counters.add(realm_id, "throttled")

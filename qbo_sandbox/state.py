@@ -203,6 +203,12 @@ class Counters:
         with self._lock:
             self._counts[(scope, name)] += amount
 
+    def record_max(self, scope: str, name: str, value: int) -> None:
+        """Keep under a scope and a name the highest ``value`` recorded (e.g. ``peak_in_flight``)."""
+        with self._lock:
+            if value > self._counts[(scope, name)]:
+                self._counts[(scope, name)] = value
+
     def report(self) -> dict[str, Any]:
         """All counts: ``{"global": {...}, "realms": {realm: {"requests": {endpoint: n}, "throttled": n, ...}}}``."""
         with self._lock:

@@ -84,6 +84,12 @@ class Throttle:
             with self._lock:
                 realm.in_flight -= 1
 
+    def in_flight(self, realm_id: str) -> int:
+        """Requests of the realm admitted and not yet answered (0 when the throttle is off)."""
+        with self._lock:
+            realm = self._realms.get(realm_id)
+            return realm.in_flight if realm is not None else 0
+
 
 def throttled_response(clock: Clock) -> Response:
     """HTTP 429 with the XML 3001 body Intuit sends even to JSON clients."""
