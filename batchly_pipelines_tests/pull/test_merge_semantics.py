@@ -245,3 +245,24 @@ def test_the_first_merge_of_a_link_a_person_chose_honours_the_review_fields(comp
     assert company.row(s.customers, id=twins[0])["notes"] == "ours"  # left for a person, not newest-wins
     [review] = open_conflicts(company.engine)
     assert (review["field"], review["reason"], review["qbo_id"]) == ("notes", "first_link", joe["Id"])
+
+
+def test_a_value_batchly_cannot_store_in_a_field_batchly_owns_never_blocks_what_quickbooks_owns(
+    company: Company,
+) -> None:
+    """QuickBooks' description (Batchly's field) holds a NUL character Batchly's column cannot: the price QuickBooks
+    changed is still taken, and Batchly's description goes back to QuickBooks."""
+    widget = company.qbo.item("Widget", "10.00", Description="Ours")
+    company.pull()
+    item = company.row(s.items, qbo_id=widget["Id"])
+    company.act(
+        "update", entity="Item", id=widget["Id"], fields={"Description": "bad\x00text", "UnitPrice": 12.5}
+    )
+
+    result = company.pull()
+
+    assert result.batchly_items.errors == 0
+    after = company.row(s.items, id=item["id"])
+    assert (after["unit_price"], after["description"]) == (Decimal("12.50"), "Ours")
+    assert company.rows(s.pull_errors) == []
+    assert _pending_items(company) == [item["id"]]

@@ -32,7 +32,7 @@ from typing import Any
 
 from batchly_pipelines.rules.mapping import decode_snapshot, encode_snapshot
 from batchly_pipelines.rules.matching import Match, MatchDecision, normalize_name
-from batchly_pipelines.rules.merge import Conflict, MergePolicy, MergeResult, Resolution, merge
+from batchly_pipelines.rules.merge import Conflict, MergePolicy, MergeResult, Resolution, Rule, merge
 from batchly_pipelines.rules.name_lists import NameList
 from batchly_pipelines.rules.storage import unstorable
 from batchly_pipelines.store.conflicts import (
@@ -217,7 +217,7 @@ def _plan(
     stats: ReconcileStats,
 ) -> None:
     kind, org = chunk.kind, chunk.organization_id
-    rows = [row for row in rows if _storable(chunk, row)]
+    rows = [row for row in rows if _storable(chunk, row, policy)]
     reviewing = open_reviews_of_qbo_ids(
         conn, org, kind.entity_type, LINK_FIELD, [row["qbo_id"] for row in rows]
     )
@@ -272,13 +272,17 @@ def _plan(
         _settle(chunk, entity_id, row, qbo_fields, current, result, open_fields.get(entity_id, {}), stats)
 
 
-def _storable(chunk: _Chunk, row: Mapping[str, Any]) -> bool:
+def _storable(chunk: _Chunk, row: Mapping[str, Any], policy: MergePolicy) -> bool:
     """Whether Batchly's columns can hold the record's QuickBooks values; if not, list each value that does not fit
-    (the record is then left out of the chunk)."""
+    (the record is then left out of the chunk). A linked record's fields Batchly owns are never written from
+    QuickBooks, so what QuickBooks holds there blocks nothing."""
     if row["deleted"]:
         return True  # deactivating writes nothing QuickBooks sent
     kind = chunk.kind
-    values = {**kind.mapping.from_qbo(row["data"]), "qbo_id": row["qbo_id"]}
+    fields = kind.mapping.from_qbo(row["data"])
+    if row["entity_id"] is not None:
+        fields = {k: v for k, v in fields.items() if policy.rule_for(k) is not Rule.BATCHLY_OWNS}
+    values = {**fields, "qbo_id": row["qbo_id"]}
     problems = unstorable(values, column_rules(kind.entity_type))
     for column, why in problems.items():
         message = f"{column} {why}"
