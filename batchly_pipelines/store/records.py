@@ -7,6 +7,7 @@ Rows by id are :func:`batchly_pipelines.store.push_rows.load_rows`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from batchly_pipelines.rules.name_lists import NameList
 from batchly_pipelines.rules.storage import ColumnRule
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.push_rows import TABLES
+from batchly_pipelines.store.upsert import bulk_insert
 
 m, st = s.qbo_mirror.c, s.qbo_sync_state.c
 
@@ -61,11 +63,14 @@ def insert_records(
     if not records:
         return []
     t = TABLES[entity_type]
-    inserted = conn.execute(
-        sa.insert(t).returning(t.c.id, t.c.qbo_id, sort_by_parameter_order=True),
-        [{"organization_id": organization_id, "qbo_id": qbo_id, **fields} for qbo_id, fields in records],
-    ).all()
-    return [(entity_id, qbo_id) for entity_id, qbo_id in inserted]
+    rows = [{"organization_id": organization_id, "qbo_id": qbo_id, **fields} for qbo_id, fields in records]
+    bulk_insert(conn, t, rows)
+    qbo_ids = [qbo_id for qbo_id, _ in records]
+    query = sa.select(t.c.qbo_id, t.c.id).where(
+        t.c.organization_id == organization_id, t.c.qbo_id.in_(qbo_ids)
+    )
+    ids = dict(conn.execute(query).all())
+    return [(ids[qbo_id], qbo_id) for qbo_id in qbo_ids]
 
 
 def write_fields(
@@ -122,8 +127,10 @@ def reconciled_rows(
     return [dict(r) for r in conn.execute(query).mappings()]
 
 
+@cache
 def column_rules(entity_type: str) -> dict[str, ColumnRule]:
-    """What each column of the ``customer``, ``item`` or ``invoice`` table accepts (``rules.storage``)."""
+    """What each column of the ``customer``, ``item`` or ``invoice`` table accepts (``rules.storage``; the schema
+    does not change while the process runs: worked out once)."""
     return {column.name: _rule(column) for column in TABLES[entity_type].columns}
 
 

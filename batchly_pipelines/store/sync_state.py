@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from batchly_pipelines.store.schema import qbo_sync_state, sync_log, utcnow
-from batchly_pipelines.store.upsert import bulk_upsert
+from batchly_pipelines.store.upsert import bulk_insert, bulk_upsert
 
 st = qbo_sync_state.c
 
@@ -90,8 +90,7 @@ def write_log(conn: Connection, entries: Iterable[LogEntry]) -> int:
     """Append entries to ``sync_log`` in the caller's transaction."""
     now = utcnow()
     rows = [{**_fields(entry), "created_at": now} for entry in entries]
-    if rows:
-        conn.execute(sa.insert(sync_log), rows)
+    bulk_insert(conn, sync_log, rows)
     return len(rows)
 
 

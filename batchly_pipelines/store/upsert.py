@@ -1,8 +1,15 @@
-"""Bulk insert-or-update on SQLite and PostgreSQL alike (``INSERT … ON CONFLICT DO UPDATE``)."""
+"""Bulk writes on SQLite and PostgreSQL alike: insert-or-update (``INSERT … ON CONFLICT DO UPDATE``) and plain
+inserts, the same statements on both backends for a few rows; on PostgreSQL a batch of rows travels by ``COPY``
+(into a temporary table first when it is an insert-or-update), which costs a fraction of what bound parameters do.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from itertools import islice
 from typing import Any
 
@@ -12,6 +19,71 @@ from sqlalchemy.engine import Connection
 
 # SQLite allows 32,766 bound variables per statement; PostgreSQL 65,535. Chunks stay well under both.
 MAX_BOUND_VALUES = 30_000
+# from this many rows on, PostgreSQL gets them by COPY (fewer: the temporary table would cost more than it saves)
+COPY_FROM_ROWS = 100
+# COPY's text format: a backslash starts an escape, tab and newline end a field and a row
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def bulk_insert(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows`` (every one with the same columns): by ``COPY`` on PostgreSQL for a batch, else one
+    ``executemany``."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql" and len(rows) >= COPY_FROM_ROWS:
+        _copy(conn, table, table.name, list(rows[0]), rows)
+    else:
+        conn.execute(sa.insert(table), list(rows))
+
+
+def _copy(
+    conn: Connection, table: sa.Table, into: str, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]
+) -> None:
+    """``COPY into (columns) FROM STDIN`` the values of ``rows``, typed as ``table``'s columns, in the caller's
+    transaction."""
+    defaults = _python_defaults(table, columns)  # what SQLAlchemy would add to an INSERT (COPY adds nothing)
+    names = [*columns, *defaults]
+    is_json = [isinstance(table.c[name].type, sa.JSON) for name in names]
+    buffer = io.StringIO()
+    for row in rows:
+        values = [*(row[name] for name in columns), *defaults.values()]
+        buffer.write("\t".join(_copy_text(value, js) for value, js in zip(values, is_json, strict=True)))
+        buffer.write("\n")
+    buffer.seek(0)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.copy_expert(f"COPY {into} ({', '.join(names)}) FROM STDIN", buffer)
+    finally:
+        cursor.close()
+
+
+def _python_defaults(table: sa.Table, columns: Sequence[str]) -> dict[str, Any]:
+    """The client-side defaults (``default=`` of the column, scalar or callable) of ``table``'s columns not in
+    ``columns``, worked out once for a batch."""
+    defaults: dict[str, Any] = {}
+    for column in table.columns:
+        default = column.default
+        if column.name in columns or default is None or not isinstance(default, sa.ColumnDefault):
+            continue
+        defaults[column.name] = default.arg(None) if default.is_callable else default.arg
+    return defaults
+
+
+def _copy_text(value: Any, is_json: bool) -> str:
+    """One value in COPY's text format."""
+    if value is None:
+        return "\\N"
+    if is_json:
+        return json.dumps(value).translate(_COPY_ESCAPES)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: Batchly stores UTC instants only")
+        return value.isoformat()
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    return str(value)
 
 
 def bulk_upsert(
@@ -42,8 +114,9 @@ def upsert_keys(
     by the database in the write itself, so two writers racing cannot both win. Returns the keys written.
 
     Every row must have the same columns. Where rows share a key, the later one wins, on both backends
-    (PostgreSQL refuses to touch a row twice in one statement; SQLite would keep whichever came last). One compiled
-    statement runs over chunks of rows, which SQLAlchemy's "insertmanyvalues" sends as multi-row INSERTs.
+    (PostgreSQL refuses to touch a row twice in one statement; SQLite would keep whichever came last). A batch
+    goes to PostgreSQL by COPY into a temporary table and one ``INSERT … SELECT``; otherwise one compiled statement
+    runs over chunks of rows, which SQLAlchemy's "insertmanyvalues" sends as multi-row INSERTs.
     """
     iterator = iter(rows)
     first = next(iterator, None)
@@ -51,25 +124,52 @@ def upsert_keys(
         return []
     columns = list(first)
     update_columns = [c for c in (update if update is not None else columns) if c not in key]
-    chunk_size = max(1, MAX_BOUND_VALUES // len(columns))
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(table)
-    if update_columns:
-        statement = statement.on_conflict_do_update(
+
+    def on_conflict(statement: Any) -> Any:
+        if not update_columns:
+            return statement.on_conflict_do_nothing(index_elements=list(key))
+        return statement.on_conflict_do_update(
             index_elements=list(key),
             set_={c: statement.excluded[c] for c in update_columns},
             where=only_if(statement.excluded) if only_if is not None else None,
         )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=list(key))
+
+    returned = [table.c[k] for k in key]
+    chunk_size = max(1, MAX_BOUND_VALUES // len(columns))
+    if conn.dialect.name == "postgresql":
+        pending = [first, *iterator]
+        if len(pending) >= COPY_FROM_ROWS:
+            latest = {tuple(row[k] for k in key): row for row in pending}
+            staging = _stage(conn, table, columns, list(latest.values()))
+            staged = postgresql.insert(table).from_select(list(staging.c.keys()), sa.select(*staging.c))
+            written = [tuple(row) for row in conn.execute(on_conflict(staged).returning(*returned)).all()]
+            conn.exec_driver_sql(f"DROP TABLE {staging.name}")
+            return written
+        iterator = iter(pending[1:])
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
     # RETURNING makes SQLAlchemy batch the rows into multi-row INSERTs on every driver (psycopg2 would otherwise
     # send one statement per row)
-    batched = statement.returning(*(table.c[k] for k in key))
-    written: list[tuple[Any, ...]] = []
-    pending: list[Mapping[str, Any]] = [first]
-    while pending:
-        pending.extend(islice(iterator, chunk_size - len(pending)))
-        latest = {tuple(row[k] for k in key): dict(row) for row in pending}
+    batched = on_conflict(insert).returning(*returned)
+    written = []
+    chunk: list[Mapping[str, Any]] = [first]
+    while chunk:
+        chunk.extend(islice(iterator, chunk_size - len(chunk)))
+        latest = {tuple(row[k] for k in key): dict(row) for row in chunk}
         written.extend(tuple(row) for row in conn.execute(batched, list(latest.values())).all())
-        pending = list(islice(iterator, chunk_size))
+        chunk = list(islice(iterator, chunk_size))
     return written
+
+
+def _stage(
+    conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> Any:
+    """PostgreSQL: a temporary table with ``columns`` of ``table`` (dropped at commit at the latest), filled with
+    ``rows`` by COPY."""
+    name = f"bulk_{uuid.uuid4().hex[:16]}"
+    names = [*columns, *_python_defaults(table, columns)]
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {name} ON COMMIT DROP AS SELECT {', '.join(names)} FROM {table.name} "
+        "WITH NO DATA"
+    )
+    _copy(conn, table, name, columns, rows)
+    return sa.table(name, *(sa.column(column) for column in names))

@@ -32,7 +32,7 @@ from typing import Any
 
 from batchly_pipelines.rules.mapping import decode_snapshot, encode_snapshot
 from batchly_pipelines.rules.matching import Match, MatchDecision, normalize_name
-from batchly_pipelines.rules.merge import Conflict, MergePolicy, MergeResult, Resolution, Rule, merge
+from batchly_pipelines.rules.merge import Conflict, MergePolicy, MergeResult, Resolution, merge
 from batchly_pipelines.rules.name_lists import NameList
 from batchly_pipelines.rules.storage import unstorable
 from batchly_pipelines.store.conflicts import (
@@ -177,7 +177,7 @@ def _with_news(
     conn: Connection, kind: NameList, organization_id: int, pulled: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The pulled rows with news for Batchly — unlinked, newer than the link, or deleted while still active — each
-    with its Batchly twin's id and the link's base."""
+    with its Batchly twin's id, the link's base and QuickBooks' values as Batchly fields (``fields``)."""
     ids = [row["qbo_id"] for row in pulled]
     linked = twins(conn, kind.entity_type, organization_id, ids, lock=True)
     links = {
@@ -192,8 +192,9 @@ def _with_news(
             news = bool(active)
         else:
             news = entity_id is None or token is None or int(row["sync_token"]) > int(token)
-        if news:
-            rows.append({**row, "entity_id": entity_id, "base": base})
+        if news:  # QuickBooks' values mapped once, for every use below
+            fields = kind.mapping.from_qbo(row["data"])
+            rows.append({**row, "entity_id": entity_id, "base": base, "fields": fields})
     return rows
 
 
@@ -217,7 +218,7 @@ def _plan(
     stats: ReconcileStats,
 ) -> None:
     kind, org = chunk.kind, chunk.organization_id
-    rows = [row for row in rows if _storable(chunk, row, policy)]
+    rows = [row for row in rows if _storable(chunk, row)]
     reviewing = open_reviews_of_qbo_ids(
         conn, org, kind.entity_type, LINK_FIELD, [row["qbo_id"] for row in rows]
     )
@@ -225,7 +226,7 @@ def _plan(
     matches: dict[str, Match | None] = {}
     for row in rows:
         if row["entity_id"] is None and not row["deleted"]:
-            subject = kind.mapping.from_qbo(row["data"])
+            subject = row["fields"]
             named = unlinked.get(normalize_name(subject[kind.name_column]), {})
             match = kind.matcher(subject, named) if named else None
             matches[row["qbo_id"]] = match
@@ -237,7 +238,7 @@ def _plan(
     open_fields = open_reviews(conn, org, kind.entity_type, wanted)
     for row in rows:
         qbo_id = row["qbo_id"]
-        qbo_fields = kind.mapping.from_qbo(row["data"])
+        qbo_fields = row["fields"]
         if row["deleted"]:
             chunk.updates[row["entity_id"]] = {"is_active": False}
             chunk.note("deactivate", qbo_id, row["entity_id"], "deleted (merged) in QuickBooks")
@@ -272,17 +273,13 @@ def _plan(
         _settle(chunk, entity_id, row, qbo_fields, current, result, open_fields.get(entity_id, {}), stats)
 
 
-def _storable(chunk: _Chunk, row: Mapping[str, Any], policy: MergePolicy) -> bool:
+def _storable(chunk: _Chunk, row: Mapping[str, Any]) -> bool:
     """Whether Batchly's columns can hold the record's QuickBooks values; if not, list each value that does not fit
-    (the record is then left out of the chunk). A linked record's fields Batchly owns are never written from
-    QuickBooks, so what QuickBooks holds there blocks nothing."""
+    (the record is then left out of the chunk)."""
     if row["deleted"]:
         return True  # deactivating writes nothing QuickBooks sent
     kind = chunk.kind
-    fields = kind.mapping.from_qbo(row["data"])
-    if row["entity_id"] is not None:
-        fields = {k: v for k, v in fields.items() if policy.rule_for(k) is not Rule.BATCHLY_OWNS}
-    values = {**fields, "qbo_id": row["qbo_id"]}
+    values = {**row["fields"], "qbo_id": row["qbo_id"]}
     problems = unstorable(values, column_rules(kind.entity_type))
     for column, why in problems.items():
         message = f"{column} {why}"
