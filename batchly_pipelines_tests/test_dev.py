@@ -6,6 +6,7 @@ import contextlib
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def _run_dev(
         return _Process()
 
     monkeypatch.setattr(dev, "prepared", prepared)
+    monkeypatch.setattr(dev, "local_receiver", lambda settings: contextlib.nullcontext())  # its own tests
     monkeypatch.setattr(dev.subprocess, "run", run)
     monkeypatch.setattr(dev.subprocess, "Popen", popen)
     monkeypatch.setattr(signal, "signal", lambda *args: None)
@@ -87,7 +89,30 @@ def test_dev_records_sync_status_before_the_ui_starts_on_the_chosen_port(
         "--config-json",
         '{"execution": {"config": {"in_process": {}}}}',
     ]
-    assert ui[1:] == ["dev", "-w", "workspace.yaml", "--port", "4321"]
+    assert ui[1:] == ["dev", "-w", str(REPO / "workspace.yaml"), "--port", "4321"]
+
+
+def test_the_ui_starts_in_dagster_home_without_the_notices_the_project_can_avoid(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    [_, (_, options)] = _run_dev(monkeypatch, tmp_path, str(tmp_path))
+    # not beside ./dagster.yaml, which Dagster would say it ignores (make dev copied it into DAGSTER_HOME)
+    assert options["cwd"] == str(tmp_path)
+    assert "dev_command` is superseded" in options["env"]["PYTHONWARNINGS"]
+
+
+def test_building_the_code_location_warns_of_nothing() -> None:
+    load = "import batchly_pipelines.definitions as d; d.defs.get_repository_def()"  # what a code server does
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", load],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
 
 
 def test_without_a_dagster_home_the_sensor_records_it(

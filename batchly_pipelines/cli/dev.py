@@ -20,6 +20,9 @@ from batchly_pipelines.cli.webhooks import local_receiver
 from batchly_pipelines.settings import Settings
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
+WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
+# `dagster dev` says it is superseded by `dg dev` (the project is not a dg workspace; dagster dev is what it runs)
+SUPERSEDED = "ignore:Function `dev_command` is superseded"
 IN_PROCESS = json.dumps({"execution": {"config": {"in_process": {}}}})
 
 
@@ -40,10 +43,12 @@ def run_dev(settings: Settings, *, port: int = 3000) -> int:
                 DAGSTER,
                 "dev",
                 "-w",
-                "workspace.yaml",
+                str(WORKSPACE),
                 "--port",
                 str(port),
             ],
+            cwd=home or None,
+            env=quiet_environment(),
             # a shell that starts us in the background ignores SIGINT; dagster must not inherit that or it could
             # never be stopped (it maps SIGTERM to its SIGINT handler)
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -55,6 +60,12 @@ def run_dev(settings: Settings, *, port: int = 3000) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, stop)
         return dagster.wait()
+
+
+def quiet_environment() -> dict[str, str]:
+    """This process's environment, with the warning filters of the UI's processes."""
+    filters = [f for f in (os.environ.get("PYTHONWARNINGS"), SUPERSEDED) if f]
+    return {**os.environ, "PYTHONWARNINGS": ",".join(filters)}
 
 
 def record_sync_status() -> None:
