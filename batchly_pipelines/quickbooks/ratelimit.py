@@ -18,7 +18,9 @@ ledger). A realm starts at Intuit's numbers. The per-minute and the batch window
 full concurrency), a *ceiling* and what the realm *serves* (the most it answered in one window, never more than it
 took before its last 429); the in-flight budget is one number.
 
-- A 429 halves the limit it hit, never to more than the realm had just taken, and sets the ceiling there. QuickBooks
+- A 429 halves the limit it hit, never to more than the realm had just taken, and sets the ceiling there — unless
+  429s are rare (none in the window before): then the limit backs off only to what the realm answered in the
+  window that refused it (a company serving 30 of 40 batch calls is learned at 30, not 20). QuickBooks
   does not say which limit that was: it is the window the request took to a level the realm had not served (the
   nearest its documented value, if both), else the fullest window if one held a fifth of its documented value, else
   the in-flight budget. A 429 of a
@@ -243,6 +245,10 @@ class RealmBudget:
             else:
                 learned = getattr(self, blamed)
                 limit = min(max(1, learned.limit // 2), took(blamed))
+                if now - self.event_at > limits.span(
+                    MINUTE
+                ):  # rare: back off to what the realm just answered
+                    limit = max(limit, min(learned.limit - 1, answered.get(blamed, 0)))
                 changes[blamed] = LearnedWindow(limit, float(limit), min(learned.served, took(blamed)))
         return replace(self, **changes, event_at=now, adjusted_at=now)
 

@@ -60,3 +60,23 @@ def test_sync_now_does_not_wait_for_the_backoff_of_chosen_invoices(
     assert push().actions == {}
     assert push(invoice_ids=[invoice]).actions["invoice.create"] == 1
     assert list(books.by_doc_number()) == ["LATE-1"]
+
+
+def test_a_round_tops_up_its_last_chunk_so_batch_calls_go_full(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books
+) -> None:
+    """Each batch call costs one of the company's few batch calls a minute however many records it carries: a round
+    whose invoices end in a partial chunk claims due invoices to fill it (50 invoices in rounds of 40: 30 + 20, not
+    30 + 10 and then 10)."""
+    with engine.begin() as conn:
+        customer, item = f.customer(conn, org), f.item(conn, org)
+    before = push().api["calls"]["batch"]  # the client's counts add up over its pushes
+    with engine.begin() as conn:
+        for n in range(50):
+            f.invoice(conn, org, customer, item, doc_number=f"T-{n:02}")
+
+    stats = push(claim_size=40)
+
+    assert stats.actions == {"invoice.create": 50}
+    assert len(books.objects("Invoice")) == 50
+    assert stats.api["calls"]["batch"] - before == 2, stats.api
