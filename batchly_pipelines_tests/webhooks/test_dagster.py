@@ -94,6 +94,7 @@ def test_real_definitions_wire_the_webhook_pull() -> None:
     job = defs.resolve_job_def("pull_webhook_changes")
     assert job.graph.node_named("pull_notified_changes").definition.pools == {"qbo_api"}
     assert set(job.required_resource_keys) >= {"batchly_db", "quickbooks"}
+    assert job.executor_def.name == "in_process"  # one op: no step process to start, seconds off every event
 
 
 def test_a_mixed_realm_delivery_makes_one_tagged_run_per_realm(
