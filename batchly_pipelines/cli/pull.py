@@ -16,7 +16,8 @@ from batchly_pipelines.rules.mapping import CUSTOMER_FIELDS
 from batchly_pipelines.rules.name_lists import NAME_LISTS
 from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.pull.organization import pull_organization, window_since_cursor
-from batchly_pipelines.services.pull.resolve import WINNERS, resolve_conflicts
+from batchly_pipelines.services.pull.progress import Progress
+from batchly_pipelines.services.pull.resolve import WINNERS, ReviewOutdated, resolve_conflicts
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.conflicts import list_conflicts
 from batchly_pipelines.store.db import create_engine
@@ -41,11 +42,18 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
         print(f"batchly-sync pull: {exc}", file=sys.stderr)
         return 2
     with client:
-        result = pull_organization(engine, client, args.org, window, review_fields=args.review_field)
+        result = pull_organization(
+            engine, client, args.org, window, review_fields=args.review_field, progress=_show_progress
+        )
     for name, stats in result.as_dict().items():
         shown = {k: v for k, v in stats.items() if k not in ("entities", "by_entity") and v}
         section(name, ", ".join(f"{k} {v}" for k, v in shown.items()) or "nothing to do")
     return 0
+
+
+def _show_progress(progress: Progress) -> None:
+    """A long pull's progress on stderr, as it runs (stdout keeps the summary)."""
+    print(f"  {progress}", file=sys.stderr, flush=True)
 
 
 def cmd_conflicts(args: argparse.Namespace, settings: Settings) -> int:
@@ -65,7 +73,7 @@ def cmd_conflicts(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         print(
             f"{row['id']:>6} org {row['organization_id']:<4} {row['entity_type']:<8} {row['entity_id'] or '-':<7} "
-            f"qbo {row['qbo_id'] or '-':<6} {row['field']:<16} {row['resolution']:<14} "
+            f"qbo {row['qbo_id'] or '-':<6} {row['field']:<16} {row['resolution']:<14} rev {row['revision']:<3} "
             f"base={_shown(row['base_value'])} batchly={_shown(row['batchly_value'])} "
             f"quickbooks={_shown(row['qbo_value'])}"
         )
@@ -78,6 +86,7 @@ def _resolve(engine: Any, args: argparse.Namespace) -> int:
         raise SystemExit(
             "batchly-sync conflicts resolve needs --winner and --id (repeatable) or --org [--entity] [--field]"
         )
+    refused: ReviewOutdated | None = None
     try:
         resolved = resolve_conflicts(
             engine,
@@ -88,7 +97,10 @@ def _resolve(engine: Any, args: argparse.Namespace) -> int:
             organization_id=args.org,
             entity_type=args.entity,
             field=args.field,
+            seen=dict(args.seen),
         )
+    except ReviewOutdated as exc:
+        refused, resolved = exc, exc.resolved
     except ValueError as exc:
         raise SystemExit(f"batchly-sync conflicts resolve: {exc}") from None
     for outcome in resolved:
@@ -101,7 +113,20 @@ def _resolve(engine: Any, args: argparse.Namespace) -> int:
             f"{outcome.conflict_id:>6} {outcome.field} = {_shown(outcome.chosen)} → {' and '.join(sides) or 'no change'}"
         )
     print(f"{len(resolved)} conflict(s) resolved by {args.by}")
+    if refused is not None:
+        for reason in refused.refused:
+            print(f"batchly-sync conflicts resolve: {reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _seen(text: str) -> tuple[int, int]:
+    conflict_id, _, revision = text.partition(":")
+    if not (conflict_id.isdigit() and revision.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give ID:REVISION, e.g. 12:3 (the rev `conflicts list` shows)"
+        )
+    return int(conflict_id), int(revision)
 
 
 def cmd_review_fields(args: argparse.Namespace, settings: Settings) -> int:
@@ -165,4 +190,12 @@ def add_pull_commands(sub: Any) -> None:
     conflicts.add_argument("--winner", choices=WINNERS, help="resolve: the side that wins (required)")
     conflicts.add_argument("--value", help="resolve: the value to apply with --winner value")
     conflicts.add_argument("--by", default=getpass.getuser(), help="resolve: who decided (default: you)")
+    conflicts.add_argument(
+        "--seen",
+        type=_seen,
+        action="append",
+        default=[],
+        metavar="ID:REV",
+        help="resolve: the revision of conflict ID you decided on (refused if it changed since; repeatable)",
+    )
     conflicts.set_defaults(handler=cmd_conflicts)

@@ -249,6 +249,20 @@ def unreconciled_ids(
     return [qbo_id for qbo_id, version in scanned if recorded.get(qbo_id) != version], last
 
 
+def unreconciled_estimate(conn: Connection, organization_id: int, entity: str) -> int:
+    """About how many mirror rows of ``entity`` wait for reconciliation: mirror rows less reconciled ones (exact
+    for a first import; rows re-mirrored since are not counted)."""
+
+    def count(table: sa.Table) -> int:
+        c = table.c
+        query = sa.select(sa.func.count()).where(
+            c.organization_id == organization_id, c.entity_type == entity
+        )
+        return int(conn.execute(query.select_from(table)).scalar_one())
+
+    return max(0, count(qbo_mirror) - count(qbo_reconciled))
+
+
 def mirror_rows(
     conn: Connection, organization_id: int, entity: str, ids: Sequence[str]
 ) -> list[dict[str, Any]]:

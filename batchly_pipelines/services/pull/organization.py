@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.rules.merge import MergePolicy, Rule
 from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS, NameList
@@ -32,6 +33,7 @@ from batchly_pipelines.services.pull.mirror import (
     store_objects,
 )
 from batchly_pipelines.services.pull.owned import revert_owned_edits
+from batchly_pipelines.services.pull.progress import ProgressMeter, ProgressReport
 from batchly_pipelines.services.pull.reconcile import ReconcileStats, reconcile
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
 from batchly_pipelines.store.db import Engine
@@ -100,14 +102,22 @@ def _mirror_pages(
     window: Window,
     stats: PullStats,
     clock: ServerClock,
+    progress: ProgressReport | None = None,
 ) -> Iterable[list[Mapping[str, Any]]]:
-    """Stream the window of ``entity`` into the mirror; yields the objects of each page that were new or changed."""
+    """Stream the window of ``entity`` into the mirror; yields the objects of each page that were new or changed.
+    ``progress`` hears pages stored of pages estimated: a window of more than a page is counted (``COUNT(*)``, one
+    call) when its first full page arrives; a window of one page costs no call for it."""
+    meter = ProgressMeter(f"mirror {entity}", "pages", progress)
     for page in changed_pages(client, entity, window, clock):
+        if meter.total is None and len(page) >= q.MAX_RESULTS:
+            meter.estimate(-(-client.count(entity, window.conditions(entity)) // q.MAX_RESULTS))
         with engine.begin() as conn:
             changed = store_objects(conn, organization_id, entity, page)
         stats.count(entity, "pulled", len(page))
         stats.count(entity, "changed", len(changed))
+        meter.add(1, len(page))
         yield changed
+    meter.finish()
 
 
 def _read_until(window: Window, clock: ServerClock, deletions: Deletions) -> datetime | None:
@@ -134,11 +144,18 @@ def _advance_cursors(engine: Engine, organization_id: int, marks: Mapping[str, d
 
 
 def pull_name_list(
-    engine: Engine, client: QuickBooksClient, organization_id: int, entity: str, window: Window
+    engine: Engine,
+    client: QuickBooksClient,
+    organization_id: int,
+    entity: str,
+    window: Window,
+    *,
+    progress: ProgressReport | None = None,
 ) -> PullStats:
-    """Mirror the ``Customer`` or ``Item`` records QuickBooks changed in ``window`` (inactive ones included)."""
+    """Mirror the ``Customer`` or ``Item`` records QuickBooks changed in ``window`` (inactive ones included);
+    ``progress`` hears how far it got while it runs."""
     meter, stats, clock = _Metered(client), PullStats((entity,), window), ServerClock()
-    for _ in _mirror_pages(engine, client, organization_id, entity, window, stats, clock):
+    for _ in _mirror_pages(engine, client, organization_id, entity, window, stats, clock, progress):
         pass
     deleted = pull_deletions(engine, client, organization_id, [entity], window)
     stats.count(entity, "deleted", len(deleted.objects[entity]))
@@ -147,19 +164,36 @@ def pull_name_list(
 
 
 def pull_customers(
-    engine: Engine, client: QuickBooksClient, organization_id: int, window: Window
+    engine: Engine,
+    client: QuickBooksClient,
+    organization_id: int,
+    window: Window,
+    *,
+    progress: ProgressReport | None = None,
 ) -> PullStats:
     """Mirror the customers QuickBooks changed in ``window``."""
-    return pull_name_list(engine, client, organization_id, "Customer", window)
+    return pull_name_list(engine, client, organization_id, "Customer", window, progress=progress)
 
 
-def pull_items(engine: Engine, client: QuickBooksClient, organization_id: int, window: Window) -> PullStats:
+def pull_items(
+    engine: Engine,
+    client: QuickBooksClient,
+    organization_id: int,
+    window: Window,
+    *,
+    progress: ProgressReport | None = None,
+) -> PullStats:
     """Mirror the items QuickBooks changed in ``window``."""
-    return pull_name_list(engine, client, organization_id, "Item", window)
+    return pull_name_list(engine, client, organization_id, "Item", window, progress=progress)
 
 
 def pull_payments(
-    engine: Engine, client: QuickBooksClient, organization_id: int, window: Window
+    engine: Engine,
+    client: QuickBooksClient,
+    organization_id: int,
+    window: Window,
+    *,
+    progress: ProgressReport | None = None,
 ) -> PullStats:
     """Mirror the payments, invoices and refund receipts changed in ``window``; then, with ``Id IN`` reads (never
     one call per invoice), the invoices that changed or deleted payments and refund receipts apply to, the linked
@@ -169,7 +203,7 @@ def pull_payments(
     clocks = {entity: ServerClock() for entity in PAYMENT_ENTITIES}
 
     def scan(entity: str) -> Iterable[list[Mapping[str, Any]]]:
-        return _mirror_pages(engine, client, organization_id, entity, window, stats, clocks[entity])
+        return _mirror_pages(engine, client, organization_id, entity, window, stats, clocks[entity], progress)
 
     affected: set[str] = set()  # invoices whose payments or refunds changed
     refunded_payments: set[str] = set()  # payments that changed or deleted refund receipts name
@@ -260,18 +294,29 @@ def organization_policy(
 
 
 def reconcile_customers(
-    engine: Engine, organization_id: int, *, review_fields: Iterable[str] = (), run_id: str | None = None
+    engine: Engine,
+    organization_id: int,
+    *,
+    review_fields: Iterable[str] = (),
+    run_id: str | None = None,
+    progress: ProgressReport | None = None,
 ) -> ReconcileStats:
     """Bring Batchly's customers in line with the mirror (merge, link or review, create, deactivate)."""
     policy = organization_policy(engine, CUSTOMERS, organization_id, review_fields)
-    return reconcile(engine, CUSTOMERS, organization_id, policy=policy, run_id=run_id)
+    return reconcile(engine, CUSTOMERS, organization_id, policy=policy, run_id=run_id, progress=progress)
 
 
-def reconcile_items(engine: Engine, organization_id: int, *, run_id: str | None = None) -> ReconcileStats:
+def reconcile_items(
+    engine: Engine,
+    organization_id: int,
+    *,
+    run_id: str | None = None,
+    progress: ProgressReport | None = None,
+) -> ReconcileStats:
     """Bring Batchly's items in line with the mirror (QuickBooks owns all but the description), then put Batchly's
     edits of the fields QuickBooks owns back (``services.pull.owned``)."""
     policy = organization_policy(engine, ITEMS, organization_id)
-    stats = reconcile(engine, ITEMS, organization_id, policy=policy, run_id=run_id)
+    stats = reconcile(engine, ITEMS, organization_id, policy=policy, run_id=run_id, progress=progress)
     reverted, fields = revert_owned_edits(engine, ITEMS, organization_id, run_id=run_id)
     stats.updated += reverted
     stats.conflicts += fields
@@ -314,17 +359,21 @@ def pull_organization(
     *,
     review_fields: Iterable[str] = (),
     run_id: str | None = None,
+    progress: ProgressReport | None = None,
 ) -> OrganizationPull:
-    """Pull customers, items and payments for ``window`` and reconcile all of them into Batchly."""
-    customers = pull_customers(engine, client, organization_id, window)
-    items = pull_items(engine, client, organization_id, window)
-    payments = pull_payments(engine, client, organization_id, window)
+    """Pull customers, items and payments for ``window`` and reconcile all of them into Batchly; ``progress``
+    hears how far each step got while it runs."""
+    customers = pull_customers(engine, client, organization_id, window, progress=progress)
+    items = pull_items(engine, client, organization_id, window, progress=progress)
+    payments = pull_payments(engine, client, organization_id, window, progress=progress)
     return OrganizationPull(
         customers,
         items,
         payments,
-        reconcile_customers(engine, organization_id, review_fields=review_fields, run_id=run_id),
-        reconcile_items(engine, organization_id, run_id=run_id),
+        reconcile_customers(
+            engine, organization_id, review_fields=review_fields, run_id=run_id, progress=progress
+        ),
+        reconcile_items(engine, organization_id, run_id=run_id, progress=progress),
         reconcile_invoice_payments(engine, organization_id, run_id=run_id),
     )
 

@@ -35,6 +35,7 @@ from batchly_pipelines.rules.matching import Match, MatchDecision, normalize_nam
 from batchly_pipelines.rules.merge import Conflict, MergePolicy, MergeResult, Resolution, merge
 from batchly_pipelines.rules.name_lists import NameList
 from batchly_pipelines.rules.storage import unstorable
+from batchly_pipelines.services.pull.progress import ProgressMeter, ProgressReport
 from batchly_pipelines.store.conflicts import (
     ConflictRecord,
     mark_resolved,
@@ -43,7 +44,12 @@ from batchly_pipelines.store.conflicts import (
     record_conflicts,
 )
 from batchly_pipelines.store.db import Connection, Engine, sync_transaction
-from batchly_pipelines.store.mirror import mirror_rows, record_reconciled, unreconciled_ids
+from batchly_pipelines.store.mirror import (
+    mirror_rows,
+    record_reconciled,
+    unreconciled_estimate,
+    unreconciled_ids,
+)
 from batchly_pipelines.store.pull_errors import PullError, clear_errors, record_errors
 from batchly_pipelines.store.records import (
     column_rules,
@@ -127,14 +133,22 @@ def reconcile(
     policy: MergePolicy | None = None,
     run_id: str | None = None,
     only: Sequence[str] | None = None,
+    progress: ProgressReport | None = None,
 ) -> ReconcileStats:
     """Bring Batchly in line with the mirrored QuickBooks records of ``kind`` that have news (see module doc);
-    ``only`` limits it to those QuickBooks ids, whatever version they were reconciled at."""
+    ``only`` limits it to those QuickBooks ids, whatever version they were reconciled at. ``progress`` hears the
+    rows reconciled of the rows waiting (estimated from the mirror's and the reconciled versions' counts)."""
     started = time.monotonic()
     stats = ReconcileStats(kind.entity_type)
     policy = policy or kind.policy
     with engine.connect() as conn:
         unlinked = _unlinked_by_name(conn, kind, organization_id)
+        waiting = (
+            len(set(only))
+            if only is not None
+            else unreconciled_estimate(conn, organization_id, kind.qbo_entity)
+        )
+    meter = ProgressMeter(f"reconcile {kind.entity_type}", "rows", progress, total=waiting)
     for ids in _batches(engine, kind, organization_id, only):
         # one transaction reads the batch and writes it, its Batchly rows locked from the first read: an app edit
         # committed meanwhile waits and lands after, never overwritten by a merge that did not see it
@@ -151,6 +165,8 @@ def reconcile(
             record_errors(conn, chunk.errors)
         stats.examined += len(rows)
         stats.errors += len(chunk.failed)
+        meter.add(len(ids), len(ids))
+    meter.finish()
     stats.duration_s = round(time.monotonic() - started, 3)
     return stats
 
