@@ -57,7 +57,6 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.oauth import TokenSet
-from batchly_pipelines.services.push.organization import DEFAULT_LEASE
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import CompanyMismatch, ConnectionStore
@@ -453,11 +452,8 @@ class Chaos:
             racer = self._holding_racer() if overdue > KILL_RACER_AFTER_SECONDS else None
             if racer is None:
                 return False
-            # the CLI's lease is its own (push_organization's default, not compressed by QBO_TIME_SCALE)
-            cli_recovery = (
-                DEFAULT_LEASE.total_seconds() + self.world.grace_seconds + RECOVERY_ALLOWANCE_SECONDS
-            )
-            self.outages.append(Outage(s.utcnow(), None, cli_recovery))  # CLI writes carry no run id
+            # the CLI's lease is compressed by QBO_TIME_SCALE like the job's: the same recovery
+            self.outages.append(Outage(s.utcnow(), None, recovery))  # CLI writes carry no run id
             racer.process.kill()
             self.injected["kill_of_cli"] += 1
             self.say(
