@@ -42,7 +42,8 @@ def record_conflicts(conn: Connection, conflicts: Iterable[ConflictRecord]) -> i
     """Insert conflict rows in the caller's transaction. Returns how many were inserted.
 
     A review (``pending_review``) of a record and field that already waits for one is not inserted again: the open
-    row is refreshed with the values and times seen now, so a reviewer always sees the current values."""
+    row is refreshed with the values and times seen now (its next ``revision`` when the values differ), so a
+    reviewer always sees the current values."""
     rows = [
         {
             **vars(conflict),
@@ -69,27 +70,30 @@ def record_conflicts(conn: Connection, conflicts: Iterable[ConflictRecord]) -> i
 
 
 def _refresh_open(conn: Connection, row: dict[str, Any]) -> bool:
-    """Update the open review of ``row``'s record and field with ``row``'s values; False when there is none."""
+    """Update the open review of ``row``'s record and field with ``row``'s values (a new revision when they differ
+    from the ones shown); False when there is none."""
     record = c.entity_id == row["entity_id"] if row["entity_id"] is not None else c.qbo_id == row["qbo_id"]
-    seen = {
-        key: row[key]
-        for key in ("batchly_value", "qbo_value", "batchly_updated_at", "qbo_updated_at", "run_id")
-        if row[key] is not None or key.endswith("_value")
-    }
-    if row["entity_id"] is not None and row["qbo_id"] is not None:
-        seen["qbo_id"] = row["qbo_id"]
-    updated = conn.execute(
-        sa.update(sync_conflicts)
-        .where(
+    found = conn.execute(
+        sa.select(c.id, c.batchly_value, c.qbo_value).where(
             c.organization_id == row["organization_id"],
             c.entity_type == row["entity_type"],
             c.field == row["field"],
             c.resolution == "pending_review",
             record,
         )
-        .values(**seen)
-    ).rowcount
-    return bool(updated)
+    ).first()
+    if found is None:
+        return False
+    seen: dict[str, Any] = {
+        key: row[key] for key in ("batchly_updated_at", "qbo_updated_at", "run_id") if row[key] is not None
+    }
+    if (found.batchly_value, found.qbo_value) != (row["batchly_value"], row["qbo_value"]):
+        seen.update(batchly_value=row["batchly_value"], qbo_value=row["qbo_value"], revision=c.revision + 1)
+    if row["entity_id"] is not None and row["qbo_id"] is not None:
+        seen["qbo_id"] = row["qbo_id"]
+    if seen:
+        conn.execute(sa.update(sync_conflicts).where(c.id == found.id).values(**seen))
+    return True
 
 
 def list_conflicts(
@@ -159,11 +163,14 @@ def open_reviews_of_qbo_ids(
 
 
 def refresh_review(conn: Connection, conflict_id: int, *, batchly_value: Any, qbo_value: Any) -> bool:
-    """Show the current values in an open review (a decision on the old ones is refused). False if not open."""
+    """Show the current values in an open review, as its next revision (a decision on the old ones is refused).
+    False if it is not open."""
     updated = conn.execute(
         sa.update(sync_conflicts)
         .where(c.id == conflict_id, c.resolution == "pending_review")
-        .values(batchly_value=_jsonable(batchly_value), qbo_value=_jsonable(qbo_value))
+        .values(
+            batchly_value=_jsonable(batchly_value), qbo_value=_jsonable(qbo_value), revision=c.revision + 1
+        )
     ).rowcount
     return bool(updated)
 

@@ -7,6 +7,11 @@ really changed (``IS DISTINCT FROM``), the database clock in ``batchly_field_cha
 transaction, on SQLite and PostgreSQL alike. The sync's own writes (inside ``sync_transaction``) are not changes
 Batchly made and are not recorded. A field never changed since its record was inserted changed at ``created_at``;
 inserting a record forgets any rows a former record of that id left.
+
+The same app write shows in the record's open reviews at once: each ``pending_review`` conflict of a field it
+changed takes the new Batchly value (JSON as ``store.conflicts`` writes it: money as a decimal string) as its next
+``revision``, so a reviewer always sees what Batchly holds now (QuickBooks' side is refreshed by every merge that
+reads it) and a decision made on an older revision is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from batchly_pipelines.rules.mapping import MAPPINGS
 from batchly_pipelines.store.outbox import CUSTOMER_COLUMNS, ITEM_COLUMNS
 from batchly_pipelines.store.schema import batchly_field_changes
 
@@ -25,6 +31,19 @@ TRACKED: Mapping[str, tuple[str, str, tuple[str, ...]]] = {
     # entity type → (table, trigger name, columns)
     "customer": ("customers", "customers_field_changes", CUSTOMER_COLUMNS),
     "item": ("items", "items_field_changes", ITEM_COLUMNS),
+}
+# each column's value as the JSON ``store.conflicts`` stores (text, money as a decimal string, flag), per dialect
+_AS_JSON = {
+    "sqlite": {
+        "text": "json_quote(NEW.{col})",
+        "money": "json_quote(printf('%.2f', NEW.{col}))",
+        "flag": "CASE WHEN NEW.{col} THEN 'true' ELSE 'false' END",
+    },
+    "postgresql": {
+        "text": "to_json(NEW.{col})",
+        "money": "to_json(NEW.{col}::text)",
+        "flag": "to_json(NEW.{col})",
+    },
 }
 
 _SKIP_SYNC_WRITES = "NOT EXISTS (SELECT 1 FROM sync_write_marker)"
@@ -43,6 +62,17 @@ def _record_sql(
     )
 
 
+def _refresh_reviews_sql(entity_type: str, columns: tuple[str, ...], dialect: str, distinct: str) -> str:
+    kinds = {spec.column: spec.kind for spec in MAPPINGS[entity_type].specs}
+    values = " ".join(f"WHEN '{col}' THEN {_AS_JSON[dialect][kinds[col]].format(col=col)}" for col in columns)
+    changed = " ".join(f"WHEN '{col}' THEN OLD.{col} {distinct} NEW.{col}" for col in columns)
+    return (
+        f"UPDATE sync_conflicts SET batchly_value = CASE field {values} END, revision = revision + 1\n"
+        f"        WHERE entity_type = '{entity_type}' AND entity_id = NEW.id AND resolution = 'pending_review'"
+        f" AND CASE field {changed} ELSE false END"
+    )
+
+
 def _forget_sql(entity_type: str) -> str:
     return f"DELETE FROM batchly_field_changes WHERE entity_type = '{entity_type}' AND entity_id = NEW.id"
 
@@ -55,9 +85,10 @@ def create_statements(dialect: str) -> list[str]:
             record = _record_sql(
                 entity_type, columns, distinct="IS NOT", now=_SQLITE_NOW, names=("column1", "", "column2")
             )
+            refresh = _refresh_reviews_sql(entity_type, columns, dialect, "IS NOT")
             statements += [
                 f"CREATE TRIGGER {name}_update AFTER UPDATE OF {', '.join(columns)} ON {table} FOR EACH ROW "
-                f"WHEN {_SKIP_SYNC_WRITES}\nBEGIN\n    {record};\nEND",
+                f"WHEN {_SKIP_SYNC_WRITES}\nBEGIN\n    {record};\n    {refresh};\nEND",
                 f"CREATE TRIGGER {name}_insert AFTER INSERT ON {table} FOR EACH ROW\n"
                 f"BEGIN\n    {_forget_sql(entity_type)};\nEND",
             ]
@@ -69,10 +100,12 @@ def create_statements(dialect: str) -> list[str]:
                 now="now()",
                 names=("name", "(name, changed)", "changed"),
             )
+            refresh = _refresh_reviews_sql(entity_type, columns, dialect, "IS DISTINCT FROM")
             statements += [
                 f"CREATE FUNCTION {name}_fn() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n"
                 f"    IF TG_OP = 'INSERT' THEN\n        {_forget_sql(entity_type)};\n"
-                f"    ELSIF {_SKIP_SYNC_WRITES} THEN\n        {record};\n    END IF;\n    RETURN NULL;\nEND\n$$",
+                f"    ELSIF {_SKIP_SYNC_WRITES} THEN\n        {record};\n        {refresh};\n    END IF;\n"
+                "    RETURN NULL;\nEND\n$$",
                 f"CREATE TRIGGER {name} AFTER INSERT OR UPDATE OF {', '.join(columns)} ON {table} "
                 f"FOR EACH ROW EXECUTE FUNCTION {name}_fn()",
             ]

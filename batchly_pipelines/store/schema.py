@@ -323,6 +323,8 @@ sync_conflicts = sa.Table(
     sa.Column("detected_at", UTCDateTime, nullable=False, default=utcnow),
     sa.Column("run_id", sa.String(64)),
     sa.Column("reason", sa.String(16)),  # both_changed | first_link | owned_field (none for a link review)
+    # +1 whenever the values a review shows change: a decision names the revision it was made on
+    sa.Column("revision", sa.Integer, nullable=False, server_default="1"),
     sa.Index(None, "organization_id", "resolution"),
 )
 

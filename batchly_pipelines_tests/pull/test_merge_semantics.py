@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from dagster import instance_for_test
 
 from batchly_pipelines.cli.main import main
+from batchly_pipelines.definitions import defs
+from batchly_pipelines.defs.resources import BatchlyDatabase
 from batchly_pipelines.rules.name_lists import ITEMS
 from batchly_pipelines.services.pull.checks import record_drift
 from batchly_pipelines.services.pull.resolve import resolve_conflicts
@@ -193,17 +196,51 @@ def test_a_review_field_stored_for_the_organisation_holds_on_the_pull_and_shows_
     [again] = open_conflicts(company.engine)
     assert again["id"] == review["id"] and again["qbo_value"] == "from QuickBooks, again"
     assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "from Batchly"
+    _app_update(company, s.customers, review["entity_id"], notes="from Batchly, again")  # no merge needed
+    [shown] = open_conflicts(company.engine)
+    assert (shown["batchly_value"], shown["qbo_value"]) == ("from Batchly, again", "from QuickBooks, again")
 
 
 def test_resolving_applies_what_the_reviewer_saw_or_refuses_because_it_changed(company: Company) -> None:
     ada, review = _reviewed_notes(company)
+    seen = {review["id"]: review["revision"]}  # the reviewer looked at this revision
     _app_update(company, s.customers, review["entity_id"], notes="changed after the review was shown")
 
-    with pytest.raises(ValueError, match=r"changed since"):
+    with pytest.raises(ValueError, match=r"decision was made on revision"):
+        resolve_conflicts(
+            company.engine, winner="quickbooks", resolved_by="ana", conflict_ids=list(seen), seen=seen
+        )
+
+    [shown] = open_conflicts(company.engine)  # still open, showing the current values as a new revision
+    assert (shown["batchly_value"], shown["revision"]) == (
+        "changed after the review was shown",
+        review["revision"] + 1,
+    )
+    assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "changed after the review was shown"
+    [done] = resolve_conflicts(
+        company.engine,
+        winner="batchly",
+        resolved_by="ana",
+        conflict_ids=[shown["id"]],
+        seen={shown["id"]: shown["revision"]},
+    )
+    assert done.chosen == "changed after the review was shown" and done.to_quickbooks
+
+
+def test_resolving_refuses_a_review_that_shows_other_values_than_the_records_hold(company: Company) -> None:
+    ada, review = _reviewed_notes(company)
+    with company.engine.begin() as conn:  # a row behind the record (written before the trigger existed, say)
+        conn.execute(
+            sa.update(s.sync_conflicts)
+            .where(s.sync_conflicts.c.id == review["id"])
+            .values(batchly_value="old")
+        )
+
+    with pytest.raises(ValueError, match=r"changed since it was shown \(Batchly 'old' → 'from Batchly'\)"):
         resolve_conflicts(company.engine, winner="quickbooks", resolved_by="ana", conflict_ids=[review["id"]])
 
-    [shown] = open_conflicts(company.engine)  # still open, now showing the current values
-    assert shown["batchly_value"] == "changed after the review was shown"
+    [shown] = open_conflicts(company.engine)
+    assert (shown["batchly_value"], shown["revision"]) == ("from Batchly", review["revision"] + 1)
     [done] = resolve_conflicts(
         company.engine, winner="quickbooks", resolved_by="ana", conflict_ids=[shown["id"]]
     )
@@ -266,3 +303,38 @@ def test_a_value_batchly_cannot_store_in_a_field_batchly_owns_never_blocks_what_
     assert (after["unit_price"], after["description"]) == (Decimal("12.50"), "Ours")
     assert company.rows(s.pull_errors) == []
     assert _pending_items(company) == [item["id"]]
+
+
+def test_the_resolve_job_and_the_command_line_refuse_a_decision_on_an_older_revision(
+    connected: Company, capsys: pytest.CaptureFixture[str]
+) -> None:
+    company = connected
+    ada, review = _reviewed_notes(company)
+    stale = review["revision"]
+    _app_update(company, s.customers, review["entity_id"], notes="edited meanwhile")
+    with instance_for_test() as instance:
+        config = {
+            "conflict_ids": [review["id"]],
+            "winner": "quickbooks",
+            "seen_revisions": {str(review["id"]): stale},
+        }
+        result = defs.resolve_job_def("resolve_conflicts").execute_in_process(
+            instance=instance,
+            resources={
+                "batchly_db": BatchlyDatabase(
+                    database_url=company.engine.url.render_as_string(hide_password=False)
+                )
+            },
+            run_config={"ops": {"resolve_selected_conflicts": {"config": config}}},
+            raise_on_error=False,
+        )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "decision was made on revision" in str(failure.event_specific_data)
+    assert open_conflicts(company.engine)[0]["revision"] == stale + 1
+
+    argv = ["conflicts", "resolve", "--id", str(review["id"]), "--winner", "quickbooks", "--by", "ana"]
+    assert main([*argv, "--seen", f"{review['id']}:{stale}"]) == 1
+    assert "decision was made on revision" in capsys.readouterr().err
+    assert main([*argv, "--seen", f"{review['id']}:{stale + 1}"]) == 0
+    assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "from QuickBooks"

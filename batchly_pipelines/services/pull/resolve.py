@@ -7,15 +7,18 @@ base keeps QuickBooks' value for that field so the push sends exactly it. A ``li
 whose Batchly twin was unclear) is settled by linking it to a Batchly record (``value`` = its id, or ``batchly`` when
 there was one candidate) or by creating a new Batchly record from QuickBooks (``quickbooks``).
 
-A person decides on the values a conflict row shows. When either side's value has changed since (Batchly's row, or
-the mirror's QuickBooks record), the decision is not applied: the row is refreshed with the current values, so the
-next look shows them, and the conflict stays open. The other selected conflicts are still resolved; then
-:class:`ReviewOutdated` names the ones refused.
+A person decides on the values a conflict row shows, at its ``revision`` (every change of the values it shows is a
+new one: an app edit, through the field-change trigger; a merge that read other values). A decision names the
+revision it was made on (``seen``); on another one it is not applied. Nor is it when either side's value differs
+from what the row shows (Batchly's row, or the mirror's QuickBooks record when the mirror holds that version or a
+newer one): the row is then refreshed to the current values as its next revision. Either way the conflict stays
+open and shows the current values; the other selected conflicts are still resolved, then :class:`ReviewOutdated`
+names the ones refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -71,8 +74,10 @@ def resolve_conflicts(
     entity_type: str | None = None,
     field: str | None = None,
     run_id: str | None = None,
+    seen: Mapping[int, int] | None = None,
 ) -> list[Resolved]:
-    """Settle the open conflicts selected by ids and/or filters on ``winner``; returns what was done for each."""
+    """Settle the open conflicts selected by ids and/or filters on ``winner``; returns what was done for each.
+    ``seen`` (conflict id → revision) says which revision of each conflict the decision was made on."""
     if winner not in WINNERS:
         raise ValueError(f"winner must be one of {', '.join(WINNERS)}, not {winner!r}")
     if winner == "value" and value is None:
@@ -95,6 +100,14 @@ def resolve_conflicts(
             )
         resolve = _resolve_link if conflict["field"] == LINK_FIELD else _resolve_field
         try:
+            shown = (seen or {}).get(conflict["id"], conflict["revision"])
+            if shown != conflict["revision"]:
+                raise _Changed(
+                    f"Conflict {conflict['id']} ({conflict['entity_type']} {conflict['entity_id']} "
+                    f"{conflict['field']}) was not resolved: the decision was made on revision {shown}, it now shows "
+                    f"revision {conflict['revision']} (Batchly {conflict['batchly_value']!r}, QuickBooks "
+                    f"{conflict['qbo_value']!r}); review it again."
+                )
             resolved.append(resolve(engine, kind, conflict, winner, value, resolved_by, run_id))
         except _Changed as exc:
             refused.append(str(exc))
