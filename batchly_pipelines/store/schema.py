@@ -326,6 +326,8 @@ sync_conflicts = sa.Table(
     # +1 whenever the values a review shows change: a decision names the revision it was made on
     sa.Column("revision", sa.Integer, nullable=False, server_default="1"),
     sa.Index(None, "organization_id", "resolution"),
+    # a record's conflicts: the field-change trigger refreshes its open reviews on every app edit
+    sa.Index(None, "entity_type", "entity_id"),
 )
 
 sync_cursors = sa.Table(

@@ -38,6 +38,9 @@ def upgrade() -> None:
         op.execute(statement)
     op.add_column("sync_conflicts", sa.Column("reason", sa.String(16)))  # plain ADD COLUMN, no table rebuild
     op.add_column("sync_conflicts", sa.Column("revision", sa.Integer, nullable=False, server_default="1"))
+    op.create_index(
+        op.f("ix_sync_conflicts_entity_type_entity_id"), "sync_conflicts", ["entity_type", "entity_id"]
+    )
     op.create_table(
         "merge_review_fields",
         sa.Column("organization_id", sa.Integer, nullable=False),
@@ -58,6 +61,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for statement in field_changes.drop_statements(op.get_bind().dialect.name):
         op.execute(statement)  # first: they write to sync_conflicts, which SQLite rebuilds below
+    op.drop_index(op.f("ix_sync_conflicts_entity_type_entity_id"), table_name="sync_conflicts")
     with op.batch_alter_table("sync_conflicts") as batch:
         batch.drop_column("reason")
         batch.drop_column("revision")
