@@ -65,6 +65,9 @@ PLAUSIBLE_SHARE = (
     0.2  # below this share of its documented value, a window the realm served did not cause a 429
 )
 UNSERVED_BATCHES = 2  # batch calls allowed in flight beyond the most the realm has served in a window
+WAIT_NOTICE_SECONDS = (
+    5.0  # a wait for a window at least this long (QuickBooks time) is announced to ``on_wait``
+)
 
 
 @dataclass(frozen=True)
@@ -338,11 +341,14 @@ class SharedRateLimiter:
 
     Use ``with limiter.slot(batch=…) as waited:`` around each HTTP request (raising :class:`ThrottledError` inside
     it on a 429); ``waited`` is how long the call had to wait for a slot. :meth:`pause` makes every process hold off.
+    ``on_wait`` (seconds, why), when set, hears of every wait of :data:`WAIT_NOTICE_SECONDS` or more before it starts
+    and of every pause, so whoever runs the requests can say when they resume.
     """
 
     def __init__(self, ledger: RateLedger, limits: RateLimits | None = None) -> None:
         self.ledger = ledger
         self.limits = limits or RateLimits()
+        self.on_wait: Callable[[float, str], None] | None = None
         # Threads of one process queue here first: cheap, and keeps SQLite's single writer lock uncontended.
         self._local_slots = threading.BoundedSemaphore(self.limits.concurrent or 1_000_000)
         self._admission = threading.Lock()
@@ -372,6 +378,8 @@ class SharedRateLimiter:
     def pause(self, seconds: float) -> None:
         """Hold every request for this realm, in every process, for ``seconds`` from now (never shortens a pause)."""
         self.ledger.pause(time.time() + seconds)
+        if self.on_wait is not None:
+            self.on_wait(seconds, "QuickBooks refused a request (429): every process holds off")
 
     def _learn(self, admission: Admission) -> None:
         limits = self.limits
@@ -393,6 +401,8 @@ class SharedRateLimiter:
 
     def _admit(self, batch: bool) -> Admission:
         decided: list[Admission] = []
+        paused = [False]
+        notice = self.limits.scaled(WAIT_NOTICE_SECONDS)
 
         def decide(
             now: float,
@@ -403,6 +413,7 @@ class SharedRateLimiter:
             budget = RealmBudget.load(state, self.limits)
             wait, budget, admission = self._decide(now, paused_until, budget, requests, batch)
             decided[:] = [admission] if admission is not None else []
+            paused[:] = [paused_until > now]
             return wait, budget.dump()
 
         forget_after = self.limits.span(MINUTE)
@@ -412,6 +423,8 @@ class SharedRateLimiter:
                 admitted = self.ledger.admit(batch, decide, forget_after=forget_after, lease_seconds=lease)
             if isinstance(admitted, int):
                 return replace(decided[0], request_id=admitted)
+            if self.on_wait is not None and admitted >= notice and not paused[0]:  # a pause was announced
+                self.on_wait(admitted, "the company's request window is full")
             time.sleep(admitted)
 
     def _decide(

@@ -13,7 +13,7 @@ dead or when it is retried). "Sync now" reports every invoice asked for: pushed,
 
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dagster import (
@@ -95,6 +95,21 @@ class _ProgressReporter:
         self.organization_id = organization_id
         self._lock = threading.Lock()
         self._last = 0.0
+        self._resumes = 0.0  # when the last announced wait ends (time.time())
+
+    def waiting(self, seconds: float, reason: str) -> None:
+        """Say that QuickBooks' window holds the push, why and when it resumes (once per wait, however many of the
+        push's threads meet it)."""
+        resumes = time.time() + seconds
+        with self._lock:
+            if resumes <= self._resumes + 1.0:
+                return
+            self._resumes = resumes
+        at = datetime.fromtimestamp(resumes, UTC)
+        self.context.log.info(
+            f"organisation {self.organization_id}: waiting {seconds:.1f}s for QuickBooks — {reason}; "
+            f"resumes at {at:%H:%M:%S} UTC"
+        )
 
     def __call__(self, progress: Progress, final: bool = False) -> None:
         with self._lock:
@@ -157,7 +172,7 @@ def push_records(
                 metadata=_failure_metadata(run_failures(batchly_db.engine, context.run.run_id)),
                 allow_retries=isinstance(exc, RealmBusy | PushAbandoned),
             ) from None
-    report(Progress(stats.done, stats.total, stats.elapsed_seconds), final=True)
+    report(Progress(stats.done, stats.total, stats.active_seconds), final=True)  # the linger is no work
     failures = run_failures(batchly_db.engine, context.run.run_id)
     for failure in failures:
         context.log.error(tables.describe_failure(failure))
@@ -196,6 +211,7 @@ def _push(
         worker=worker_name(f"run-{context.run.run_id[:8]}"),
         invoice_ids=invoice_ids,
         progress=report,
+        waiting=report.waiting,
         run_id=context.run.run_id,
         claim_size=config.claim_size,
         linger_seconds=config.linger_seconds,

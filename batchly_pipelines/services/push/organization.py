@@ -25,6 +25,7 @@ from typing import Any
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient, WriteFenceLost
 from batchly_pipelines.quickbooks.errors import AuthError
+from batchly_pipelines.quickbooks.ratelimit import SharedRateLimiter
 from batchly_pipelines.quickbooks.wire import BATCH_MAX
 from batchly_pipelines.rules.validation import NotPushableError, assert_pushable
 from batchly_pipelines.services.push.checkpoint import (
@@ -65,30 +66,50 @@ class PushAbandoned(RuntimeError):
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a push stands: queue rows settled out of the total known so far, rate and an ETA."""
+    """Where a push stands: queue rows settled out of the total known so far, over ``elapsed_seconds`` of work (time
+    spent lingering for new records left out), and the records a minute the company's request budget lets the push
+    write (``budget_per_minute``, ``None``: unknown)."""
 
     done: int
     total: int
     elapsed_seconds: float
+    budget_per_minute: float | None = None
 
     @property
     def per_minute(self) -> float:
-        """Records settled per minute so far."""
+        """Records settled per minute of work so far."""
         return self.done / self.elapsed_seconds * 60 if self.elapsed_seconds > 0 else 0.0
 
     @property
     def eta_seconds(self) -> float | None:
-        """Seconds left at the current rate (``None`` before the first record)."""
+        """Seconds left at the pace so far, or at the budget's when that is slower — a burst into an empty window
+        is followed by waits for it (``None`` before the first record)."""
         if not self.done:
             return None
-        return max(0, self.total - self.done) / self.done * self.elapsed_seconds
+        rate = self.per_minute
+        if self.budget_per_minute is not None and 0 < self.budget_per_minute < rate:
+            rate = self.budget_per_minute
+        return max(0, self.total - self.done) / rate * 60 if rate > 0 else None
 
     def __str__(self) -> str:
         eta = "?" if self.eta_seconds is None else f"{self.eta_seconds:.0f}s"
-        return f"{self.done}/{self.total} records, {self.per_minute:.0f}/min, ETA {eta}"
+        budget = f" (budget {self.budget_per_minute:.0f}/min)" if self.budget_per_minute else ""
+        return f"{self.done}/{self.total} records, {self.per_minute:.0f}/min{budget}, ETA {eta}"
+
+
+def budget_per_minute(limiter: SharedRateLimiter | None) -> float | None:
+    """Records a (real) minute the realm's learned budget lets batch writes carry: batch calls a window, each of
+    :data:`BATCH_MAX` records, and no more than the window's requests allow (``None`` without a limiter)."""
+    if limiter is None:
+        return None
+    budget = limiter.budget()
+    calls = min(budget.batch_per_minute.limit, budget.per_minute.limit)
+    return calls * BATCH_MAX * limiter.limits.time_scale
 
 
 ProgressCallback = Callable[[Progress], None]
+WaitCallback = Callable[[float, str], None]  # seconds QuickBooks' window holds the push, and why
+BUDGET_READ_EVERY_SECONDS = 5.0  # the shared budget is read again for progress at most this often
 
 
 @dataclass
@@ -102,6 +123,7 @@ class PushStats:
     failed: int = 0
     dead: int = 0
     elapsed_seconds: float = 0.0
+    active_seconds: float = 0.0  # elapsed less the time spent lingering for new records
     api: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(
         default_factory=list
@@ -120,6 +142,7 @@ class PushStats:
             "failed": self.failed,
             "dead": self.dead,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "active_seconds": round(self.active_seconds, 3),
             "api": self.api,
             "errors": list(self.errors),
             "conflicts": dict(sorted(self.conflicts.items())),
@@ -139,6 +162,7 @@ def push_organization(
     worker: str,
     invoice_ids: Iterable[int] | None = None,
     progress: ProgressCallback | None = None,
+    waiting: WaitCallback | None = None,
     run_id: str | None = None,
     claim_size: int = CLAIM_SIZE,
     lease: timedelta = DEFAULT_LEASE,
@@ -171,6 +195,9 @@ def push_organization(
     grace = timedelta(seconds=config.scaled(config.connect_timeout + config.read_timeout))
     wait = lease + grace if lock_wait is None else lock_wait
     _acquire_realm(engine, client.realm_id, worker, organization_id, lease, grace, wait)
+    limiter = client.limiter if isinstance(client.limiter, SharedRateLimiter) else None
+    if limiter is not None:
+        limiter.on_wait = waiting
     try:
         return push.run(wanted, progress, linger_seconds)
     finally:
@@ -249,6 +276,9 @@ class _Push:
         self._lock = threading.Lock()
         self._progress: ProgressCallback | None = None
         self._started = time.monotonic()
+        self._idle = 0.0  # seconds spent lingering with nothing due
+        self._limiter = client.limiter if isinstance(client.limiter, SharedRateLimiter) else None
+        self._budget: tuple[float, float | None] = (-BUDGET_READ_EVERY_SECONDS, None)  # (read at, per minute)
 
     def run(
         self, invoice_ids: list[int] | None, progress: ProgressCallback | None, linger_seconds: float
@@ -275,6 +305,7 @@ class _Push:
             stop_renewing.set()
             renewer.join()
             self.stats.elapsed_seconds = time.monotonic() - self._started
+            self.stats.active_seconds = self.stats.elapsed_seconds - self._idle
             self.stats.api = self.client.stats.as_dict()
         return self.stats
 
@@ -367,10 +398,26 @@ class _Push:
     def _claim_or_linger(self, invoice_ids: list[int] | None, linger_seconds: float) -> list[QueueItem]:
         """The next batch; when none is due, keep looking (once a second) for up to ``linger_seconds`` — unless
         only chosen invoices are pushed: they are all claimed at once."""
-        deadline = time.monotonic() + (linger_seconds if invoice_ids is None else 0.0)
+        started = time.monotonic()
+        deadline = started + (linger_seconds if invoice_ids is None else 0.0)
         while not (batch := self._claim(invoice_ids)) and time.monotonic() < deadline:
             time.sleep(min(LINGER_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        if (
+            time.monotonic() - started > LINGER_POLL_SECONDS / 2
+        ):  # it lingered: idle, not work (rates leave it out)
+            self._idle += time.monotonic() - started
         return batch
+
+    def _budget_per_minute(self) -> float | None:
+        """The realm's budget in records a minute, read again at most every few seconds (called under the lock)."""
+        read_at, value = self._budget
+        if time.monotonic() - read_at >= BUDGET_READ_EVERY_SECONDS:
+            try:
+                value = budget_per_minute(self._limiter)
+            except Exception:  # the database is gone for a moment: progress without the budget
+                value = None
+            self._budget = (time.monotonic(), value)
+        return value
 
     def _claim(self, invoice_ids: list[int] | None) -> list[QueueItem]:
         self._fence()  # a worker that lost the realm claims nothing more
@@ -503,6 +550,11 @@ class _Push:
             self.stats.failed += result.retrying + result.dead
             self.stats.dead += result.dead
             self.stats.total = max(self.stats.total, self.stats.done)
-            snapshot = Progress(self.stats.done, self.stats.total, time.monotonic() - self._started)
+            snapshot = Progress(
+                self.stats.done,
+                self.stats.total,
+                time.monotonic() - self._started - self._idle,
+                self._budget_per_minute(),
+            )
             if self._progress is not None:
                 self._progress(snapshot)

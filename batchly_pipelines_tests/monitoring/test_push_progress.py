@@ -1,0 +1,41 @@
+"""The push's progress: rates over the time the push worked (not its linger), an ETA the company's request budget
+can keep, and waits for QuickBooks' window announced with when they end."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.quickbooks.ratelimit import RateLimits
+from batchly_pipelines.services.connections import database_rate_limiter
+from batchly_pipelines.services.push.organization import Progress, budget_per_minute
+
+
+def test_the_eta_follows_the_companys_budget_when_the_burst_was_faster() -> None:
+    burst = Progress(done=870, total=1501, elapsed_seconds=5.0, budget_per_minute=1200.0)
+    assert burst.per_minute == pytest.approx(10_440)  # what the first seconds looked like
+    assert burst.eta_seconds == pytest.approx(631 / 1200 * 60)  # what the budget lets through: 32 s, not 4
+    assert "ETA 32s" in str(burst) and "budget 1200/min" in str(burst)
+    slow = Progress(done=100, total=200, elapsed_seconds=60.0, budget_per_minute=1200.0)
+    assert slow.eta_seconds == pytest.approx(60.0)  # slower than the budget: its own pace
+
+
+def test_the_budget_is_what_the_realms_batch_window_lets_the_push_write(engine: Engine) -> None:
+    limiter = database_rate_limiter(engine, "realm-budget", RateLimits(batch_per_minute=40, time_scale=60.0))
+    # 40 batch calls of 30 records per QuickBooks minute, which lasts one second at time scale 60
+    assert budget_per_minute(limiter) == pytest.approx(40 * 30 * 60)
+    assert budget_per_minute(None) is None
+
+
+def test_a_wait_for_the_window_is_announced_before_it_starts(engine: Engine) -> None:
+    limiter = database_rate_limiter(engine, "realm-waits", RateLimits(batch_per_minute=2, time_scale=60.0))
+    waits: list[tuple[float, str]] = []
+    limiter.on_wait = lambda seconds, reason: waits.append((seconds, reason))
+    for _ in range(3):  # the third batch call has to wait for the (one-second) window
+        with limiter.slot(batch=True):
+            pass
+    assert len(waits) == 1
+    seconds, reason = waits[0]
+    assert 0.5 < seconds <= 1.1 and "window" in reason
+    limiter.pause(2.0)
+    assert waits[-1] == (2.0, "QuickBooks refused a request (429): every process holds off")
