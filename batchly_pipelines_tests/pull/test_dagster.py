@@ -301,3 +301,16 @@ def test_a_run_pulls_the_days_its_tags_name_for_the_companies_of_its_range(insta
     assert run_organizations({"dagster/partition": "bravo-12"}, instance) == [12]
     assert run_organizations({RANGE_START: "acme-3", RANGE_END: "bravo-12"}, instance) == [3, 12]
     assert run_organizations({}, instance) == []
+
+
+def test_the_reconciled_customers_count_every_conflict_still_waiting_for_review(
+    connected: Company, instance: DagsterInstance
+) -> None:
+    _conflict_on_notes(connected)  # left for review by an earlier pull
+    instance.add_dynamic_partitions(COMPANY, [_key(connected)])
+    now = utcnow()
+    tags = day_tags(_day(now), _day(now))
+    result = _run("pull_customers", connected, instance, partition_key=_key(connected), tags=tags)
+    [batchly] = _materializations(result, "batchly_customers")
+    assert batchly.metadata["conflicts"].value == 0  # nothing new in this run …
+    assert batchly.metadata["under_review"].value == 1  # … but one still waits for a person

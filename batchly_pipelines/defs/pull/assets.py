@@ -45,7 +45,7 @@ from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.rules.mapping import CUSTOMER_FIELDS
 from batchly_pipelines.services.fleet import CompanyOutcome, run_fleet
-from batchly_pipelines.services.pull.checks import unstored_records
+from batchly_pipelines.services.pull.checks import open_conflicts, unstored_records
 from batchly_pipelines.services.pull.mirror import Window
 from batchly_pipelines.services.pull.organization import (
     PullStats,
@@ -244,11 +244,16 @@ class CustomerMergeConfig(Config):
     )
 
 
-def _reconciled_numbers(stats: Any) -> dict[str, Any]:
+def _reconciled_numbers(stats: Any, engine: Engine | None = None, org: int | None = None) -> dict[str, Any]:
+    """A reconciliation's counts; for customers and items also ``under_review``: the organisation's conflicts of
+    that entity waiting for a person after the run — older ones included, which ``conflicts`` (new in this run)
+    and ``review`` (names to link, new in this run) leave out."""
     numbers = asdict(stats)
-    numbers.pop("entity", None)
+    entity = numbers.pop("entity", None)
     if hasattr(stats, "changed"):
         numbers["changed"] = stats.changed
+    if engine is not None and org is not None and entity is not None:
+        numbers["under_review"] = open_conflicts(engine, org).get(entity, 0)
     return numbers
 
 
@@ -274,7 +279,7 @@ def customers_pull(
 ):
     def reconcile(engine: Engine, org: int, run_id: str) -> dict[str, Any]:
         stats = reconcile_customers(engine, org, review_fields=config.review_fields, run_id=run_id)
-        return _reconciled_numbers(stats)
+        return _reconciled_numbers(stats, engine, org)
 
     yield from _pull_companies(
         context,
@@ -304,7 +309,7 @@ def customers_pull(
 )
 def items_pull(context: AssetExecutionContext, batchly_db: BatchlyDatabase, quickbooks: QuickBooksResource):
     def reconcile(engine: Engine, org: int, run_id: str) -> dict[str, Any]:
-        return _reconciled_numbers(reconcile_items(engine, org, run_id=run_id))
+        return _reconciled_numbers(reconcile_items(engine, org, run_id=run_id), engine, org)
 
     yield from _pull_companies(
         context, batchly_db, quickbooks, pull_items, reconcile, qbo_items, batchly_items, "Item", "changed"
