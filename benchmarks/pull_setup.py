@@ -65,6 +65,7 @@ class Connected:
     organization_id: int
     client: QuickBooksClient
     seeded: dict[str, list[str]]  # ids created per QuickBooks entity
+    env: dict[str, str]  # the settings the pipeline's processes (CLI, Dagster) need to reach both
 
     @property
     def admin(self) -> SandboxAdmin:
@@ -81,14 +82,13 @@ def connected_company(
         admin = SandboxAdmin(base_url)
         realm_id = admin.new_realm()
         seeded = admin.seed(realm_id, **seed)
-        settings = Settings.from_env(
-            {
-                "BATCHLY_DATABASE_URL": engine.url.render_as_string(hide_password=False),
-                "QBO_BASE_URL": base_url,
-                "BATCHLY_SECRET_KEY": Fernet.generate_key().decode(),
-            },
-            cwd=Path(tempfile.gettempdir()),
-        )
+        env = {
+            "BATCHLY_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+            "QBO_ENVIRONMENT": "local",
+            "QBO_BASE_URL": base_url,
+            "BATCHLY_SECRET_KEY": Fernet.generate_key().decode(),
+        }
+        settings = Settings.from_env(env, cwd=Path(tempfile.gettempdir()))
         with engine.begin() as conn:
             key = conn.execute(
                 sa.insert(organizations).values(name="Bench Co", timezone="UTC")
@@ -97,7 +97,7 @@ def connected_company(
         tokens = TokenSet.from_response(admin.tokens(realm_id))
         ConnectionStore(engine, settings.secret_key).save(int(key[0]), realm_id, "local", base_url, tokens)
         with client_for_organization(engine, settings, int(key[0])) as client:
-            yield Connected(engine, base_url, realm_id, int(key[0]), client, seeded)
+            yield Connected(engine, base_url, realm_id, int(key[0]), client, seeded, env)
 
 
 class PeakMemory:

@@ -6,9 +6,11 @@ importing SQLAlchemy.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ __all__ = [
     "Engine",
     "create_engine",
     "database_now",
+    "dumps_json",
     "normalise_url",
     "sync_transaction",
 ]
@@ -38,6 +41,21 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def _json_value(value: Any) -> Any:
+    """What JSON columns store for a value ``json`` cannot write: a Decimal (QuickBooks' amounts, parsed exactly) as
+    a JSON number, as on the wire — or as a string in the rare case a float would not carry the exact decimal."""
+    if isinstance(value, Decimal):
+        number = float(value)
+        return number if Decimal(repr(number)) == value else str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps_json(value: Any) -> str:
+    """The JSON text of a JSON column's value (see :func:`_json_value`); every engine of :func:`create_engine`
+    writes its JSON columns with it."""
+    return json.dumps(value, default=_json_value)
+
+
 def create_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url``; on SQLite: WAL, foreign keys, a busy timeout and ``BEGIN IMMEDIATE`` transactions.
 
@@ -45,6 +63,7 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
     busy timeout instead of failing on a read-to-write upgrade; it is also what makes queue claims exclusive there.
     """
     url = normalise_url(url)
+    kwargs.setdefault("json_serializer", dumps_json)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -82,7 +81,7 @@ def write_versions(
                 "sync_token": obj["SyncToken"],
                 "last_updated_time": last_updated,
                 "deleted": False,
-                "data": as_json(obj),
+                "data": obj,  # amounts (Decimals) written as JSON numbers: store.db.dumps_json
                 "pulled_at": now,
                 "version": new_version(),
             }
@@ -92,19 +91,6 @@ def write_versions(
         only_if=newer,
     )
     return {qbo_id for _, _, qbo_id in written}
-
-
-def as_json(value: Any) -> Any:
-    """A decoded QuickBooks object as the JSON column stores it: amounts as JSON numbers (as on the wire), or as
-    strings in the rare case a float would not carry the exact decimal."""
-    if isinstance(value, Mapping):
-        return {key: as_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [as_json(item) for item in value]
-    if isinstance(value, Decimal):
-        number = float(value)
-        return number if Decimal(repr(number)) == value else str(value)
-    return value
 
 
 def mark_deleted(

@@ -6,7 +6,6 @@ inserts, the same statements on both backends for a few rows; on PostgreSQL a ba
 from __future__ import annotations
 
 import io
-import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -17,12 +16,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from batchly_pipelines.store.db import dumps_json
+
 # SQLite allows 32,766 bound variables per statement; PostgreSQL 65,535. Chunks stay well under both.
 MAX_BOUND_VALUES = 30_000
 # from this many rows on, PostgreSQL gets them by COPY (fewer: the temporary table would cost more than it saves)
 COPY_FROM_ROWS = 100
-# COPY's text format: a backslash starts an escape, tab and newline end a field and a row
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def bulk_insert(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -43,12 +42,21 @@ def _copy(
     transaction."""
     defaults = _python_defaults(table, columns)  # what SQLAlchemy would add to an INSERT (COPY adds nothing)
     names = [*columns, *defaults]
-    is_json = [isinstance(table.c[name].type, sa.JSON) for name in names]
+    encoders = [_encoder(table.c[name].type) for name in columns]
+    tail = "".join(
+        "\t" + ("\\N" if value is None else _encoder(table.c[name].type)(value))
+        for name, value in defaults.items()
+    )
+    tail += "\n"
     buffer = io.StringIO()
     for row in rows:
-        values = [*(row[name] for name in columns), *defaults.values()]
-        buffer.write("\t".join(_copy_text(value, js) for value, js in zip(values, is_json, strict=True)))
-        buffer.write("\n")
+        buffer.write(
+            "\t".join(
+                "\\N" if row[name] is None else encode(row[name])
+                for name, encode in zip(columns, encoders, strict=True)
+            )
+        )
+        buffer.write(tail)
     buffer.seek(0)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
@@ -69,21 +77,40 @@ def _python_defaults(table: sa.Table, columns: Sequence[str]) -> dict[str, Any]:
     return defaults
 
 
-def _copy_text(value: Any, is_json: bool) -> str:
-    """One value in COPY's text format."""
-    if value is None:
-        return "\\N"
-    if is_json:
-        return json.dumps(value).translate(_COPY_ESCAPES)
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: Batchly stores UTC instants only")
-        return value.isoformat()
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    return str(value)
+def _encoder(kind: Any) -> Callable[[Any], str]:
+    """How a value (never None) of a column of type ``kind`` is written in COPY's text format."""
+    if isinstance(kind, sa.JSON):
+        return _copy_json
+    if isinstance(kind, sa.Boolean):
+        return _copy_bool
+    if isinstance(kind, sa.DateTime) or isinstance(getattr(kind, "impl", None), sa.DateTime):
+        return _copy_instant
+    if isinstance(kind, sa.String):
+        return _copy_string
+    return str
+
+
+def _copy_string(value: Any) -> str:
+    """Text: a backslash starts an escape in COPY's text format, a tab ends a field, a newline a row."""
+    text = str(value)
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
+def _copy_json(value: Any) -> str:
+    """JSON (which escapes tabs and newlines itself: only its backslashes need doubling)."""
+    return dumps_json(value).replace("\\", "\\\\")
+
+
+def _copy_bool(value: Any) -> str:
+    return "t" if value else "f"
+
+
+def _copy_instant(value: Any) -> str:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: Batchly stores UTC instants only")
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def bulk_upsert(

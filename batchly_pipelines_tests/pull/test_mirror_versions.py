@@ -4,6 +4,7 @@ that lands last (a nightly pull racing a webhook's read, two pulls) never puts a
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from sqlalchemy.engine import Engine
 from batchly_pipelines.services.pull.mirror import store_objects
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.mirror import mark_deleted
+from batchly_pipelines.store.upsert import COPY_FROM_ROWS
 from batchly_pipelines_tests.support import factories
 
 
@@ -73,3 +75,17 @@ def test_a_deletion_is_not_undone_by_a_read_of_the_version_before_it(engine: Eng
     mirror = _mirror(engine)
     assert mirror["7"] == ("1", True, "live")
     assert mirror["8"][:2] == ("", True)  # QuickBooks never brings back what it deleted
+
+
+def test_amounts_are_stored_as_json_numbers_exactly_by_one_row_and_by_a_batch(engine: Engine) -> None:
+    amounts = {"Balance": Decimal("1250.10"), "Huge": Decimal("12345678901234567890.12")}
+    with engine.begin() as conn:
+        org = factories.organization(conn)
+        store_objects(conn, org, "Invoice", [{**_customer("1", "0", "one"), **amounts}])
+        batch = [{**_customer(str(n), "0", "batch"), **amounts} for n in range(2, 2 + COPY_FROM_ROWS)]
+        store_objects(conn, org, "Invoice", batch)
+    with engine.connect() as conn:
+        stored = [data for (data,) in conn.execute(sa.select(s.qbo_mirror.c.data)).all()]
+    assert len(stored) == 1 + COPY_FROM_ROWS
+    # a float that carries the decimal exactly is a JSON number, as on the wire; one that would not, a string
+    assert {(data["Balance"], data["Huge"]) for data in stored} == {(1250.1, "12345678901234567890.12")}
