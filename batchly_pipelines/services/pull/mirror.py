@@ -10,12 +10,21 @@ that read leaves the second and shifts the rows after it down a position, so one
 row: the second is re-read until a whole pass ran while its ``COUNT(*)`` did not move and the pass met exactly that
 many distinct rows (at most ``SECOND_PASSES`` passes; past that the pull fails before its cursor moves).
 
-A mirror row is written only when QuickBooks has a new version of it (another SyncToken, or a deletion), so pulling
-the same window twice writes nothing (:mod:`batchly_pipelines.store.mirror` versions the rows).
+A window is read by several readers at once, up to the client's in-flight limit (the client's limiter keeps the
+realm's per-second and per-minute budgets): it starts as one range, and while a reader is idle, a range whose page
+came back full hands the upper half of what is left of it to that reader, so a long history spreads over the
+readers after a few pages and a small window costs one call as before. Pages reach the caller as they come (not in
+time order), at most one per reader waiting.
+
+A mirror row is written only when QuickBooks has a newer version of it than the mirror holds (a higher SyncToken, or
+a deletion), decided in the write itself, so pulling the same window twice writes nothing and a slower read landing
+last never puts an older version back (:mod:`batchly_pipelines.store.mirror` versions the rows).
 
 How far a window was read is QuickBooks' own clock, never ours: every answer's ``time`` is noted on a
-:class:`ServerClock`, and a row changed before the last page was asked for is met by the paging (a row edited while
-the window is read moves to a later second, at or after where the paging stands).
+:class:`ServerClock`, and a row changed before a range's last page was asked for is met by that range's paging (a
+row edited while the window is read moves to QuickBooks' now, at or after where the paging of the range holding now
+stands). A range whose last answer came after its end holds nothing newer; the cursor moves to the earliest last
+answer of a range that did not (:meth:`ServerClock.complete_until`).
 
 Deletions come from CDC (within its 30 days). A saturated CDC answer is split by entity and by time (the client does
 it); when more than a whole answer of one entity shares one second, no split can page past it, and that entity's

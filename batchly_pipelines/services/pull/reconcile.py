@@ -6,7 +6,7 @@ a concurrent reconciliation read the row keeps a version that reconciliation did
 one. Every row read records its version in the chunk's transaction, whatever came of it (merged, created, sent to
 review, nothing new), so a second run over the same mirror reads nothing. Of the rows read, only the ones with news are
 examined: unlinked ones, ones whose SyncToken is newer than the link's, and deletions of
-records Batchly still has active. For each, in chunks of one transaction:
+records Batchly still has active. For each, in batches of :data:`CHUNK` rows, one transaction each:
 
 - linked: three-way merge against the base (``rules.merge``); what QuickBooks wins is written to Batchly, what Batchly
   wins stays for the push (the base keeps QuickBooks' value for those fields, so the push sees the difference);
@@ -21,6 +21,13 @@ written. Storing it later removes its rows from the list.
 
 Every write goes through :func:`~batchly_pipelines.store.db.sync_transaction`, so nothing echoes back as a push. A
 pending review keeps one open ``sync_conflicts`` row per record and field however often it is seen again.
+
+Cost and concurrency: each batch is found by two primary-key range scans (mirror versions against reconciled ones)
+and read, decided and written with a fixed number of set-based statements (``IN`` lists, bulk inserts and upserts —
+COPY on PostgreSQL), so a reconciliation is linear in the rows. The batch's transaction reads its Batchly rows
+locked (``SELECT … FOR UPDATE``; SQLite's transactions hold the database) before merging them: an app edit committed
+meanwhile waits, then lands on top of what the merge wrote — the outbox queues it and the push sends it — so
+reconcile never overwrites a Batchly edit it did not read.
 """
 
 from __future__ import annotations
