@@ -1,5 +1,6 @@
-"""Asset checks of the pull: mirror vs Batchly drift, open conflicts (warn), invoice totals, payment status, and
-QuickBooks records Batchly could not store (the pull's error list).
+"""Asset checks of the pull: mirror vs Batchly drift, invoice totals, payment status, and QuickBooks records Batchly
+could not store (the pull's error list). Conflicts waiting for review are ``sync_status``'s ``no_open_conflicts``, kept
+live by ``sync_status_sensor`` (a check here would stay red after a resolve until the next pull).
 
 A check evaluates the organisations of the run's company partitions (from its tags), or every connected one when it runs on
 its own. The work is in ``services.pull_checks``.
@@ -7,11 +8,9 @@ its own. The work is in ``services.pull_checks``.
 
 from collections.abc import Callable
 
-import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetCheckSeverity,
     MetadataValue,
     asset_check,
 )
@@ -23,10 +22,7 @@ from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS
 from batchly_pipelines.services.pull import checks as pull_checks
 from batchly_pipelines.services.pull.checks import CheckOutcome
 from batchly_pipelines.services.pull.invoice_payments import organization_today
-from batchly_pipelines.store.conflicts import list_conflicts
 from batchly_pipelines.store.status import connected_organization_ids
-
-REVIEW_ROWS = 20
 
 
 def _organizations(context: AssetCheckExecutionContext, database: BatchlyDatabase) -> list[int]:
@@ -78,45 +74,6 @@ def items_match_quickbooks(
         batchly_db,
         lambda org: pull_checks.record_drift(batchly_db.engine, ITEMS, org),
         "drifted items",
-    )
-
-
-@asset_check(
-    asset=batchly_customers,
-    description="Conflicts waiting for review (resolve them with the resolve_conflicts job or "
-    "`batchly-sync conflicts resolve`).",
-)
-def conflicts_reviewed(context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase) -> AssetCheckResult:
-    organizations = _organizations(context, batchly_db)
-    counts = {org: pull_checks.open_conflicts(batchly_db.engine, org) for org in organizations}
-    total = sum(sum(c.values()) for c in counts.values())
-    with batchly_db.engine.connect() as conn:
-        rows = [
-            row
-            for org in organizations
-            for row in list_conflicts(conn, organization_id=org, limit=REVIEW_ROWS)
-        ][:REVIEW_ROWS]
-    columns = [
-        "id",
-        "organization_id",
-        "entity_type",
-        "entity_id",
-        "qbo_id",
-        "field",
-        "base_value",
-        "batchly_value",
-        "qbo_value",
-    ]
-    table = pd.DataFrame(rows, columns=columns).to_markdown(index=False) if rows else "_nothing to review_"
-    return AssetCheckResult(
-        passed=total == 0,
-        severity=AssetCheckSeverity.WARN,
-        metadata={
-            "open": total,
-            "by_organization": MetadataValue.json({str(org): c for org, c in counts.items()}),
-            "review": MetadataValue.md(table),
-        },
-        description=f"{total} conflict(s) waiting for review" if total else "no conflict waiting for review",
     )
 
 
