@@ -25,21 +25,28 @@ TOUCHED_COLUMN = {"customer": "display_name", "item": "name", "invoice": "status
 
 def records_with_links(conn: Connection, entity_type: str, organization_id: int) -> list[dict[str, Any]]:
     """Every ``customer`` or ``item`` row of the organisation, linked or not, with its link's ``base`` and
-    ``sync_token`` (None when unlinked), by id."""
+    ``sync_token`` (None when unlinked), by id.
+
+    Two scans joined here rather than a SQL join: right after a large import the planner's statistics still say the
+    tables are empty, and its nested loop over them took 40 s for 10,000 customers."""
     table = TABLES[entity_type]
     t = table.c
-    query = (
-        sa.select(table, st.base.label("link_base"), st.sync_token.label("link_sync_token"))
-        .outerjoin(
-            s.qbo_sync_state,
-            sa.and_(
-                st.organization_id == t.organization_id, st.entity_type == entity_type, st.entity_id == t.id
-            ),
+    links = {
+        entity_id: (base, sync_token)
+        for entity_id, base, sync_token in conn.execute(
+            sa.select(st.entity_id, st.base, st.sync_token).where(
+                st.organization_id == organization_id, st.entity_type == entity_type
+            )
         )
-        .where(t.organization_id == organization_id)
-        .order_by(t.id)
-    )
-    return [dict(r) for r in conn.execute(query).mappings()]
+    }
+    rows = conn.execute(
+        sa.select(table).where(t.organization_id == organization_id).order_by(t.id)
+    ).mappings()
+    found = []
+    for row in rows:
+        base, sync_token = links.get(row["id"], (None, None))
+        found.append({**row, "link_base": base, "link_sync_token": sync_token})
+    return found
 
 
 def invoices_with_customers(conn: Connection, organization_id: int) -> list[dict[str, Any]]:

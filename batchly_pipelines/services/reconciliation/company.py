@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -70,6 +71,7 @@ from batchly_pipelines.store.sync_state import LogEntry, write_log
 ENTITIES = ("Customer", "Item", "Invoice", "Payment", "RefundReceipt")
 COMPARED = {"customer": "Customer", "item": "Item", "invoice": "Invoice"}
 PAGE = q.MAX_RESULTS
+PAGES_AT_ONCE = 4
 COLUMN_RULES = {kind.entity_type: column_rules(kind.entity_type) for kind in NAME_LISTS.values()}
 
 
@@ -163,7 +165,9 @@ def reconcile_company(
         settled = _repair(engine, organization_id, second, run_id)
         left = {_key(d) for d in second}
         result.repaired = [d for d in first if d.explained_by is None and _key(d) not in left] + settled
-    result.differences = _compare(engine, organization_id, objects, result)
+        result.differences = _compare(engine, organization_id, objects, result) if settled else second
+    else:
+        result.differences = _compare(engine, organization_id, objects, result)
     with engine.connect() as conn:
         result.queued = {
             (row["entity_type"], row["entity_id"])
@@ -176,14 +180,16 @@ def reconcile_company(
 
 
 def _read_all(client: QuickBooksClient, entity: str, count: int) -> dict[str, dict[str, Any]]:
-    """Every record of ``entity`` by Id, inactive ones included, in ``ceil(count / 1000)`` pages ordered by Id."""
+    """Every record of ``entity`` by Id, inactive ones included: ``ceil(count / 1000)`` pages ordered by Id, read
+    :data:`PAGES_AT_ONCE` at a time (the client's own limits still apply)."""
     where = q.with_all_active_states(entity, [])
+    statements = [
+        q.select(entity, where, "Id", page * PAGE + 1, PAGE) for page in range(math.ceil(count / PAGE))
+    ]
     found: dict[str, dict[str, Any]] = {}
-    for page in range(math.ceil(count / PAGE)):
-        rows = client.query(q.select(entity, where, "Id", page * PAGE + 1, PAGE)).rows
-        found.update((str(obj["Id"]), obj) for obj in rows)
-        if len(rows) < PAGE:
-            break
+    with ThreadPoolExecutor(max_workers=PAGES_AT_ONCE, thread_name_prefix="reconcile-pages") as pool:
+        for page in pool.map(client.query, statements):
+            found.update((str(obj["Id"]), obj) for obj in page.rows)
     return found
 
 
