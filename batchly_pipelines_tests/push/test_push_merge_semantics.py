@@ -5,11 +5,13 @@ with its resolution, logged and counted."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from dagster import DagsterInstance
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient, WriteOp
@@ -18,6 +20,7 @@ from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.conflicts import list_conflicts
 from batchly_pipelines.store.review_fields import set_review_fields
+from batchly_pipelines_tests.push.test_push_dagster import _log_lines, _push_run
 from batchly_pipelines_tests.support import factories as f
 from batchly_pipelines_tests.support.push import Books, update
 
@@ -262,3 +265,25 @@ def test_a_review_the_push_opened_is_resolved_on_what_it_showed_and_the_choice_i
     push()
     assert _one(books, "Customer")["Notes"] == "ours"
     assert _row(engine, s.customers, customer)["notes"] == "ours"
+
+
+def test_the_push_job_reports_the_conflicts_it_settled(
+    engine: Engine, org: int, push: Callable[..., PushStats], environment: None
+) -> None:
+    with engine.begin() as conn:
+        item = f.item(conn, org, name="Espresso", unit_price="18.50")
+    push()
+    update(engine, s.items, item, unit_price=Decimal("99.00"))
+    instance = DagsterInstance.ephemeral()
+
+    result = _push_run(engine, instance, organization_id=org)
+
+    assert result.success
+    [output] = [
+        e for e in result.all_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == "push_records"
+    ]
+    assert output.event_specific_data.metadata["conflicts"].value == {"item.quickbooks": 1}
+    [line] = [m for m in _log_lines(instance, result, logging.INFO) if m.startswith("conflicts settled")]
+    assert line.endswith("item.quickbooks 1")
+    [entry] = [e for e in _log(engine, "item", item) if e["action"] == "revert"]
+    assert "unit_price" in entry["message"] and "QuickBooks owns" in entry["message"]

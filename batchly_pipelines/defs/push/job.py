@@ -176,6 +176,9 @@ def push_records(
     failures = run_failures(batchly_db.engine, context.run.run_id)
     for failure in failures:
         context.log.error(tables.describe_failure(failure))
+    if stats.conflicts:  # each one is a sync_conflicts row, and named in its record's sync_log line
+        counts = ", ".join(f"{key} {count}" for key, count in sorted(stats.conflicts.items()))
+        context.log.info(f"conflicts settled or sent to review (entity.resolution): {counts}")
     rows = sync_now.report(context, batchly_db.engine, config.organization_id, wanted)
     record_pushed(context, config.organization_id, stats.actions)  # lineage: what reached QuickBooks
     summary = stats.as_dict()
@@ -186,6 +189,7 @@ def push_records(
         "dead": stats.dead,
         "seconds": MetadataValue.float(round(stats.elapsed_seconds, 2)),
         "actions": MetadataValue.json(summary["actions"]),
+        "conflicts": MetadataValue.json(summary["conflicts"]),  # settled or opened, per entity and resolution
         "api_calls": stats.api.get("calls_total", 0),
         "throttled": stats.api.get("throttled", 0),
         **_failure_metadata(failures),
