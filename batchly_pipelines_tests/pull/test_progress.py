@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from batchly_pipelines.services.pull import progress as progress_module
@@ -42,3 +44,31 @@ def test_a_window_of_one_page_costs_no_count(company: Company) -> None:
     )
     assert pulled.api_calls == 2  # the page and CDC, no COUNT(*)
     assert heard[-1].finished and (heard[-1].done, heard[-1].total, heard[-1].rows) == (1, 1, 1)
+
+
+def test_a_dagster_pull_logs_its_progress(connected: Company) -> None:
+    from dagster import instance_for_test
+
+    from batchly_pipelines.definitions import defs
+    from batchly_pipelines.defs.partitions import COMPANY, company_key, day_tags
+    from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
+    from batchly_pipelines.store.schema import utcnow
+
+    connected.qbo.admin.seed(connected.qbo.realm_id, customers=1500, items=0, invoices=0, payments=0, days=5)
+    url = connected.engine.url.render_as_string(hide_password=False)
+    key = company_key(connected.org, "Acme Ltd")
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(COMPANY, [key])
+        result = defs.resolve_job_def("pull_customers").execute_in_process(
+            instance=instance,
+            resources={
+                "batchly_db": BatchlyDatabase(database_url=url),
+                "quickbooks": QuickBooksResource(database_url=url),
+            },
+            partition_key=key,
+            tags=day_tags(utcnow().date() - timedelta(days=7), utcnow().date()),
+        )
+        messages = [event.message for event in result.all_events if event.event_type_value == "LOG_MESSAGE"]
+        messages += [record.user_message for record in instance.all_logs(result.run_id)]
+    assert any(f"company {key}: mirror Customer: " in m and "/2 pages" in m and "done" in m for m in messages)
+    assert any(f"company {key}: reconcile customer: 1,500/1,500 rows" in m for m in messages)

@@ -42,11 +42,9 @@ from batchly_pipelines.defs.partitions import (
     tagged_window,
 )
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
-from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.rules.mapping import CUSTOMER_FIELDS
 from batchly_pipelines.services.fleet import CompanyOutcome, run_fleet
 from batchly_pipelines.services.pull.checks import open_conflicts, unstored_records
-from batchly_pipelines.services.pull.mirror import Window
 from batchly_pipelines.services.pull.organization import (
     PullStats,
     pull_customers,
@@ -57,6 +55,7 @@ from batchly_pipelines.services.pull.organization import (
     reconcile_items,
     window_since_cursor,
 )
+from batchly_pipelines.services.pull.progress import Progress, ProgressReport
 from batchly_pipelines.store.db import Engine
 
 QBO_GROUP, MIRROR_GROUP, BATCHLY_GROUP = "quickbooks", "quickbooks_mirror", "batchly"
@@ -84,8 +83,8 @@ quickbooks_items = _quickbooks("Item", "Items (products and services) in QuickBo
 quickbooks_invoices = _quickbooks("Invoice", "Invoices in QuickBooks Online (TotalAmt, Balance, LinkedTxn).")
 quickbooks_payments = _quickbooks("Payment", "Payments in QuickBooks Online.")
 
-PullStep = Callable[[Engine, QuickBooksClient, int, Window], PullStats]
-ReconcileStep = Callable[[Engine, int, str], Mapping[str, Any]]
+PullStep = Callable[..., PullStats]  # (engine, client, organization, window, *, progress)
+ReconcileStep = Callable[[Engine, int, str, ProgressReport], Mapping[str, Any]]
 
 
 def _mirror_numbers(stats: PullStats) -> dict[str, Any]:
@@ -118,13 +117,17 @@ def _pull_companies(
 
     def work(org: int) -> dict[AssetKey, dict[str, Any]]:
         numbers = {}
+
+        def progress(state: Progress) -> None:  # a long import's pages, rows and ETA in the run's log
+            context.log.info("company %s: %s", keys[org], state)
+
         if mirror_key in selected:
             with quickbooks.client_for(org) as client:
                 numbers[mirror_key] = _mirror_numbers(
-                    pull(engine, client, org, window or window_since_cursor(engine, org))
+                    pull(engine, client, org, window or window_since_cursor(engine, org), progress=progress)
                 )
         if reconciled_key in selected:
-            reconciled = dict(reconcile(engine, org, context.run.run_id))
+            reconciled = dict(reconcile(engine, org, context.run.run_id, progress))
             reconciled["dagster/row_count"] = reconciled[row_count]
             if reconciled.get("errors"):
                 reconciled["unstored"] = [
@@ -277,8 +280,10 @@ def customers_pull(
     batchly_db: BatchlyDatabase,
     quickbooks: QuickBooksResource,
 ):
-    def reconcile(engine: Engine, org: int, run_id: str) -> dict[str, Any]:
-        stats = reconcile_customers(engine, org, review_fields=config.review_fields, run_id=run_id)
+    def reconcile(engine: Engine, org: int, run_id: str, progress: ProgressReport) -> dict[str, Any]:
+        stats = reconcile_customers(
+            engine, org, review_fields=config.review_fields, run_id=run_id, progress=progress
+        )
         return _reconciled_numbers(stats, engine, org)
 
     yield from _pull_companies(
@@ -308,8 +313,10 @@ def customers_pull(
     ),
 )
 def items_pull(context: AssetExecutionContext, batchly_db: BatchlyDatabase, quickbooks: QuickBooksResource):
-    def reconcile(engine: Engine, org: int, run_id: str) -> dict[str, Any]:
-        return _reconciled_numbers(reconcile_items(engine, org, run_id=run_id), engine, org)
+    def reconcile(engine: Engine, org: int, run_id: str, progress: ProgressReport) -> dict[str, Any]:
+        return _reconciled_numbers(
+            reconcile_items(engine, org, run_id=run_id, progress=progress), engine, org
+        )
 
     yield from _pull_companies(
         context, batchly_db, quickbooks, pull_items, reconcile, qbo_items, batchly_items, "Item", "changed"
@@ -333,7 +340,7 @@ def items_pull(context: AssetExecutionContext, batchly_db: BatchlyDatabase, quic
 def payments_pull(
     context: AssetExecutionContext, batchly_db: BatchlyDatabase, quickbooks: QuickBooksResource
 ):
-    def reconcile(engine: Engine, org: int, run_id: str) -> dict[str, Any]:
+    def reconcile(engine: Engine, org: int, run_id: str, progress: ProgressReport) -> dict[str, Any]:
         return _reconciled_numbers(reconcile_invoice_payments(engine, org, run_id=run_id))
 
     yield from _pull_companies(
