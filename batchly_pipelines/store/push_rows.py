@@ -61,12 +61,21 @@ def write_back(
     entity_id: int,
     values: Mapping[str, Any],
     merged: Mapping[str, Any] | None = None,
+    read: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a push's outcome (``qbo_id``, ``sync_status`` …) and the synced fields its merge took from QuickBooks
     (``merged``) to one Batchly row in the caller's transaction. ``None`` in ``values`` is left out; in ``merged``
-    it is written: a value cleared in QuickBooks is cleared in Batchly. Nothing is written when nothing is left.
-    ``updated_at`` moves as on any update (the column's ``onupdate``), as the push has always done."""
-    values = {name: value for name, value in values.items() if value is not None} | dict(merged or {})
-    if values:
-        table = TABLES[entity_type]
-        conn.execute(sa.update(table).where(table.c.id == entity_id).values(**values))
+    it is written: a value cleared in QuickBooks is cleared in Batchly. A merged column whose value the push read
+    (``read``) is written only while the row still holds it, decided in the UPDATE itself: an app edit committed
+    after the push read the row stands (it is pushed next). Nothing is written when nothing is left. ``updated_at``
+    moves as on any update (the column's ``onupdate``), as the push has always done."""
+    table = TABLES[entity_type]
+    read = read or {}
+    changes: dict[str, Any] = {name: value for name, value in values.items() if value is not None}
+    for name, value in (merged or {}).items():
+        column = table.c[name]
+        changes[name] = (
+            sa.case((column.is_not_distinct_from(read[name]), value), else_=column) if name in read else value
+        )
+    if changes:
+        conn.execute(sa.update(table).where(table.c.id == entity_id).values(**changes))

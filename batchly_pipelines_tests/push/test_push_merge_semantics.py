@@ -10,6 +10,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance
 from sqlalchemy.engine import Engine
@@ -287,3 +288,32 @@ def test_the_push_job_reports_the_conflicts_it_settled(
     assert line.endswith("item.quickbooks 1")
     [entry] = [e for e in _log(engine, "item", item) if e["action"] == "revert"]
     assert "unit_price" in entry["message"] and "QuickBooks owns" in entry["message"]
+
+
+def test_a_merged_value_never_overwrites_a_batchly_edit_the_push_did_not_read(
+    engine: Engine,
+    org: int,
+    client: QuickBooksClient,
+    push: Callable[..., PushStats],
+    books: Books,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QuickBooks cleared the phone; the push's re-merge takes the clear — but the app set a new phone while the push
+    was talking to QuickBooks: the app's phone stands (and is pushed next), the clear does not overwrite it."""
+    customer = _pushed_customer(engine, org, push, phone="555-0100")
+    qbo_id = _one(books, "Customer")["Id"]
+    books.act(action="update_customer", customer_id=qbo_id, fields={"PrimaryPhone": {"FreeFormNumber": ""}})
+    update(engine, s.customers, customer, email="zoe@new.example.com")
+    write_batch = client.write_batch
+
+    def app_edits_meanwhile(batch: Any) -> Any:
+        update(engine, s.customers, customer, phone="555-0777")
+        monkeypatch.setattr(client, "write_batch", write_batch)
+        return write_batch(batch)
+
+    monkeypatch.setattr(client, "write_batch", app_edits_meanwhile)
+    push()
+
+    assert _row(engine, s.customers, customer)["phone"] == "555-0777"
+    push()
+    assert _one(books, "Customer")["PrimaryPhone"]["FreeFormNumber"] == "555-0777"

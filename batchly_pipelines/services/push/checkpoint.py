@@ -54,6 +54,10 @@ class Pushed:
     qbo_obj: Mapping[str, Any] | None = None
     base: Mapping[str, Any] | None = None
     batchly_changes: Mapping[str, Any] = field(default_factory=dict)
+    batchly_read: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # what those columns held when read: written only
+    # while they still do (an app edit made meanwhile is never overwritten)
     invoice_status: str | None = None  # synced | voided
     conflicts: Sequence[ConflictRecord] = ()
     message: str | None = None
@@ -146,7 +150,14 @@ class Checkpointer:
                     values["qbo_id"] = qbo_id
                 if outcome.invoice_status is not None:
                     values.update(sync_status=outcome.invoice_status, synced_at=now)
-                write_back(conn, outcome.entity_type, outcome.entity_id, values, outcome.batchly_changes)
+                write_back(
+                    conn,
+                    outcome.entity_type,
+                    outcome.entity_id,
+                    values,
+                    outcome.batchly_changes,
+                    outcome.batchly_read,
+                )
                 if outcome.qbo_obj is not None and outcome.base is not None:
                     states.append(
                         link_state(self.organization_id, outcome.key, outcome.qbo_obj, outcome.base)

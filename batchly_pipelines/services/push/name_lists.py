@@ -70,6 +70,9 @@ class _Record:
     updated_at: datetime
     changed_at: Mapping[str, datetime]
     policy: MergePolicy
+    read: Mapping[
+        str, Any
+    ]  # the synced columns as read (not normalised): merged values are written only over them
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class NameListPusher:
                 row["updated_at"],
                 times.get(entity_id, {}),
                 policy.with_rules(**dict.fromkeys(pending, Rule.NEEDS_REVIEW)),
+                {name: row[name] for name in kind.mapping.fields},
             )
             state = states.get(entity_id)
             base = decode_snapshot(kind.entity_type, state.base) if state is not None else None
@@ -234,6 +238,7 @@ class NameListPusher:
             qbo_obj=obj,
             base=encode_snapshot(agreed) if agreed is not None else None,
             batchly_changes=attempt.batchly_changes,
+            batchly_read={name: attempt.record.read[name] for name in attempt.batchly_changes},
             conflicts=attempt.conflicts,
             message=_describe(attempt.conflicts),
         )
