@@ -66,6 +66,7 @@ from batchly_pipelines.store.records import (
     unlinked_rows,
     write_fields,
 )
+from batchly_pipelines.store.statistics import GrowingTables
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, load_states, save_states, write_log
 
 CHUNK = 1000
@@ -156,6 +157,7 @@ def reconcile(
             else unreconciled_estimate(conn, organization_id, kind.qbo_entity)
         )
     meter = ProgressMeter(f"reconcile {kind.entity_type}", "rows", progress, total=waiting)
+    growing = GrowingTables.of_reconcile(engine, kind.entity_type)  # the planner keeps up with an import
     for ids in _batches(engine, kind, organization_id, only):
         # one transaction reads the batch and writes it, its Batchly rows locked from the first read: an app edit
         # committed meanwhile waits and lands after, never overwritten by a merge that did not see it
@@ -173,6 +175,7 @@ def reconcile(
         stats.examined += len(rows)
         stats.errors += len(chunk.failed)
         meter.add(len(ids), len(ids))
+        growing.wrote(len(ids))
     meter.finish()
     stats.duration_s = round(time.monotonic() - started, 3)
     return stats
