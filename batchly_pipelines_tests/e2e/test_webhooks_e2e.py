@@ -1,5 +1,5 @@
 """End to end with Dagster, the receiver and the sandbox really running: changes an accountant makes in QuickBooks
-reach Batchly through webhooks alone.
+reach Batchly through webhooks alone, and one no webhook brought through the CDC sweep a receiver's start makes due.
 
 The sandbox delivers signed CloudEvents to the receiver (uvicorn, in this process); ``dagster dev`` runs the real
 definitions, whose ``webhook_inbox_sensor`` (RUNNING by default) starts the targeted pulls. Nothing is pulled or
@@ -25,6 +25,7 @@ from batchly_pipelines.services.webhooks.server import ReceiverServer
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.db import create_engine
+from batchly_pipelines.store.webhook_repair import realm_repairs, record_receiver_start
 from batchly_pipelines_tests.support import factories
 from batchly_pipelines_tests.support.dagster_stack import DagsterStack
 from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed
@@ -82,6 +83,19 @@ def test_quickbooks_changes_reach_batchly_through_webhooks(tmp_path: Path) -> No
                 made[name] = time.monotonic()
                 _watch(company, expected, made, seen, until=time.monotonic() + SPACING_S)
             _watch(company, expected, made, seen, until=time.monotonic() + DEADLINE_S)
+            # a change no webhook brings (the sandbox stops delivering, as while a receiver is down); the receiver
+            # "comes back": its start makes the realm's CDC sweep due at once, and the sweep brings the change
+            qbo.admin.configure_webhooks(None)
+            company.act(
+                "update_customer", customer_id=customers[3]["Id"], fields={"Notes": "repaired by CDC"}
+            )
+            record_receiver_start(engine, receiver.url)
+            repair_started = time.monotonic()
+            _until(
+                lambda: company.row(s.customers, qbo_id=customers[3]["Id"])["notes"] == "repaired by CDC",
+                what="the change without a webhook",
+            )
+            repair_s = time.monotonic() - repair_started
             runs = dagster.settled_runs()
         qbo.admin.configure_webhooks(None, VERIFIER, "cloudevents")
 
@@ -90,13 +104,18 @@ def test_quickbooks_changes_reach_batchly_through_webhooks(tmp_path: Path) -> No
     p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")
     pulls = [run for run in runs if {"key": "batchly/webhook-realm", "value": qbo.realm_id} in run["tags"]]
     print(
-        f"\nwebhook latency over {len(latencies)} changes: p50 {p50:.1f}s, p95 {p95:.1f}s, {len(pulls)} pull run(s)"
+        f"\nwebhook latency over {len(latencies)} changes: p50 {p50:.1f}s, p95 {p95:.1f}s, {len(pulls)} pull run(s); "
+        f"a change without a webhook repaired by CDC in {repair_s:.1f}s"
     )
     assert sorted(seen) == sorted(expected), f"never reached Batchly: {sorted(set(expected) - set(seen))}"
     assert pulls and all(run["status"] == "SUCCESS" for run in pulls)
     events = inbox(engine)
     assert events and {row["status"] for row in events} == {"done"}
     assert {row["run_id"] for row in events} <= {run["runId"] for run in pulls}
+    with engine.connect() as conn:
+        assert (
+            realm_repairs(conn, [qbo.realm_id])[qbo.realm_id].gaps == 1
+        )  # the last sweep found the one change
 
 
 Change = tuple[Callable[[], Any], Callable[[], bool]]
@@ -155,10 +174,10 @@ def _accountant_changes(
     }
 
 
-def _until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+def _until(condition: Callable[[], bool], timeout: float = 120.0, what: str = "the warm-up change") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "the warm-up change never reached Batchly"
+        assert time.monotonic() < deadline, f"{what} never reached Batchly"
         time.sleep(0.2)
 
 
