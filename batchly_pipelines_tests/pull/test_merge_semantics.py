@@ -16,6 +16,7 @@ from batchly_pipelines.cli.main import main
 from batchly_pipelines.definitions import defs
 from batchly_pipelines.defs.resources import BatchlyDatabase
 from batchly_pipelines.rules.name_lists import ITEMS
+from batchly_pipelines.services.pull import owned
 from batchly_pipelines.services.pull.checks import record_drift
 from batchly_pipelines.services.pull.resolve import resolve_conflicts
 from batchly_pipelines.services.push.organization import PushStats, push_organization
@@ -338,3 +339,24 @@ def test_the_resolve_job_and_the_command_line_refuse_a_decision_on_an_older_revi
     assert "decision was made on revision" in capsys.readouterr().err
     assert main([*argv, "--seen", f"{review['id']}:{stale + 1}"]) == 0
     assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "from QuickBooks"
+
+
+def test_reverting_an_owned_field_never_overwrites_an_edit_committed_after_it_was_read(
+    company: Company, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    widget = company.qbo.item("Widget", "10.00")
+    company.pull()
+    item = company.row(s.items, qbo_id=widget["Id"])
+    _app_update(company, s.items, item["id"], unit_price=Decimal("99.00"))
+    decide = owned.owned_reverts  # runs after the rows were read, before they are written
+
+    def edited_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        _app_update(company, s.items, item["id"], unit_price=Decimal("77.00"))
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(owned, "owned_reverts", edited_meanwhile)
+    owned.revert_owned_edits(company.engine, ITEMS, company.org)
+    assert company.row(s.items, id=item["id"])["unit_price"] == Decimal("77.00")  # not written over
+    monkeypatch.setattr(owned, "owned_reverts", decide)
+    owned.revert_owned_edits(company.engine, ITEMS, company.org)
+    assert company.row(s.items, id=item["id"])["unit_price"] == Decimal("10.00")  # the next pass reverts it

@@ -4,7 +4,8 @@ Reconcile reads what QuickBooks changed; a Batchly edit of an owned field change
 never sends it), so reconcile alone would never meet it. After reconcile, every linked record whose link is at its
 mirror row's current version is compared with that row (``rules.merge.owned_reverts``): each owned field Batchly
 changed is put back to QuickBooks' value in a sync transaction (nothing echoes back as a push), recorded as an
-``owned_field`` conflict settled for QuickBooks and logged.
+``owned_field`` conflict settled for QuickBooks and logged. A column is written only while it still holds what was
+read (decided in the UPDATE): an app edit committed meanwhile stands, and the next pass looks at it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from batchly_pipelines.rules.merge import Rule, owned_reverts
 from batchly_pipelines.rules.name_lists import NameList
 from batchly_pipelines.store.conflicts import ConflictRecord, record_conflicts
 from batchly_pipelines.store.db import Engine, sync_transaction
-from batchly_pipelines.store.records import reconciled_rows, write_fields
+from batchly_pipelines.store.push_rows import write_back
+from batchly_pipelines.store.records import reconciled_rows
 from batchly_pipelines.store.sync_state import LogEntry, write_log
 
 CHUNK = 1000
@@ -47,7 +49,8 @@ def revert_owned_edits(
         with sync_transaction(engine) as conn:
             conflicts, log = [], []
             for row, result in writes:
-                write_fields(conn, kind.entity_type, row["id"], dict(result.to_batchly))
+                read = {name: row[name] for name in result.to_batchly}
+                write_back(conn, kind.entity_type, row["id"], {}, result.to_batchly, read)
                 conflicts += [
                     ConflictRecord(
                         organization_id=organization_id,
