@@ -74,21 +74,12 @@ def _run_dev(
     return calls
 
 
-def test_dev_records_sync_status_before_the_ui_starts_on_the_chosen_port(
+def test_dev_records_the_setup_before_the_ui_starts_on_the_chosen_port(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     calls = _run_dev(monkeypatch, tmp_path, str(tmp_path))
-    [(materialize, _), (ui, _)] = calls
-    assert materialize[1:] == [
-        "asset",
-        "materialize",
-        "--select",
-        "sync_status",
-        "-m",
-        "batchly_pipelines.definitions",
-        "--config-json",
-        '{"execution": {"config": {"in_process": {}}}}',
-    ]
+    [(setup, _), (ui, _)] = calls
+    assert setup == [sys.executable, "-m", "batchly_pipelines.defs.monitoring.startup"]
     assert ui[1:] == ["dev", "-w", str(REPO / "workspace.yaml"), "--port", "4321"]
 
 

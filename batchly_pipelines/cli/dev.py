@@ -1,10 +1,14 @@
 """``batchly-sync dev`` (what ``make dev`` runs): the set-up of ``make run`` (sandbox, connections), in local mode the
-webhook receiver with the sandbox's webhooks pointed at it, ``sync_status`` recorded into ``DAGSTER_HOME``, then the
-Dagster UI on the chosen port (``make dev PORT=3100``)."""
+webhook receiver with the sandbox's webhooks pointed at it, the set-up recorded into ``DAGSTER_HOME`` (company
+partitions, a run of each pull job per company, ``sync_status``), then the Dagster UI on the chosen port
+(``make dev PORT=3100``).
+
+The UI starts inside ``DAGSTER_HOME`` (not beside ``./dagster.yaml``, which Dagster would announce it ignores:
+``make dev`` copied it there) and without the notice that ``dagster dev`` is superseded by ``dg dev``.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,7 +27,7 @@ DAGSTER = str(Path(sys.executable).with_name("dagster"))
 WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
 # `dagster dev` says it is superseded by `dg dev` (the project is not a dg workspace; dagster dev is what it runs)
 SUPERSEDED = "ignore:Function `dev_command` is superseded"
-IN_PROCESS = json.dumps({"execution": {"config": {"in_process": {}}}})
+STARTUP = "batchly_pipelines.defs.monitoring.startup"  # run, not imported: cli/ and defs/ are separate layers
 
 
 def run_dev(settings: Settings, *, port: int = 3000) -> int:
@@ -34,7 +38,7 @@ def run_dev(settings: Settings, *, port: int = 3000) -> int:
         home = os.environ.get("DAGSTER_HOME")
         if home:  # Dagster warns that it ignores ./dagster.yaml: `make dev` copied it into DAGSTER_HOME
             section("dagster home", f"{home} (its dagster.yaml is a copy of ./dagster.yaml)")
-            record_sync_status()
+            record_setup()
         else:
             section("sync_status", "no DAGSTER_HOME: sync_status_sensor records it on its first tick")
         section("dagster", f"UI at http://127.0.0.1:{port} (Ctrl-C stops everything)")
@@ -68,28 +72,22 @@ def quiet_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONWARNINGS": ",".join(filters)}
 
 
-def record_sync_status() -> None:
-    """Materialise ``sync_status`` (and its checks) into ``DAGSTER_HOME`` before the UI starts, so it opens on the
-    state the set-up left instead of "Never materialized"; ``sync_status_sensor`` keeps it current from then on."""
+def record_setup() -> None:
+    """Record the set-up into ``DAGSTER_HOME`` before the UI starts (``defs.monitoring.startup``: the company
+    partitions, a run of each pull job per company, ``sync_status`` with its checks), so the UI opens on the state
+    the set-up left instead of "Missing" and "Never materialized"; the sensors keep it current from then on."""
     started = time.monotonic()
     done = subprocess.run(
-        [
-            DAGSTER,
-            "asset",
-            "materialize",
-            "--select",
-            "sync_status",
-            "-m",
-            "batchly_pipelines.definitions",
-            "--config-json",
-            IN_PROCESS,
-        ],
+        [sys.executable, "-m", STARTUP],
+        env=quiet_environment(),
         capture_output=True,
         text=True,
         check=False,
     )
+    for line in done.stdout.strip().splitlines():
+        section("recorded", line)
     if done.returncode == 0:
-        section("sync_status", f"materialised with its checks ({time.monotonic() - started:.1f}s)")
-    else:  # the UI still starts; the sensor retries within minutes
+        section("dagster home", f"set-up recorded ({time.monotonic() - started:.1f}s)")
+    else:  # the UI still starts; the sensors and schedules catch up
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        section("sync_status", f"not materialised (exit {done.returncode}): {last[0]}")
+        section("dagster home", f"set-up not fully recorded (exit {done.returncode}): {last[0]}")
