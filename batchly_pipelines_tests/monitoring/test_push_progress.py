@@ -3,9 +3,14 @@ can keep, and waits for QuickBooks' window announced with when they end."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
 import pytest
 from sqlalchemy.engine import Engine
 
+from batchly_pipelines.defs.push.job import _ProgressReporter
 from batchly_pipelines.quickbooks.ratelimit import RateLimits
 from batchly_pipelines.services.connections import database_rate_limiter
 from batchly_pipelines.services.push.organization import Progress, budget_per_minute
@@ -39,3 +44,24 @@ def test_a_wait_for_the_window_is_announced_before_it_starts(engine: Engine) -> 
     assert 0.5 < seconds <= 1.1 and "window" in reason
     limiter.pause(2.0)
     assert waits[-1] == (2.0, "QuickBooks refused a request (429): every process holds off")
+
+
+def test_the_run_log_says_once_per_wait_why_and_when_the_push_resumes() -> None:
+    lines: list[str] = []
+    context = SimpleNamespace(log=SimpleNamespace(info=lines.append))
+    report = _ProgressReporter(context, 7)  # type: ignore[arg-type]
+    for _ in range(3):  # the push's threads meet the same wait
+        report.waiting(55.0, "the company's request window is full")
+    [line] = lines
+    resumes = datetime.now(UTC) + timedelta(seconds=55)
+    assert line.startswith(
+        "organisation 7: waiting 55.0s for QuickBooks — the company's request window is full"
+    )
+    assert re.search(r"resumes at (\d\d:\d\d:\d\d) UTC$", line)
+    shown = datetime.strptime(line[-12:-4], "%H:%M:%S")
+    off = (shown.hour * 3600 + shown.minute * 60 + shown.second) - (
+        resumes.hour * 3600 + resumes.minute * 60 + resumes.second
+    )
+    assert min(abs(off), 86400 - abs(off)) <= 2  # (the clock may pass midnight meanwhile)
+    report.waiting(120.0, "QuickBooks refused a request (429): every process holds off")  # a longer, new wait
+    assert len(lines) == 2
