@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -160,8 +159,7 @@ def _local_secret_key(data_dir: Path) -> str:
 class RuntimeSettings:
     """Knobs for scheduling and pacing, read when the Dagster code location loads (no secrets involved)."""
 
-    pull_start_date: date  # BATCHLY_PULL_START_DATE: the first day of the daily pull partitions
-    pull_timezone: str  # BATCHLY_PULL_TIMEZONE: where partition days start and end
+    pull_timezone: str  # BATCHLY_PULL_TIMEZONE: where the days of a pull's batchly/pull/from|to tags start
     schedule_timezone: (
         str  # BATCHLY_SCHEDULE_TIMEZONE: the zone of the 02:00 / 03:00 / 04:00 nightly schedules
     )
@@ -174,11 +172,6 @@ class RuntimeSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
         """Read and validate the runtime knobs; each has a default."""
         env = os.environ if environ is None else environ
-        start = env.get("BATCHLY_PULL_START_DATE") or "2024-01-01"
-        try:
-            start_date = date.fromisoformat(start)
-        except ValueError:
-            raise SettingsError("BATCHLY_PULL_START_DATE", "a date as YYYY-MM-DD", start) from None
         scale = env.get("QBO_TIME_SCALE") or "1"
         try:
             time_scale = float(scale)
@@ -187,7 +180,6 @@ class RuntimeSettings:
         if not time_scale > 0:
             raise SettingsError("QBO_TIME_SCALE", "a number greater than 0", scale)
         return cls(
-            pull_start_date=start_date,
             pull_timezone=_time_zone(env, "BATCHLY_PULL_TIMEZONE"),
             schedule_timezone=_time_zone(env, "BATCHLY_SCHEDULE_TIMEZONE"),
             qbo_time_scale=time_scale,

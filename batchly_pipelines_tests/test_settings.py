@@ -86,17 +86,15 @@ def test_secrets_never_appear_in_the_repr(tmp_path: Path) -> None:
 
 def test_runtime_knobs_have_defaults_and_are_validated() -> None:
     defaults = RuntimeSettings.from_env({})
-    assert (defaults.pull_start_date.isoformat(), defaults.pull_timezone, defaults.qbo_time_scale) == (
-        "2024-01-01",
-        "UTC",
-        1.0,
-    )
+    assert (defaults.pull_timezone, defaults.qbo_time_scale) == ("UTC", 1.0)
+    assert (defaults.nightly_batch, defaults.company_workers, defaults.company_retry_s) == (250, 8, 30.0)
     chosen = RuntimeSettings.from_env(
         {"BATCHLY_SCHEDULE_TIMEZONE": "America/Los_Angeles", "QBO_TIME_SCALE": "60"}
     )
     assert (chosen.schedule_timezone, chosen.qbo_time_scale) == ("America/Los_Angeles", 60.0)
     for env, variable in (
-        ({"BATCHLY_PULL_START_DATE": "yesterday"}, "BATCHLY_PULL_START_DATE"),
+        ({"BATCHLY_NIGHTLY_BATCH": "0"}, "BATCHLY_NIGHTLY_BATCH"),
+        ({"BATCHLY_COMPANY_WORKERS": "many"}, "BATCHLY_COMPANY_WORKERS"),
         ({"BATCHLY_PULL_TIMEZONE": "Mars/Olympus"}, "BATCHLY_PULL_TIMEZONE"),
         ({"BATCHLY_SCHEDULE_TIMEZONE": "../etc"}, "BATCHLY_SCHEDULE_TIMEZONE"),
         ({"QBO_TIME_SCALE": "0"}, "QBO_TIME_SCALE"),

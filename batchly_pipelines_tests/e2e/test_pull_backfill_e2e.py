@@ -1,9 +1,13 @@
-"""End to end with Dagster really running: the company sensor adds the organisation's partition by itself, and a
-backfill of a range of days over the multi-partitioned pull assets runs as one run (``BackfillPolicy.single_run``,
-company x day — the combination the Dagster notes warn about) and ends with every QuickBooks customer in Batchly."""
+"""End to end with Dagster really running: the company sensor adds the organisation's partition (named after it) by
+itself, and a backfill of a range of days — the company partition with the ``batchly/pull/from`` / ``to`` tags — runs
+as one run and pulls the whole range, launched each way an operator launches it: from the asset catalog and from the
+job page (the GraphQL mutations the UI sends) and from the command line (``dagster job backfill``)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from batchly_pipelines.defs.partitions import pull_key
+from batchly_pipelines.defs.partitions import FROM_TAG, TO_TAG, company_key
 from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.store import migrate
 from batchly_pipelines.store import schema as s
@@ -34,8 +38,13 @@ LAUNCH = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(b
   __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } ... on InvalidSubsetError { message }
 } }"""
 BACKFILL = """query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }"""
-COMPANIES = """{ assetNodeOrError(assetKey: {path: ["qbo_customers"]}) {
-  ... on AssetNode { partitionKeysByDimension { name partitionKeys } } } }"""
+COMPANIES = (
+    """{ assetNodeOrError(assetKey: {path: ["qbo_customers"]}) { ... on AssetNode { partitionKeys } } }"""
+)
+BACKFILLS = """{ partitionBackfillsOrError { ... on PartitionBackfills { results { id } } } }"""
+PULLED = """query($id: ID!) { runOrError(runId: $id) { ... on Run { assetMaterializations { assetKey { path } partition
+  metadataEntries { label ... on IntMetadataEntry { intValue } } } } } }"""
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -73,36 +82,88 @@ def test_a_range_backfill_is_one_run_and_fills_batchly(sandbox: SandboxServer, t
         "QBO_ENVIRONMENT": "local",
         "QBO_BASE_URL": sandbox.base_url,
     }
-    with DagsterStack(tmp_path / "dagster_home", env) as dagster:
-
-        def company_partition() -> bool:  # added by company_partitions_sensor, RUNNING by default
-            node = dagster.graphql(COMPANIES)["assetNodeOrError"]
-            keys = {d["name"]: d["partitionKeys"] for d in node["partitionKeysByDimension"]}
-            return str(org) in keys["company"]
-
-        _until(company_partition, "the company sensor to add the partition")
-        today = utcnow().date()
-        keys = [str(pull_key(org, (today - timedelta(days=n)).isoformat())) for n in range(DAYS)]
-        params = {
-            "partitionNames": keys,
-            "assetSelection": [{"path": ["qbo_customers"]}, {"path": ["batchly_customers"]}],
+    home = tmp_path / "dagster_home"
+    key = company_key(org, "Acme Ltd")
+    today = utcnow().date()
+    days = {FROM_TAG: (today - timedelta(days=DAYS - 1)).isoformat(), TO_TAG: today.isoformat()}
+    tags = [{"key": k, "value": v} for k, v in days.items()]
+    with DagsterStack(home, env) as dagster:
+        _until(
+            lambda: key in dagster.graphql(COMPANIES)["assetNodeOrError"]["partitionKeys"],
+            "the company sensor to add the partition",
+        )
+        launched = {
+            "asset catalog": _launch(
+                dagster,
+                {
+                    "partitionNames": [key],
+                    "assetSelection": [{"path": ["qbo_customers"]}, {"path": ["batchly_customers"]}],
+                    "tags": tags,
+                },
+            ),
+            "job page": _launch(
+                dagster,
+                {
+                    "partitionNames": [key],
+                    "selector": {
+                        "partitionSetName": "pull_customers_partition_set",
+                        "repositorySelector": {
+                            "repositoryLocationName": "batchly_pipelines",
+                            "repositoryName": "__repository__",
+                        },
+                    },
+                    "tags": tags,
+                },
+            ),
         }
-        launched = dagster.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
-        assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        backfill_id = launched["backfillId"]
+        before = {b["id"] for b in dagster.graphql(BACKFILLS)["partitionBackfillsOrError"]["results"]}
+        command = [
+            str(Path(sys.executable).with_name("dagster")), "job", "backfill", "-j", "pull_customers",
+            "-w", "workspace.yaml", "--partitions", key, "--tags", json.dumps(days), "--noprompt",
+        ]  # fmt: skip
+        subprocess.run(command, cwd=REPO, env=dagster.env, check=True, capture_output=True, timeout=120)
+        [launched["command line"]] = {
+            b["id"] for b in dagster.graphql(BACKFILLS)["partitionBackfillsOrError"]["results"]
+        } - before
 
-        def finished() -> str | None:
-            status = dagster.graphql(BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]["status"]
-            return (
-                status if status in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED") else None
-            )
+        outcomes = {}
+        for way, backfill_id in launched.items():
 
-        status = _until(finished, "the backfill")
-        runs = [r for r in dagster.runs() if {"key": "dagster/backfill", "value": backfill_id} in r["tags"]]
+            def finished(backfill_id: str = backfill_id) -> str | None:
+                status = dagster.graphql(BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]["status"]
+                return (
+                    status
+                    if status in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED")
+                    else None
+                )
 
-    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
-    assert runs and all(run["status"] == "SUCCESS" for run in runs)
-    assert len(runs) == 1  # one run, one window for the whole range, not one per day
+            status = _until(finished, f"the backfill from the {way}")
+            runs = [
+                r for r in dagster.runs() if {"key": "dagster/backfill", "value": backfill_id} in r["tags"]
+            ]
+            pulled = [
+                entry["intValue"]
+                for run in runs
+                for event in dagster.graphql(PULLED, {"id": run["runId"]})["runOrError"][
+                    "assetMaterializations"
+                ]
+                if event["assetKey"]["path"] == ["qbo_customers"] and event["partition"] == key
+                for entry in event["metadataEntries"]
+                if entry["label"] == "pulled"
+            ]
+            outcomes[way] = (status, [run["status"] for run in runs], runs and runs[0]["tags"], pulled)
+
+    for way, (status, statuses, run_tags, pulled) in outcomes.items():
+        assert status in ("COMPLETED", "COMPLETED_SUCCESS"), (way, status)
+        assert statuses == ["SUCCESS"], way  # one run, one window for the whole range, not one per day
+        assert {"key": FROM_TAG, "value": days[FROM_TAG]} in run_tags, way
+        assert pulled == [SEED["customers"]], way  # every seeded customer changed inside the range: all read
     with engine.connect() as conn:
         customers = conn.execute(sa.select(sa.func.count()).select_from(s.customers)).scalar_one()
     assert customers == SEED["customers"]
+
+
+def _launch(dagster: DagsterStack, params: dict[str, Any]) -> str:
+    launched = dagster.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    return str(launched["backfillId"])

@@ -38,8 +38,11 @@ class Deployment:
     """Code server, webserver and daemon on ``postgres_url`` (Dagster's own database, a psycopg2 URL) with the
     environment ``env``; use with ``with`` or :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, home: Path, postgres_url: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, home: Path, postgres_url: str, env: dict[str, str], stopped_sensors: tuple[str, ...] = ()
+    ) -> None:
         self.home = home
+        self.stopped_sensors = stopped_sensors
         self.grpc_port, self.port = free_port(), free_port()
         self.env = {**os.environ, **env, "DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": postgres_url}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -55,7 +58,8 @@ class Deployment:
         return str(Path(sys.executable).with_name(name))
 
     def start(self) -> Deployment:
-        """Write the instance and workspace files, start the three processes, wait until the location loaded."""
+        """Write the instance and workspace files, start the three processes, wait until the location loaded. The
+        daemon starts last, after ``stopped_sensors`` were stopped (they never tick)."""
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "dagster.yaml").write_text(instance_yaml())
         workspace = self.home / "workspace.yaml"
@@ -73,16 +77,9 @@ class Deployment:
             ],
             "daemon": [self._bin("dagster-daemon"), "run", "-w", str(workspace)],
         }  # fmt: skip
+        daemon = commands.pop("daemon")
         for name, command in commands.items():
-            with (self.home / f"{name}.log").open("wb") as log:
-                self.processes[name] = subprocess.Popen(
-                    command,
-                    cwd=REPO,
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            self._spawn(name, command)
         self._sampler.start()
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -92,10 +89,20 @@ class Deployment:
                     raise RuntimeError(f"{name} exited early; see {self.home / (name + '.log')}")
             with contextlib.suppress(requests.RequestException, RuntimeError, KeyError):
                 if self._location_loaded():
+                    for sensor in self.stopped_sensors:
+                        stop = [self._bin("dagster"), "sensor", "stop", sensor, "-w", str(workspace)]
+                        subprocess.run(stop, cwd=REPO, env=self.env, check=True, capture_output=True)
+                    self._spawn("daemon", daemon)
                     return self
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"the deployment did not become ready in {READY_TIMEOUT_S:.0f}s; see {self.home}")
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        with (self.home / f"{name}.log").open("wb") as log:
+            self.processes[name] = subprocess.Popen(
+                command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def _location_loaded(self) -> bool:
         data = self.graphql(
