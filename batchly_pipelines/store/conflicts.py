@@ -186,19 +186,27 @@ def count_open(conn: Connection, organization_id: int) -> dict[str, int]:
 
 
 def mark_resolved(
-    conn: Connection, conflict_id: int, *, winner: str, resolved_by: str, value: Any = None
+    conn: Connection,
+    conflict_id: int,
+    *,
+    winner: str,
+    resolved_by: str,
+    value: Any = None,
+    revision: int | None = None,
 ) -> bool:
-    """Record who resolved an open conflict and how. Returns False if it was not open (already resolved)."""
+    """Record who resolved an open conflict and how. Returns False if it was not open (already resolved) or, with
+    ``revision``, no longer at that revision (its values changed since they were read)."""
     if winner not in RESOLUTIONS[1:]:
         raise ValueError(
             f"conflict {conflict_id}: winner must be batchly, quickbooks or value, not {winner!r}"
         )
     if not resolved_by:
         raise ValueError(f"conflict {conflict_id}: resolved_by is required")
+    query = sa.update(sync_conflicts).where(c.id == conflict_id, c.resolution == "pending_review")
+    if revision is not None:
+        query = query.where(c.revision == revision)
     updated = conn.execute(
-        sa.update(sync_conflicts)
-        .where(c.id == conflict_id, c.resolution == "pending_review")
-        .values(
+        query.values(
             resolution=winner, resolved_value=_jsonable(value), resolved_by=resolved_by, resolved_at=utcnow()
         )
     ).rowcount

@@ -16,7 +16,7 @@ from batchly_pipelines.cli.main import main
 from batchly_pipelines.definitions import defs
 from batchly_pipelines.defs.resources import BatchlyDatabase
 from batchly_pipelines.rules.name_lists import ITEMS
-from batchly_pipelines.services.pull import owned
+from batchly_pipelines.services.pull import owned, resolve
 from batchly_pipelines.services.pull.checks import record_drift
 from batchly_pipelines.services.pull.resolve import resolve_conflicts
 from batchly_pipelines.services.push.organization import PushStats, push_organization
@@ -360,3 +360,25 @@ def test_reverting_an_owned_field_never_overwrites_an_edit_committed_after_it_wa
     monkeypatch.setattr(owned, "owned_reverts", decide)
     owned.revert_owned_edits(company.engine, ITEMS, company.org)
     assert company.row(s.items, id=item["id"])["unit_price"] == Decimal("10.00")  # the next pass reverts it
+
+
+def test_resolving_never_overwrites_an_edit_committed_while_the_decision_is_applied(
+    company: Company, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ada, review = _reviewed_notes(company)
+    decide = (
+        resolve.resolve_field
+    )  # runs after the conflict and the record were read, before anything is written
+
+    def edited_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        _app_update(company, s.customers, review["entity_id"], notes="edited meanwhile")
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(resolve, "resolve_field", edited_meanwhile)
+    with pytest.raises(ValueError, match="changed while this decision was applied"):
+        resolve_conflicts(
+            company.engine, winner="value", value="agreed", resolved_by="ana", conflict_ids=[review["id"]]
+        )
+    assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "edited meanwhile"
+    [still] = open_conflicts(company.engine)
+    assert (still["batchly_value"], still["revision"]) == ("edited meanwhile", review["revision"] + 1)

@@ -168,12 +168,12 @@ def _resolve_field(
         engine.begin() if result.to_qbo else sync_transaction(engine)
     )
     with transaction as conn:
+        _record(conn, kind, conflict, winner, resolved_by, chosen, f"{name} → {chosen!r} ({winner})", run_id)
         if result.to_batchly:
             write_fields(conn, kind.entity_type, entity_id, {name: chosen})
         else:  # a touch: the outbox queues the push
             write_fields(conn, kind.entity_type, entity_id, {}, touch=[name])
         save_states(conn, [SyncState(**{**vars(state), "base": encode_snapshot(base)})])
-        _record(conn, kind, conflict, winner, resolved_by, chosen, f"{name} → {chosen!r} ({winner})", run_id)
     return Resolved(conflict["id"], name, chosen, bool(result.to_batchly), bool(result.to_qbo))
 
 
@@ -220,9 +220,22 @@ def _record(
     message: str,
     run_id: str | None,
 ) -> None:
-    """Mark the conflict resolved (who, when, what) and log it, in the transaction that applied it."""
-    if not mark_resolved(conn, conflict["id"], winner=winner, resolved_by=resolved_by, value=chosen):
-        raise RuntimeError(f"conflict {conflict['id']} was resolved meanwhile")
+    """Mark the conflict resolved (who, when, what) and log it, in the transaction that applies it — first, so the
+    record's own write no longer counts as a change of the review. Refused if it was resolved or changed (another
+    revision) since it was read."""
+    marked = mark_resolved(
+        conn,
+        conflict["id"],
+        winner=winner,
+        resolved_by=resolved_by,
+        value=chosen,
+        revision=conflict["revision"],
+    )
+    if not marked:
+        raise _Changed(
+            f"Conflict {conflict['id']} ({kind.entity_type} {conflict['entity_id']} {conflict['field']}) was not "
+            "resolved: it was resolved or changed while this decision was applied; look at it again."
+        )
     entry = LogEntry(
         conflict["organization_id"],
         "pull",
