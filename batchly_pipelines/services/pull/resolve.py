@@ -33,7 +33,7 @@ from batchly_pipelines.store.conflicts import list_conflicts, mark_resolved, ref
 from batchly_pipelines.store.db import Connection, Engine, sync_transaction
 from batchly_pipelines.store.mirror import mirrored_data, mirrored_objects
 from batchly_pipelines.store.push_rows import load_rows
-from batchly_pipelines.store.records import insert_records, link_record, write_fields
+from batchly_pipelines.store.records import insert_records, link_record, lock_rows, write_fields
 from batchly_pipelines.store.sync_state import LogEntry, SyncState, load_states, save_states, write_log
 
 WINNERS = ("batchly", "quickbooks", "value")
@@ -168,6 +168,8 @@ def _resolve_field(
         engine.begin() if result.to_qbo else sync_transaction(engine)
     )
     with transaction as conn:
+        # the record first, then its conflict: the order an app edit takes them (its trigger refreshes the review)
+        lock_rows(conn, kind.entity_type, [entity_id])
         _record(conn, kind, conflict, winner, resolved_by, chosen, f"{name} → {chosen!r} ({winner})", run_id)
         if result.to_batchly:
             write_fields(conn, kind.entity_type, entity_id, {name: chosen})
