@@ -10,13 +10,14 @@ from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.errors import AuthError
 from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.push.organization import (
+    FENCE_ATTEMPTS,
     PushAbandoned,
     RealmBusy,
     push_organization,
     worker_name,
 )
 from batchly_pipelines.settings import RuntimeSettings, Settings
-from batchly_pipelines.store.db import create_engine
+from batchly_pipelines.store.db import DATABASE_ERRORS, create_engine
 
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
@@ -37,6 +38,14 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
             )
     except (RealmBusy, PushAbandoned, AuthError, LookupError) as exc:
         print(f"push of organisation {args.org} did not run to the end: {exc}", file=sys.stderr)
+        return 1
+    except DATABASE_ERRORS as exc:
+        print(
+            f"push of organisation {args.org} did not run to the end: the database did not answer "
+            f"({type(exc).__name__}, asked again {FENCE_ATTEMPTS} times); what was pushed is recorded, the rest "
+            "returns to the queue when its lease lapses — try again",
+            file=sys.stderr,
+        )
         return 1
     summary = stats.as_dict()
     section(

@@ -56,6 +56,10 @@ def dumps_json(value: Any) -> str:
     return json.dumps(value, default=_json_value)
 
 
+# the database dropped the connection or could not be reached: worth asking again (the pool reconnects)
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+
 def create_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url``; on SQLite: WAL, foreign keys, a busy timeout and ``BEGIN IMMEDIATE`` transactions.
 

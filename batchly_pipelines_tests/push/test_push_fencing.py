@@ -22,7 +22,12 @@ from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import ConnectionStore, unlink_organization
 from batchly_pipelines.store.queue import SyncQueue
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert_exactly_once, _demo_into
+from batchly_pipelines_tests.push.test_push_resilience import (
+    IMPATIENT,
+    _assert_exactly_once,
+    _demo_into,
+    _push_until_done,
+)
 from batchly_pipelines_tests.support.push import TIME_SCALE, Books
 from qbo_sandbox.admin_client import SandboxAdmin
 
@@ -383,3 +388,21 @@ def test_a_push_frozen_inside_a_checkpoint_is_taken_over_within_its_lease(
     assert (
         _linked(engine) == 0
     )  # the frozen chunk's write-back was rolled back, not committed after the takeover
+
+
+def test_a_connection_dropped_in_a_rounds_reads_or_attempt_counts_retries_it_not_the_run(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chaos benchmark's ``pg_terminate_backend`` hit a racing ``batchly-sync push`` in the round's dependency
+    read (``load_invoice_lines``) and in ``count_attempts``: the push died with a traceback. A dropped connection
+    there is retried like one in the lease check."""
+    _demo_into(engine, org, 60)
+    monkeypatch.setattr(push_module, "load_invoice_lines", _drop_once(push_module.load_invoice_lines))
+    monkeypatch.setattr(SyncQueue, "count_attempts", _drop_once(SyncQueue.count_attempts))
+    monkeypatch.setattr(push_module, "FENCE_RETRY_SECONDS", 0.01)
+
+    runs = [push()]
+    runs += _push_until_done(push, engine)  # rows of a chunk whose attempt count failed back off a moment
+
+    _assert_exactly_once(engine, books, 60)
+    assert not any(run.dead for run in runs)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient, WriteFenceLost
 from batchly_pipelines.quickbooks.errors import AuthError
@@ -40,7 +40,7 @@ from batchly_pipelines.services.push.invoices import InvoicePusher
 from batchly_pipelines.services.push.name_lists import CUSTOMERS, ITEMS, NameListPusher
 from batchly_pipelines.store import push_locks
 from batchly_pipelines.store.connections import holds_connection
-from batchly_pipelines.store.db import Connection, Engine
+from batchly_pipelines.store.db import DATABASE_ERRORS, Connection, Engine
 from batchly_pipelines.store.push_rows import load_invoice_lines, load_rows
 from batchly_pipelines.store.queue import QueueItem, RetryPolicy, SyncQueue
 
@@ -54,6 +54,9 @@ LINGER_POLL_SECONDS = 1.0
 RENEW_RETRY_SECONDS = 1.0
 FENCE_ATTEMPTS = 3  # a lease check that fails this often in a row (the database is gone) stops the push
 FENCE_RETRY_SECONDS = 0.2
+
+
+_T = TypeVar("_T")
 
 
 class RealmBusy(RuntimeError):
@@ -294,11 +297,8 @@ class _Push:
         )
         renewer.start()
         try:
-            while batch := self._claim_or_linger(invoice_ids, linger_seconds):
-                if invoice_ids is None:
-                    due = self.queue.due_by_organization().get(self.org, (0, 0))[0]
-                    self.stats.total = max(self.stats.total, self.stats.done + len(batch) + due)
-                self._round(batch)
+            while batch := self._retrying(lambda: self._claim_or_linger(invoice_ids, linger_seconds)):
+                self._retrying(lambda: self._round(batch, counted=invoice_ids is not None))
         except WriteFenceLost:
             raise self._abandoned() from None
         finally:
@@ -438,8 +438,25 @@ class _Push:
             )
         return batch
 
-    def _round(self, batch: list[QueueItem]) -> None:
-        """Push one claimed batch: dependencies first, then invoices (creates, then voids)."""
+    def _retrying(self, step: Callable[[], _T]) -> _T:
+        """A step of the round loop, asked again when the database dropped its connection (the pool reconnects). A
+        round is safe to repeat: what it pushed already is skipped or linked by the DocNumber guard, never sent
+        twice; its rows stay leased to this worker meanwhile."""
+        for attempt in range(1, FENCE_ATTEMPTS + 1):
+            try:
+                return step()
+            except DATABASE_ERRORS:
+                if attempt == FENCE_ATTEMPTS:
+                    raise
+                time.sleep(FENCE_RETRY_SECONDS)
+        raise AssertionError("unreachable")
+
+    def _round(self, batch: list[QueueItem], *, counted: bool) -> None:
+        """Push one claimed batch: dependencies first, then invoices (creates, then voids). ``counted``: the total
+        is known (chosen invoices), else it grows with what is due."""
+        if not counted:
+            due = self.queue.due_by_organization().get(self.org, (0, 0))[0]
+            self.stats.total = max(self.stats.total, self.stats.done + len(batch) + due)
         self.claimed.clear()
         refused: list[Outcome] = []
         for item in batch:
@@ -508,10 +525,10 @@ class _Push:
             if self._lease_lost.is_set():
                 return  # the round is abandoned: nothing more is sent or written back
             self._fence()  # attempts are counted only by the holder, for rows it is about to send
-            self.queue.count_attempts(
-                [item for i in chunk for item in self.claimed.get((entity_type, i), ())]
-            )
             try:
+                self.queue.count_attempts(
+                    [item for i in chunk for item in self.claimed.get((entity_type, i), ())]
+                )
                 outcomes = push(chunk)
             except (AuthError, WriteFenceLost):
                 raise
