@@ -42,8 +42,9 @@ def live_tokens(conn: Connection, organization_id: int, entity: str, ids: Sequen
 
 
 def _version_number(token: Any) -> sa.ColumnElement[int]:
-    """A SyncToken column as the number it is (QuickBooks counts versions up from 0)."""
-    return sa.cast(token, sa.BigInteger)
+    """A SyncToken column as the number it is (QuickBooks counts versions up from 0); NULL for a tombstone's empty
+    token (never cast: PostgreSQL refuses ``''::bigint`` and may evaluate a condition in any order)."""
+    return sa.case((token == "", sa.null()), else_=sa.cast(token, sa.BigInteger))
 
 
 def write_versions(

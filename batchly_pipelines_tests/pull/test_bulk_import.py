@@ -12,7 +12,7 @@ from batchly_pipelines.rules.name_lists import CUSTOMERS
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.sync_state import load_states
 from batchly_pipelines.store.upsert import COPY_FROM_ROWS
-from batchly_pipelines_tests.support.pull import Company
+from batchly_pipelines_tests.support.pull import Company, queue
 
 AWKWARD = ["O'Brien", "back\\slash", "tab\there", "50% off", "Zoë 東京 🚀", "\\N", "line\nbreak", "x" * 480]
 
@@ -44,6 +44,9 @@ def test_a_batch_is_stored_value_for_value(company: Company) -> None:
             sa.select(sa.func.count()).select_from(s.sync_log).where(s.sync_log.c.action == "create")
         ).scalar_one()
     assert logged == count
+    assert (
+        queue(company.engine) == []
+    )  # rows written by COPY are the sync's own: nothing echoes back as a push
     for row in company.rows(s.customers):
         qbo = in_quickbooks[row["qbo_id"]]
         expected = CUSTOMERS.mapping.from_qbo(qbo)
