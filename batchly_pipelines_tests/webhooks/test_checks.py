@@ -38,6 +38,10 @@ def test_the_real_definitions_carry_both_checks_and_their_sensor() -> None:
     keys = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
     assert {"webhooks_flowing", "read_budget"} <= keys
     assert defs.resolve_sensor_def("webhook_checks_sensor").default_status.value == "RUNNING"
+    job = defs.resolve_job_def("sync_status_job")  # the refresh by hand evaluates them too
+    assert {"webhooks_flowing", "read_budget"} <= {
+        key.name for key in job.asset_layer.asset_graph.asset_check_keys
+    }
 
 
 def test_read_budget_warns_at_80_percent_with_the_forecast(
