@@ -64,14 +64,15 @@ SERVE = [str(Path(sys.executable).with_name("batchly-sync")), "webhooks", "serve
 
 
 @contextmanager
-def local_receiver(settings: Settings) -> Iterator[str]:
+def local_receiver(settings: Settings) -> Iterator[str | None]:
     """``make dev``: the receiver as a child process (``batchly-sync webhooks serve``, on ``BATCHLY_WEBHOOK_PORT``),
-    with the local sandbox's webhooks pointed at it (CloudEvents, signed with the verifier token); yields its URL.
-    On the way out the sandbox stops delivering and the receiver is stopped."""
+    with the local sandbox's webhooks pointed at it (CloudEvents, signed with the verifier token); yields its URL —
+    or ``None``, saying why, when it could not start (the rest of ``make dev`` goes on without webhooks). On the way
+    out the sandbox stops delivering and the receiver is stopped."""
     verifier = settings.webhook_verifier_token or LOCAL_VERIFIER
-    WebhookSettings.from_env(
+    webhooks = WebhookSettings.from_env(
         replace(settings, webhook_verifier_token=verifier)
-    )  # a bad host or port fails here
+    )  # bad host/port: here
     env = {
         **os.environ,
         "QBO_WEBHOOK_VERIFIER_TOKEN": verifier,
@@ -79,18 +80,28 @@ def local_receiver(settings: Settings) -> Iterator[str]:
     }
     receiver = subprocess.Popen(SERVE, env=env, stdout=subprocess.PIPE, text=True)
     sandbox = SandboxAdmin(settings.qbo_base_url)
+    pointed = False
     try:
         assert receiver.stdout is not None
         line = receiver.stdout.readline()  # printed once its socket listens
         if "receiving at " not in line:
-            raise RuntimeError(f"the webhook receiver did not start (exit {receiver.wait(timeout=10)})")
+            code = receiver.wait(timeout=15)
+            section(
+                "webhooks",
+                f"the receiver did not start (exit {code}; is port {webhooks.port} taken? set BATCHLY_WEBHOOK_PORT): "
+                "webhooks are off, changes made in the sandbox arrive with the pulls",
+            )
+            yield None
+            return
         url = line.split("receiving at ", 1)[1].split()[0]
         sandbox.configure_webhooks(url, verifier, "cloudevents")
+        pointed = True
         section("webhooks", f"the sandbox delivers its webhooks to {url}")
         yield url
     finally:
-        with suppress(OSError):  # the sandbox may be gone already
-            sandbox.configure_webhooks(None)
+        if pointed:
+            with suppress(OSError):  # the sandbox may be gone already
+                sandbox.configure_webhooks(None)
         if receiver.poll() is None:
             receiver.terminate()  # SIGTERM: in-flight deliveries are answered first
             receiver.wait(timeout=15)

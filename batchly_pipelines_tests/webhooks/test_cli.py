@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,7 +124,7 @@ def test_make_devs_receiver_takes_the_local_sandboxs_webhooks(
     database_url = company.engine.url.render_as_string(hide_password=False)
     settings = _settings(tmp_path, QBO_BASE_URL=company.sandbox.base_url, BATCHLY_DATABASE_URL=database_url)
     with local_receiver(settings) as url:
-        assert url.endswith("/webhooks/quickbooks")
+        assert url is not None and url.endswith("/webhooks/quickbooks")
         customer = company.qbo.customer("Sent by the sandbox")
         wait_until(lambda: any(row["entity_id"] == customer["Id"] for row in inbox(company.engine)))
     [row] = [row for row in inbox(company.engine) if row["entity_id"] == customer["Id"]]
@@ -131,3 +132,19 @@ def test_make_devs_receiver_takes_the_local_sandboxs_webhooks(
     company.qbo.customer("After make dev stopped")  # the sandbox was told to stop delivering
     time.sleep(1.5)
     assert len(inbox(company.engine)) == 1
+
+
+@SQLITE_ONLY
+def test_make_dev_goes_on_without_webhooks_when_the_receiver_cannot_start(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("BATCHLY_WEBHOOK_PORT", str(taken.getsockname()[1]))
+        database_url = engine.url.render_as_string(hide_password=False)
+        settings = _settings(tmp_path, BATCHLY_DATABASE_URL=database_url, QBO_BASE_URL="http://127.0.0.1:9")
+        with local_receiver(settings) as url:  # (the sandbox is never asked: nothing to point at it)
+            assert url is None
+    out = capsys.readouterr().out
+    assert "the receiver did not start" in out and "BATCHLY_WEBHOOK_PORT" in out
