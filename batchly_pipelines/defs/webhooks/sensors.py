@@ -1,12 +1,13 @@
 """``webhook_inbox_sensor``: one ``pull_webhook_changes`` run per QuickBooks company with pending webhook events or a
-CDC sweep due.
+CDC sweep due; ``webhook_checks_sensor``: records the ``webhooks_flowing`` and ``read_budget`` checks.
 
-Each tick runs a few indexed queries (pending events per realm an organisation is connected to; the realms whose
-sweep is due: never swept, swept more than ``BATCHLY_WEBHOOK_REPAIR_MINUTES`` ago — 15 by default — or a receiver
-started since) and never calls QuickBooks. A realm's run drains its events and, when due, sweeps it. A realm with a run queued or in progress is left alone: whatever arrives meanwhile waits for
-the next run, which takes in everything pending when it starts — so a burst of events costs a few runs, not one per
-event. After a failed run the realm waits ``RETRY_AFTER_SECONDS`` before another is requested. Runs are tagged with
-the realm (``batchly/webhook-realm``); the cursor counts requests per realm, which keeps run keys unique
+Each tick of the inbox sensor runs a few indexed queries (pending events per realm an organisation is connected to;
+the realms whose sweep is due: never swept, swept more than ``BATCHLY_WEBHOOK_REPAIR_MINUTES`` ago — 15 by default —
+or a receiver started since) and never calls QuickBooks. A realm's run drains its events and, when due, sweeps it. A
+realm with a run queued or in progress is left alone: whatever arrives meanwhile waits for the next run, which takes
+in everything pending when it starts — so a burst of events costs a few runs, not one per event. After a failed run
+the realm waits ``RETRY_AFTER_SECONDS`` before another is requested. Runs are tagged with the realm
+(``batchly/webhook-realm``); the cursor counts requests per realm, which keeps run keys unique
 (``webhooks-<realm>-upto<newest event id>-<n>``, or ``webhooks-<realm>-sweep-<n>`` for a sweep alone).
 """
 
