@@ -14,7 +14,7 @@ A window is read by several readers at once, up to the client's in-flight limit 
 realm's per-second and per-minute budgets): it starts as one range, and while a reader is idle, a range whose page
 came back full hands the upper half of what is left of it to that reader, so a long history spreads over the
 readers after a few pages and a small window costs one call as before. Pages reach the caller as they come (not in
-time order), at most one per reader waiting.
+time order); at most :data:`PAGES_WAITING` pages wait for the caller besides the one each reader holds.
 
 A mirror row is written only when QuickBooks has a newer version of it than the mirror holds (a higher SyncToken, or
 a deletion), decided in the write itself, so pulling the same window twice writes nothing and a slower read landing
@@ -58,6 +58,8 @@ ORDER = "MetaData.LastUpdatedTime, Id"
 CDC_REACH = timedelta(days=30)
 CDC_SATURATED = "CDC saturated"  # the client's QboError detail when one second holds more than a CDC answer
 CDC_MARGIN = timedelta(minutes=10)  # stay clear of the 30-day edge: QuickBooks refuses older changedSince
+# pages read and waiting for the caller to store them (each reader holds one more while it waits)
+PAGES_WAITING = 2
 # reads by position of one crowded second before giving up (the pull then fails, its cursor unmoved)
 SECOND_PASSES = 5
 
@@ -143,7 +145,8 @@ def changed_pages(
     (Id, SyncToken) once per range it is met in; ``clock`` notes QuickBooks' time of every answer and how far each
     range was read. Pages are read concurrently, up to the client's in-flight limit (its limiter keeps the realm's
     per-second and per-minute budgets): while a reader is idle, a range whose page came back full hands the upper
-    half of what is left of it to that reader. At most one page per reader waits for the caller; a caller that
+    half of what is left of it to that reader. Besides the page each reader holds, at most :data:`PAGES_WAITING`
+    wait for the caller (who stores them: the slower side, so more would only cost memory); a caller that
     stops early stops the readers."""
     reader = _SplitReader(client, entity, clock or ServerClock(), max(1, client.config.in_flight))
     return reader.pages(window)
@@ -172,7 +175,7 @@ class _SplitReader:
         self.exited = 0
         self.cond = threading.Condition()
         self.stop = threading.Event()
-        self.out: queue.Queue[_Handed] = queue.Queue(workers)
+        self.out: queue.Queue[_Handed] = queue.Queue(PAGES_WAITING)
 
     def pages(self, window: Window) -> Iterator[list[dict[str, Any]]]:
         self.todo.append(_Range(window.start, window.end, set()))
