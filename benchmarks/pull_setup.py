@@ -28,6 +28,7 @@ from benchmarks.scenarios.push_client import _sandbox
 from qbo_sandbox.admin_client import SandboxAdmin
 
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+SEED_TIMEOUT_S = 1800.0
 
 
 @contextmanager
@@ -79,7 +80,7 @@ def connected_company(
 ) -> Iterator[Connected]:
     """A sandbox process with a realm seeded by ``seed``, and a fresh database whose organisation is connected."""
     with _sandbox(time_scale, latency_ms) as base_url, fresh_database(database_url) as engine:
-        admin = SandboxAdmin(base_url)
+        admin = SandboxAdmin(base_url, timeout=SEED_TIMEOUT_S)  # seeding 300,000 customers takes a while
         realm_id = admin.new_realm()
         seeded = admin.seed(realm_id, **seed)
         env = {
