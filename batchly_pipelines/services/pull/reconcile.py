@@ -39,7 +39,7 @@ from typing import Any
 
 from batchly_pipelines.rules.mapping import decode_snapshot, encode_snapshot
 from batchly_pipelines.rules.matching import Match, MatchDecision, normalize_name
-from batchly_pipelines.rules.merge import Conflict, MergePolicy, MergeResult, Resolution, merge
+from batchly_pipelines.rules.merge import Conflict, MergePolicy, MergeResult, Resolution, Rule, merge
 from batchly_pipelines.rules.name_lists import NameList
 from batchly_pipelines.rules.storage import unstorable
 from batchly_pipelines.services.pull.progress import ProgressMeter, ProgressReport
@@ -51,12 +51,14 @@ from batchly_pipelines.store.conflicts import (
     record_conflicts,
 )
 from batchly_pipelines.store.db import Connection, Engine, sync_transaction
+from batchly_pipelines.store.field_changes import field_change_times
 from batchly_pipelines.store.mirror import (
     mirror_rows,
     record_reconciled,
     unreconciled_estimate,
     unreconciled_ids,
 )
+from batchly_pipelines.store.outbox import enqueue_updates
 from batchly_pipelines.store.pull_errors import PullError, clear_errors, record_errors
 from batchly_pipelines.store.records import (
     column_rules,
@@ -114,6 +116,9 @@ class _Chunk:
     log: list[LogEntry] = field(default_factory=list)
     errors: list[PullError] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)  # QuickBooks ids left out: Batchly cannot store them
+    pushes: set[int] = field(
+        default_factory=set
+    )  # records with something for QuickBooks: queued for the push
 
     def note(
         self, action: str, qbo_id: str, entity_id: int | None = None, message: str | None = None
@@ -244,7 +249,7 @@ def _plan(
     stats: ReconcileStats,
 ) -> None:
     kind, org = chunk.kind, chunk.organization_id
-    rows = [row for row in rows if _storable(chunk, row)]
+    rows = [row for row in rows if _storable(chunk, row, policy)]
     reviewing = open_reviews_of_qbo_ids(
         conn, org, kind.entity_type, LINK_FIELD, [row["qbo_id"] for row in rows]
     )
@@ -261,6 +266,7 @@ def _plan(
                 wanted.add(match.candidate_id)
                 named.pop(match.candidate_id)  # one QuickBooks record per Batchly record
     batchly = lock_rows(conn, kind.entity_type, wanted)
+    changed_at = field_change_times(conn, kind.entity_type, batchly.values())
     open_fields = open_reviews(conn, org, kind.entity_type, wanted)
     for row in rows:
         qbo_id = row["qbo_id"]
@@ -295,17 +301,22 @@ def _plan(
             batchly_updated_at=current["updated_at"],
             qbo_updated_at=row["last_updated_time"],
             policy=policy,
+            batchly_changed_at=changed_at[entity_id],
         )
         _settle(chunk, entity_id, row, qbo_fields, current, result, open_fields.get(entity_id, {}), stats)
 
 
-def _storable(chunk: _Chunk, row: Mapping[str, Any]) -> bool:
+def _storable(chunk: _Chunk, row: Mapping[str, Any], policy: MergePolicy) -> bool:
     """Whether Batchly's columns can hold the record's QuickBooks values; if not, list each value that does not fit
-    (the record is then left out of the chunk)."""
+    (the record is then left out of the chunk). A linked record's fields Batchly owns are never written from
+    QuickBooks, so what QuickBooks holds there blocks nothing."""
     if row["deleted"]:
         return True  # deactivating writes nothing QuickBooks sent
     kind = chunk.kind
-    values = {**row["fields"], "qbo_id": row["qbo_id"]}
+    fields = row["fields"]
+    if row["entity_id"] is not None:
+        fields = {k: v for k, v in fields.items() if policy.rule_for(k) is not Rule.BATCHLY_OWNS}
+    values = {**fields, "qbo_id": row["qbo_id"]}
     problems = unstorable(values, column_rules(kind.entity_type))
     for column, why in problems.items():
         message = f"{column} {why}"
@@ -359,12 +370,13 @@ def _settle(
             "update", row["qbo_id"], entity_id, "from QuickBooks: " + ", ".join(sorted(result.to_batchly))
         )
         stats.updated += 1
-    # a field Batchly wins is still QuickBooks' value until the push sends it: keep that as the base
+    # a field Batchly wins is still QuickBooks' value until the push sends it: keep that as the base, and queue the
+    # push (a QuickBooks edit of a field Batchly owns or a first link Batchly wins has no app write that queued it)
     base = {**result.base, **{name: qbo_fields[name] for name in result.to_qbo}}
     chunk.states.append(_state(chunk, entity_id, row, base))
-    for conflict in result.conflicts:
-        if conflict.resolution is Resolution.PENDING_REVIEW and conflict.field in open_fields:
-            continue  # already waiting for review: one open row per record and field
+    if result.to_qbo:
+        chunk.pushes.add(entity_id)
+    for conflict in result.conflicts:  # a review already open is refreshed with the values seen now
         chunk.conflicts.append(_field_conflict(chunk, entity_id, row, current, conflict))
     for name, conflict_id in open_fields.items():
         if name not in result.pending_fields and name in result.base:
@@ -399,6 +411,7 @@ def _field_conflict(
         batchly_updated_at=current["updated_at"],
         qbo_updated_at=row["last_updated_time"],
         run_id=chunk.run_id,
+        reason=conflict.reason.value,
     )
 
 
@@ -436,6 +449,7 @@ def _apply(conn: Connection, chunk: _Chunk, stats: ReconcileStats) -> None:
     for entity_id, changes in chunk.updates.items():
         write_fields(conn, entity_type, entity_id, changes)
     save_states(conn, chunk.states)
+    enqueue_updates(conn, chunk.organization_id, entity_type, sorted(chunk.pushes))
     stats.conflicts += record_conflicts(conn, chunk.conflicts)
     for conflict_id, value in chunk.settled.items():
         mark_resolved(conn, conflict_id, winner="value", resolved_by=SETTLED_BY, value=value)
