@@ -6,6 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +16,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
+import requests
 
 from batchly_pipelines_tests.support.sandbox_client import Qbo
 from qbo_sandbox.admin_client import SandboxAdmin
+from qbo_sandbox.cli import build_parser
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
 VERIFIER = "verifier-token"
@@ -193,3 +197,37 @@ def test_reads_are_metered_per_app_and_month_and_refused_past_the_quota(receiver
         with admin.clock_advanced(40 * 86400):  # next month: the quota starts again
             qbo.token = admin.access_token(qbo.realm_id)  # (the old one expired meanwhile)
             assert qbo.get("query", query="SELECT * FROM Customer").status_code == 200
+
+
+def test_the_command_line_sets_the_read_quota_and_the_aggregation_window() -> None:
+    parsed = build_parser().parse_args(["serve", "--webhook-aggregation-seconds", "180"])
+    assert parsed.webhook_aggregation_seconds == 180.0 and parsed.read_quota is None
+    command = [
+        sys.executable,
+        "-m",
+        "qbo_sandbox.cli",
+        "serve",
+        "--port",
+        "0",
+        "--no-throttle",
+        "--read-quota",
+        "1",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        base_url = process.stdout.readline().split()[-1]
+        admin = SandboxAdmin(base_url)
+        realm = admin.new_realm()
+        headers = {"Authorization": f"Bearer {admin.access_token(realm)}", "Accept": "application/json"}
+        url = f"{base_url}/v3/company/{realm}/query"
+        statuses = [
+            requests.get(
+                url, params={"query": "SELECT * FROM Customer"}, headers=headers, timeout=10
+            ).status_code
+            for _ in range(2)
+        ]
+        assert statuses == [200, 429] and admin.metering()["read_quota"] == 1
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
