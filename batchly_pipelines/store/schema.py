@@ -499,7 +499,7 @@ qbo_webhook_events = sa.Table(
 )
 
 # The CDC repair per realm: ``repaired_until`` is the QuickBooks time up to which a sweep saw every change (the next
-# sweep starts there), ``swept_at`` when the last sweep ended, ``gaps`` what it found that no event had brought.
+# sweep starts there), ``swept_at`` when the last sweep asked CDC, ``gaps`` what it found that no event had brought.
 qbo_webhook_realms = sa.Table(
     "qbo_webhook_realms",
     metadata,

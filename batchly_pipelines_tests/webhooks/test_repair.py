@@ -3,13 +3,13 @@ one CDC read per realm; when events brought everything a sweep costs that one re
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
 
-from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.quickbooks.client import CdcResult, QuickBooksClient
 from batchly_pipelines.services.webhooks.drain import drain_realm
 from batchly_pipelines.services.webhooks.events import parse_delivery
 from batchly_pipelines.services.webhooks.intake import record_delivery
@@ -24,6 +24,7 @@ from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.store.webhook_repair import realm_repairs, record_receiver_start
 from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed, queue
+from batchly_pipelines_tests.support.quickbooks import SandboxTokens
 from batchly_pipelines_tests.support.webhooks import change, legacy
 
 ClientFor = Callable[[int], QuickBooksClient]
@@ -116,3 +117,17 @@ def test_health_names_a_silent_realm_and_a_gap_near_cdcs_horizon(
     near = utcnow() + CDC_HORIZON - HORIZON_WARNING + timedelta(hours=1)
     [old] = webhook_health(company.engine, silence_limit=timedelta(days=365), now=near)
     assert len(old.problems) == 1 and "no CDC sweep has covered the last 25.0 days" in old.problems[0]
+
+
+def test_a_receiver_start_during_a_sweep_leaves_the_next_one_due(company: Company) -> None:
+    """The receiver came back while the CDC was being read: what failed to arrive after that read is not covered."""
+    realm, base = company.qbo.realm_id, company.sandbox.base_url
+
+    class RestartDuringCdc(QuickBooksClient):
+        def cdc(self, entities: Sequence[str], changed_since: datetime) -> CdcResult:
+            answer = super().cdc(entities, changed_since)
+            record_receiver_start(company.engine, "http://127.0.0.1:8767/webhooks/quickbooks")
+            return answer
+
+    sweep_realm(company.engine, realm, lambda org: RestartDuringCdc(realm, base, SandboxTokens(base, realm)))
+    assert "receiver started" in sweeps_due(company.engine)[realm]

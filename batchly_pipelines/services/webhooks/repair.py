@@ -103,6 +103,7 @@ def sweep_realm(
     for organization_id in organizations:
         with client_for(organization_id) as client:
             if cdc is None:
+                asked_at = utcnow()
                 cdc = client.cdc(SYNCED_ENTITIES, sweep.since)
                 sweep.cdc_calls = cdc.calls
                 sweep.changes = sum(len(objects) for objects in cdc.objects.values())
@@ -115,7 +116,8 @@ def sweep_realm(
     assert cdc is not None
     sweep.repaired_until = cdc.high_water_mark
     with engine.begin() as conn:
-        save_sweep(conn, realm_id, cdc.high_water_mark, utcnow(), sum(sweep.gaps.values()))
+        # swept_at is when the CDC was asked: a receiver that starts after that is not covered by this sweep
+        save_sweep(conn, realm_id, cdc.high_water_mark, asked_at, sum(sweep.gaps.values()))
     sweep.duration_s = round(time.monotonic() - started, 3)
     return sweep
 
