@@ -111,6 +111,26 @@ def take_values(
     return True
 
 
+def locked_bases(
+    conn: Connection, entity_type: str, organization_id: int, entity_ids: list[int]
+) -> dict[int, dict[str, Any]]:
+    """The link bases of these records, locked until the caller's transaction ends (``FOR UPDATE`` on PostgreSQL;
+    SQLite's transactions are exclusive already), so a base built from them overwrites no concurrent move."""
+    if not entity_ids:
+        return {}
+    query = (
+        sa.select(st.entity_id, st.base)
+        .where(
+            st.organization_id == organization_id,
+            st.entity_type == entity_type,
+            st.entity_id.in_(sorted(entity_ids)),
+        )
+        .order_by(st.entity_id)
+        .with_for_update()
+    )
+    return {entity_id: dict(base or {}) for entity_id, base in conn.execute(query)}
+
+
 def move_base(conn: Connection, entity_type: str, entity_id: int, base: Mapping[str, Any]) -> None:
     """Store ``base`` (encoded) as the link's base of one record, in the caller's transaction."""
     conn.execute(

@@ -57,6 +57,7 @@ from batchly_pipelines.store.mirror import live_ids, mark_deleted
 from batchly_pipelines.store.reconciliation import (
     invoices_with_customers,
     listed_pull_errors,
+    locked_bases,
     move_base,
     open_conflicts,
     queue_pushes,
@@ -298,6 +299,15 @@ def _repair(
             for entity in ("customer", "item")
             for row in records_with_links(conn, entity, organization_id)
         }
+        links = {
+            entity: locked_bases(
+                conn,
+                entity,
+                organization_id,
+                [i for e, i in take if e == entity] + list(push.get(entity, {})),
+            )
+            for entity in ("customer", "item")
+        }
         for (entity, entity_id), found in take.items():
             values = {d.field: d.qbo_value for d in found}
             row = bases[(entity, entity_id)]
@@ -306,7 +316,7 @@ def _repair(
                 current[d.field] != d.batchly_value for d in found
             ):
                 continue  # the pull lists such a value in its error list; an edit since the comparison wins
-            base = {**(row["link_base"] or {}), **encode_snapshot(values)}
+            base = {**links[entity].get(entity_id, {}), **encode_snapshot(values)}
             if take_values(conn, entity, entity_id, values, {name: row[name] for name in values}, base):
                 settled += found
                 log.append(
@@ -314,13 +324,14 @@ def _repair(
                 )
         for entity in ("customer", "item"):
             for entity_id, found in push.get(entity, {}).items():
-                row = bases[(entity, entity_id)]
-                if row["link_base"] is None:
-                    continue
+                if entity_id not in links[entity]:
+                    continue  # not linked: the push creates it
                 # the push sends what differs from the base: the base keeps QuickBooks' value of these fields
                 fields = {d.field: d.qbo_value for d in found if d.field != RECORD}
                 if fields:
-                    move_base(conn, entity, entity_id, {**row["link_base"], **encode_snapshot(fields)})
+                    move_base(
+                        conn, entity, entity_id, {**links[entity][entity_id], **encode_snapshot(fields)}
+                    )
         write_log(conn, log)
     with engine.begin() as conn:  # an ordinary transaction: the outbox queues these pushes
         for entity, records in push.items():
