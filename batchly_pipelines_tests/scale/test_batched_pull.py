@@ -112,6 +112,11 @@ def test_one_company_answering_500s_fails_alone_and_the_others_are_pulled(
     assert message == f"1 of 4 companies failed: {broken}"
     table = failure.step_failure_data.user_failure_data.metadata["failed_companies"].value
     assert broken in table and "attempts" in table and "| 3 |" in table  # tried three times
+    [observed] = instance.fetch_observations(AssetKey("qbo_customers"), limit=5).records
+    assert observed.asset_observation is not None
+    table = observed.asset_observation.metadata["companies"].value
+    assert len(table.splitlines()) == 2 + len(keys)  # a row per company, in one event
+    assert "ServerError" in next(line for line in table.splitlines() if line.startswith(f"| {broken} "))
     good = set(keys) - {broken}
     for asset in ("qbo_customers", "batchly_customers"):  # every other company materialised, each on its own
         assert instance.get_materialized_partitions(AssetKey(asset)) == good, asset

@@ -152,6 +152,12 @@ class Deployment:
         """CPU seconds used so far by every process of the deployment (each last seen at most 0.5 s ago)."""
         return sum(self._cpu.values())
 
+    def server_cpu_seconds(self) -> float:
+        """The part of :meth:`cpu_seconds` used by the three servers themselves (the rest: runs, code server
+        children)."""
+        roots = set(self.pids().values())
+        return sum(cpu for pid, cpu in self._cpu.items() if pid in roots)
+
     def stop(self) -> None:
         """Interrupt each process group; kill what is left after a grace period."""
         self._stop.set()

@@ -3,9 +3,10 @@
 Each pair (``qbo_customers`` → ``batchly_customers``, items, payments) is one step over company partitions
 (``partitions.company_partitions``): a run — a nightly batch of companies, a backfill of a range — works on all its
 companies in one process, several at a time (``services.fleet``), each company's mirror pull then its reconciliation
-in that company's own transactions. As each company finishes, its numbers (rows pulled, changed, created,
-deactivated, conflicts, QuickBooks calls, duration, attempts) are observed on its partitions — the run's progress on
-the asset's timeline. When every company succeeded the step materialises all the run's partitions with the run's
+in that company's own transactions. The run logs its progress (companies done, failed) as it goes; at the end one
+observation per asset holds a table of each company's numbers (rows pulled, changed, created, deactivated, conflicts,
+QuickBooks calls, duration, attempts, error) — one event per asset and run, not one per company. When every company
+succeeded the step materialises all the run's partitions with the run's
 totals, and the asset checks follow. A company that still fails after its retries is left unmaterialised: every
 other company is materialised with its own numbers and the step fails at the end, naming each failed company and
 why — the run is FAILED and the company's partitions show failed, the others materialised (the checks of that run
@@ -60,6 +61,7 @@ from batchly_pipelines.store.db import Engine
 
 QBO_GROUP, MIRROR_GROUP, BATCHLY_GROUP = "quickbooks", "quickbooks_mirror", "batchly"
 UNSTORED_SHOWN = 50  # unstored records listed in a run's materialisation
+PROGRESS_LINES = 20  # log lines a run writes about its progress
 
 qbo_customers, qbo_items, qbo_payments = (
     AssetKey("qbo_customers"),
@@ -137,22 +139,33 @@ def _pull_companies(
             numbers[reconciled_key] = reconciled
         return numbers
 
+    done = [0, 0]  # companies finished, failed
+    step = max(1, len(keys) // PROGRESS_LINES)
+
     def report(outcome: CompanyOutcome[dict[AssetKey, dict[str, Any]]]) -> None:
+        done[0] += 1
         key = keys[outcome.organization_id]
         if outcome.result is None:
+            done[1] += 1
             context.log.error(
                 "company %s failed after %d attempt(s): %s", key, outcome.attempts, outcome.error
             )
-            return
-        for asset_key, numbers in outcome.result.items():
-            if numbers.get("unstored"):
-                context.log.warning("company %s: records Batchly cannot store: %s", key, numbers["unstored"])
-            metadata = _metadata({**numbers, "attempts": outcome.attempts})
-            context.log_event(AssetObservation(asset_key, partition=key, metadata=metadata))
+        else:
+            for numbers in outcome.result.values():
+                if numbers.get("unstored"):
+                    context.log.warning(
+                        "company %s: records Batchly cannot store: %s", key, numbers["unstored"]
+                    )
+        if done[0] % step == 0 or done[0] == len(keys):
+            context.log.info("%d of %d companies done, %d failed", done[0], len(keys), done[1])
 
     outcomes = run_fleet(
         keys, work, workers=RUNTIME.company_workers, retry_delay_s=RUNTIME.company_retry_s, on_outcome=report
     )
+    for asset_key in selected:  # each company's numbers: one event per asset and run, not one per company
+        context.log_event(
+            AssetObservation(asset_key, metadata={"companies": _companies_table(keys, outcomes, asset_key)})
+        )
     failed = [outcome for outcome in outcomes if outcome.failed]
     context.log.info("%d companies pulled, %d failed", len(outcomes) - len(failed), len(failed))
     if not failed:
@@ -180,6 +193,26 @@ def _pull_companies(
         },
         allow_retries=False,
     )
+
+
+def _companies_table(
+    keys: Mapping[int, str],
+    outcomes: list[CompanyOutcome[dict[AssetKey, dict[str, Any]]]],
+    asset_key: AssetKey,
+) -> MetadataValue:
+    """A markdown table of each company's numbers for ``asset_key`` (its error when it failed)."""
+    rows = [
+        {"company": keys[o.organization_id], "attempts": o.attempts, **(o.result or {}).get(asset_key, {})}
+        for o in outcomes
+    ]
+    columns = list(
+        dict.fromkeys(k for row in rows for k in row if k not in ("unstored", "dagster/row_count"))
+    )
+    lines = [f"| {' | '.join(columns)} | error |", "|" + "---|" * (len(columns) + 1)]
+    for row, outcome in zip(rows, outcomes, strict=True):
+        error = (outcome.error or "").replace("|", "/")
+        lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + f" | {error} |")
+    return MetadataValue.md("\n".join(lines))
 
 
 def _metadata(numbers: Mapping[str, Any]) -> dict[str, Any]:
