@@ -103,6 +103,16 @@ def cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
     ) as exc:
         print(f"connect failed: {exc}", file=sys.stderr)
         return 1
+    if record.replaced:
+        print(
+            f"organisation {args.org} was connected to QuickBooks company {', '.join(record.replaced)} with nothing "
+            "linked: that connection was replaced and what Batchly kept of that company cleared ("
+            + (
+                ", ".join(f"{count} {what}" for what, count in record.cleared.items() if count)
+                or "nothing kept"
+            )
+            + ")"
+        )
     print(
         f"organisation {args.org} connected to QuickBooks realm {record.realm_id} ({record.environment}, "
         f"{record.base_url}); tokens stored encrypted"

@@ -8,7 +8,7 @@ the new pair is committed with ``token_version`` bumped before the block ends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -66,6 +66,10 @@ class ConnectionRecord:
     status_reason: str | None
     token_version: int
     tokens: StoredTokens | None
+    # set by ConnectionStore.save when this connection replaced another company's: its realms, and what of them
+    # was removed or cleared (forget_company), per table
+    replaced: tuple[str, ...] = ()
+    cleared: Mapping[str, int] = field(default_factory=dict)
 
 
 class CompanyMismatch(ValueError):
@@ -104,22 +108,54 @@ def holds_connection(conn: Connection, organization_id: int, realm_id: str) -> b
 
 
 def unlink_organization(engine: Engine, organization_id: int) -> dict[str, int]:
-    """Forget the organisation's QuickBooks company: connections, links, bases, mirror, cursors; ``qbo_id`` cleared.
+    """Forget the organisation's QuickBooks company (:func:`forget_company`): connections, links, bases, mirror,
+    cursors, open reviews, pull errors; ``qbo_id`` cleared.
 
     One sync transaction (nothing is queued by it). Returns what was removed or cleared, per table.
     """
-    done: dict[str, int] = {}
     with sync_transaction(engine) as conn:
-        for table in (s.qbo_connections, s.qbo_sync_state, s.qbo_mirror, s.qbo_reconciled, s.sync_cursors):
-            done[table.name] = conn.execute(
-                sa.delete(table).where(table.c.organization_id == organization_id)
-            ).rowcount
-        for table in (s.customers, s.items, s.invoices):
-            done[f"{table.name}.qbo_id"] = conn.execute(
-                sa.update(table)
-                .where(table.c.organization_id == organization_id, table.c.qbo_id.is_not(None))
-                .values(qbo_id=None)
-            ).rowcount
+        return forget_company(conn, organization_id)
+
+
+def forget_company(
+    conn: Connection, organization_id: int, *, keep_realm: str | None = None
+) -> dict[str, int]:
+    """Remove, in the caller's transaction, everything the organisation holds of its QuickBooks company: its
+    connections (but the one to ``keep_realm``), links and merge bases, mirror rows and reconciled versions, pull
+    cursors, open reviews (a link review names the old company's records), pull errors, the ``qbo_id`` of its
+    records, and the webhook repair state of each realm it leaves that no organisation is connected to any more.
+
+    The explicit switch (:func:`unlink_organization`) and a connection that replaces another company while nothing
+    is linked (:meth:`ConnectionStore.save`) both use it. Clearing ``qbo_id`` writes Batchly rows: with records
+    linked, call it in a sync transaction. Returns what was removed or cleared, per table (zeros included).
+    """
+    c = qbo_connections.c
+    dropped = c.organization_id == organization_id
+    if keep_realm is not None:
+        dropped &= c.realm_id != keep_realm
+    realms = set(conn.execute(sa.select(c.realm_id).where(dropped)).scalars())
+    done = {qbo_connections.name: conn.execute(sa.delete(qbo_connections).where(dropped)).rowcount}
+    for table in (s.qbo_sync_state, s.qbo_mirror, s.qbo_reconciled, s.sync_cursors, s.pull_errors):
+        done[table.name] = conn.execute(
+            sa.delete(table).where(table.c.organization_id == organization_id)
+        ).rowcount
+    conflicts = s.sync_conflicts.c
+    done["sync_conflicts (open)"] = conn.execute(
+        sa.delete(s.sync_conflicts).where(
+            conflicts.organization_id == organization_id, conflicts.resolution == "pending_review"
+        )
+    ).rowcount
+    for table in (s.customers, s.items, s.invoices):
+        done[f"{table.name}.qbo_id"] = conn.execute(
+            sa.update(table)
+            .where(table.c.organization_id == organization_id, table.c.qbo_id.is_not(None))
+            .values(qbo_id=None)
+        ).rowcount
+    still_connected = set(conn.execute(sa.select(c.realm_id).where(c.realm_id.in_(sorted(realms)))).scalars())
+    repairs = s.qbo_webhook_realms.c
+    done[s.qbo_webhook_realms.name] = conn.execute(
+        sa.delete(s.qbo_webhook_realms).where(repairs.realm_id.in_(sorted(realms - still_connected)))
+    ).rowcount
     return done
 
 
@@ -138,7 +174,11 @@ class ConnectionStore:
     def save(
         self, organization_id: int, realm_id: str, environment: str, base_url: str, tokens: TokenPair
     ) -> ConnectionRecord:
-        """Store a freshly authorised connection (insert, or replace the tokens of the same org and realm)."""
+        """Store a freshly authorised connection (insert, or replace the tokens of the same org and realm).
+
+        A connection to another company than the organisation's replaces it only while nothing is linked
+        (:class:`CompanyMismatch` otherwise), and in the same transaction forgets what Batchly kept of the old
+        company (:func:`forget_company`); the record returned names the replaced realms and what was cleared."""
         c = qbo_connections.c
         values = {
             "environment": environment,
@@ -169,12 +209,9 @@ class ConnectionStore:
                     f"again and pick company {others[0]}, or move the organisation with `{switch_hint(organization_id)}`"
                     " (it unlinks every record first)"
                 )
-            if others:  # nothing linked yet: the new company replaces the old connection
-                conn.execute(
-                    sa.delete(qbo_connections).where(
-                        c.organization_id == organization_id, c.realm_id != realm_id
-                    )
-                )
+            cleared: dict[str, int] = {}
+            if others:  # nothing linked yet: the new company replaces the old one and what Batchly kept of it
+                cleared = forget_company(conn, organization_id, keep_realm=realm_id)
             existing = conn.execute(
                 sa.select(c.id)
                 .where(c.organization_id == organization_id, c.realm_id == realm_id)
@@ -192,7 +229,10 @@ class ConnectionStore:
                     .where(c.id == existing)
                     .values(token_version=c.token_version + 1, **values)
                 )
-            return self._load(conn, organization_id, realm_id, lock=False)
+            record = self._load(conn, organization_id, realm_id, lock=False)
+            if not others:
+                return record
+            return replace(record, replaced=tuple(sorted(set(others))), cleared=cleared)
 
     def load(self, organization_id: int, realm_id: str | None = None) -> ConnectionRecord:
         """The organisation's connection (the one for ``realm_id`` if given). Raises LookupError if there is none."""
