@@ -30,7 +30,12 @@ class GrowingTables:
     def of_reconcile(cls, engine: Engine, entity_type: str) -> GrowingTables:
         """What reconciling ``entity_type`` fills: its Batchly table, the links, the reconciled versions."""
         names = [TABLES[entity_type].name, s.qbo_sync_state.name, s.qbo_reconciled.name, s.sync_log.name]
-        return cls(engine, names)
+        return cls(engine, [*names, s.qbo_mirror.name])
+
+    @classmethod
+    def of_mirror(cls, engine: Engine) -> GrowingTables:
+        """What a pull fills: the mirror (read by the reconciliation and the checks right after)."""
+        return cls(engine, [s.qbo_mirror.name])
 
     def wrote(self, rows: int) -> None:
         """Count ``rows`` more rows written; refresh the statistics when due."""

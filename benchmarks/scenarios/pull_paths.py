@@ -4,8 +4,9 @@
 
 Each path imports ``--customers`` customers from a fresh realm (150 ms latency per answer, Intuit's limits) into a
 fresh PostgreSQL database; ``rows_per_s`` is customers over the path's wall time (the CLI's includes starting
-Python and pulling the — empty — items and payments; the Dagster run's includes its checks). ``spread`` is the
-slowest path's rows/s over the fastest's.
+Python and pulling the — empty — items and payments). For Dagster it is the pull step's time (from the run's first
+step start to the step's success); ``paths.dagster.seconds`` is the whole run, its asset checks included.
+``spread`` is the slowest path's rows/s over the fastest's.
 """
 
 from __future__ import annotations
@@ -96,13 +97,24 @@ def _dagster(args: argparse.Namespace) -> dict[str, Any]:
                 seconds = time.monotonic() - started
             if not result.success:
                 raise RuntimeError([e.message for e in result.all_events if e.is_failure])
+            events = result.all_events
+            begun = min(e.timestamp for e in events if e.event_type_value == "STEP_START")
+            step = max(
+                e.timestamp
+                for e in events
+                if e.event_type_value == "STEP_SUCCESS" and e.step_key == "pull_customers_step"
+            )
         finally:
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-        return {"seconds": round(seconds, 1), "in_batchly": _in_batchly(company.engine)}
+        return {
+            "seconds": round(seconds, 1),
+            "step_seconds": round(step - begun, 1),
+            "in_batchly": _in_batchly(company.engine),
+        }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     paths["cli"] = _cli(args)
     paths["dagster"] = _dagster(args)
     for numbers in paths.values():
-        numbers["rows_per_s"] = round(args.customers / numbers["seconds"], 1)
+        numbers["rows_per_s"] = round(args.customers / numbers.get("step_seconds", numbers["seconds"]), 1)
         print(numbers, flush=True)
     speeds = [numbers["rows_per_s"] for numbers in paths.values()]
     return {

@@ -41,6 +41,7 @@ from batchly_pipelines.store.invoice_payments import unmirrored_invoices
 from batchly_pipelines.store.mirror import mark_deleted, mirrored_payments, not_mirrored
 from batchly_pipelines.store.review_fields import add_review_fields, review_fields
 from batchly_pipelines.store.schema import utcnow
+from batchly_pipelines.store.statistics import GrowingTables
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # before any QuickBooks Online company existed
 # a cursor stays this far behind QuickBooks' time of the last page read (a change stamped just before that answer
@@ -108,6 +109,7 @@ def _mirror_pages(
     ``progress`` hears pages stored of pages estimated: a window of more than a page is counted (``COUNT(*)``, one
     call) when its first full page arrives; a window of one page costs no call for it."""
     meter = ProgressMeter(f"mirror {entity}", "pages", progress)
+    growing = GrowingTables.of_mirror(engine)  # the planner keeps up with an import
     for page in changed_pages(client, entity, window, clock):
         if meter.total is None and len(page) >= q.MAX_RESULTS:
             meter.estimate(-(-client.count(entity, window.conditions(entity)) // q.MAX_RESULTS))
@@ -116,6 +118,7 @@ def _mirror_pages(
         stats.count(entity, "pulled", len(page))
         stats.count(entity, "changed", len(changed))
         meter.add(1, len(page))
+        growing.wrote(len(changed))
         yield changed
     meter.finish()
 
