@@ -10,7 +10,9 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy.engine import Engine
 
+from batchly_pipelines.defs.monitoring.waits import announce_waits
 from batchly_pipelines.defs.push.job import _ProgressReporter
+from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.ratelimit import RateLimits
 from batchly_pipelines.services.connections import database_rate_limiter
 from batchly_pipelines.services.push.organization import Progress, budget_per_minute
@@ -65,3 +67,22 @@ def test_the_run_log_says_once_per_wait_why_and_when_the_push_resumes() -> None:
     assert min(abs(off), 86400 - abs(off)) <= 2  # (the clock may pass midnight meanwhile)
     report.waiting(120.0, "QuickBooks refused a request (429): every process holds off")  # a longer, new wait
     assert len(lines) == 2
+
+
+def test_a_clients_limiter_announces_its_waits_in_the_log_it_is_given(engine: Engine) -> None:
+    lines: list[str] = []
+    limiter = database_rate_limiter(engine, "realm-announced")
+    with QuickBooksClient("realm-announced", "http://127.0.0.1:1", _NoTokens(), limiter=limiter) as client:
+        announce_waits(client, lines.append, "company acme-1")
+        limiter.pause(3.0)  # what the client does after a 429
+    [line] = lines
+    assert line.startswith("company acme-1: waiting 3.0s for QuickBooks — QuickBooks refused a request (429)")
+    assert "resumes at" in line
+
+
+class _NoTokens:
+    def access_token(self) -> str:
+        return "unused"
+
+    def refresh(self, rejected_access_token: str) -> str:
+        return "unused"

@@ -35,6 +35,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from batchly_pipelines.defs.monitoring.waits import announce_waits
 from batchly_pipelines.defs.partitions import (
     RUNTIME,
     company_partitions,
@@ -125,6 +126,7 @@ def _pull_companies(
 
         if mirror_key in selected:
             with quickbooks.client_for(org) as client:
+                announce_waits(client, context.log.info, f"company {keys[org]}")
                 numbers[mirror_key] = _mirror_numbers(
                     pull(engine, client, org, window or window_since_cursor(engine, org), progress=progress)
                 )

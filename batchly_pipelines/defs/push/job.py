@@ -13,7 +13,7 @@ dead or when it is retried). "Sync now" reports every invoice asked for: pushed,
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from dagster import (
@@ -32,6 +32,7 @@ from dagster import (
 from pydantic import Field
 
 from batchly_pipelines.defs.monitoring import tables
+from batchly_pipelines.defs.monitoring.waits import WaitAnnouncer
 from batchly_pipelines.defs.push import sync_now
 from batchly_pipelines.defs.push.lineage import record_pushed
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
@@ -95,21 +96,8 @@ class _ProgressReporter:
         self.organization_id = organization_id
         self._lock = threading.Lock()
         self._last = 0.0
-        self._resumes = 0.0  # when the last announced wait ends (time.time())
-
-    def waiting(self, seconds: float, reason: str) -> None:
-        """Say that QuickBooks' window holds the push, why and when it resumes (once per wait, however many of the
-        push's threads meet it)."""
-        resumes = time.time() + seconds
-        with self._lock:
-            if resumes <= self._resumes + 1.0:
-                return
-            self._resumes = resumes
-        at = datetime.fromtimestamp(resumes, UTC)
-        self.context.log.info(
-            f"organisation {self.organization_id}: waiting {seconds:.1f}s for QuickBooks — {reason}; "
-            f"resumes at {at:%H:%M:%S} UTC"
-        )
+        # QuickBooks' window holding the push: why and when it resumes, once per wait
+        self.waiting = WaitAnnouncer(context.log.info, f"organisation {organization_id}")
 
     def __call__(self, progress: Progress, final: bool = False) -> None:
         with self._lock:
