@@ -69,9 +69,11 @@ def write_back(
     (``read``) is written only while the row still holds it, decided in the UPDATE itself: an app edit committed
     after the push read the row stands (it is pushed next). Nothing is written when nothing is left. ``updated_at``
     moves as on any update (the column's ``onupdate``), as the push has always done."""
-    table = TABLES[entity_type]
     read = read or {}
     changes: dict[str, Any] = {name: value for name, value in values.items() if value is not None}
+    if not changes and not merged:
+        return  # also for a record without a table of its own here (a sales order sent to the dead letter)
+    table = TABLES[entity_type]
     for name, value in (merged or {}).items():
         column = table.c[name]
         changes[name] = (
