@@ -13,11 +13,11 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp, WriteResult
 from batchly_pipelines.services.connections import client_for_organization
-from batchly_pipelines.services.push.organization import DEFAULT_LEASE, PushStats, push_organization
+from batchly_pipelines.services.push.organization import PushStats, push_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines_tests.quickbooks.conftest import settings
 from batchly_pipelines_tests.support import factories as f
-from batchly_pipelines_tests.support.push import TIME_SCALE, Books, connect
+from batchly_pipelines_tests.support.push import LONG_LEASE, TIME_SCALE, Books, connect
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
@@ -69,7 +69,7 @@ def push(engine: Engine, client: QuickBooksClient, org: int) -> Callable[..., Pu
     QuickBooks minutes are 2 s at ``TIME_SCALE``, which a loaded test machine can stall past)."""
 
     def run(**kwargs: Any) -> PushStats:
-        kwargs.setdefault("lease", DEFAULT_LEASE * TIME_SCALE)
+        kwargs.setdefault("lease", LONG_LEASE)
         return push_organization(engine, client, org, worker="test-worker", **kwargs)
 
     return run

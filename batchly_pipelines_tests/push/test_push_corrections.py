@@ -16,6 +16,7 @@ from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
 from batchly_pipelines_tests.support import factories as f
 from batchly_pipelines_tests.support.push import (
+    LONG_LEASE,
     TIME_SCALE,
     Books,
     invoice_row,
@@ -63,7 +64,7 @@ def test_a_correction_pushed_by_another_worker_voids_the_original_before_it_is_c
     correction = _correction(engine, org, original)
     sent.clear()
 
-    push_organization(engine, client, org, worker="second-worker")
+    push_organization(engine, client, org, worker="second-worker", lease=LONG_LEASE)
 
     assert [(op.operation, op.body.get("Id")) for op in sent] == [("void", qbo_id), ("create", None)]
     assert totals(books) == {"1001": [VOID], "1001-C": [CORRECTED]}
@@ -179,7 +180,9 @@ def test_a_503_in_the_doc_number_guard_retries_its_chunk_and_the_round_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def push() -> PushStats:  # lingering a second: long enough for a retry 5 QuickBooks seconds later
-        return push_organization(engine, one_at_a_time, org, worker="guard-worker", linger_seconds=1.0)
+        return push_organization(
+            engine, one_at_a_time, org, worker="guard-worker", linger_seconds=1.0, lease=LONG_LEASE
+        )
 
     with engine.begin() as conn:
         customer, item = f.customer(conn, org), f.item(conn, org)

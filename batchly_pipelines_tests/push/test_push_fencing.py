@@ -28,7 +28,7 @@ from batchly_pipelines_tests.push.test_push_resilience import (
     _demo_into,
     _push_until_done,
 )
-from batchly_pipelines_tests.support.push import TIME_SCALE, Books
+from batchly_pipelines_tests.support.push import LONG_LEASE, TIME_SCALE, Books
 from qbo_sandbox.admin_client import SandboxAdmin
 
 INVOICES = 120
@@ -104,7 +104,7 @@ def test_a_push_whose_lock_was_taken_over_stops_writing_and_the_next_push_leaves
     _expire_leases(engine)
     queue = SyncQueue(engine, IMPATIENT)
     for _ in range(5):
-        push_module.push_organization(engine, client, org, worker="successor", queue=queue)
+        push_module.push_organization(engine, client, org, worker="successor", queue=queue, lease=LONG_LEASE)
         if not queue.due_by_organization():
             break
     assert _linked(engine) == INVOICES > linked_before

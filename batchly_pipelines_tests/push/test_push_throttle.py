@@ -22,7 +22,7 @@ from batchly_pipelines.services.push.organization import push_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.demo import create_demo
-from batchly_pipelines_tests.support.push import Books, connect
+from batchly_pipelines_tests.support.push import LONG_LEASE, Books, connect
 from batchly_pipelines_tests.support.throttle import RecordingSession, throttle_figures
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
@@ -62,7 +62,9 @@ def test_a_push_learns_a_company_that_takes_half_the_documented_batch_calls(
     with client_for_organization(
         engine, settings, demo.organization_id, config=ClientConfig(time_scale=SCALE), session=session
     ) as client:
-        stats = push_organization(engine, client, demo.organization_id, worker="test-worker")
+        stats = push_organization(
+            engine, client, demo.organization_id, worker="test-worker", lease=LONG_LEASE
+        )
 
     assert (stats.failed, stats.dead) == (0, 0)
     found = Books(throttled_sandbox, realm_id).by_doc_number()

@@ -22,6 +22,9 @@ from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 
 TIME_SCALE = 60.0  # client waits (backoff, 429) compressed like the sandbox's clock
+# a push lease for tests not about the lease: 2 real minutes (the default 2 QuickBooks minutes are 2 s at TIME_SCALE,
+# which a loaded test machine can stall past)
+LONG_LEASE = timedelta(minutes=2) * TIME_SCALE
 
 
 def connect(engine: Engine, settings: Settings, organization_id: int, realm_id: str) -> None:
