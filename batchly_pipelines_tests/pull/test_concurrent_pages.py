@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from batchly_pipelines.quickbooks.client import QueryPage
 from batchly_pipelines.services.pull.mirror import ServerClock, Window, changed_pages
-from batchly_pipelines.services.pull.organization import cursor_name, pull_customers
+from batchly_pipelines.services.pull.organization import EPOCH, cursor_name, pull_customers
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.cursors import get_cursor
 from batchly_pipelines.store.schema import utcnow
@@ -50,7 +50,8 @@ def test_the_pages_of_a_long_window_are_read_concurrently_each_row_once(
     assert len(ids) == len(set(ids)) == 6000
     assert 2 <= peak[0] <= company.client.config.in_flight
 
-    stats = pull_customers(company.engine, company.client, company.org, window)
+    everything = Window(EPOCH, window.end)  # a first cursor is set only by a pull from the beginning of time
+    stats = pull_customers(company.engine, company.client, company.org, everything)
     assert (stats.pulled, stats.changed) == (6000, 6000)
     with company.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(s.qbo_mirror)).scalar_one() == 6000

@@ -1,10 +1,9 @@
 """A payments pull interrupted after it mirrored a refund receipt but before it re-read the invoices the receipt names:
 the next pull must still settle those invoices (found by the divergence benchmark, seed 4, 80 rounds).
 
-Open: ``pull_payments`` (services/pull/organization.py) learns which invoices a refund receipt affects only from the
-receipts ``store_objects`` reports as *changed*; the resumed pull meets the receipt at the SyncToken the interrupted
-one already mirrored, so the invoice is never re-read and its ``amount_refunded`` stays 0. A payment does not have the
-problem (it changes the invoice's own version)."""
+``pull_payments`` learnt which invoices a refund receipt affects only from the receipts ``store_objects`` reported as
+*changed*; the resumed pull met the receipt at the SyncToken the interrupted one had already mirrored, so the invoice
+was never re-read and its ``amount_refunded`` stayed 0. It now learns them from every receipt of the window."""
 
 from __future__ import annotations
 
@@ -32,11 +31,6 @@ def _pull_dies_before_reading_invoices(company: Company, monkeypatch: pytest.Mon
             company.pull()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pull_payments forgets a refund receipt's invoices when the pull that mirrored the receipt was "
-    "interrupted (services/pull/organization.py, being changed by another session)",
-)
 def test_a_refund_mirrored_by_an_interrupted_pull_still_reaches_its_invoice(
     company: Company, monkeypatch: pytest.MonkeyPatch
 ) -> None:

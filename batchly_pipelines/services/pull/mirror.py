@@ -368,11 +368,18 @@ class Deletions:
 
 
 def pull_deletions(
-    engine: Engine, client: QuickBooksClient, organization_id: int, entities: Sequence[str], window: Window
+    engine: Engine,
+    client: QuickBooksClient,
+    organization_id: int,
+    entities: Sequence[str],
+    window: Window,
+    quickbooks_now: datetime | None = None,
 ) -> Deletions:
     """Record what QuickBooks deleted since the window's start (when within CDC's 30 days), mirrored or not; an
-    entity whose changes crowd one second past a CDC answer is checked by absence instead (see module doc)."""
-    since = cdc_since(window)
+    entity whose changes crowd one second past a CDC answer is checked by absence instead (see module doc).
+    ``quickbooks_now`` is QuickBooks' clock (the ``time`` of this pull's latest answer): CDC's 30 days are
+    counted on it, so a QuickBooks clock ahead of ours is not refused as "older than 30 days"."""
+    since = cdc_since(window, quickbooks_now)
     if since is None:
         return Deletions({entity: [] for entity in entities})
     gone: dict[str, dict[str, datetime]] = {}

@@ -13,7 +13,7 @@ deletions. Our clock never enters it, so a QuickBooks clock running behind ours 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -104,8 +104,10 @@ def _mirror_pages(
     stats: PullStats,
     clock: ServerClock,
     progress: ProgressReport | None = None,
-) -> Iterable[list[Mapping[str, Any]]]:
-    """Stream the window of ``entity`` into the mirror; yields the objects of each page that were new or changed.
+) -> Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]]:
+    """Stream the window of ``entity`` into the mirror; yields each page's objects and those of them that were new
+    or changed. What follows from an object (the invoices a refund receipt names, say) is taken from all of them, so
+    a pull interrupted after it mirrored them is made good by the next pull that reads the window again.
     ``progress`` hears pages stored of pages estimated: a window of more than a page is counted (``COUNT(*)``, one
     call) when its first full page arrives; a window of one page costs no call for it."""
     meter = ProgressMeter(f"mirror {entity}", "pages", progress)
@@ -119,7 +121,7 @@ def _mirror_pages(
         stats.count(entity, "changed", len(changed))
         meter.add(1, len(page))
         growing.wrote(len(changed))
-        yield changed
+        yield page, changed
     meter.finish()
 
 
@@ -135,14 +137,20 @@ def _read_until(window: Window, clock: ServerClock, deletions: Deletions) -> dat
     return mark
 
 
-def _advance_cursors(engine: Engine, organization_id: int, marks: Mapping[str, datetime | None]) -> None:
-    """Move each entity's cursor forward to its mark (a cursor never moves back; None leaves it)."""
+def _advance_cursors(
+    engine: Engine, organization_id: int, window: Window, marks: Mapping[str, datetime | None]
+) -> None:
+    """Move each entity's cursor forward to its mark (a cursor never moves back; None leaves it) — only when
+    ``window`` read on from the cursor: a window that starts after it (a day range of a backfill, ``--since``)
+    left the changes in between unread, and one that starts after the beginning of time cannot set a first
+    cursor."""
     with engine.begin() as conn:
         for entity, mark in marks.items():
             if mark is None:
                 continue
             known = get_cursor(conn, organization_id, cursor_name(entity))
-            if known is None or datetime.fromisoformat(known) < mark:
+            covered = window.start <= (datetime.fromisoformat(known) if known is not None else EPOCH)
+            if covered and (known is None or datetime.fromisoformat(known) < mark):
                 set_cursor(conn, organization_id, cursor_name(entity), mark.isoformat())
 
 
@@ -160,9 +168,9 @@ def pull_name_list(
     meter, stats, clock = _Metered(client), PullStats((entity,), window), ServerClock()
     for _ in _mirror_pages(engine, client, organization_id, entity, window, stats, clock, progress):
         pass
-    deleted = pull_deletions(engine, client, organization_id, [entity], window)
+    deleted = pull_deletions(engine, client, organization_id, [entity], window, clock.latest)
     stats.count(entity, "deleted", len(deleted.objects[entity]))
-    _advance_cursors(engine, organization_id, {entity: _read_until(window, clock, deleted)})
+    _advance_cursors(engine, organization_id, window, {entity: _read_until(window, clock, deleted)})
     return meter.finish(stats)
 
 
@@ -205,21 +213,24 @@ def pull_payments(
     meter, stats = _Metered(client), PullStats(PAYMENT_ENTITIES, window)
     clocks = {entity: ServerClock() for entity in PAYMENT_ENTITIES}
 
-    def scan(entity: str) -> Iterable[list[Mapping[str, Any]]]:
+    def scan(entity: str) -> Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]]:
         return _mirror_pages(engine, client, organization_id, entity, window, stats, clocks[entity], progress)
 
     affected: set[str] = set()  # invoices whose payments or refunds changed
     refunded_payments: set[str] = set()  # payments that changed or deleted refund receipts name
-    for changed in scan("Payment"):
+    for _, changed in scan("Payment"):  # a payment changes its invoices' own versions too
         affected.update(iid for payment in changed for iid in linked_ids(payment, "Invoice"))
     seen: set[str] = set()
     wanted_payments: set[str] = set()
-    for changed in scan("Invoice"):
-        seen.update(invoice["Id"] for invoice in changed)
-        wanted_payments.update(pid for invoice in changed for pid in linked_ids(invoice, "Payment"))
-    for changed in scan("RefundReceipt"):
-        _note_refund_targets(changed, affected, refunded_payments)
-    deleted = pull_deletions(engine, client, organization_id, PAYMENT_ENTITIES, window)
+    for page, changed in scan("Invoice"):
+        seen.update(invoice["Id"] for invoice in changed)  # mirrored fresh: no need to read them again
+        wanted_payments.update(pid for invoice in page for pid in linked_ids(invoice, "Payment"))
+    for page, _ in scan("RefundReceipt"):  # a refund does not: every receipt of the window names its targets
+        _note_refund_targets(page, affected, refunded_payments)
+    latest = [clock.latest for clock in clocks.values() if clock.latest is not None]
+    deleted = pull_deletions(
+        engine, client, organization_id, PAYMENT_ENTITIES, window, max(latest, default=None)
+    )
     for entity, objects in deleted.objects.items():
         stats.count(entity, "deleted", len(objects))
     affected.update(iid for payment in deleted.objects["Payment"] for iid in linked_ids(payment, "Invoice"))
@@ -246,6 +257,7 @@ def pull_payments(
     _advance_cursors(
         engine,
         organization_id,
+        window,
         {entity: _read_until(window, clocks[entity], deleted) for entity in PAYMENT_ENTITIES},
     )
     return meter.finish(stats)
