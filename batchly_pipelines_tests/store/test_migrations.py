@@ -27,6 +27,8 @@ def test_upgrade_from_empty_reaches_head_with_tables_and_triggers(empty_engine: 
     assert set(metadata.tables) <= set(sa.inspect(empty_engine).get_table_names())
     expected = {"customers_outbox", "items_outbox", "invoices_outbox", "invoice_lines_outbox"}
     expected |= {"customers_field_changes", "items_field_changes"}
+    if empty_engine.dialect.name == "sqlite":  # rowids come back after a delete (0014)
+        expected |= {"customers_unlinked", "items_unlinked", "invoices_unlinked"}
     found = {
         name.rsplit("_", 1)[0] if empty_engine.dialect.name == "sqlite" else name
         for name in _triggers(empty_engine)

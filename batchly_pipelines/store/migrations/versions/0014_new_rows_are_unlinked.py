@@ -26,7 +26,7 @@ def upgrade() -> None:
         return
     for table, entity_type in TABLES.items():
         op.execute(
-            f"CREATE TRIGGER batchly_{table}_new_row_unlinked AFTER INSERT ON {table} FOR EACH ROW BEGIN "
+            f"CREATE TRIGGER {table}_unlinked_insert AFTER INSERT ON {table} FOR EACH ROW BEGIN "
             f"DELETE FROM qbo_sync_state WHERE organization_id = NEW.organization_id "
             f"AND entity_type = '{entity_type}' AND entity_id = NEW.id; END"
         )
@@ -36,4 +36,4 @@ def downgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
     for table in TABLES:
-        op.execute(f"DROP TRIGGER IF EXISTS batchly_{table}_new_row_unlinked")
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_unlinked_insert")
