@@ -23,10 +23,12 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "Connection",
     "Engine",
+    "WriteRefused",
     "create_engine",
     "database_now",
     "dumps_json",
     "normalise_url",
+    "savepoint",
     "sync_transaction",
 ]
 
@@ -58,6 +60,26 @@ def dumps_json(value: Any) -> str:
 
 # the database dropped the connection or could not be reached: worth asking again (the pool reconnects)
 DATABASE_ERRORS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+
+class WriteRefused(Exception):
+    """The database refused what was written under :func:`savepoint` (a value, a constraint); only that was
+    rolled back."""
+
+
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """A savepoint in the caller's transaction: when the database or its driver refuses what is written inside — a
+    value its column cannot hold (PostgreSQL refuses a NUL character, a number beyond the column's precision), a
+    constraint — only that is rolled back and :class:`WriteRefused` says why, in one line. A dropped connection is
+    raised as it is (the whole transaction is lost then)."""
+    try:
+        with conn.begin_nested():
+            yield
+    except (sa.exc.DataError, sa.exc.IntegrityError, ValueError) as exc:
+        cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        lines = str(cause).strip().splitlines()
+        raise WriteRefused(lines[0] if lines else type(cause).__name__) from exc
 
 
 def create_engine(url: str, **kwargs: Any) -> Engine:

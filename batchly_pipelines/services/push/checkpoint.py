@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.quickbooks.wire import qbo_last_updated
 from batchly_pipelines.store.conflicts import ConflictRecord, record_conflicts
-from batchly_pipelines.store.db import Connection, Engine, sync_transaction
+from batchly_pipelines.store.db import Connection, Engine, WriteRefused, savepoint, sync_transaction
 from batchly_pipelines.store.push_rows import write_back
 from batchly_pipelines.store.queue import QueueItem, SyncQueue
 from batchly_pipelines.store.schema import utcnow
@@ -79,6 +80,9 @@ class Failed:
     retryable: bool
     invoice_status: str | None = None  # error, for invoices refused by validation
     conflicts: Sequence[ConflictRecord] = ()
+    # what the push takes from QuickBooks for it all the same (written only over the values read, as for Pushed)
+    batchly_changes: Mapping[str, Any] = field(default_factory=dict)
+    batchly_read: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> RecordKey:
@@ -86,6 +90,21 @@ class Failed:
 
 
 Outcome = Pushed | Failed
+
+
+def _refused(outcome: Outcome, refused: WriteRefused) -> Failed:
+    """The failure of an outcome the database refused to store: nothing of it is written, its rows go to the dead
+    letter (the same refusal would come back on every retry)."""
+    key = f"{outcome.entity_type} {outcome.entity_id}"
+    return Failed(
+        outcome.entity_type,
+        outcome.entity_id,
+        outcome.action,
+        f"{key}: Batchly refused to store the push's outcome ({refused}); nothing of it was written to Batchly and "
+        f"the record is not synced — fix the cause, then retry it (`batchly-sync queue retry`)",
+        retryable=False,
+        invoice_status="error" if outcome.entity_type == "invoice" else None,
+    )
 
 
 @dataclass
@@ -120,57 +139,101 @@ class Checkpointer:
     def write(
         self, outcomes: Sequence[Outcome], queue_items: Mapping[RecordKey, Sequence[QueueItem]]
     ) -> CheckpointResult:
-        """Store ``outcomes`` and settle their queue rows in one sync transaction."""
+        """Store ``outcomes`` and settle their queue rows in one sync transaction.
+
+        An outcome the database refuses to store (a value its column cannot hold, a constraint) fails that record
+        alone — dead letter, with a sentence naming it and why — and the others are stored: the outcomes are
+        written under one savepoint, and when it is refused, again each under its own."""
         result = CheckpointResult()
         if not outcomes:
             return result
         now = utcnow()
         with sync_transaction(self.engine) as conn:
+            try:
+                with savepoint(conn):
+                    stored = [self._store(conn, outcome, queue_items, now) for outcome in outcomes]
+            except WriteRefused:
+                stored = [self._store_alone(conn, outcome, queue_items, now) for outcome in outcomes]
             states: list[SyncState] = []
             conflicts: list[ConflictRecord] = []
             log: list[LogEntry] = []
-            for outcome in outcomes:
+            for outcome, settled, state in stored:
+                result.acked += settled.acked
+                result.retrying += settled.retrying
+                result.dead += settled.dead
+                states += [state] if state is not None else []
                 conflicts += outcome.conflicts
-                items = queue_items.get(outcome.key, ())
-                if isinstance(outcome, Failed):
-                    write_back(
-                        conn, outcome.entity_type, outcome.entity_id, {"sync_status": outcome.invoice_status}
-                    )
-                    for item in items:
-                        status = self.queue.fail_in(
-                            conn, item, outcome.message, retryable=outcome.retryable, now=now
-                        )
-                        result.dead += status == "dead"
-                        result.retrying += status == "pending"
-                    log.append(self._log(outcome.key, outcome.action, "error", None, outcome.message))
-                    continue
-                qbo_id = str(outcome.qbo_obj["Id"]) if outcome.qbo_obj else None
-                values: dict[str, Any] = {}
-                if qbo_id is not None:
-                    values["qbo_id"] = qbo_id
-                if outcome.invoice_status is not None:
-                    values.update(sync_status=outcome.invoice_status, synced_at=now)
-                write_back(
-                    conn,
-                    outcome.entity_type,
-                    outcome.entity_id,
-                    values,
-                    outcome.batchly_changes,
-                    outcome.batchly_read,
-                )
-                if outcome.qbo_obj is not None and outcome.base is not None:
-                    states.append(
-                        link_state(self.organization_id, outcome.key, outcome.qbo_obj, outcome.base)
-                    )
-                if not outcome.hold:
-                    result.acked += SyncQueue.ack(conn, items, now=now)
-                log.append(self._log(outcome.key, outcome.action, "ok", qbo_id, outcome.message))
+                log.append(self._outcome_log(outcome))
             save_states(conn, states)
             record_conflicts(conn, conflicts)
             write_log(conn, log)
             if self.fence is not None:  # last, so the lock row it holds is held only until the commit
                 self.fence(conn)
         return result
+
+    def _store_alone(
+        self,
+        conn: Connection,
+        outcome: Outcome,
+        queue_items: Mapping[RecordKey, Sequence[QueueItem]],
+        now: datetime,
+    ) -> tuple[Outcome, CheckpointResult, SyncState | None]:
+        """:meth:`_store` under a savepoint of its own; refused, the record fails instead (:func:`_refused`)."""
+        try:
+            with savepoint(conn):
+                return self._store(conn, outcome, queue_items, now)
+        except WriteRefused as refused:
+            return self._store(conn, _refused(outcome, refused), queue_items, now)
+
+    def _store(
+        self,
+        conn: Connection,
+        outcome: Outcome,
+        queue_items: Mapping[RecordKey, Sequence[QueueItem]],
+        now: datetime,
+    ) -> tuple[Outcome, CheckpointResult, SyncState | None]:
+        """Write one outcome back to its Batchly row and settle its queue rows; the link to save, if any."""
+        settled = CheckpointResult()
+        items = queue_items.get(outcome.key, ())
+        if isinstance(outcome, Failed):
+            write_back(
+                conn,
+                outcome.entity_type,
+                outcome.entity_id,
+                {"sync_status": outcome.invoice_status},
+                outcome.batchly_changes,
+                outcome.batchly_read,
+            )
+            for item in items:
+                status = self.queue.fail_in(conn, item, outcome.message, retryable=outcome.retryable, now=now)
+                settled.dead += status == "dead"
+                settled.retrying += status == "pending"
+            return outcome, settled, None
+        values: dict[str, Any] = {}
+        if outcome.qbo_obj:
+            values["qbo_id"] = str(outcome.qbo_obj["Id"])
+        if outcome.invoice_status is not None:
+            values.update(sync_status=outcome.invoice_status, synced_at=now)
+        write_back(
+            conn,
+            outcome.entity_type,
+            outcome.entity_id,
+            values,
+            outcome.batchly_changes,
+            outcome.batchly_read,
+        )
+        if not outcome.hold:
+            settled.acked += SyncQueue.ack(conn, items, now=now)
+        if outcome.qbo_obj is not None and outcome.base is not None:
+            state = link_state(self.organization_id, outcome.key, outcome.qbo_obj, outcome.base)
+            return outcome, settled, state
+        return outcome, settled, None
+
+    def _outcome_log(self, outcome: Outcome) -> LogEntry:
+        if isinstance(outcome, Failed):
+            return self._log(outcome.key, outcome.action, "error", None, outcome.message)
+        qbo_id = str(outcome.qbo_obj["Id"]) if outcome.qbo_obj else None
+        return self._log(outcome.key, outcome.action, "ok", qbo_id, outcome.message)
 
     def _log(
         self, key: RecordKey, action: str, outcome: str, qbo_id: str | None, message: str | None

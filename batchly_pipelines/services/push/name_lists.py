@@ -8,6 +8,8 @@
 - A Batchly edit of a field QuickBooks owns (an item's name, SKU, type, price, active flag) is never sent and never
   acknowledged as pushed: it is reverted to QuickBooks' value (``item.revert`` when nothing else was to be sent),
   recorded as an ``owned_field`` conflict settled for QuickBooks and logged with why.
+- What the push writes into Batchly from QuickBooks (a merge, a revert) must fit Batchly's columns (``rules.storage``,
+  as in the pull): a value that does not is left out and the record fails alone, its field named (dead letter).
 
 Merges (after a 5010, and the first link after a 6240) are the pull's: per-field change times decide newest-wins,
 a cleared value is a change like any other, the organisation's review fields (and any field with an open review)
@@ -44,6 +46,7 @@ from batchly_pipelines.rules.merge import (
     owned_reverts,
 )
 from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS, NameList
+from batchly_pipelines.rules.storage import unstorable
 from batchly_pipelines.services.push.checkpoint import (
     Failed,
     Outcome,
@@ -54,6 +57,7 @@ from batchly_pipelines.services.push.checkpoint import (
 from batchly_pipelines.store.conflicts import ConflictRecord, open_conflict_fields
 from batchly_pipelines.store.field_changes import field_change_times
 from batchly_pipelines.store.push_rows import load_rows
+from batchly_pipelines.store.records import column_rules
 from batchly_pipelines.store.review_fields import review_fields
 from batchly_pipelines.store.sync_state import load_states
 
@@ -227,9 +231,13 @@ class NameListPusher:
         action: str,
         obj: Mapping[str, Any] | None,
         base: Mapping[str, Any] | None = None,
-    ) -> Pushed:
+    ) -> Outcome:
         """What to store: the link at ``obj`` (none for a revert alone) with the agreed ``base`` (default: ``obj``'s
-        fields), the fields Batchly takes, and the conflicts, each named in the log entry."""
+        fields), the fields Batchly takes, and the conflicts, each named in the log entry. A value Batchly takes
+        that its column cannot hold fails the record instead (:meth:`_unstorable`)."""
+        problems = unstorable(attempt.batchly_changes, column_rules(self.kind.entity_type))
+        if problems:
+            return self._unstorable(attempt, action, problems)
         agreed = base if base is not None or obj is None else self.kind.mapping.from_qbo(obj)
         return Pushed(
             self.kind.entity_type,
@@ -241,6 +249,28 @@ class NameListPusher:
             batchly_read={name: attempt.record.read[name] for name in attempt.batchly_changes},
             conflicts=attempt.conflicts,
             message=_describe(attempt.conflicts),
+        )
+
+    def _unstorable(self, attempt: _Attempt, action: str, problems: Mapping[str, str]) -> Failed:
+        """A record whose QuickBooks values (taken by a merge or a revert) include one Batchly's column cannot hold:
+        those fields are left out, the others are written, and the record is not acknowledged as synced — its rows
+        go to the dead letter with a sentence naming it and each field (every retry would meet the same value)."""
+        kind, record = self.kind, attempt.record
+        taken = {name: value for name, value in attempt.batchly_changes.items() if name not in problems}
+        fields = "; ".join(
+            f"{kind.entity_type} {record.entity_id} {column}: QuickBooks' value {why}"
+            for column, why in sorted(problems.items())
+        )
+        return Failed(
+            kind.entity_type,
+            record.entity_id,
+            action,
+            f"{fields}; it was not written to Batchly and the record is not synced — correct it in QuickBooks, "
+            "then retry it (`batchly-sync queue retry`)",
+            retryable=False,
+            conflicts=tuple(c for c in attempt.conflicts if c.field not in problems),
+            batchly_changes=taken,
+            batchly_read={name: record.read[name] for name in taken},
         )
 
     def _merge(
