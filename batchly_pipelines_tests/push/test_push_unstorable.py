@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.defs.monitoring.tables import issues
+from batchly_pipelines.quickbooks.client import QuickBooksClient, WriteOp
 from batchly_pipelines.services.push.checkpoint import Checkpointer, Pushed
 from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
@@ -100,3 +101,25 @@ def test_a_checkpoint_write_the_database_refuses_fails_that_record_alone(engine:
     status, error = queue_status(engine, "customer", second)
     assert status == "dead"
     assert error is not None and error.startswith(f"customer {second}: Batchly refused to store")
+
+
+def test_a_first_link_taking_a_value_batchly_cannot_store_fails_that_customer_alone(
+    engine: Engine, org: int, push: Callable[..., PushStats], client: QuickBooksClient, books: Books
+) -> None:
+    """6240: QuickBooks already has the customer (same name and e-mail), with Notes Batchly cannot store, changed
+    after Batchly's record: the first link's merge takes them — the customer fails alone, naming the field."""
+    with engine.begin() as conn:
+        twin = f.customer(conn, org, display_name="Twin", email="twin@example.com")
+        fresh = f.customer(conn, org, display_name="Fresh", email="fresh@example.com")
+    body = {"DisplayName": "Twin", "PrimaryEmailAddr": {"Address": "twin@example.com"}, "Notes": "a\x00b"}
+    [made] = client.write_batch([WriteOp("twin", "Customer", "create", body, "test-twin")])
+    assert made.ok
+
+    push()
+
+    assert queue_status(engine, "customer", fresh) == ("done", None)
+    status, error = queue_status(engine, "customer", twin)
+    assert status == "dead"
+    assert error is not None and error.startswith(f"customer {twin} notes: QuickBooks' value contains a NUL")
+    assert _row(engine, s.customers, twin)["notes"] is None
+    assert sorted(o["DisplayName"] for o in books.objects("Customer")) == ["Fresh", "Twin"]  # no duplicate
