@@ -94,13 +94,8 @@ def test_a_range_backfill_pulls_the_whole_range_in_one_run(
     # a second company of the same database, unconnected to any realm it would not be asked for
     key = company_key(connected.org, "Acme Ltd")
     instance.add_dynamic_partitions(COMPANY, ["another-company-9999", key])
-    params: dict[str, Any] = {
-        "partitionNames": [key],
-        "tags": _day_tags(),
-        # the steps in this process rather than one process each (what the launchpad's run config allows)
-        "runConfigData": {"execution": {"config": {"in_process": {}}}},
-    }
-    if launched_from == "job page":
+    params: dict[str, Any] = {"partitionNames": [key], "tags": _day_tags()}
+    if launched_from == "job page":  # the pull jobs run their steps in the run's process already
         repository = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"}
         params["selector"] = {
             "partitionSetName": "pull_customers_partition_set",
@@ -108,6 +103,8 @@ def test_a_range_backfill_pulls_the_whole_range_in_one_run(
         }
     else:
         params["assetSelection"] = [{"path": ["qbo_customers"]}, {"path": ["batchly_customers"]}]
+        # the steps in this process rather than one process each (what the launchpad's run config allows)
+        params["runConfigData"] = {"execution": {"config": {"in_process": {}}}}
     backfill_id = _launch(workspace, params)
 
     for _ in range(
