@@ -134,7 +134,7 @@ class Deployment:
 
     def _tree(self) -> list[psutil.Process]:
         found: list[psutil.Process] = []
-        for process in self.processes.values():
+        for process in list(self.processes.values()):  # the daemon may be added meanwhile
             with contextlib.suppress(psutil.Error):
                 root = psutil.Process(process.pid)
                 found.append(root)
