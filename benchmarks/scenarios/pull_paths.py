@@ -95,14 +95,14 @@ def _dagster(args: argparse.Namespace) -> dict[str, Any]:
                     raise_on_error=False,
                 )
                 seconds = time.monotonic() - started
-            if not result.success:
-                raise RuntimeError([e.message for e in result.all_events if e.is_failure])
-            events = result.all_events
-            begun = min(e.timestamp for e in events if e.event_type_value == "STEP_START")
+                if not result.success:
+                    raise RuntimeError([e.message for e in result.all_events if e.is_failure])
+                entries = [e for e in instance.all_logs(result.run_id) if e.dagster_event is not None]
+            begun = min(e.timestamp for e in entries if e.dagster_event.event_type_value == "STEP_START")
             step = max(
                 e.timestamp
-                for e in events
-                if e.event_type_value == "STEP_SUCCESS" and e.step_key == "pull_customers_step"
+                for e in entries
+                if e.dagster_event.event_type_value == "STEP_SUCCESS" and e.step_key == "pull_customers_step"
             )
         finally:
             for name, value in saved.items():
