@@ -382,3 +382,32 @@ def test_resolving_never_overwrites_an_edit_committed_while_the_decision_is_appl
     assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "edited meanwhile"
     [still] = open_conflicts(company.engine)
     assert (still["batchly_value"], still["revision"]) == ("edited meanwhile", review["revision"] + 1)
+
+
+def test_resolving_with_seen_refuses_a_selected_conflict_the_reviewer_was_never_shown(
+    company: Company,
+) -> None:
+    ada, review = _reviewed_notes(company)
+    seen = {review["id"]: review["revision"]}  # what the reviewer looked at
+    bob = company.qbo.customer("Bob", Notes="base")  # a second review opens after they looked
+    company.pull()
+    bob_id = company.row(s.customers, qbo_id=bob["Id"])["id"]
+    _app_update(company, s.customers, bob_id, notes="Bob from Batchly")
+    company.act("update_customer", customer_id=bob["Id"], fields={"Notes": "Bob from QuickBooks"})
+    company.pull()
+
+    with pytest.raises(ValueError, match=r"not shown to the reviewer") as refused:
+        resolve_conflicts(
+            company.engine,
+            winner="quickbooks",
+            resolved_by="ana",
+            organization_id=company.org,
+            field="notes",
+            seen=seen,
+        )
+
+    assert [done.conflict_id for done in refused.value.resolved] == [review["id"]]  # type: ignore[attr-defined]
+    assert company.row(s.customers, qbo_id=ada["Id"])["notes"] == "from QuickBooks"
+    assert company.row(s.customers, qbo_id=bob["Id"])["notes"] == "Bob from Batchly"
+    [still_open] = open_conflicts(company.engine)
+    assert still_open["entity_id"] == bob_id

@@ -9,7 +9,8 @@ there was one candidate) or by creating a new Batchly record from QuickBooks (``
 
 A person decides on the values a conflict row shows, at its ``revision`` (every change of the values it shows is a
 new one: an app edit, through the field-change trigger; a merge that read other values). A decision names the
-revision it was made on (``seen``); on another one it is not applied. Nor is it when either side's value differs
+revision it was made on (``seen``); on another one it is not applied, and when ``seen`` is given a selected
+conflict missing from it (never shown to the reviewer, say one that opened after they looked) is not applied either. Nor is it when either side's value differs
 from what the row shows (Batchly's row, or the mirror's QuickBooks record when the mirror holds that version or a
 newer one): the row is then refreshed to the current values as its next revision. Either way the conflict stays
 open and shows the current values; the other selected conflicts are still resolved, then :class:`ReviewOutdated`
@@ -77,7 +78,10 @@ def resolve_conflicts(
     seen: Mapping[int, int] | None = None,
 ) -> list[Resolved]:
     """Settle the open conflicts selected by ids and/or filters on ``winner``; returns what was done for each.
-    ``seen`` (conflict id → revision) says which revision of each conflict the decision was made on."""
+    ``seen`` (conflict id → revision) says which revision of each conflict the decision was made on; when it names
+    any, a selected conflict it does not name is refused (never shown to the reviewer). Empty or None: no revisions
+    were named (the CLI without ``--seen``, the job without ``seen_revisions``)."""
+    seen = seen or None
     if winner not in WINNERS:
         raise ValueError(f"winner must be one of {', '.join(WINNERS)}, not {winner!r}")
     if winner == "value" and value is None:
@@ -100,7 +104,14 @@ def resolve_conflicts(
             )
         resolve = _resolve_link if conflict["field"] == LINK_FIELD else _resolve_field
         try:
-            shown = (seen or {}).get(conflict["id"], conflict["revision"])
+            if seen is not None and conflict["id"] not in seen:
+                raise _Changed(
+                    f"Conflict {conflict['id']} ({conflict['entity_type']} {conflict['entity_id']} "
+                    f"{conflict['field']}) was not resolved: it was not shown to the reviewer (it is not among the "
+                    f"seen revisions; it shows revision {conflict['revision']}, Batchly "
+                    f"{conflict['batchly_value']!r}, QuickBooks {conflict['qbo_value']!r}); review it."
+                )
+            shown = seen[conflict["id"]] if seen is not None else conflict["revision"]
             if shown != conflict["revision"]:
                 raise _Changed(
                     f"Conflict {conflict['id']} ({conflict['entity_type']} {conflict['entity_id']} "
