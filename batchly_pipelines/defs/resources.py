@@ -40,13 +40,16 @@ class QuickBooksResource(ConfigurableResource):
     time_scale: float = 1.0
     _engine: Engine | None = PrivateAttr(default=None)
 
-    def client_for(self, organization_id: int) -> QuickBooksClient:
-        """A client for the organisation's realm (close it when done); raises ReauthorizationRequired if needed."""
+    def client_for(self, organization_id: int, realm_id: str | None = None) -> QuickBooksClient:
+        """A client for the organisation's realm — its connection to ``realm_id`` if given, LookupError if it has
+        none (any more) — (close it when done); raises ReauthorizationRequired if needed."""
         settings = Settings.from_env()
         if self._engine is None:
             self._engine = create_engine(self.database_url or settings.database_url)
         config = ClientConfig(time_scale=self.time_scale)
-        return client_for_organization(self._engine, settings, organization_id, config=config)
+        return client_for_organization(
+            self._engine, settings, organization_id, realm_id=realm_id, config=config
+        )
 
 
 def from_environment(resource: ConfigurableResource, description: str) -> ResourceDefinition:

@@ -45,12 +45,12 @@ def company(engine: Engine, sandbox: SandboxServer, secret_key: str) -> Iterator
 
 
 @pytest.fixture
-def client_for(company: Company) -> Callable[[int], QuickBooksClient]:
-    """A new client of the company's realm per call, as the drain asks for one per organisation."""
+def client_for(company: Company) -> Callable[[int, str], QuickBooksClient]:
+    """A new client of the company's realm per call, as the drain asks for one per (organisation, realm)."""
     tokens = SandboxTokens(company.sandbox.base_url, company.qbo.realm_id)
 
-    def new_client(organization_id: int) -> QuickBooksClient:
-        assert organization_id == company.org
+    def new_client(organization_id: int, realm_id: str) -> QuickBooksClient:
+        assert (organization_id, realm_id) == (company.org, company.qbo.realm_id)
         return QuickBooksClient(company.qbo.realm_id, company.sandbox.base_url, tokens)
 
     return new_client

@@ -13,17 +13,18 @@ import sqlalchemy as sa
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.errors import ServerError
-from batchly_pipelines.services.webhooks.drain import Drain, RealmNotConnected, drain_realm
+from batchly_pipelines.services.webhooks.drain import Drain, RealmNotConnected, WrongCompany, drain_realm
 from batchly_pipelines.services.webhooks.events import parse_delivery
 from batchly_pipelines.services.webhooks.intake import UNKNOWN_REALM, Intake, record_delivery
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import ConnectionStore, unlink_organization
 from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed, queue
 from batchly_pipelines_tests.support.quickbooks import SandboxTokens
-from batchly_pipelines_tests.support.webhooks import MOMENT, change, inbox, legacy, statuses
+from batchly_pipelines_tests.support.sandbox_client import Qbo
+from batchly_pipelines_tests.support.webhooks import MOMENT, change, connect, inbox, legacy, statuses
 from qbo_sandbox.state import Event
 
-ClientFor = Callable[[int], QuickBooksClient]
+ClientFor = Callable[[int, str], QuickBooksClient]
 PAYMENT = ("payment_status", "amount_paid", "amount_due", "qb_payment_id")
 
 
@@ -132,7 +133,7 @@ def test_a_read_older_than_the_mirror_never_overwrites_it(company: Company) -> N
     company.pull()
     assert mirrored(company, "Customer", customer["Id"])["sync_token"] == new["SyncToken"]
     notify(company, changed(company, "Customer", old))
-    result = drain(company, lambda org: ReadsServedFrom(company, {"Customer": [old]}))
+    result = drain(company, lambda org, realm: ReadsServedFrom(company, {"Customer": [old]}))
     assert result.pulls[0].stale == {"Customer": 1} and result.done == 1
     assert mirrored(company, "Customer", customer["Id"])["sync_token"] == new["SyncToken"]
     assert company.row(s.customers, qbo_id=customer["Id"])["notes"] == "new"
@@ -175,7 +176,7 @@ def test_a_stale_invoice_read_does_not_undo_a_payment(company: Company, client_f
     invoice, payment, invoice_id = _paid_invoice(company, client_for, "100.00")
     assert _payment_columns(company, invoice_id)[0] == "paid"
     notify(company, changed(company, "Invoice", invoice))  # the invoice as it was before the payment
-    drain(company, lambda org: ReadsServedFrom(company, {"Invoice": [invoice]}), "run-late")
+    drain(company, lambda org, realm: ReadsServedFrom(company, {"Invoice": [invoice]}), "run-late")
     assert _payment_columns(company, invoice_id) == (
         "paid",
         Decimal("100.00"),
@@ -236,7 +237,7 @@ def test_deactivated_and_merged_away_customers_are_deactivated(
     )
     # QuickBooks no longer returns a customer merged away; the sandbox cannot merge, so the read leaves it out
     still_there = company.client.read_many("Customer", [kept["Id"], inactive["Id"]])
-    result = drain(company, lambda org: ReadsServedFrom(company, {"Customer": still_there}))
+    result = drain(company, lambda org, realm: ReadsServedFrom(company, {"Customer": still_there}))
     assert result.pulls[0].deleted == {"Customer": 1}
     active = {c["qbo_id"]: c["is_active"] for c in company.rows(s.customers)}
     assert active == {kept["Id"]: True, inactive["Id"]: False, merged["Id"]: False}
@@ -249,7 +250,7 @@ def test_a_failed_pull_leaves_its_events_pending_for_the_next_run(
     customer = company.qbo.customer("Ada")
     notify(company, changed(company, "Customer", customer, "Create"))
     with pytest.raises(ServerError):
-        drain(company, lambda org: ReadsServedFrom(company, {}, fail=True), "run-failed")
+        drain(company, lambda org, realm: ReadsServedFrom(company, {}, fail=True), "run-failed")
     [row] = inbox(company.engine)
     assert (row["status"], row["run_id"]) == ("pending", "run-failed")
     assert company.rows(s.customers) == []
@@ -268,7 +269,7 @@ def test_an_event_arriving_during_a_run_waits_for_the_next_one(company: Company)
             notify(company, changed(company, "Customer", second, "Create"))
             return super().read_many(entity, ids)
 
-    result = drain(company, lambda org: ArrivesWhileReading(company, {}))
+    result = drain(company, lambda org, realm: ArrivesWhileReading(company, {}))
     assert (result.events, result.done) == (1, 1)
     done, waiting = inbox(company.engine)
     assert (done["entity_id"], done["status"]) == (first["Id"], "done")
@@ -295,3 +296,58 @@ def test_events_of_a_realm_no_longer_connected_are_ignored(company: Company, cli
     assert (result.events, result.ignored, result.pulls) == (1, 1, [])
     [row] = inbox(company.engine)
     assert (row["status"], row["note"]) == ("ignored", UNKNOWN_REALM)
+
+
+def test_an_organisation_switched_to_another_company_during_a_drain_gets_none_of_the_old_ones_events(
+    company: Company, secret_key: str
+) -> None:
+    """The switch commits between the claim and the reads: the client asked for the old realm does not exist any
+    more, so nothing of R is read into (or tombstoned in) the mirror now holding company S's objects."""
+    engine, base = company.engine, company.sandbox.base_url
+    merged = company.qbo.customer("Merged away in R")
+    company.pull()
+    notify(company, changed(company, "Customer", merged, "Merge"))
+    other = Qbo(company.sandbox)
+    asked: list[tuple[int, str]] = []
+
+    def client_for(organization_id: int, realm_id: str) -> QuickBooksClient:
+        if not asked:  # `batchly-sync ... switch` commits while the drain runs
+            unlink_organization(engine, organization_id)
+            connect(engine, organization_id, other.realm_id, base, secret_key)
+        asked.append((organization_id, realm_id))
+        record = ConnectionStore(engine, secret_key).load(organization_id, realm_id)  # as production does
+        return QuickBooksClient(record.realm_id, base, SandboxTokens(base, record.realm_id))
+
+    result = drain(company, client_for)
+    assert asked == [(company.org, company.qbo.realm_id)]
+    assert (result.events, result.done, result.ignored, result.pulls) == (1, 0, 1, [])
+    with engine.connect() as conn:
+        assert (
+            conn.execute(sa.select(s.qbo_mirror).where(s.qbo_mirror.c.organization_id == company.org)).all()
+            == []
+        )
+    new = other.customer("New in S")
+    assert new["Id"] == merged["Id"]  # ids are per company
+    record_delivery(
+        engine, parse_delivery(legacy(change(other.realm_id, "Customer", new["Id"], "Create", MOMENT)))
+    )
+    tokens = SandboxTokens(base, other.realm_id)
+    drain_realm(engine, other.realm_id, "run-2", lambda org, realm: QuickBooksClient(realm, base, tokens))
+    with engine.connect() as conn:
+        names = conn.execute(
+            sa.select(s.customers.c.display_name).where(s.customers.c.organization_id == company.org)
+        ).scalars()
+        assert "New in S" in list(names)
+
+
+def test_a_client_of_another_company_reads_nothing(company: Company) -> None:
+    customer = company.qbo.customer("Ada")
+    notify(company, changed(company, "Customer", customer, "Create"))
+    other = Qbo(company.sandbox)
+    base = company.sandbox.base_url
+    with pytest.raises(WrongCompany):
+        drain(
+            company,
+            lambda org, realm: QuickBooksClient(other.realm_id, base, SandboxTokens(base, other.realm_id)),
+        )
+    assert statuses(inbox(company.engine)) == ["pending"]  # left for a run with the right client

@@ -27,7 +27,7 @@ from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushe
 from batchly_pipelines_tests.support.quickbooks import SandboxTokens
 from batchly_pipelines_tests.support.webhooks import change, legacy
 
-ClientFor = Callable[[int], QuickBooksClient]
+ClientFor = Callable[[int, str], QuickBooksClient]
 
 
 def _repair_of(company: Company) -> sa.Row | None:
@@ -129,5 +129,7 @@ def test_a_receiver_start_during_a_sweep_leaves_the_next_one_due(company: Compan
             record_receiver_start(company.engine, "http://127.0.0.1:8767/webhooks/quickbooks")
             return answer
 
-    sweep_realm(company.engine, realm, lambda org: RestartDuringCdc(realm, base, SandboxTokens(base, realm)))
+    sweep_realm(
+        company.engine, realm, lambda org, realm: RestartDuringCdc(realm, base, SandboxTokens(base, realm))
+    )
     assert "receiver started" in sweeps_due(company.engine)[realm]

@@ -48,7 +48,12 @@ from batchly_pipelines.store.schema import utcnow
 logger = logging.getLogger(__name__)
 
 CLAIM_LIMIT = 5000  # events per run; the rest wait for the next one
-ClientFor = Callable[[int], QuickBooksClient]
+# a client for (organisation, realm): raises LookupError when the organisation has no connection to that realm
+ClientFor = Callable[[int, str], QuickBooksClient]
+
+
+class WrongCompany(RuntimeError):
+    """A client of another QuickBooks company than the one whose changes are to be pulled: nothing is read."""
 
 
 class RealmNotConnected(RuntimeError):
@@ -119,10 +124,24 @@ def drain_realm(
     elif rows:
         request = pull_requests(_event(row) for row in rows)[realm_id]
         for organization_id in organizations:
-            with client_for(organization_id) as client:
+            try:
+                client = client_for(organization_id, realm_id)
+            except LookupError:  # disconnected or switched to another company since the claim
+                logger.info(
+                    "organisation %s: no connection to QuickBooks company %s any more; its %s event(s) are not "
+                    "pulled into it",
+                    organization_id,
+                    realm_id,
+                    len(rows),
+                )
+                continue
+            with client:
                 drain.pulls.append(pull_notified(engine, client, organization_id, request, run_id=run_id))
         with engine.begin() as conn:
-            drain.done = settle_events(conn, run_id, "done")
+            if drain.pulls:
+                drain.done = settle_events(conn, run_id, "done")
+            else:
+                drain.ignored = settle_events(conn, run_id, "ignored", UNKNOWN_REALM)
     drain.duration_s = round(time.monotonic() - started, 3)
     return drain
 
@@ -135,7 +154,13 @@ def pull_notified(
     *,
     run_id: str | None = None,
 ) -> TargetedPull:
-    """Read the objects ``request`` names into the organisation's mirror and reconcile them into Batchly."""
+    """Read the objects ``request`` names into the organisation's mirror and reconcile them into Batchly. Raises
+    :class:`WrongCompany` (nothing read) when ``client`` is not a client of the request's realm."""
+    if client.realm_id != request.realm_id:
+        raise WrongCompany(
+            f"organisation {organization_id}: a client of QuickBooks company {client.realm_id} was given to pull "
+            f"changes of company {request.realm_id}"
+        )
     calls_before = sum(client.stats.calls.values())
     pull = TargetedPull(organization_id)
     for entity in ("Customer", "Item"):

@@ -15,16 +15,16 @@ sent nothing for too long, or whose unrepaired stretch nears CDC's 30-day horizo
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from batchly_pipelines.quickbooks.client import CdcResult, QuickBooksClient
+from batchly_pipelines.quickbooks.client import CdcResult
 from batchly_pipelines.quickbooks.wire import qbo_last_updated
 from batchly_pipelines.services.webhooks.changes import EntityChanges, PullRequest
-from batchly_pipelines.services.webhooks.drain import TargetedPull, pull_notified
+from batchly_pipelines.services.webhooks.drain import ClientFor, TargetedPull, WrongCompany, pull_notified
 from batchly_pipelines.services.webhooks.events import SYNCED_ENTITIES
 from batchly_pipelines.store.db import Connection, Engine
 from batchly_pipelines.store.inbox import organizations_connected_to
@@ -45,7 +45,7 @@ CDC_MARGIN = timedelta(hours=1)  # asked no closer to the horizon than this (the
 HORIZON_WARNING = timedelta(days=5)  # webhooks_flowing fails this long before a gap leaves CDC's reach
 SILENCE_LIMIT = timedelta(hours=24)
 
-ClientFor = Callable[[int], QuickBooksClient]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,7 +101,19 @@ def sweep_realm(
     sweep.since = max(since, reach)
     cdc: CdcResult | None = None
     for organization_id in organizations:
-        with client_for(organization_id) as client:
+        try:
+            client = client_for(organization_id, realm_id)
+        except LookupError:  # disconnected or switched to another company since
+            logger.info(
+                "organisation %s: no connection to QuickBooks company %s any more", organization_id, realm_id
+            )
+            continue
+        with client:
+            if client.realm_id != realm_id:
+                raise WrongCompany(
+                    f"organisation {organization_id}: a client of QuickBooks company {client.realm_id} was given "
+                    f"to sweep company {realm_id}"
+                )
             if cdc is None:
                 asked_at = utcnow()
                 cdc = client.cdc(SYNCED_ENTITIES, sweep.since)
@@ -113,7 +125,8 @@ def sweep_realm(
                 sweep.gaps[entity] = sweep.gaps.get(entity, 0) + len(changes.ids)
             if request.entities:
                 sweep.pulls.append(pull_notified(engine, client, organization_id, request, run_id=run_id))
-    assert cdc is not None
+    if cdc is None:  # no organisation is connected to the realm any more
+        return sweep
     sweep.repaired_until = cdc.high_water_mark
     with engine.begin() as conn:
         # swept_at is when the CDC was asked: a receiver that starts after that is not covered by this sweep
