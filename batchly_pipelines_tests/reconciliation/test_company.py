@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from batchly_pipelines.services.push.organization import push_organization
+from batchly_pipelines.services.reconciliation import company as company_module
 from batchly_pipelines.services.reconciliation.company import CompanyReconciliation, reconcile_company
 from batchly_pipelines.services.reconciliation.compare import RECORD, Repair
 from batchly_pipelines.store import schema as s
@@ -210,3 +213,34 @@ def test_a_record_deleted_while_the_pages_are_read_is_asked_for_not_taken_as_gon
     assert result.differences == []
     assert company.row(s.customers, qbo_id=ada["Id"])["is_active"] is True
     assert timedelta(0) <= timedelta(seconds=result.seconds)
+
+
+def test_a_page_older_than_what_the_pull_took_in_meanwhile_is_not_written_over_it(
+    company: Company, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ada = company.qbo.customer("Ada", PrimaryPhone={"FreeFormNumber": "555-0100"})
+    hours = company.qbo.item("Hours", "50.00")
+    company.pull()
+    real = company_module._confirm_absent
+
+    def meanwhile(
+        *args: Any,
+    ) -> Any:  # between the page reads and the comparison, a pull takes newer versions in
+        company.act(
+            "update_customer", customer_id=ada["Id"], fields={"PrimaryPhone": {"FreeFormNumber": "555-0199"}}
+        )
+        company.act("set_item_price", item_id=hours["Id"], unit_price="65.00")
+        company.pull()
+        return real(*args)
+
+    monkeypatch.setattr(company_module, "_confirm_absent", meanwhile)
+    result = _reconcile(company)
+
+    assert company.row(s.customers, qbo_id=ada["Id"])["phone"] == "555-0199"
+    assert company.row(s.items, qbo_id=hours["Id"])["unit_price"] == Decimal("65.00")
+    assert not [d for d in result.repaired if d.field in ("phone", "unit_price")]
+    monkeypatch.setattr(company_module, "_confirm_absent", real)
+    again = _reconcile(company)  # the next run reads the current versions: nothing is left
+    assert not [d for d in again.differences if d.field in ("phone", "unit_price")]
+    assert company.row(s.customers, qbo_id=ada["Id"])["phone"] == "555-0199"
+    assert company.row(s.items, qbo_id=hours["Id"])["unit_price"] == Decimal("65.00")

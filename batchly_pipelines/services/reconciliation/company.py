@@ -52,8 +52,8 @@ from batchly_pipelines.services.reconciliation.compare import (
     compare_invoices,
     compare_name_list,
 )
-from batchly_pipelines.store.db import Engine, sync_transaction
-from batchly_pipelines.store.mirror import live_ids, mark_deleted
+from batchly_pipelines.store.db import Connection, Engine, sync_transaction
+from batchly_pipelines.store.mirror import live_ids, mark_deleted, mirrored_objects
 from batchly_pipelines.store.reconciliation import (
     invoices_with_customers,
     listed_pull_errors,
@@ -163,7 +163,7 @@ def reconcile_company(
         reconcile_items(engine, organization_id, run_id=run_id)
         reconcile_invoice_payments(engine, organization_id, run_id=run_id)
         second = _compare(engine, organization_id, objects, result)
-        settled = _repair(engine, organization_id, second, run_id)
+        settled = _repair(engine, organization_id, objects, second, run_id)
         left = {_key(d) for d in second}
         result.repaired = [d for d in first if d.explained_by is None and _key(d) not in left] + settled
         result.differences = _compare(engine, organization_id, objects, result) if settled else second
@@ -278,10 +278,25 @@ def _refresh(
             mark_deleted(conn, organization_id, entity, dict.fromkeys(gone, now))
 
 
+def _sync_token(obj: Mapping[str, Any] | None) -> int:
+    try:
+        return int((obj or {}).get("SyncToken", -1))
+    except (TypeError, ValueError):
+        return -1
+
+
 def _repair(
-    engine: Engine, organization_id: int, differences: Iterable[Difference], run_id: str | None
+    engine: Engine,
+    organization_id: int,
+    objects: Mapping[str, Mapping[str, Any]],
+    differences: Iterable[Difference],
+    run_id: str | None,
 ) -> list[Difference]:
-    """Settle what the rules allow of the differences left after the pull's reconciliation; returns those."""
+    """Settle what the rules allow of the differences left after the pull's reconciliation; returns those.
+
+    A record whose page is older than the version Batchly already holds (the link's sync token, or the mirror's
+    version: a pull or webhook drain took a newer one in while the pages were read) is not repaired from that page,
+    neither taken nor pushed: its difference stays listed, and the next run reads the current version."""
     take: dict[tuple[str, int], list[Difference]] = {}
     push: dict[str, dict[int, list[Difference]]] = {}
     for d in differences:
@@ -294,11 +309,6 @@ def _repair(
     settled: list[Difference] = []
     log: list[LogEntry] = []
     with sync_transaction(engine) as conn:
-        bases = {
-            (entity, row["id"]): row
-            for entity in ("customer", "item")
-            for row in records_with_links(conn, entity, organization_id)
-        }
         links = {
             entity: locked_bases(
                 conn,
@@ -308,7 +318,18 @@ def _repair(
             )
             for entity in ("customer", "item")
         }
+        # read under the lock on the links: a pull that moves a link's sync token waits, or has committed
+        bases = {
+            (entity, row["id"]): row
+            for entity in ("customer", "item")
+            for row in records_with_links(conn, entity, organization_id)
+        }
+        stale = _stale_pages(
+            conn, organization_id, objects, bases, [*take, *((e, i) for e in push for i in push[e])]
+        )
         for (entity, entity_id), found in take.items():
+            if (entity, entity_id) in stale:
+                continue  # QuickBooks changed it since its page was read: the next run compares the current one
             values = {d.field: d.qbo_value for d in found}
             row = bases[(entity, entity_id)]
             current = NAME_LISTS[entity].mapping.from_row(row)
@@ -324,8 +345,8 @@ def _repair(
                 )
         for entity in ("customer", "item"):
             for entity_id, found in push.get(entity, {}).items():
-                if entity_id not in links[entity]:
-                    continue  # not linked: the push creates it
+                if entity_id not in links[entity] or (entity, entity_id) in stale:
+                    continue  # not linked: the push creates it; or its page is older than what Batchly holds
                 # the push sends what differs from the base: the base keeps QuickBooks' value of these fields
                 fields = {d.field: d.qbo_value for d in found if d.field != RECORD}
                 if fields:
@@ -335,9 +356,40 @@ def _repair(
         write_log(conn, log)
     with engine.begin() as conn:  # an ordinary transaction: the outbox queues these pushes
         for entity, records in push.items():
-            queue_pushes(conn, entity, sorted(records))
-            settled += [d for found in records.values() for d in found]
+            fresh = {i: found for i, found in records.items() if (entity, i) not in stale}
+            queue_pushes(conn, entity, sorted(fresh))
+            settled += [d for found in fresh.values() for d in found]
     return settled
+
+
+def _stale_pages(
+    conn: Connection,
+    organization_id: int,
+    objects: Mapping[str, Mapping[str, Any]],
+    rows: Mapping[tuple[str, int], Mapping[str, Any]],
+    records: Iterable[tuple[str, int]],
+) -> set[tuple[str, int]]:
+    """The records whose page object is older than the link's sync token or the mirror's current version."""
+    stale: set[tuple[str, int]] = set()
+    wanted: dict[str, dict[str, tuple[str, int]]] = {}
+    for entity, entity_id in records:
+        row = rows.get((entity, entity_id))
+        if row is None or row["qbo_id"] is None:
+            continue
+        qbo_id = str(row["qbo_id"])
+        page = objects[COMPARED[entity]].get(qbo_id)
+        if page is None:
+            continue
+        link_token = row["link_sync_token"]
+        if link_token is not None and _sync_token(page) < _sync_token({"SyncToken": link_token}):
+            stale.add((entity, entity_id))
+        wanted.setdefault(entity, {})[qbo_id] = (entity, entity_id)
+    for entity, by_qbo_id in wanted.items():
+        mirrored = mirrored_objects(conn, organization_id, COMPARED[entity], by_qbo_id)
+        for qbo_id, key in by_qbo_id.items():
+            if _sync_token(objects[COMPARED[entity]][qbo_id]) < _sync_token(mirrored.get(qbo_id)):
+                stale.add(key)
+    return stale
 
 
 def _entry(
