@@ -11,13 +11,14 @@ from datetime import datetime
 from typing import Any
 
 from batchly_pipelines.cli.output import section
-from batchly_pipelines.quickbooks.errors import ReauthorizationRequired
+from batchly_pipelines.quickbooks.errors import ReadQuotaExhausted, ReauthorizationRequired
 from batchly_pipelines.rules.mapping import CUSTOMER_FIELDS
 from batchly_pipelines.rules.name_lists import NAME_LISTS
 from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.pull.organization import pull_organization, window_since_cursor
 from batchly_pipelines.services.pull.progress import Progress
 from batchly_pipelines.services.pull.resolve import WINNERS, ReviewOutdated, resolve_conflicts
+from batchly_pipelines.services.read_budget import backfill_cost_note
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.conflicts import list_conflicts
 from batchly_pipelines.store.db import create_engine
@@ -41,10 +42,17 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     except (LookupError, ReauthorizationRequired) as exc:
         print(f"batchly-sync pull: {exc}", file=sys.stderr)
         return 2
-    with client:
-        result = pull_organization(
-            engine, client, args.org, window, review_fields=args.review_field, progress=_show_progress
-        )
+    try:
+        with client:
+            note = backfill_cost_note(engine, client, window, range_given=args.since is not None)
+            if note is not None:
+                section("read budget", note)
+            result = pull_organization(
+                engine, client, args.org, window, review_fields=args.review_field, progress=_show_progress
+            )
+    except ReadQuotaExhausted as exc:  # Intuit blocks the app's reads until next month: waiting cannot help
+        print(f"batchly-sync pull: {exc}", file=sys.stderr)
+        return 1
     for name, stats in result.as_dict().items():
         shown = {k: v for k, v in stats.items() if k not in ("entities", "by_entity") and v}
         section(name, ", ".join(f"{k} {v}" for k, v in shown.items()) or "nothing to do")

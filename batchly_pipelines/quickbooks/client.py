@@ -4,7 +4,8 @@ Every request goes through the realm's shared rate limiter, carries ``minorversi
 with exact decimals. Transient failures (connection errors, timeouts, 500/502/503/504) are retried with exponential
 backoff and jitter — writes only ever with the same ``requestid``, so QuickBooks replays instead of writing twice. A 429
 teaches the realm's limiter (it is raised inside the request's slot), pauses the realm for every process and is
-retried without counting against the request. A 401 refreshes the token once.
+retried without counting against the request — except a 429 to a read once the read meter says the app used up this
+month's read quota: that is :class:`ReadQuotaExhausted`, raised at once. A 401 refreshes the token once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.errors import (
     AuthError,
     QboError,
+    ReadQuotaExhausted,
     ReauthorizationRequired,
     ServerError,
     StaleObjectError,
@@ -79,6 +81,10 @@ class ReadMeter(Protocol):
     """Counts the metered reads QuickBooks answered (``store.read_budget.DatabaseReadMeter``)."""
 
     def count(self, kind: str) -> None: ...
+
+    def exhausted(self) -> str | None:
+        """Why the app's reads are blocked — this month's reads reached its quota — or ``None``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -537,6 +543,8 @@ class QuickBooksClient:
             except TRANSPORT_ERRORS as exc:
                 raise ServerError(f"no answer from QuickBooks ({type(exc).__name__})", detail=path) from None
             if response.status_code == 429:  # raised in the slot: the limiter learns from it, never counts it
+                if kind in READ_KINDS and self.read_meter is not None:
+                    self._refuse_if_quota(response)  # not a throttle: the limiter must not learn from it
                 raise error_from_response(response.status_code, response.content, response.headers)
         tid = response.headers.get("intuit_tid")
         if response.status_code == 200:
@@ -549,6 +557,16 @@ class QuickBooksClient:
                     "QuickBooks answered 200 with a body that is not JSON", intuit_tid=tid
                 ) from None
         raise error_from_response(response.status_code, response.content, response.headers)
+
+    def _refuse_if_quota(self, response: requests.Response) -> None:
+        """A 429 to a read once the meter says the month's quota is used up is the quota, not a throttle (Intuit
+        answers both with the same body): raise :class:`ReadQuotaExhausted`, never retried."""
+        reason = self.read_meter.exhausted() if self.read_meter is not None else None
+        if reason is not None:
+            throttle = error_from_response(response.status_code, response.content, response.headers)
+            raise ReadQuotaExhausted(
+                reason, code=throttle.code, detail=throttle.detail, intuit_tid=throttle.intuit_tid, status=429
+            )
 
 
 # no (complete) answer: retried like any dropped connection — a connection cut in the middle of the body included

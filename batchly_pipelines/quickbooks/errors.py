@@ -69,6 +69,16 @@ class ThrottledError(QboError):
     retry_after: float | None = None
 
 
+class ReadQuotaExhausted(QboError):
+    """429 to a read once the app's monthly read quota is used up: Intuit blocks the app's reads until the month
+    resets. Its answer is the throttling body (3001 ThrottleExceeded, which limit tripped is not said), so the client
+    raises this only when its read meter says the month's reads reached the quota; never retried (waiting a minute
+    cannot help). The message names the app and when the month resets."""
+
+    def __str__(self) -> str:
+        return f"{self.message} (QuickBooks answered {self.status} {self.code}; intuit_tid={self.intuit_tid})"
+
+
 class ValidationError(QboError):
     """400: the request was understood and refused (never retried)."""
 

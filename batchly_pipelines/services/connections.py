@@ -26,6 +26,7 @@ from batchly_pipelines.quickbooks.oauth import (
     OAuthConfig,
 )
 from batchly_pipelines.quickbooks.ratelimit import RateLimits, SharedRateLimiter
+from batchly_pipelines.services.read_budget import monthly_quota
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store.connections import ConnectionRecord, ConnectionStore, StoredTokens
 from batchly_pipelines.store.db import Engine
@@ -207,5 +208,5 @@ def client_for_organization(
         config=config,
         session=session,
         stats=stats,
-        read_meter=DatabaseReadMeter(engine, settings.qbo_client_id, record.realm_id),
+        read_meter=DatabaseReadMeter(engine, settings.qbo_client_id, record.realm_id, quota=monthly_quota()),
     )

@@ -7,7 +7,9 @@ time. A company's work opens its own QuickBooks client (whose limiter keeps the 
 with every other process through the database) and its own transactions, so one company's error — a QuickBooks
 outage, a bug, a database error — is caught, retried after a pause (``attempts`` in all) and, when it lasts, reported
 as that company's :class:`CompanyOutcome`; the others carry on. An error that a retry cannot mend
-(:class:`~batchly_pipelines.quickbooks.errors.AuthError`: the company must be reconnected) is not retried.
+(:class:`~batchly_pipelines.quickbooks.errors.AuthError`: the company must be reconnected;
+:class:`~batchly_pipelines.quickbooks.errors.ReadQuotaExhausted`: Intuit blocks the app's reads until next month)
+is not retried.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from batchly_pipelines.quickbooks.errors import AuthError
+from batchly_pipelines.quickbooks.errors import AuthError, ReadQuotaExhausted
 
 T = TypeVar("T")
 
 DEFAULT_WORKERS = 8
 DEFAULT_ATTEMPTS = 3
 DEFAULT_RETRY_DELAY_S = 30.0
+UNMENDABLE = (AuthError, ReadQuotaExhausted)  # a retry cannot mend these: not retried
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def run_fleet(
                 result = work(organization_id)
             except Exception as exc:
                 error = _describe(exc)
-                if tried >= attempts or isinstance(exc, AuthError) or stop.wait(retry_delay_s):
+                if tried >= attempts or isinstance(exc, UNMENDABLE) or stop.wait(retry_delay_s):
                     return CompanyOutcome(organization_id, None, error, tried, time.monotonic() - started)
                 continue
             return CompanyOutcome(organization_id, result, None, tried, time.monotonic() - started)

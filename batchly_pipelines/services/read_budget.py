@@ -11,20 +11,52 @@ from __future__ import annotations
 
 import calendar
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+from batchly_pipelines.quickbooks import query as q
+from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.services.pull.mirror import Window, cdc_since
+from batchly_pipelines.services.pull.organization import EPOCH, PAYMENT_ENTITIES
+from batchly_pipelines.settings import LOCAL_CLIENT_ID, SettingsError
 from batchly_pipelines.store.db import Engine
-from batchly_pipelines.store.read_budget import month_of, reads_in_month
+from batchly_pipelines.store.read_budget import DatabaseReadMeter, month_of, reads_in_month
 from batchly_pipelines.store.schema import utcnow
 
 DEFAULT_MONTHLY_QUOTA = 500_000  # Intuit's Builder tier
 WARN_AT = 0.8
 PAGE_ROWS = 1000  # rows per query page (MAXRESULTS)
 
+# what a pull reads, in order: customers, items, then payments with the invoices and refund receipts they touch
+PULL_ENTITIES = ("Customer", "Item", *PAYMENT_ENTITIES)
+PULL_CDC_CALLS = (
+    3  # one CDC call for deletions per pull step (customers, items, payments), within CDC's 30 days
+)
+PULL_STEPS: dict[str, tuple[str, ...]] = {
+    "pull_customers": ("Customer",),
+    "pull_items": ("Item",),
+    "pull_payments": PAYMENT_ENTITIES,
+}
+
 Level = Literal["ok", "warn", "exhausted"]
+
+
+def monthly_quota(environ: Mapping[str, str] | None = None) -> int:
+    """The app's monthly QuickBooks read quota: ``BATCHLY_READ_QUOTA`` (default 500,000, Intuit's Builder tier)."""
+    env = os.environ if environ is None else environ
+    text = env.get("BATCHLY_READ_QUOTA", "").strip()
+    if not text:
+        return DEFAULT_MONTHLY_QUOTA
+    try:
+        quota = float(text)
+    except ValueError:
+        quota = 0.0
+    if not quota > 0:
+        raise SettingsError("BATCHLY_READ_QUOTA", "reads per month, a whole number more than 0", text)
+    return int(quota)
 
 
 @dataclass(frozen=True)
@@ -112,3 +144,50 @@ def read_cost_note(
         f"expected QuickBooks reads: about {expected:,} ({share} of the monthly quota of {quota:,}; "
         f"{budget.reads:,} used this month, {budget.left:,} left)"
     )
+
+
+def estimate_pull_reads(
+    client: QuickBooksClient,
+    window: Window,
+    entities: Sequence[str] = PULL_ENTITIES,
+    cdc_calls: int = PULL_CDC_CALLS,
+) -> int:
+    """What a pull of ``entities`` over ``window`` reads, these estimates included: a ``COUNT(*)`` per entity (made
+    now), then per entity a query page per 1,000 rows changed (at least one) and one more ``COUNT(*)`` when its
+    first page comes back full (the progress estimate), plus ``cdc_calls`` CDC calls for deletions within CDC's 30
+    days. About: the invoices a payment names and pages split between concurrent readers may add a few."""
+    rows = {entity: client.count(entity, window.conditions(entity)) for entity in entities}
+    cdc = cdc_calls if cdc_since(window) is not None else 0
+    progress_counts = sum(1 for n in rows.values() if n >= q.MAX_RESULTS)
+    return len(rows) + expected_pull_reads(1, rows, cdc) + progress_counts
+
+
+def client_cost_note(engine: Engine, client: QuickBooksClient, expected: int) -> str:
+    """:func:`read_cost_note` for the app whose reads ``client`` counts (its :class:`DatabaseReadMeter`; without
+    one, ``QBO_CLIENT_ID``'s), against ``BATCHLY_READ_QUOTA``."""
+    meter = client.read_meter
+    if isinstance(meter, DatabaseReadMeter):
+        app_id, quota = meter.app_id, meter.quota or monthly_quota()
+    else:
+        app_id, quota = os.environ.get("QBO_CLIENT_ID") or LOCAL_CLIENT_ID, monthly_quota()
+    return read_cost_note(engine, app_id, expected, quota)
+
+
+def backfill_cost_note(
+    engine: Engine,
+    client: QuickBooksClient,
+    window: Window,
+    *,
+    step: str | None = None,
+    range_given: bool = False,
+) -> str | None:
+    """The sentence a backfill prints before it starts — a range of days or ``--since`` (``range_given``), or a
+    pull from the beginning of time — after the ``COUNT(*)`` queries that size it; ``None`` for an incremental
+    pull (a few reads: counting them would cost more than they do). ``step`` is one pull step
+    (``pull_customers``, ``pull_items``, ``pull_payments``); without it (or another name), all three."""
+    if not range_given and window.start > EPOCH:
+        return None
+    entities, cdc_calls = (PULL_STEPS[step], 1) if step in PULL_STEPS else (PULL_ENTITIES, PULL_CDC_CALLS)
+    expected = estimate_pull_reads(client, window, entities, cdc_calls)
+    span = f"{window.start:%Y-%m-%d %H:%M} → {window.end:%Y-%m-%d %H:%M} UTC"
+    return f"pull of company {client.realm_id}, {span}: " + client_cost_note(engine, client, expected)

@@ -29,11 +29,18 @@ class DatabaseReadMeter:
     """Counts one realm's reads for one app in the Batchly database; a ``quickbooks.client.ReadMeter``."""
 
     def __init__(
-        self, engine: Engine, app_id: str, realm_id: str, *, now: Callable[[], datetime] = utcnow
+        self,
+        engine: Engine,
+        app_id: str,
+        realm_id: str,
+        *,
+        quota: int | None = None,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.engine = engine
         self.app_id = app_id
         self.realm_id = realm_id
+        self.quota = quota  # the app's monthly reads; None: unknown (a 429 is then always a throttle)
         self._now = now
 
     def __repr__(self) -> str:
@@ -52,6 +59,30 @@ class DatabaseReadMeter:
         )
         with self.engine.begin() as conn:
             conn.execute(statement)
+
+    def exhausted(self) -> str | None:
+        """Why QuickBooks refuses the app's reads — this month's reads (every realm) reached ``quota`` — or
+        ``None``. Asked only when a read was answered 429 (Intuit's quota answer is its throttling body)."""
+        if self.quota is None:
+            return None
+        now = self._now()
+        month = month_of(now)
+        reads = sum(reads_in_month(self.engine, self.app_id, month).values())
+        if reads < self.quota:
+            return None
+        resets = next_month_start(now)
+        return (
+            f"the monthly QuickBooks read quota of app {self.app_id} is used up ({reads:,} reads in {month}, "
+            f"quota {self.quota:,}): Intuit blocks its reads until the month resets on {resets:%Y-%m-%d} "
+            f"00:00 UTC"
+        )
+
+
+def next_month_start(instant: datetime) -> datetime:
+    """The first instant of the metering month after ``instant``'s (UTC)."""
+    at = instant.astimezone(UTC)
+    year, month = (at.year + 1, 1) if at.month == 12 else (at.year, at.month + 1)
+    return datetime(year, month, 1, tzinfo=UTC)
 
 
 def reads_in_month(engine: Engine, app_id: str, month: str) -> dict[str, int]:

@@ -28,6 +28,9 @@ class CountingMeter:
     def count(self, kind: str) -> None:
         self.kinds[kind] += 1
 
+    def exhausted(self) -> str | None:
+        return None
+
 
 def test_the_client_counts_the_reads_quickbooks_answered_and_nothing_else(company: Company) -> None:
     meter = CountingMeter()

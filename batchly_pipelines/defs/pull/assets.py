@@ -58,6 +58,7 @@ from batchly_pipelines.services.pull.organization import (
     window_since_cursor,
 )
 from batchly_pipelines.services.pull.progress import Progress, ProgressReport
+from batchly_pipelines.services.read_budget import backfill_cost_note
 from batchly_pipelines.store.db import Engine
 
 QBO_GROUP, MIRROR_GROUP, BATCHLY_GROUP = "quickbooks", "quickbooks_mirror", "batchly"
@@ -127,8 +128,14 @@ def _pull_companies(
         if mirror_key in selected:
             with quickbooks.client_for(org) as client:
                 announce_waits(client, context.log.info, f"company {keys[org]}")
+                company_window = window or window_since_cursor(engine, org)
+                note = backfill_cost_note(  # a backfill states its reads first (incremental pulls: no COUNTs)
+                    engine, client, company_window, step=pull.__name__, range_given=window is not None
+                )
+                if note is not None:
+                    context.log.info("company %s: %s", keys[org], note)
                 numbers[mirror_key] = _mirror_numbers(
-                    pull(engine, client, org, window or window_since_cursor(engine, org), progress=progress)
+                    pull(engine, client, org, company_window, progress=progress)
                 )
         if reconciled_key in selected:
             reconciled = dict(reconcile(engine, org, context.run.run_id, progress))

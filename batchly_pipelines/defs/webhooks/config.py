@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 
-from batchly_pipelines.services.read_budget import DEFAULT_MONTHLY_QUOTA
+from batchly_pipelines.services.read_budget import monthly_quota
 from batchly_pipelines.services.webhooks.repair import REPAIR_EVERY, SILENCE_LIMIT
 from batchly_pipelines.settings import LOCAL_CLIENT_ID, SettingsError
 
@@ -42,9 +42,7 @@ def silence_limit(environ: Mapping[str, str] | None = None) -> timedelta:
 
 def read_quota(environ: Mapping[str, str] | None = None) -> int:
     """The app's monthly QuickBooks read quota: ``BATCHLY_READ_QUOTA`` (default 500,000, Intuit's Builder tier)."""
-    env = os.environ if environ is None else environ
-    quota = _number(env, "BATCHLY_READ_QUOTA", "reads per month, a whole number more than 0")
-    return DEFAULT_MONTHLY_QUOTA if quota is None else int(quota)
+    return monthly_quota(environ)
 
 
 def app_id(environ: Mapping[str, str] | None = None) -> str:

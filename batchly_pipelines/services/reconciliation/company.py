@@ -43,6 +43,7 @@ from batchly_pipelines.services.pull.organization import (
     reconcile_invoice_payments,
     reconcile_items,
 )
+from batchly_pipelines.services.read_budget import client_cost_note
 from batchly_pipelines.services.reconciliation.compare import (
     RECORD,
     Difference,
@@ -152,7 +153,9 @@ def reconcile_company(
     log(
         f"Full reconciliation of organisation {organization_id} (company {client.realm_id}): QuickBooks holds "
         + ", ".join(f"{n} {entity}" for entity, n in result.counts.items())
-        + f"; the read costs about {result.expected_calls} API calls (pages of {PAGE})."
+        + f"; the read costs about {result.expected_calls} API calls (pages of {PAGE}, the COUNTs included); "
+        + client_cost_note(engine, client, result.expected_calls)
+        + "."
     )
     objects = {entity: _read_all(client, entity, result.counts[entity]) for entity in ENTITIES}
     known = _confirm_absent(engine, client, organization_id, objects)
