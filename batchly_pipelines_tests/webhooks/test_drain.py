@@ -18,6 +18,7 @@ from batchly_pipelines.services.webhooks.events import parse_delivery
 from batchly_pipelines.services.webhooks.intake import UNKNOWN_REALM, Intake, record_delivery
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import ConnectionStore, unlink_organization
+from batchly_pipelines_tests.pull.test_completeness import _pushed_invoice, _refund
 from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed, queue
 from batchly_pipelines_tests.support.quickbooks import SandboxTokens
 from batchly_pipelines_tests.support.sandbox_client import Qbo
@@ -351,3 +352,20 @@ def test_a_client_of_another_company_reads_nothing(company: Company) -> None:
             lambda org, realm: QuickBooksClient(other.realm_id, base, SandboxTokens(base, other.realm_id)),
         )
     assert statuses(inbox(company.engine)) == ["pending"]  # left for a run with the right client
+
+
+@pytest.mark.parametrize("names", ["Invoice", "Payment"])
+def test_a_refund_receipts_event_settles_the_invoice_it_refunds(
+    company: Company, client_for: ClientFor, names: str
+) -> None:
+    """A refund changes no invoice's balance, so no Invoice event comes with it: its own event re-reads the invoices
+    it names (directly or through the payment it refunds), as the pull does."""
+    qbo_invoice, invoice_id = _pushed_invoice(company)
+    payment = company.act("record_payment", invoice_id=qbo_invoice["Id"])["Payment"]
+    company.pull()
+    refund = _refund(company, qbo_invoice, names, qbo_invoice["Id"] if names == "Invoice" else payment["Id"])
+    intake = notify(company, changed(company, "RefundReceipt", refund, "Create"))
+    assert intake.ignored == 0
+    drain(company, client_for)
+    row = company.row(s.invoices, id=invoice_id)
+    assert (row["payment_status"], row["amount_refunded"]) == ("refunded", Decimal("100.00"))

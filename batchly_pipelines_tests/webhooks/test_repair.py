@@ -23,6 +23,7 @@ from batchly_pipelines.services.webhooks.repair import (
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.store.webhook_repair import realm_repairs, record_receiver_start
+from batchly_pipelines_tests.pull.test_completeness import _pushed_invoice, _refund
 from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed, queue
 from batchly_pipelines_tests.support.quickbooks import SandboxTokens
 from batchly_pipelines_tests.support.webhooks import change, legacy
@@ -133,3 +134,16 @@ def test_a_receiver_start_during_a_sweep_leaves_the_next_one_due(company: Compan
         company.engine, realm, lambda org, realm: RestartDuringCdc(realm, base, SandboxTokens(base, realm))
     )
     assert "receiver started" in sweeps_due(company.engine)[realm]
+
+
+def test_a_sweep_brings_a_refund_receipt_no_event_brought(company: Company, client_for: ClientFor) -> None:
+    qbo_invoice, invoice_id = _pushed_invoice(company)
+    company.act("record_payment", invoice_id=qbo_invoice["Id"])
+    company.pull()
+    realm = company.qbo.realm_id
+    sweep_realm(company.engine, realm, client_for)
+    _refund(company, qbo_invoice, "Invoice", qbo_invoice["Id"])
+    sweep = sweep_realm(company.engine, realm, client_for)
+    assert sweep.gaps.get("RefundReceipt") == 1
+    row = company.row(s.invoices, id=invoice_id)
+    assert (row["payment_status"], row["amount_refunded"]) == ("refunded", Decimal("100.00"))

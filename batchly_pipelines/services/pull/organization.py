@@ -226,7 +226,7 @@ def pull_payments(
         seen.update(invoice["Id"] for invoice in changed)  # mirrored fresh: no need to read them again
         wanted_payments.update(pid for invoice in page for pid in linked_ids(invoice, "Payment"))
     for page, _ in scan("RefundReceipt"):  # a refund does not: every receipt of the window names its targets
-        _note_refund_targets(page, affected, refunded_payments)
+        note_refund_targets(page, affected, refunded_payments)
     latest = [clock.latest for clock in clocks.values() if clock.latest is not None]
     deleted = pull_deletions(
         engine, client, organization_id, PAYMENT_ENTITIES, window, max(latest, default=None)
@@ -234,7 +234,7 @@ def pull_payments(
     for entity, objects in deleted.objects.items():
         stats.count(entity, "deleted", len(objects))
     affected.update(iid for payment in deleted.objects["Payment"] for iid in linked_ids(payment, "Invoice"))
-    _note_refund_targets(deleted.objects["RefundReceipt"], affected, refunded_payments)
+    note_refund_targets(deleted.objects["RefundReceipt"], affected, refunded_payments)
     if refunded_payments:
         _mirror_missing(engine, client, organization_id, "Payment", refunded_payments, stats)
         with engine.connect() as conn:
@@ -263,9 +263,7 @@ def pull_payments(
     return meter.finish(stats)
 
 
-def _note_refund_targets(
-    refunds: Iterable[Mapping[str, Any]], invoices: set[str], payments: set[str]
-) -> None:
+def note_refund_targets(refunds: Iterable[Mapping[str, Any]], invoices: set[str], payments: set[str]) -> None:
     """Add the invoices and the payments that refund receipts name to ``invoices`` and ``payments``."""
     for refund in refunds:
         for txn_type, txn_id in refund_targets(refund):

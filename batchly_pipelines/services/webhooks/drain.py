@@ -28,6 +28,7 @@ from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.services.pull.invoice_payments import linked_ids
 from batchly_pipelines.services.pull.mirror import store_objects
 from batchly_pipelines.services.pull.organization import (
+    note_refund_targets,
     reconcile_customers,
     reconcile_invoice_payments,
     reconcile_items,
@@ -42,7 +43,13 @@ from batchly_pipelines.store.inbox import (
     realms_with_connection,
     settle_events,
 )
-from batchly_pipelines.store.mirror import live_tokens, mark_deleted, mirrored_payments, not_mirrored
+from batchly_pipelines.store.mirror import (
+    live_tokens,
+    mark_deleted,
+    mirrored_objects,
+    mirrored_payments,
+    not_mirrored,
+)
 from batchly_pipelines.store.schema import utcnow
 
 logger = logging.getLogger(__name__)
@@ -166,8 +173,23 @@ def pull_notified(
     for entity in ("Customer", "Item"):
         if request.ids(entity):
             _read_into_mirror(engine, client, pull, entity, request.ids(entity), request.removed(entity))
-    touched_payments = bool(request.ids("Payment") or request.ids("Invoice"))
+    touched_payments = bool(request.ids("Payment") or request.ids("Invoice") or request.ids("RefundReceipt"))
     affected: set[str] = set()  # invoices a changed payment applies to, before or after the change
+    refunded: set[str] = set()  # payments a changed refund receipt names, before or after the change
+    if request.ids(
+        "RefundReceipt"
+    ):  # as the pull: a refund changes no invoice version, its targets are re-read
+        with engine.connect() as conn:
+            earlier = mirrored_objects(conn, organization_id, "RefundReceipt", request.ids("RefundReceipt"))
+        refunds, gone_refunds = _read_into_mirror(
+            engine,
+            client,
+            pull,
+            "RefundReceipt",
+            request.ids("RefundReceipt"),
+            request.removed("RefundReceipt"),
+        )
+        note_refund_targets([*earlier.values(), *refunds, *gone_refunds], affected, refunded)
     if request.ids("Payment"):
         with engine.connect() as conn:
             before = mirrored_payments(conn, organization_id, request.ids("Payment"))
@@ -176,6 +198,14 @@ def pull_notified(
             engine, client, pull, "Payment", request.ids("Payment"), request.removed("Payment")
         )
         affected.update(iid for payment in [*payments, *removed] for iid in linked_ids(payment, "Invoice"))
+    if refunded:  # the payments refunds name: mirrored if they are not, their invoices re-read
+        with engine.connect() as conn:
+            missing_refunded = not_mirrored(conn, organization_id, "Payment", refunded)
+        if missing_refunded:
+            _read_into_mirror(engine, client, pull, "Payment", set(missing_refunded), {})
+        with engine.connect() as conn:
+            named = mirrored_payments(conn, organization_id, refunded)
+        affected.update(iid for payment in named.values() for iid in linked_ids(payment, "Invoice"))
     invoice_ids = request.ids("Invoice") | affected
     if invoice_ids:
         # forced for the invoices a payment moved: their own version may not have changed

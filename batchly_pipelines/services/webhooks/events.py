@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-# the entities the pull reads; events of any other entity are recorded and ignored
-SYNCED_ENTITIES = ("Customer", "Item", "Invoice", "Payment")
+# the entities the pull reads; events of any other entity are recorded and ignored. A refund receipt changes no
+# invoice's balance (no Invoice event comes with it): its own events re-read the invoices it names.
+SYNCED_ENTITIES = ("Customer", "Item", "Invoice", "Payment", "RefundReceipt")
 # the deliveries' spellings of the operations that remove an object (it is then not found by a read)
 REMOVALS = frozenset({"Delete", "Merge"})
 
