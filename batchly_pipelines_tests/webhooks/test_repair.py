@@ -147,3 +147,22 @@ def test_a_sweep_brings_a_refund_receipt_no_event_brought(company: Company, clie
     assert sweep.gaps.get("RefundReceipt") == 1
     row = company.row(s.invoices, id=invoice_id)
     assert (row["payment_status"], row["amount_refunded"]) == ("refunded", Decimal("100.00"))
+
+
+def test_a_sweep_settles_a_pushed_invoice_deleted_before_any_pull_mirrored_it(
+    company: Company, client_for: ClientFor
+) -> None:
+    """The push does not write the mirror: the deletion of an invoice it never held is a gap, as the pull's CDC
+    has it."""
+    customer = company.qbo.customer("Payer")
+    item = company.qbo.item("Service", "100.00")
+    company.pull()
+    realm = company.qbo.realm_id
+    sweep_realm(company.engine, realm, client_for)
+    invoice = company.qbo.invoice(customer, item, "100.00")  # as the push creates it
+    link_invoices_as_pushed(company.engine, company.org, [invoice])
+    company.act("delete_invoice", invoice_id=invoice["Id"])  # every webhook of it lost
+    sweep = sweep_realm(company.engine, realm, client_for, run_id="sweep-2")
+    assert sweep.gaps == {"Invoice": 1}
+    row = company.row(s.invoices, qbo_id=invoice["Id"])
+    assert (row["payment_status"], row["amount_due"]) == ("voided", Decimal("0.00"))

@@ -137,7 +137,8 @@ def sweep_realm(
 
 def missed_changes(conn: Connection, organization_id: int, realm_id: str, cdc: CdcResult) -> PullRequest:
     """The changes CDC reported that the organisation's mirror does not hold: a version newer than the mirror's, an
-    object it never saw, a deletion of an object it holds live. An object the mirror holds as deleted stays so."""
+    object it never saw, a deletion of an object it holds live or never held. An object the mirror holds as deleted
+    stays so."""
     request = PullRequest(realm_id)
     for entity in SYNCED_ENTITIES:
         objects = cdc.objects.get(entity, [])
@@ -150,7 +151,9 @@ def missed_changes(conn: Connection, organization_id: int, realm_id: str, cdc: C
         for obj in objects:
             qbo_id = str(obj["Id"])
             if obj.get("status") == "Deleted":
-                if qbo_id in live:
+                # live, or never mirrored (the push does not write the mirror: a pushed invoice deleted before
+                # any pull read it); only one held as deleted is settled already
+                if qbo_id in live or qbo_id in unseen:
                     changes.ids.add(qbo_id)
                     changes.removed[qbo_id] = qbo_last_updated(obj)
             elif qbo_id in unseen or (qbo_id in live and int(obj["SyncToken"]) > int(live[qbo_id])):
