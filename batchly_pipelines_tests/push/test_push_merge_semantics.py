@@ -227,6 +227,41 @@ def test_review_fields_are_honoured_by_the_push(
     assert _one(books, "Customer")["Notes"] == "theirs"
 
 
+def test_a_billaddr_member_under_review_is_not_sent_with_an_edit_of_another_member(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books
+) -> None:
+    """QuickBooks replaces BillAddr whole, so a sparse update of bill_line1 sends every member: the one under an
+    open review (bill_city) must carry QuickBooks' value, not Batchly's."""
+    with engine.begin() as conn:
+        set_review_fields(conn, org, "customer", ["bill_city"])
+        customer = f.customer(conn, org, email="zoe@example.com", bill_line1="1 Main St", bill_city="Base")
+    assert push().actions == {"customer.create": 1}
+    qbo_id = _one(books, "Customer")["Id"]
+    books.act(
+        action="update_customer",
+        customer_id=qbo_id,
+        fields={"BillAddr": {**_one(books, "Customer")["BillAddr"], "City": "Cambridge"}},
+    )
+    update(engine, s.customers, customer, bill_city="Boston", email="zoe@new.example.com")
+    push()  # opens the review on bill_city, pushes the e-mail
+    [review] = _conflicts(engine)
+    assert (review["field"], review["resolution"]) == ("bill_city", "pending_review")
+    assert _one(books, "Customer")["BillAddr"]["City"] == "Cambridge"
+
+    update(engine, s.customers, customer, bill_line1="2 Side St")  # another member of the same address
+    push()
+
+    bill = _one(books, "Customer")["BillAddr"]
+    assert (bill["Line1"], bill["City"]) == ("2 Side St", "Cambridge")
+    assert _row(engine, s.customers, customer)["bill_city"] == "Boston"
+    [review] = _conflicts(engine)
+    assert (review["batchly_value"], review["qbo_value"], review["resolution"]) == (
+        "Boston",
+        "Cambridge",
+        "pending_review",
+    )
+
+
 def test_a_conflict_the_push_settles_is_recorded_logged_and_counted(
     engine: Engine, org: int, push: Callable[..., PushStats], books: Books
 ) -> None:

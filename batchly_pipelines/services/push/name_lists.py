@@ -112,6 +112,7 @@ class NameListPusher:
         policy = kind.policy.with_rules(**dict.fromkeys(reviewed, Rule.NEEDS_REVIEW))
         outcomes: list[Outcome] = []
         attempts: list[_Attempt] = []
+        spilling: list[tuple[_Attempt, Mapping[str, Any], str, str]] = []
         for entity_id in ids:
             row = rows.get(entity_id)
             if row is None:
@@ -145,7 +146,9 @@ class NameListPusher:
                 self._conflicts(record, state.qbo_id, None, reverted),
                 reverted.to_batchly,
             )
-            if changes:
+            if changes and self._spills(record, changes, base, pending):
+                spilling.append((attempt, changes, state.qbo_id, state.sync_token))
+            elif changes:
                 attempts.append(attempt)
             elif reverted.conflicts:
                 outcomes.append(self._pushed(attempt, "revert", None))
@@ -153,6 +156,20 @@ class NameListPusher:
                 outcomes.append(
                     Pushed(kind.entity_type, entity_id, "skip", message="no change since the last sync")
                 )
+        if spilling:
+            # a nested object is sent whole: its members Batchly may not write (held by a review, under review,
+            # QuickBooks' to keep) carry QuickBooks' value, read now; still at the link's SyncToken, so a version
+            # newer than the link's is met by a 5010 and merged as usual
+            read = self.ctx.client.read_many(kind.qbo_entity, [qbo_id for _, _, qbo_id, _ in spilling])
+            current = {str(obj["Id"]): obj for obj in read}
+            for attempt, sent, qbo_id, sync_token in spilling:
+                obj = current.get(qbo_id)
+                if obj is not None:
+                    record = attempt.record
+                    intended = {**kind.mapping.from_qbo(obj), **{c: record.fields[c] for c in sent}}
+                    op = self._update_op(record.entity_id, intended, sent, qbo_id, sync_token)
+                    attempt = replace(attempt, op=op)
+                attempts.append(attempt)
         for _ in range(ROUNDS):
             if not attempts:
                 break
@@ -183,6 +200,23 @@ class NameListPusher:
         return _Attempt(
             record, WriteOp(record.entity_id, self.kind.qbo_entity, "create", body, request), None
         )
+
+    def _spills(
+        self,
+        record: _Record,
+        changes: Iterable[str],
+        base: Mapping[str, Any] | None,
+        pending: Iterable[str],
+    ) -> bool:
+        """Whether a sparse update of ``changes`` would send, as a member of a nested object it sends whole, a value
+        of Batchly's that is not a change to push: a field held by an open review, or one whose Batchly value is not
+        the agreed one (under review, QuickBooks-owned) — QuickBooks' value must be sent for it instead."""
+        sent = set(changes)
+        specs = self.kind.mapping.specs
+        groups = {spec.path[0] for spec in specs if spec.column in sent and len(spec.path) > 1}
+        members = {spec.column for spec in specs if len(spec.path) > 1 and spec.path[0] in groups} - sent
+        held, agreed = set(pending), base or {}
+        return any(m in held or m not in agreed or agreed[m] != record.fields[m] for m in members)
 
     def _update_op(
         self, entity_id: int, fields: Mapping[str, Any], changes: Iterable[str], qbo_id: str, sync_token: str
