@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -159,6 +159,32 @@ def forget_company(
     return done
 
 
+# how much earlier than the moment a connection was marked needs_reauth its realm's next sweep starts (the clocks of
+# QuickBooks and of this database may differ; a wider CDC window only costs reads of what the mirror has)
+REAUTH_REWIND_MARGIN = timedelta(minutes=5)
+
+
+def rewind_repair_after_reauth(conn: Connection, realm_id: str, lost_access_at: datetime) -> None:
+    """A connection of ``realm_id`` is connected again after waiting for re-authorisation since ``lost_access_at``:
+    while it waited, the realm's drains settled events once the *other* organisations were pulled and its sweeps
+    moved ``repaired_until`` on. Move the realm's sweep start back to before it lost access (and its last sweep
+    back, so the next one is due now): that sweep brings the re-authorised organisation what it missed."""
+    repairs = s.qbo_webhook_realms.c
+    start = lost_access_at - REAUTH_REWIND_MARGIN
+    conn.execute(
+        sa.update(s.qbo_webhook_realms)
+        .where(repairs.realm_id == realm_id, repairs.repaired_until > start)
+        .values(repaired_until=start)
+    )
+    # a day before: older than any sweep interval, so the realm's next sweep is due at once
+    due = start - timedelta(days=1)
+    conn.execute(
+        sa.update(s.qbo_webhook_realms)
+        .where(repairs.realm_id == realm_id, repairs.swept_at > due)
+        .values(swept_at=due)
+    )
+
+
 class ConnectionStore:
     """``qbo_connections`` with tokens encrypted by Fernet under ``BATCHLY_SECRET_KEY``.
 
@@ -212,11 +238,14 @@ class ConnectionStore:
             cleared: dict[str, int] = {}
             if others:  # nothing linked yet: the new company replaces the old one and what Batchly kept of it
                 cleared = forget_company(conn, organization_id, keep_realm=realm_id)
-            existing = conn.execute(
-                sa.select(c.id)
+            before = conn.execute(
+                sa.select(c.id, c.status, c.updated_at)
                 .where(c.organization_id == organization_id, c.realm_id == realm_id)
                 .with_for_update()
-            ).scalar()
+            ).first()
+            existing = before.id if before is not None else None
+            if before is not None and before.status != "connected":  # re-authorised
+                rewind_repair_after_reauth(conn, realm_id, before.updated_at)
             if existing is None:
                 conn.execute(
                     sa.insert(qbo_connections).values(
@@ -328,7 +357,15 @@ class LockedConnection:
         return self.record
 
     def set_status(self, status: str, reason: str) -> None:
-        """Mark the connection (e.g. ``needs_reauth``) with a reason an operator can act on."""
+        """Mark the connection (e.g. ``needs_reauth``) with a reason an operator can act on. Marked ``connected``
+        again after waiting for re-authorisation, its realm's next sweep starts from before it lost access."""
+        c = qbo_connections.c
+        if status == "connected":
+            before = self._conn.execute(
+                sa.select(c.status, c.updated_at).where(c.id == self.record.id)
+            ).first()
+            if before is not None and before.status != "connected":
+                rewind_repair_after_reauth(self._conn, self.record.realm_id, before.updated_at)
         self._conn.execute(
             sa.update(qbo_connections)
             .where(qbo_connections.c.id == self.record.id)

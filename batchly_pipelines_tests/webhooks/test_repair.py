@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+import pytest
 import sqlalchemy as sa
 
 from batchly_pipelines.quickbooks.client import CdcResult, QuickBooksClient
@@ -21,12 +22,14 @@ from batchly_pipelines.services.webhooks.repair import (
     webhook_health,
 )
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines.store.webhook_repair import realm_repairs, record_receiver_start
+from batchly_pipelines.store.webhook_repair import realm_repairs, record_receiver_start, save_sweep
 from batchly_pipelines_tests.pull.test_completeness import _pushed_invoice, _refund
+from batchly_pipelines_tests.support import factories
 from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed, queue
 from batchly_pipelines_tests.support.quickbooks import SandboxTokens
-from batchly_pipelines_tests.support.webhooks import change, legacy
+from batchly_pipelines_tests.support.webhooks import change, connect, legacy
 
 ClientFor = Callable[[int, str], QuickBooksClient]
 
@@ -166,3 +169,46 @@ def test_a_sweep_settles_a_pushed_invoice_deleted_before_any_pull_mirrored_it(
     assert sweep.gaps == {"Invoice": 1}
     row = company.row(s.invoices, qbo_id=invoice["Id"])
     assert (row["payment_status"], row["amount_due"]) == ("voided", Decimal("0.00"))
+
+
+@pytest.mark.parametrize("reauthorised_by", ["set_status", "connect again"])
+def test_an_organisation_re_authorised_gets_what_changed_while_it_waited(
+    company: Company, secret_key: str, reauthorised_by: str
+) -> None:
+    """Two organisations on one realm; B waits for re-authorisation while an event is drained (settled once A was
+    pulled) and sweeps move the realm's repaired_until past the change. Re-authorised, B's next sweep starts from
+    before it lost access and brings it the change."""
+    engine, realm, base = company.engine, company.qbo.realm_id, company.sandbox.base_url
+    with engine.begin() as conn:
+        org_b = factories.organization(conn, timezone="America/New_York")
+    connect(engine, org_b, realm, base, secret_key)
+    tokens = SandboxTokens(base, realm)
+
+    def client_for(organization_id: int, realm_id: str) -> QuickBooksClient:
+        return QuickBooksClient(realm_id, base, tokens)
+
+    b = Company(engine, company.sandbox, org_b, company.qbo, client_for(org_b, realm))
+    customer = company.qbo.customer("Ada")
+    company.pull()
+    b.pull()
+    sweep_realm(engine, realm, client_for)
+    with ConnectionStore(engine, secret_key).locked(org_b, realm) as row:
+        row.set_status("needs_reauth", "refresh token refused")
+    company.act("update_customer", customer_id=customer["Id"], fields={"Notes": "edited in QBO"})
+    record_delivery(engine, parse_delivery(legacy(change(realm, "Customer", customer["Id"]))))
+    assert drain_realm(engine, realm, "run-1", client_for).done == 1  # A was pulled
+    with engine.begin() as conn:  # the sweeps made while B waited moved past the change
+        save_sweep(conn, realm, utcnow() + timedelta(seconds=30), utcnow(), 0)
+    if reauthorised_by == "set_status":
+        with ConnectionStore(engine, secret_key).locked(org_b, realm) as row:
+            row.set_status("connected", "re-authorised")
+    else:
+        connect(engine, org_b, realm, base, secret_key)
+    assert realm in sweeps_due(engine)  # due at once
+    sweep = sweep_realm(engine, realm, client_for)
+    assert sweep.gaps == {"Customer": 1}  # B's; A had it
+    assert (
+        company.row(s.customers, organization_id=company.org, qbo_id=customer["Id"])["notes"]
+        == "edited in QBO"
+    )
+    assert b.row(s.customers, organization_id=org_b, qbo_id=customer["Id"])["notes"] == "edited in QBO"
