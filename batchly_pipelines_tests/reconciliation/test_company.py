@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -244,3 +244,27 @@ def test_a_page_older_than_what_the_pull_took_in_meanwhile_is_not_written_over_i
     assert not [d for d in again.differences if d.field in ("phone", "unit_price")]
     assert company.row(s.customers, qbo_id=ada["Id"])["phone"] == "555-0199"
     assert company.row(s.items, qbo_id=hours["Id"])["unit_price"] == Decimal("65.00")
+
+
+def test_invoice_dates_that_differ_are_listed(company: Company) -> None:
+    payer = company.qbo.customer("Payer")
+    item = company.qbo.item("Service", "100.00")
+    invoice = company.qbo.invoice(payer, item, "100.00", DueDate="2099-01-01")
+    company.pull()
+    link_invoices_as_pushed(company.engine, company.org, [invoice])
+    company.pull()
+    assert _fields(_reconcile(company, repair=False), "open") == set()
+    with company.engine.begin() as conn:  # a correction whose push was acknowledged without being sent
+        conn.execute(
+            sa.update(s.invoices)
+            .where(s.invoices.c.qbo_id == invoice["Id"])
+            .values(due_date=date(2099, 6, 30), txn_date=date(2098, 12, 1))
+        )
+    _forget_queue(company)
+
+    looked = _reconcile(company, repair=False)
+
+    assert _fields(looked, "open") == {
+        ("invoice", invoice["Id"], "due_date"),
+        ("invoice", invoice["Id"], "txn_date"),
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -214,8 +214,8 @@ def compare_invoices(
 ) -> tuple[list[Difference], int]:
     """Batchly's invoices (with ``customer_qbo_id``) against the company's: the ID sets (an invoice QuickBooks has
     under the DocNumber of a Batchly invoice it is not linked to is a duplicate), and for each linked one its total,
-    DocNumber, customer, void and payment columns (amounts paid, due, credited, refunded, status, last payment). Also
-    returns how many QuickBooks invoices are QuickBooks' own (a DocNumber Batchly does not have: not synced)."""
+    DocNumber, customer, dates (TxnDate; DueDate when Batchly has one), void and payment columns (amounts paid,
+    due, credited, refunded, status, last payment). Also returns how many QuickBooks invoices are QuickBooks' own (a DocNumber Batchly does not have: not synced)."""
     found: list[Difference] = []
     facts = books.facts()
     by_doc = {str(row["doc_number"]).strip().lower(): row for row in rows}
@@ -254,6 +254,11 @@ def compare_invoices(
             customer = str((obj.get("CustomerRef") or {}).get("value"))
             if row["customer_qbo_id"] != customer:
                 differ("customer", row["customer_qbo_id"], customer, "billed to another customer")
+            for column, key in (("txn_date", "TxnDate"), ("due_date", "DueDate")):
+                ours, theirs = _day(row[column]), _day(obj.get(key))
+                # the push sends a due date only when Batchly has one (QuickBooks may derive its own from terms)
+                if ours is not None and ours != theirs:
+                    differ(column, ours, theirs, "dates differ")
             expected = facts.columns(obj, today)
         for column, theirs in expected.items():
             if row[column] != theirs:
@@ -280,6 +285,17 @@ def compare_invoices(
                 )
             )
     return found, own
+
+
+def _day(value: Any) -> date | None:
+    """A date column or QuickBooks' ``YYYY-MM-DD`` as a date (a datetime's date part)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
 
 
 class Explanations:
