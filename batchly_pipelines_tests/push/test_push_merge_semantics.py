@@ -262,6 +262,47 @@ def test_a_billaddr_member_under_review_is_not_sent_with_an_edit_of_another_memb
     )
 
 
+def test_a_billaddr_member_under_review_is_not_sent_by_the_5010_remerge_either(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books
+) -> None:
+    with engine.begin() as conn:
+        set_review_fields(conn, org, "customer", ["bill_city"])
+        customer = f.customer(conn, org, email="zoe@example.com", bill_line1="1 Main St", bill_city="Base")
+    push()
+    qbo_id = _one(books, "Customer")["Id"]
+    books.act(
+        action="update_customer",
+        customer_id=qbo_id,
+        fields={"BillAddr": {**_one(books, "Customer")["BillAddr"], "City": "Cambridge"}},
+    )
+    update(engine, s.customers, customer, bill_city="Boston", email="zoe@new.example.com")
+    push()  # opens the review on bill_city
+    books.act(
+        action="update_customer", customer_id=qbo_id, fields={"Notes": "from QuickBooks"}
+    )  # a newer token
+    update(engine, s.customers, customer, bill_line1="2 Side St")
+
+    push()  # 5010, re-merged against the current object
+
+    qbo = _one(books, "Customer")
+    assert (qbo["BillAddr"]["Line1"], qbo["BillAddr"]["City"], qbo["Notes"]) == (
+        "2 Side St",
+        "Cambridge",
+        "from QuickBooks",
+    )
+    assert _row(engine, s.customers, customer)["bill_city"] == "Boston"
+    [review] = _conflicts(engine)
+    assert (review["field"], review["batchly_value"], review["qbo_value"], review["resolution"]) == (
+        "bill_city",
+        "Boston",
+        "Cambridge",
+        "pending_review",
+    )
+    push()  # nothing left to send, and the held field stays held
+    assert _one(books, "Customer")["BillAddr"]["City"] == "Cambridge"
+    assert _row(engine, s.customers, customer)["bill_city"] == "Boston"
+
+
 def test_a_conflict_the_push_settles_is_recorded_logged_and_counted(
     engine: Engine, org: int, push: Callable[..., PushStats], books: Books
 ) -> None:

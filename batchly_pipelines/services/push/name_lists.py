@@ -77,6 +77,7 @@ class _Record:
     read: Mapping[
         str, Any
     ]  # the synced columns as read (not normalised): merged values are written only over them
+    held: frozenset[str] = frozenset()  # the fields an open review holds: neither side is written
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class NameListPusher:
                 times.get(entity_id, {}),
                 policy.with_rules(**dict.fromkeys(pending, Rule.NEEDS_REVIEW)),
                 {name: row[name] for name in kind.mapping.fields},
+                frozenset(pending),
             )
             state = states.get(entity_id)
             base = decode_snapshot(kind.entity_type, state.base) if state is not None else None
@@ -334,13 +336,22 @@ class NameListPusher:
             },
         )
         action = "link" if base is None else "update"
-        if not result.to_qbo:
-            return self._pushed(merged, action, current, result.base)
-        intended = {**self.kind.mapping.from_qbo(current), **result.to_qbo}
+        # a field an open review holds is not written to QuickBooks, and its base stays (the merge may see only a
+        # Batchly change of it when its base is QuickBooks' value)
+        to_qbo = {k: v for k, v in result.to_qbo.items() if k not in record.held}
+        agreed = dict(result.base)
+        for name in set(result.to_qbo) - set(to_qbo):
+            if base is not None and name in base:
+                agreed[name] = base[name]
+            else:
+                agreed.pop(name, None)
+        if not to_qbo:
+            return self._pushed(merged, action, current, agreed)
+        intended = {**self.kind.mapping.from_qbo(current), **to_qbo}
         update = self._update_op(
-            merged.record.entity_id, intended, result.to_qbo, str(current["Id"]), str(current["SyncToken"])
+            merged.record.entity_id, intended, to_qbo, str(current["Id"]), str(current["SyncToken"])
         )
-        return replace(merged, op=update, base=result.base, action=action)
+        return replace(merged, op=update, base=agreed, action=action)
 
     def _link_duplicate(self, attempt: _Attempt, error: QboError) -> Outcome | _Attempt:
         """6240: link to the QuickBooks record of that name when it is the same one, else leave it for review."""
