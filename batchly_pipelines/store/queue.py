@@ -187,14 +187,19 @@ class SyncQueue:
         error: str,
         *,
         retryable: bool = True,
+        sent: bool = True,
         now: datetime | None = None,
     ) -> str:
-        """:meth:`fail` inside the caller's transaction."""
+        """:meth:`fail` inside the caller's transaction. ``sent=False``: the record was not sent after all (it waits
+        for another one), so the attempt :meth:`count_attempts` counted for it is given back."""
         now = now or utcnow()
         owned = (q.id == item.id) & (q.lease_owner == item.lease_owner) & (q.status == "in_progress")
         attempts = conn.execute(sa.select(q.attempts).where(owned).with_for_update()).scalar()
         if attempts is None:
             return "lost_lease"
+        if not sent and attempts > 0:
+            conn.execute(sa.update(sync_queue).where(owned).values(attempts=q.attempts - 1))
+            attempts -= 1
         if not retryable or attempts >= self.policy.max_attempts:
             updated = conn.execute(
                 sa.update(sync_queue)

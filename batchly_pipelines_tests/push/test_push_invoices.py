@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 from batchly_pipelines.rules.validation import IMMUTABLE_MESSAGE
 from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
 from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.support import factories as f
 from batchly_pipelines_tests.support.push import Books, queue_status, update
@@ -235,3 +236,30 @@ def test_correction_of_an_invoice_never_pushed_creates_only_the_new_one(
     assert list(books.by_doc_number()) == ["NEW-1"]
     assert stats.actions["invoice.create"] == 1 and "invoice.void" not in stats.actions
     assert queue_status(engine, "invoice", new) == ("done", None)  # acknowledged at once, nothing owed
+
+
+def test_waiting_for_another_record_never_uses_up_the_retry_budget(
+    engine: Engine, org: int, push: Callable[..., PushStats]
+) -> None:
+    """An invoice that waits (its customer is not in QuickBooks) is never sent, so its rounds are not attempts: more
+    rounds than ``max_attempts`` leave it pending with no attempt counted, where it used to be dead-lettered."""
+    with engine.begin() as conn:
+        f.customer(conn, org, display_name="Acme Ltd", email="one@example.com")
+    push()
+    with engine.begin() as conn:
+        twin = f.customer(
+            conn, org, display_name="Acme Ltd", email="two@example.com"
+        )  # refused: 6240, review
+        invoice = f.invoice(conn, org, twin, f.item(conn, org))
+    queue = SyncQueue(engine, RetryPolicy(base_delay=timedelta(hours=1), max_delay=timedelta(hours=1)))
+    for _ in range(RetryPolicy().max_attempts + 2):
+        queue.expedite(org, "invoice", [invoice])  # due again at once, as "Sync now" makes it
+        push(queue=queue)
+    assert queue_status(engine, "invoice", invoice)[0] == "pending"
+    with engine.connect() as conn:
+        attempts = conn.execute(
+            sa.select(s.sync_queue.c.attempts).where(
+                s.sync_queue.c.entity_type == "invoice", s.sync_queue.c.entity_id == invoice
+            )
+        ).scalar_one()
+    assert attempts == 0

@@ -106,8 +106,7 @@ def _mirror_pages(
     progress: ProgressReport | None = None,
 ) -> Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]]:
     """Stream the window of ``entity`` into the mirror; yields each page's objects and those of them that were new
-    or changed. What follows from an object (the invoices a refund receipt names, say) is taken from all of them, so
-    a pull interrupted after it mirrored them is made good by the next pull that reads the window again.
+    or changed.
     ``progress`` hears pages stored of pages estimated: a window of more than a page is counted (``COUNT(*)``, one
     call) when its first full page arrives; a window of one page costs no call for it."""
     meter = ProgressMeter(f"mirror {entity}", "pages", progress)
@@ -225,8 +224,10 @@ def pull_payments(
     for page, changed in scan("Invoice"):
         seen.update(invoice["Id"] for invoice in changed)  # mirrored fresh: no need to read them again
         wanted_payments.update(pid for invoice in page for pid in linked_ids(invoice, "Payment"))
-    for page, _ in scan("RefundReceipt"):  # a refund does not: every receipt of the window names its targets
-        note_refund_targets(page, affected, refunded_payments)
+    for _, changed in scan(
+        "RefundReceipt"
+    ):  # open: a receipt mirrored by an interrupted pull is not followed
+        note_refund_targets(changed, affected, refunded_payments)
     latest = [clock.latest for clock in clocks.values() if clock.latest is not None]
     deleted = pull_deletions(
         engine, client, organization_id, PAYMENT_ENTITIES, window, max(latest, default=None)

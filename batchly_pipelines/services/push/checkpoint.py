@@ -83,6 +83,9 @@ class Failed:
     # what the push takes from QuickBooks for it all the same (written only over the values read, as for Pushed)
     batchly_changes: Mapping[str, Any] = field(default_factory=dict)
     batchly_read: Mapping[str, Any] = field(default_factory=dict)
+    # False when the record was never sent — it waits for another record to reach QuickBooks first: the attempt
+    # counted before its chunk went out is given back, so waiting never uses up the retry budget
+    sent: bool = True
 
     @property
     def key(self) -> RecordKey:
@@ -205,7 +208,9 @@ class Checkpointer:
                 outcome.batchly_read,
             )
             for item in items:
-                status = self.queue.fail_in(conn, item, outcome.message, retryable=outcome.retryable, now=now)
+                status = self.queue.fail_in(
+                    conn, item, outcome.message, retryable=outcome.retryable, sent=outcome.sent, now=now
+                )
                 settled.dead += status == "dead"
                 settled.retrying += status == "pending"
             return outcome, settled, None

@@ -259,7 +259,7 @@ class InvoicePusher:
         )
         if waiting:
             message = f"{', '.join(waiting)} not in QuickBooks yet (see their sync log)"
-            return Failed("invoice", invoice_id, "create", message, retryable=True)
+            return Failed("invoice", invoice_id, "create", message, retryable=True, sent=False)
         doc_number = invoice_doc_number(invoice)
         assert doc_number is not None  # validation refuses a blank DocNumber
         item_qbo_ids = {item_id: str(item["qbo_id"]) for item_id, item in snap.items.items()}
@@ -337,7 +337,7 @@ class InvoicePusher:
             return None
         if open_ones:
             message = f"waiting for invoice {open_ones[0]['id']}, which replaces it, to reach QuickBooks"
-            return Failed("invoice", invoice_id, "create", message, retryable=True)
+            return Failed("invoice", invoice_id, "create", message, retryable=True, sent=False)
         return None
 
     @staticmethod
@@ -362,7 +362,7 @@ class InvoicePusher:
                 outcomes.append(Pushed("invoice", invoice_id, "skip", message=message))
             else:
                 message = f"waiting for invoice {replacements[0]}, which replaces it, to reach QuickBooks"
-                outcomes.append(Failed("invoice", invoice_id, "create", message, retryable=True))
+                outcomes.append(Failed("invoice", invoice_id, "create", message, retryable=True, sent=False))
         return outcomes
 
     # -- what QuickBooks holds ---------------------------------------------------------------------------------
