@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,13 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from batchly_pipelines.store.schema import sync_write_marker, utcnow
 
 __all__ = [
+    "SHORT_TRANSACTION",
     "SQLITE_BUSY_TIMEOUT_MS",
     "Connection",
     "Engine",
     "WriteRefused",
+    "bound_transaction",
+    "bounded_transaction",
     "create_engine",
     "database_now",
     "dumps_json",
@@ -116,14 +119,56 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+# a transaction of a few statements with nothing between them (a rate-ledger admission, a lock's release): a session
+# idle inside one for longer is frozen (SIGSTOP, a pause) and is ended by PostgreSQL
+SHORT_TRANSACTION = timedelta(seconds=5)
+
+
+def _milliseconds(span: timedelta) -> str:
+    return str(max(1, int(span.total_seconds() * 1000)))
+
+
+def bound_transaction(conn: Connection, *, idle: timedelta, lock_wait: timedelta | None = None) -> None:
+    """Bound the caller's transaction on PostgreSQL (``SET LOCAL``, for this transaction only); call it first.
+
+    ``idle``: PostgreSQL ends the session — and rolls the transaction back, releasing its row locks — when it sits
+    idle inside the transaction for longer (``idle_in_transaction_session_timeout``), so a process frozen between two
+    statements (SIGSTOP, a pause) cannot keep rows that others wait for; when it resumes, its next statement fails
+    with a dropped connection (``DATABASE_ERRORS``) and nothing of the transaction is written. ``lock_wait``: a
+    statement that waits longer for a row lock fails instead (``lock_timeout``, also one of ``DATABASE_ERRORS``).
+    SQLite has neither: there a writing transaction locks the whole file and waits behind the busy timeout.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    settings = [sa.func.set_config("idle_in_transaction_session_timeout", _milliseconds(idle), True)]
+    if lock_wait is not None:
+        settings.append(sa.func.set_config("lock_timeout", _milliseconds(lock_wait), True))
+    conn.execute(sa.select(*settings))
+
+
 @contextmanager
-def sync_transaction(engine: Engine) -> Iterator[Connection]:
+def bounded_transaction(
+    engine: Engine, *, idle: timedelta, lock_wait: timedelta | None = None
+) -> Iterator[Connection]:
+    """``engine.begin()`` bounded from its first statement (see :func:`bound_transaction`)."""
+    with engine.begin() as connection:
+        bound_transaction(connection, idle=idle, lock_wait=lock_wait)
+        yield connection
+
+
+@contextmanager
+def sync_transaction(
+    engine: Engine, *, idle: timedelta | None = None, lock_wait: timedelta | None = None
+) -> Iterator[Connection]:
     """A transaction for the sync's own writes to Batchly: they do not enqueue pushes (echo suppression).
 
     The marker row is inserted first and deleted before commit; on error the rollback removes it. Other transactions
-    never see it, so the app's concurrent writes keep enqueueing.
+    never see it, so the app's concurrent writes keep enqueueing. ``idle`` (and ``lock_wait``) bound it from its first
+    statement (see :func:`bound_transaction`).
     """
     with engine.begin() as connection:
+        if idle is not None:
+            bound_transaction(connection, idle=idle, lock_wait=lock_wait)
         marker = connection.execute(
             sa.insert(sync_write_marker).values(created_at=utcnow())
         ).inserted_primary_key

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batchly_pipelines.rules.invoices import doc_number_key
+from batchly_pipelines.store.db import SHORT_TRANSACTION, bounded_transaction
 from batchly_pipelines.store.schema import qbo_invoice_sends, utcnow
 from batchly_pipelines.store.upsert import bulk_upsert
 
@@ -36,7 +37,8 @@ class InvoiceSend:
 
 
 def record_sends(engine: Engine, realm_id: str, organization_id: int, sends: Iterable[InvoiceSend]) -> None:
-    """Record, in a transaction of its own and before the creates leave the process, what they are sent with."""
+    """Record, in a transaction of its own (bounded: see :func:`~batchly_pipelines.store.db.bound_transaction`) and
+    before the creates leave the process, what they are sent with."""
     now = utcnow()
     rows = [
         {
@@ -51,7 +53,7 @@ def record_sends(engine: Engine, realm_id: str, organization_id: int, sends: Ite
         for send in sends
     ]
     if rows:
-        with engine.begin() as conn:
+        with bounded_transaction(engine, idle=SHORT_TRANSACTION, lock_wait=SHORT_TRANSACTION) as conn:
             bulk_upsert(
                 conn,
                 qbo_invoice_sends,

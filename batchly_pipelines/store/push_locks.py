@@ -8,6 +8,9 @@ clocks disagree still agree on who holds a lock.
 A lapsed lock is not free at once: a write sent just before the lease ran out may still be applied by QuickBooks for a
 while (Intuit gives up on a request after 120 s), so another worker takes over only ``grace`` after it lapsed. A dead
 holder's realm is free again after one lease plus that grace, without an operator.
+
+Every transaction here is bounded by the lease on PostgreSQL (:func:`~batchly_pipelines.store.db.bound_transaction`):
+a process frozen inside one loses its session instead of keeping the lock row locked for everyone.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from batchly_pipelines.store.db import Connection, Engine, database_now
+from batchly_pipelines.store.db import (
+    SHORT_TRANSACTION,
+    Connection,
+    Engine,
+    bound_transaction,
+    bounded_transaction,
+    database_now,
+)
 from batchly_pipelines.store.schema import qbo_push_locks
 
 c = qbo_push_locks.c
@@ -51,7 +61,7 @@ def acquire(
     Another owner's lock is taken over only once it lapsed more than ``grace`` ago. Returns ``None`` on success, else
     the current holder (the caller waits or reports it).
     """
-    with engine.begin() as conn:
+    with bounded_transaction(engine, idle=lease, lock_wait=lease) as conn:
         now = database_now(conn)
         row = conn.execute(sa.select(qbo_push_locks).where(c.realm_id == realm_id).with_for_update()).first()
         if row is None:
@@ -88,7 +98,7 @@ def acquire(
 
 def renew(engine: Engine, realm_id: str, owner: str, lease: timedelta) -> bool:
     """Extend ``owner``'s lease; False when it no longer holds a live lock (lapsed or taken over)."""
-    with engine.begin() as conn:
+    with bounded_transaction(engine, idle=lease, lock_wait=lease) as conn:
         now = database_now(conn)
         return bool(
             conn.execute(
@@ -114,15 +124,14 @@ def remaining(conn: Connection, realm_id: str, owner: str, *, hold: bool = False
     left = row.expires_at - database_now(conn)
     if left <= timedelta(0):
         return None
-    if hold and conn.dialect.name == "postgresql":
-        timeout = str(max(1, int(left.total_seconds() * 1000)))  # milliseconds
-        conn.execute(sa.select(sa.func.set_config("idle_in_transaction_session_timeout", timeout, True)))
+    if hold:
+        bound_transaction(conn, idle=left)
     return left
 
 
 def release(engine: Engine, realm_id: str, owner: str) -> None:
     """Give the lock back (only ``owner``'s own)."""
-    with engine.begin() as conn:
+    with bounded_transaction(engine, idle=SHORT_TRANSACTION, lock_wait=SHORT_TRANSACTION) as conn:
         conn.execute(sa.delete(qbo_push_locks).where(c.realm_id == realm_id, c.owner == owner))
 
 

@@ -9,7 +9,8 @@ because every write back is fenced by ``lease_owner``.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from batchly_pipelines.store.db import bounded_transaction
 from batchly_pipelines.store.schema import QUEUE_STATES, UTCDateTime, sync_queue, utcnow
 
 q = sync_queue.c
@@ -56,11 +58,28 @@ class RetryPolicy:
 
 
 class SyncQueue:
-    """Repository over ``sync_queue``."""
+    """Repository over ``sync_queue``.
 
-    def __init__(self, engine: Engine, policy: RetryPolicy | None = None) -> None:
+    ``bound`` (a push's lease): on PostgreSQL every transaction of its own that writes is bounded by it from its
+    first statement (:func:`~batchly_pipelines.store.db.bound_transaction`: idle inside it, waiting for a row lock),
+    so a worker frozen inside a claim or an attempt count cannot keep rows the app's outbox triggers wait for.
+    """
+
+    def __init__(
+        self, engine: Engine, policy: RetryPolicy | None = None, *, bound: timedelta | None = None
+    ) -> None:
         self.engine = engine
         self.policy = policy or RetryPolicy()
+        self.bound = bound
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        if self.bound is None:
+            with self.engine.begin() as conn:
+                yield conn
+        else:
+            with bounded_transaction(self.engine, idle=self.bound, lock_wait=self.bound) as conn:
+                yield conn
 
     def claim(
         self,
@@ -102,7 +121,7 @@ class SyncQueue:
         if entity_ids is not None:
             query = query.where(q.entity_id.in_(list(entity_ids)))
         expires = now + lease
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             ids = list(conn.execute(query).scalars())
             if not ids:
                 return []
@@ -162,7 +181,7 @@ class SyncQueue:
         owners: dict[str, list[int]] = {}
         for item in items:
             owners.setdefault(item.lease_owner, []).append(item.id)
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             return sum(
                 conn.execute(
                     sa.update(sync_queue)
@@ -177,7 +196,7 @@ class SyncQueue:
     ) -> str:
         """Record a failed attempt: back off and retry, or move to the dead letter. Returns the new status."""
         now = now or utcnow()
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             return self.fail_in(conn, item, error, retryable=retryable, now=now)
 
     def fail_in(
@@ -215,7 +234,7 @@ class SyncQueue:
     def renew_leases(self, worker: str, lease: timedelta, now: datetime | None = None) -> int:
         """Extend every lease ``worker`` holds, so a long-running worker's rows never look abandoned."""
         now = now or utcnow()
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             return conn.execute(
                 sa.update(sync_queue)
                 .where(q.lease_owner == worker, q.status == "in_progress")
@@ -226,7 +245,7 @@ class SyncQueue:
         self, organization_id: int, entity_type: str, entity_ids: Iterable[int], now: datetime | None = None
     ) -> int:
         """Make the pending rows of these records due now, skipping their backoff ("Sync now")."""
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             return conn.execute(
                 sa.update(sync_queue)
                 .where(
@@ -252,7 +271,7 @@ class SyncQueue:
             query = query.where(q.id.in_(list(ids)))
         if organization_id is not None:
             query = query.where(q.organization_id == organization_id)
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             dead = list(conn.execute(query).scalars())
             return sum(
                 _requeue(

@@ -11,6 +11,11 @@
 What counts against which window, and what the budget means, is the limiter's business (``quickbooks.ratelimit``):
 an admission hands it the realm's rows and budget, stores the budget it returns and logs a request only when it
 says so. Times are ``time.time()`` seconds.
+
+Every transaction here is a few statements with nothing in between, and is bounded on PostgreSQL
+(:data:`~batchly_pipelines.store.db.SHORT_TRANSACTION`): a process frozen inside an admission (SIGSTOP, a pause)
+loses its session — and the realm row every other process's admission waits for — within seconds; when it resumes,
+that admission fails with a dropped connection and its request is not logged.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from batchly_pipelines.store.db import SHORT_TRANSACTION, bounded_transaction
 from batchly_pipelines.store.schema import qbo_rate_realms, qbo_rate_requests
 
 
@@ -60,7 +67,10 @@ class DatabaseRateLedger:
         ``decide(now, paused_until, budget, requests)`` and store the budget it returns. When it answers 0, log an
         in-flight request and return its id (an ``int``); otherwise return the wait (a ``float``)."""
         realm, r = self.realm_id, qbo_rate_requests.c
-        with self.engine.begin() as conn:
+        wait = timedelta(
+            seconds=lease_seconds
+        )  # behind admissions, each bounded: longer means something is wrong
+        with bounded_transaction(self.engine, idle=SHORT_TRANSACTION, lock_wait=wait) as conn:
             paused_until, budget = conn.execute(
                 sa.select(qbo_rate_realms.c.paused_until, qbo_rate_realms.c.budget)
                 .where(qbo_rate_realms.c.realm_id == realm)
@@ -94,7 +104,7 @@ class DatabaseRateLedger:
 
     def finish(self, request_id: int) -> None:
         """The request's answer arrived: it leaves the in-flight slots and its time becomes now."""
-        with self.engine.begin() as conn:
+        with bounded_transaction(self.engine, idle=SHORT_TRANSACTION) as conn:
             conn.execute(
                 sa.update(qbo_rate_requests)
                 .where(qbo_rate_requests.c.id == request_id)
@@ -103,7 +113,7 @@ class DatabaseRateLedger:
 
     def pause(self, until: float) -> None:
         """Hold every request of the realm until ``until``; never shortens a pause."""
-        with self.engine.begin() as conn:
+        with bounded_transaction(self.engine, idle=SHORT_TRANSACTION) as conn:
             conn.execute(
                 sa.update(qbo_rate_realms)
                 .where(qbo_rate_realms.c.realm_id == self.realm_id, qbo_rate_realms.c.paused_until < until)
@@ -116,7 +126,7 @@ class DatabaseRateLedger:
         """The request was answered 429: under the realm's lock it leaves the ledger (the server did not count it)
         and the budget ``learn(now, budget, requests)`` returns is stored."""
         realm, r = self.realm_id, qbo_rate_requests.c
-        with self.engine.begin() as conn:
+        with bounded_transaction(self.engine, idle=SHORT_TRANSACTION) as conn:
             budget = conn.execute(
                 sa.select(qbo_rate_realms.c.budget)
                 .where(qbo_rate_realms.c.realm_id == realm)
@@ -144,7 +154,7 @@ class DatabaseRateLedger:
             )
 
     def _ensure_realm_row(self) -> None:
-        with self.engine.begin() as conn:
+        with bounded_transaction(self.engine, idle=SHORT_TRANSACTION) as conn:
             exists = conn.execute(
                 sa.select(qbo_rate_realms.c.realm_id).where(qbo_rate_realms.c.realm_id == self.realm_id)
             ).first()

@@ -4,13 +4,19 @@ A checkpoint is one :func:`~batchly_pipelines.store.db.sync_transaction`: the Qu
 bases, the sync-owned invoice columns, conflicts, the sync log and the queue acknowledgements (or failures) commit
 together, so a killed run never leaves a record written to QuickBooks but unrecorded in Batchly beyond the chunk
 that was in flight — and that chunk is replayed without duplicates (request ids, the DocNumber guard).
+
+On PostgreSQL the transaction is bounded from its first statement by the lease the worker has left (idle inside it,
+waiting for a row lock: :func:`~batchly_pipelines.store.db.bound_transaction`): a worker frozen between two
+write-backs (SIGSTOP, a pause) loses its session — its write-back is rolled back and the invoice and queue rows it
+locked are free — before its lease runs out, and a write-back that would wait longer than that for a row fails
+and is asked again; when a frozen worker resumes, its lease is gone and it stops before writing anything more.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
@@ -130,10 +136,13 @@ class Checkpointer:
         run_id: str | None,
         *,
         fence: Callable[[Connection], object] | None = None,
+        lease_left: Callable[[], timedelta] | None = None,
     ) -> None:
         self.fence = (
             fence  # raises inside the transaction (its last statement) when this worker may not write back
         )
+        # the lease this worker has left, which bounds the transaction (raises when it may not write back)
+        self.lease_left = lease_left
         self.engine = engine
         self.queue = queue
         self.organization_id = organization_id
@@ -151,7 +160,8 @@ class Checkpointer:
         if not outcomes:
             return result
         now = utcnow()
-        with sync_transaction(self.engine) as conn:
+        bound = self.lease_left() if self.lease_left is not None else None
+        with sync_transaction(self.engine, idle=bound, lock_wait=bound) as conn:
             try:
                 with savepoint(conn):
                     stored = [self._store(conn, outcome, queue_items, now) for outcome in outcomes]

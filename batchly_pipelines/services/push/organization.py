@@ -40,7 +40,7 @@ from batchly_pipelines.services.push.invoices import InvoicePusher
 from batchly_pipelines.services.push.name_lists import CUSTOMERS, ITEMS, NameListPusher
 from batchly_pipelines.store import push_locks
 from batchly_pipelines.store.connections import holds_connection
-from batchly_pipelines.store.db import DATABASE_ERRORS, Connection, Engine
+from batchly_pipelines.store.db import DATABASE_ERRORS, Connection, Engine, bounded_transaction
 from batchly_pipelines.store.push_rows import load_invoice_lines, load_rows
 from batchly_pipelines.store.queue import QueueItem, RetryPolicy, SyncQueue
 
@@ -190,14 +190,16 @@ def push_organization(
     """
     config = client.config
     lease = timedelta(seconds=config.scaled(lease.total_seconds()))
-    queue = queue or SyncQueue(engine, RetryPolicy(time_scale=config.time_scale))
+    # its claims and attempt counts are bounded by the lease (a worker frozen inside one keeps no row past it)
+    queue = queue or SyncQueue(engine, RetryPolicy(time_scale=config.time_scale), bound=lease)
     push = _Push(engine, client, organization_id, worker, run_id, claim_size, lease, queue)
     wanted = sorted(set(invoice_ids)) if invoice_ids is not None else None
     # a write sent just before a lease ran out may still be applied for the client's whole request time (QuickBooks
     # gives up after 120 s): nobody takes a lapsed lock over before that has passed
     grace = timedelta(seconds=config.scaled(config.connect_timeout + config.read_timeout))
     wait = lease + grace if lock_wait is None else lock_wait
-    _acquire_realm(engine, client.realm_id, worker, organization_id, lease, grace, wait)
+    acquired = _acquire_realm(engine, client.realm_id, worker, organization_id, lease, grace, wait)
+    push.held_until(acquired + lease.total_seconds())
     limiter = client.limiter if isinstance(client.limiter, SharedRateLimiter) else None
     if limiter is not None:
         limiter.on_wait = waiting
@@ -217,16 +219,19 @@ def _acquire_realm(
     lease: timedelta,
     grace: timedelta,
     wait: timedelta,
-) -> None:
+) -> float:
+    """Take the realm's push lock; returns the monotonic instant the successful attempt was made (its lease runs
+    from no earlier)."""
     deadline = time.monotonic() + wait.total_seconds()
     while True:
+        asked = time.monotonic()
         try:
             holder = push_locks.acquire(engine, realm_id, worker, organization_id, lease, grace)
             unreachable = None
         except Exception as exc:  # a dropped database connection: ask again until the wait is over
             holder, unreachable = None, exc
         if holder is None and unreachable is None:
-            return
+            return asked
         if time.monotonic() >= deadline:
             if holder is not None:
                 raise RealmBusy(
@@ -264,11 +269,20 @@ class _Push:
         self.lease = lease
         self.queue = queue
         self.checkpointer = Checkpointer(
-            engine, queue, organization_id, run_id, fence=lambda conn: self._fence_in(conn, hold=True)
+            engine,
+            queue,
+            organization_id,
+            run_id,
+            fence=lambda conn: self._fence_in(conn, hold=True),
+            lease_left=self._lease_left,
         )
         self.realm_id = client.realm_id
         self._lease_lost = threading.Event()
         self._lost_reason: str | None = None
+        # the monotonic instant the lease runs out, by what the database last confirmed (measured from before it
+        # was asked, so never later than the database's own expiry; see _lease_left)
+        self._held_until = 0.0
+        self._held_lock = threading.Lock()
         client.write_fence = self._fence
         self.stats = PushStats(organization_id)
         self.ctx = PushContext(engine, client, organization_id, run_id, self._checkpoint)
@@ -320,10 +334,12 @@ class _Push:
         renewed_at = time.monotonic()
         wait = interval
         while not stop.wait(wait):
+            asked = time.monotonic()
             try:
                 if not push_locks.renew(self.engine, self.realm_id, self.worker, self.lease):
                     self._lease_lost.set()
                     return
+                self.held_until(asked + self.lease.total_seconds())
                 self.queue.renew_leases(self.worker, self.lease)
                 renewed_at, wait = time.monotonic(), interval
             except Exception:
@@ -331,6 +347,22 @@ class _Push:
                     self._lease_lost.set()
                     return
                 wait = RENEW_RETRY_SECONDS
+
+    def held_until(self, instant: float) -> None:
+        """The database confirmed the lease until at least the monotonic ``instant``."""
+        with self._held_lock:
+            self._held_until = max(self._held_until, instant)
+
+    def _lease_left(self) -> timedelta:
+        """The lease left by this process's clock since the database last confirmed it — never more than the
+        database's — which bounds a checkpoint's transaction. Raises :class:`WriteFenceLost` (and the lease counts as
+        lost) when no more than the margin is left: a process that was frozen past its lease finds out here, before
+        its first write-back, as its lease check would."""
+        left = timedelta(seconds=self._held_until - time.monotonic())
+        if self._lease_lost.is_set() or left <= self._margin:
+            self._lease_lost.set()
+            raise WriteFenceLost(f"the push lost its lease on QuickBooks company {self.realm_id}")
+        return left
 
     @property
     def _margin(self) -> timedelta:
@@ -356,8 +388,9 @@ class _Push:
         for attempt in range(1, FENCE_ATTEMPTS + 1):
             asked = time.monotonic()
             try:
-                with self.engine.begin() as conn:
+                with bounded_transaction(self.engine, idle=self.lease) as conn:
                     left = self._fence_in(conn)
+                self.held_until(asked + left.total_seconds())
                 return asked + (left - self._margin).total_seconds()
             except WriteFenceLost:
                 raise
