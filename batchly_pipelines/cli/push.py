@@ -10,9 +10,9 @@ from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.errors import AuthError
 from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.push.organization import (
-    FENCE_ATTEMPTS,
     PushAbandoned,
     RealmBusy,
+    database_unreachable,
     push_organization,
     worker_name,
 )
@@ -40,12 +40,7 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
         print(f"push of organisation {args.org} did not run to the end: {exc}", file=sys.stderr)
         return 1
     except DATABASE_ERRORS as exc:
-        print(
-            f"push of organisation {args.org} did not run to the end: the database did not answer "
-            f"({type(exc).__name__}, asked again {FENCE_ATTEMPTS} times); what was pushed is recorded, the rest "
-            "returns to the queue when its lease lapses — try again",
-            file=sys.stderr,
-        )
+        print(database_unreachable(args.org, exc), file=sys.stderr)
         return 1
     summary = stats.as_dict()
     section(

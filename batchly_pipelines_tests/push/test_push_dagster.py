@@ -7,6 +7,8 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+import pytest
+import sqlalchemy as sa
 from dagster import (
     DagsterInstance,
     DagsterRun,
@@ -290,3 +292,51 @@ def test_the_launchpad_scaffolds_typed_push_config_and_no_resource_settings() ->
     assert push_config["doc_numbers"].config_type.key == "Noneable.Array.StringSourceType"
     assert push_config["invoice_ids"].config_type.key == "Noneable.Array.IntSourceType"
     assert not push_config["doc_numbers"].is_required and not push_config["invoice_ids"].is_required
+
+
+def test_a_database_that_cannot_be_reached_fails_the_run_with_a_sentence_naming_the_organisation(
+    environment: None,
+) -> None:
+    unreachable = "postgresql+psycopg2://postgres@127.0.0.1:9/batchly"  # nothing listens on the discard port
+    result = push_to_quickbooks.execute_in_process(
+        run_config={"ops": {"push_records": {"config": {"organization_id": 41, "linger_seconds": 0.0}}}},
+        resources={
+            "batchly_db": BatchlyDatabase(database_url=unreachable),
+            "quickbooks": QuickBooksResource(database_url=unreachable, time_scale=TIME_SCALE),
+        },
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    description, metadata = _failure(result)  # a deliberate Failure, not a traceback
+    assert description.startswith(
+        "push of organisation 41 did not run to the end: the database did not answer"
+    )
+    assert "Traceback" not in description and "\n" not in description
+    assert metadata["organization_id"].value == 41
+
+
+def test_a_database_that_goes_away_during_the_push_fails_the_run_with_a_sentence(
+    engine: Engine, org: int, books: Books, environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchly_pipelines.services.push import organization as push_module
+
+    def gone(*args: object, **kwargs: object) -> object:
+        raise sa.exc.OperationalError("SELECT invoice_lines", {}, Exception("server closed the connection"))
+
+    with engine.begin() as conn:
+        f.invoice(conn, org, f.customer(conn, org), f.item(conn, org), doc_number="DB-1")
+    monkeypatch.setattr(push_module, "load_invoice_lines", gone)
+    monkeypatch.setattr(push_module, "FENCE_RETRY_SECONDS", 0.01)
+
+    result = _push_run(engine, DagsterInstance.ephemeral(), organization_id=org)
+
+    assert not result.success
+    description, metadata = _failure(result)
+    assert description == (
+        f"push of organisation {org} did not run to the end: the database did not answer (OperationalError: "
+        "server closed the connection); what was pushed is recorded, the rest returns to the queue when its lease "
+        "lapses — try again"
+    )
+    assert metadata["organization_id"].value == org
+    assert books.objects("Invoice") == []  # nothing was sent unrecorded

@@ -45,9 +45,11 @@ from batchly_pipelines.services.push.organization import (
     PushAbandoned,
     PushStats,
     RealmBusy,
+    database_unreachable,
     push_organization,
     worker_name,
 )
+from batchly_pipelines.store.db import DATABASE_ERRORS
 from batchly_pipelines.store.schema import QUEUE_STATES
 from batchly_pipelines.store.status import run_failures
 
@@ -132,7 +134,27 @@ def push_records(
     batchly_db: BatchlyDatabase,
     quickbooks: QuickBooksResource,
 ) -> Output[dict[str, Any]]:
-    """Claim, validate and push the organisation's due records; every chunk is checkpointed as it completes."""
+    """Claim, validate and push the organisation's due records; every chunk is checkpointed as it completes.
+
+    A Batchly database that does not answer (or stops answering and stays away: the push asks again first) fails
+    the run with a sentence naming the organisation, as the CLI answers — not a traceback; Dagster may retry it.
+    """
+    try:
+        return _push_records(context, config, batchly_db, quickbooks)
+    except DATABASE_ERRORS as exc:
+        raise Failure(
+            description=database_unreachable(config.organization_id, exc),
+            metadata={"organization_id": config.organization_id, "error": type(exc).__name__},
+            allow_retries=True,
+        ) from None
+
+
+def _push_records(
+    context: OpExecutionContext,
+    config: PushConfig,
+    batchly_db: BatchlyDatabase,
+    quickbooks: QuickBooksResource,
+) -> Output[dict[str, Any]]:
     wanted = sync_now.wanted(
         batchly_db.engine, config.organization_id, config.doc_numbers, config.invoice_ids
     )

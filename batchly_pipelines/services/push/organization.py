@@ -152,6 +152,18 @@ class PushStats:
         }
 
 
+def database_unreachable(organization_id: int, error: BaseException) -> str:
+    """Why a push ended when the Batchly database did not answer (``DATABASE_ERRORS``), in one sentence — the CLI's
+    answer and the Dagster run's failure alike."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    detail = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return (
+        f"push of organisation {organization_id} did not run to the end: the database did not answer ({detail}); "
+        "what was pushed is recorded, the rest returns to the queue when its lease lapses — try again"
+    )
+
+
 def worker_name(prefix: str) -> str:
     """A lease owner unique across machines and processes (``pid`` alone repeats across containers)."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}"[:64]  # unique part first
@@ -566,7 +578,8 @@ class _Push:
             except (AuthError, WriteFenceLost):
                 raise
             except Exception as exc:  # a bug or an outage: this chunk retries later, the run carries on
-                message = f"push failed: {type(exc).__name__}: {exc}"
+                lines = str(exc).strip().splitlines()  # a database error carries its SQL on the next lines
+                message = f"push failed: {type(exc).__name__}" + (f": {lines[0]}" if lines else "")
                 with self._lock:
                     self.stats.errors.append(f"{entity_type} {', '.join(map(str, chunk))}: {message}")
                 self._checkpoint([Failed(entity_type, i, "push", message, retryable=True) for i in chunk])
