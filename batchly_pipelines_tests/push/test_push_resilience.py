@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import time
+import itertools
+import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +17,7 @@ from batchly_pipelines.services.push.organization import Progress, PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.demo import create_demo
 from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
+from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.support.push import TIME_SCALE, Books
 
 IMPATIENT = RetryPolicy(base_delay=timedelta(0), max_delay=timedelta(0))
@@ -34,6 +37,16 @@ def _demo_into(engine: Engine, org: int, invoices: int) -> None:
                 .where(table.c.organization_id == demo.organization_id)
                 .values(organization_id=org)
             )
+
+
+def _lapse_queue_leases(engine: Engine) -> None:
+    """What time does to a dead worker's queue rows: their leases lapse."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(s.sync_queue)
+            .where(s.sync_queue.c.status == "in_progress")
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
 
 
 def _push_until_done(push: Callable[..., PushStats], engine: Engine, rounds: int = 10) -> list[PushStats]:
@@ -88,7 +101,7 @@ def test_run_killed_after_quickbooks_wrote_is_resumed_without_duplicates(
 
     monkeypatch.setattr(Checkpointer, "write", dies_on_the_second_invoice_chunk)
     with pytest.raises(Killed):
-        push(lease=timedelta(seconds=TIME_SCALE), claim_size=1000)  # 1 s
+        push(claim_size=1000)
     monkeypatch.setattr(Checkpointer, "write", write)
     with engine.connect() as conn:
         recorded = conn.execute(
@@ -96,7 +109,7 @@ def test_run_killed_after_quickbooks_wrote_is_resumed_without_duplicates(
         ).scalar_one()
     lost = len(books.objects("Invoice")) - recorded
     assert lost == 30  # QuickBooks holds the killed chunk; Batchly never recorded it
-    time.sleep(1.1)  # the dead run's lease expires
+    _lapse_queue_leases(engine)  # what time does to the dead run's rows (its lock went with it)
 
     runs = _push_until_done(push, engine)
 
@@ -107,18 +120,32 @@ def test_run_killed_after_quickbooks_wrote_is_resumed_without_duplicates(
 
 
 def test_a_live_run_keeps_its_leases_however_long_a_round_takes(
-    engine: Engine, org: int, push: Callable[..., PushStats], books: Books
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A round that outlasts the lease: its first checkpoint holds it until the renewer has renewed four times — more
+    than a whole lease has passed by the renewer's own clock, however loaded the machine — and then an intruder finds
+    nothing to claim."""
     _demo_into(engine, org, 30)
     intruder: list[int] = []
+    renewals = itertools.count(1)
+    four_renewals = threading.Event()
+    renew = SyncQueue.renew_leases
+
+    def counted_renewal(self: SyncQueue, *args: Any, **kwargs: Any) -> int:
+        renewed = renew(self, *args, **kwargs)
+        if next(renewals) >= 4:
+            four_renewals.set()
+        return renewed
+
+    monkeypatch.setattr(SyncQueue, "renew_leases", counted_renewal)
 
     def slow_progress(progress: Progress) -> None:
         if not intruder:
-            time.sleep(1.5)  # three leases long
+            assert four_renewals.wait(120), "the renewer stopped"  # four thirds of a lease, at least
             stolen = SyncQueue(engine).claim("intruder", limit=1000, lease=timedelta(minutes=1))
             intruder.append(len(stolen))
 
-    push(lease=timedelta(seconds=0.5 * TIME_SCALE), progress=slow_progress)  # 0.5 s
+    push(lease=timedelta(seconds=3 * TIME_SCALE), progress=slow_progress)  # 3 s: renewed every second
 
     assert intruder == [0]
     _assert_exactly_once(engine, books, 30)
