@@ -1,11 +1,17 @@
-"""Invoices' payment columns: the linked invoices with their mirrored QuickBooks twin, and the sync's writes to them.
+"""Invoices' payment columns: the linked invoices with their mirrored QuickBooks twin, and the sync's writes to them;
+and what a payments pull owes a re-read (``qbo_owed_reads``).
 
 A payment write leaves ``updated_at`` alone: it keeps meaning "last changed in Batchly".
+
+What is owed is noted in the transaction that mirrors the refund receipt or payment behind it and cleared in the one
+that stores the re-read invoices, each noting with a fresh token: a clearing removes only the notings it read, so
+one made meanwhile (by a concurrent pull) stays owed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from typing import Any
 
@@ -14,8 +20,9 @@ from sqlalchemy.engine import Connection
 
 from batchly_pipelines.rules.payments import PaymentStatus
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.upsert import bulk_upsert
 
-m, inv = s.qbo_mirror.c, s.invoices.c
+m, inv, owed = s.qbo_mirror.c, s.invoices.c, s.qbo_owed_reads.c
 PAYMENT_COLUMNS = (
     "amount_paid",
     "amount_due",
@@ -132,4 +139,51 @@ def set_payment_status(conn: Connection, invoice_id: int, status: str) -> None:
         sa.update(s.invoices)
         .where(inv.id == invoice_id)
         .values(payment_status=status, updated_at=inv.updated_at)
+    )
+
+
+OwedReads = dict[tuple[str, str], str]  # (entity type, QuickBooks id) → the token of its latest noting
+
+
+def owe_reads(conn: Connection, organization_id: int, entity: str, qbo_ids: Iterable[str]) -> None:
+    """Note that the pull owes a re-read of the ``entity`` (``Invoice``, or ``Payment``: its invoices) ``qbo_ids``;
+    one noted already gets a new token."""
+    now = s.utcnow()
+    bulk_upsert(
+        conn,
+        s.qbo_owed_reads,
+        (
+            {
+                "organization_id": organization_id,
+                "entity_type": entity,
+                "qbo_id": qbo_id,
+                "token": uuid.uuid4().hex,
+                "noted_at": now,
+            }
+            for qbo_id in sorted(set(qbo_ids))
+        ),
+        key=("organization_id", "entity_type", "qbo_id"),
+    )
+
+
+def owed_reads(conn: Connection, organization_id: int) -> OwedReads:
+    """Everything the organisation's pulls owe a re-read, with each noting's token."""
+    query = sa.select(owed.entity_type, owed.qbo_id, owed.token).where(
+        owed.organization_id == organization_id
+    )
+    return {(entity, qbo_id): token for entity, qbo_id, token in conn.execute(query).all()}
+
+
+def clear_owed_reads(conn: Connection, organization_id: int, settled: OwedReads) -> None:
+    """Remove the notings ``settled`` (each only while its token is unchanged: a later noting stays owed)."""
+    if not settled:
+        return
+    conn.execute(
+        sa.delete(s.qbo_owed_reads).where(
+            owed.organization_id == organization_id,
+            owed.entity_type == sa.bindparam("b_entity"),
+            owed.qbo_id == sa.bindparam("b_qbo_id"),
+            owed.token == sa.bindparam("b_token"),
+        ),
+        [{"b_entity": e, "b_qbo_id": i, "b_token": token} for (e, i), token in settled.items()],
     )

@@ -372,6 +372,20 @@ qbo_reconciled = sa.Table(
     sa.PrimaryKeyConstraint("organization_id", "entity_type", "qbo_id"),
 )
 
+# what a payments pull owes a re-read: an invoice (entity_type "Invoice") or the invoices of a payment ("Payment")
+# that a mirrored refund receipt or payment affects; noted with the mirror row, cleared with the re-read
+# (store.invoice_payments), so an interrupted pull leaves them for the next; ``token`` changes on every noting
+qbo_owed_reads = sa.Table(
+    "qbo_owed_reads",
+    metadata,
+    _org_fk(),
+    sa.Column("entity_type", sa.String(16), nullable=False),
+    sa.Column("qbo_id", sa.String(32), nullable=False),
+    sa.Column("token", sa.String(32), nullable=False),
+    sa.Column("noted_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.PrimaryKeyConstraint("organization_id", "entity_type", "qbo_id"),
+)
+
 sync_log = sa.Table(
     "sync_log",
     metadata,

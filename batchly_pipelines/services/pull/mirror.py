@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -374,11 +374,14 @@ def pull_deletions(
     entities: Sequence[str],
     window: Window,
     quickbooks_now: datetime | None = None,
+    *,
+    also: Callable[[Connection, str, list[dict[str, Any]]], None] | None = None,
 ) -> Deletions:
     """Record what QuickBooks deleted since the window's start (when within CDC's 30 days), mirrored or not; an
     entity whose changes crowd one second past a CDC answer is checked by absence instead (see module doc).
     ``quickbooks_now`` is QuickBooks' clock (the ``time`` of this pull's latest answer): CDC's 30 days are
-    counted on it, so a QuickBooks clock ahead of ours is not refused as "older than 30 days"."""
+    counted on it, so a QuickBooks clock ahead of ours is not refused as "older than 30 days". ``also`` is
+    called with each entity's newly recorded deletions in the transaction recording them."""
     since = cdc_since(window, quickbooks_now)
     if since is None:
         return Deletions({entity: [] for entity in entities})
@@ -409,6 +412,9 @@ def pull_deletions(
         objects = {
             entity: mark_deleted(conn, organization_id, entity, gone.get(entity, {})) for entity in entities
         }
+        for entity, deleted in objects.items():
+            if also is not None:
+                also(conn, entity, deleted)
     covered = {entity for group, _ in answers for entity in group}
     return Deletions(objects, min(marks) if covered == set(entities) else None)
 

@@ -13,7 +13,7 @@ deletions. Our clock never enters it, so a QuickBooks clock running behind ours 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,8 +36,13 @@ from batchly_pipelines.services.pull.owned import revert_owned_edits
 from batchly_pipelines.services.pull.progress import ProgressMeter, ProgressReport
 from batchly_pipelines.services.pull.reconcile import ReconcileStats, reconcile
 from batchly_pipelines.store.cursors import get_cursor, set_cursor
-from batchly_pipelines.store.db import Engine
-from batchly_pipelines.store.invoice_payments import unmirrored_invoices
+from batchly_pipelines.store.db import Connection, Engine
+from batchly_pipelines.store.invoice_payments import (
+    clear_owed_reads,
+    owe_reads,
+    owed_reads,
+    unmirrored_invoices,
+)
 from batchly_pipelines.store.mirror import mark_deleted, mirrored_payments, not_mirrored
 from batchly_pipelines.store.review_fields import add_review_fields, review_fields
 from batchly_pipelines.store.schema import utcnow
@@ -104,9 +109,10 @@ def _mirror_pages(
     stats: PullStats,
     clock: ServerClock,
     progress: ProgressReport | None = None,
+    also: Callable[[Connection, Sequence[Mapping[str, Any]]], None] | None = None,
 ) -> Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]]:
     """Stream the window of ``entity`` into the mirror; yields each page's objects and those of them that were new
-    or changed.
+    or changed (``also`` is called with those in the transaction storing them).
     ``progress`` hears pages stored of pages estimated: a window of more than a page is counted (``COUNT(*)``, one
     call) when its first full page arrives; a window of one page costs no call for it."""
     meter = ProgressMeter(f"mirror {entity}", "pages", progress)
@@ -116,6 +122,8 @@ def _mirror_pages(
             meter.estimate(-(-client.count(entity, window.conditions(entity)) // q.MAX_RESULTS))
         with engine.begin() as conn:
             changed = store_objects(conn, organization_id, entity, page)
+            if also is not None:
+                also(conn, changed)
         stats.count(entity, "pulled", len(page))
         stats.count(entity, "changed", len(changed))
         meter.add(1, len(page))
@@ -208,43 +216,68 @@ def pull_payments(
     """Mirror the payments, invoices and refund receipts changed in ``window``; then, with ``Id IN`` reads (never
     one call per invoice), the invoices that changed or deleted payments and refund receipts apply to, the linked
     invoices the mirror has never held (one QuickBooks no longer has was deleted before any pull saw it), and the
-    payments those invoices list and refund receipts name that the mirror lacks."""
+    payments those invoices list and refund receipts name that the mirror lacks.
+
+    Nothing owed is forgotten when a pull is interrupted: the invoices (and the payments whose invoices) a changed
+    or deleted payment or refund receipt affects are noted as owed a re-read (``qbo_owed_reads``) in the
+    transaction that mirrors it, and cleared in the one that stores the re-read invoices; every pull settles what
+    is owed, its own and what an interrupted one left. An owed invoice this pull's scan mirrored afresh after it
+    was noted needs no second read."""
     meter, stats = _Metered(client), PullStats(PAYMENT_ENTITIES, window)
     clocks = {entity: ServerClock() for entity in PAYMENT_ENTITIES}
 
-    def scan(entity: str) -> Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]]:
-        return _mirror_pages(engine, client, organization_id, entity, window, stats, clocks[entity], progress)
+    def note(entity: str) -> Callable[[Connection, Sequence[Mapping[str, Any]]], None]:
+        return lambda conn, objects: note_owed_reads(conn, organization_id, entity, objects)
 
-    affected: set[str] = set()  # invoices whose payments or refunds changed
-    refunded_payments: set[str] = set()  # payments that changed or deleted refund receipts name
-    for _, changed in scan("Payment"):  # a payment changes its invoices' own versions too
-        affected.update(iid for payment in changed for iid in linked_ids(payment, "Invoice"))
+    def scan(
+        entity: str, owes: bool = False
+    ) -> Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]]:
+        also = note(entity) if owes else None
+        return _mirror_pages(
+            engine, client, organization_id, entity, window, stats, clocks[entity], progress, also
+        )
+
+    for _ in scan("Payment", owes=True):  # a payment changes its invoices' own versions too
+        pass
+    with engine.connect() as conn:
+        before_invoices = owed_reads(conn, organization_id)  # what the invoice scan below may settle
     seen: set[str] = set()
     wanted_payments: set[str] = set()
     for page, changed in scan("Invoice"):
         seen.update(invoice["Id"] for invoice in changed)  # mirrored fresh: no need to read them again
         wanted_payments.update(pid for invoice in page for pid in linked_ids(invoice, "Payment"))
-    for _, changed in scan(
-        "RefundReceipt"
-    ):  # open: a receipt mirrored by an interrupted pull is not followed
-        note_refund_targets(changed, affected, refunded_payments)
+    for _ in scan("RefundReceipt", owes=True):  # a refund changes no invoice version: its targets are owed
+        pass
     latest = [clock.latest for clock in clocks.values() if clock.latest is not None]
     deleted = pull_deletions(
-        engine, client, organization_id, PAYMENT_ENTITIES, window, max(latest, default=None)
+        engine,
+        client,
+        organization_id,
+        PAYMENT_ENTITIES,
+        window,
+        max(latest, default=None),
+        also=lambda conn, entity, objects: note_owed_reads(conn, organization_id, entity, objects),
     )
     for entity, objects in deleted.objects.items():
         stats.count(entity, "deleted", len(objects))
-    affected.update(iid for payment in deleted.objects["Payment"] for iid in linked_ids(payment, "Invoice"))
-    note_refund_targets(deleted.objects["RefundReceipt"], affected, refunded_payments)
+    with engine.connect() as conn:
+        owed = owed_reads(conn, organization_id)
+    refunded_payments = {qbo_id for entity, qbo_id in owed if entity == "Payment"}
     if refunded_payments:
         _mirror_missing(engine, client, organization_id, "Payment", refunded_payments, stats)
-        with engine.connect() as conn:
-            named = mirrored_payments(conn, organization_id, refunded_payments)
-        affected.update(iid for payment in named.values() for iid in linked_ids(payment, "Invoice"))
     with engine.connect() as conn:
+        named = mirrored_payments(conn, organization_id, refunded_payments) if refunded_payments else {}
         unmirrored = set(unmirrored_invoices(conn, organization_id))
-    if (affected - seen) | unmirrored:
-        invoices = client.read_many("Invoice", sorted((affected - seen) | unmirrored))
+    affected: set[str] = set()  # invoices whose payments or refunds changed and that are still to be read
+    for (entity, qbo_id), token in owed.items():
+        if entity == "Invoice":
+            invoices_of = [qbo_id]
+        else:
+            invoices_of = linked_ids(named[qbo_id], "Invoice") if qbo_id in named else []
+        scanned_after = before_invoices.get((entity, qbo_id)) == token  # noted before the invoice scan
+        affected.update(iid for iid in invoices_of if not (scanned_after and iid in seen))
+    if affected | unmirrored:
+        invoices = client.read_many("Invoice", sorted(affected | unmirrored))
         wanted_payments.update(pid for invoice in invoices for pid in linked_ids(invoice, "Payment"))
         found = {str(invoice["Id"]) for invoice in invoices}
         with engine.begin() as conn:
@@ -252,8 +285,12 @@ def pull_payments(
             store_objects(conn, organization_id, "Invoice", invoices, force=True)
             # a linked invoice QuickBooks does not have and the mirror never held: deleted before any pull saw it
             gone = mark_deleted(conn, organization_id, "Invoice", dict.fromkeys(unmirrored - found, utcnow()))
+            clear_owed_reads(conn, organization_id, owed)
         stats.count("Invoice", "changed", len(invoices))
         stats.count("Invoice", "deleted", len(gone))
+    elif owed:
+        with engine.begin() as conn:
+            clear_owed_reads(conn, organization_id, owed)
     _mirror_missing(engine, client, organization_id, "Payment", wanted_payments, stats)
     _advance_cursors(
         engine,
@@ -269,6 +306,21 @@ def note_refund_targets(refunds: Iterable[Mapping[str, Any]], invoices: set[str]
     for refund in refunds:
         for txn_type, txn_id in refund_targets(refund):
             (invoices if txn_type == "Invoice" else payments).add(txn_id)
+
+
+def note_owed_reads(
+    conn: Connection, organization_id: int, entity: str, objects: Sequence[Mapping[str, Any]]
+) -> None:
+    """Note as owed a re-read what changed or deleted ``entity`` objects affect: a payment's invoices, a refund
+    receipt's invoices and payments (whose invoices are then read)."""
+    invoices: set[str] = set()
+    payments: set[str] = set()
+    if entity == "Payment":
+        invoices.update(iid for payment in objects for iid in linked_ids(payment, "Invoice"))
+    elif entity == "RefundReceipt":
+        note_refund_targets(objects, invoices, payments)
+    owe_reads(conn, organization_id, "Invoice", invoices)
+    owe_reads(conn, organization_id, "Payment", payments)
 
 
 def _mirror_missing(
