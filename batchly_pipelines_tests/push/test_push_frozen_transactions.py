@@ -198,3 +198,56 @@ def test_a_process_frozen_inside_a_rate_ledger_admission_holds_the_realm_for_sec
             )
         ).all()
     assert [tuple(row) for row in logged] == [(admitted, False)]
+
+
+def test_a_checkpoint_that_would_wait_past_its_lease_for_the_apps_rows_retries_the_chunk_instead(
+    engine: Engine, org: int, client: QuickBooksClient, books: Books, push: Callable[..., PushStats]
+) -> None:
+    """The waiting side: an app transaction holds the invoices' rows (a long edit, a stuck session) while the push
+    writes back its creates. The write-back waits at most the lease it has left, then its chunk is failed for a retry
+    (nothing dead, no invoice marked as an error) and the push ends; once the app commits, the next push links what
+    QuickBooks already holds."""
+    _demo_into(engine, org, 30)
+    outcome: list[BaseException | PushStats] = []
+
+    def pusher() -> None:
+        try:
+            outcome.append(
+                push_module.push_organization(
+                    engine, client, org, worker="waiting", claim_size=60, lease=LEASE * TIME_SCALE
+                )
+            )
+        except BaseException as exc:  # the test reads it
+            outcome.append(exc)
+
+    app = engine.connect()
+    try:
+        app.execute(
+            sa.update(s.invoices).where(s.invoices.c.organization_id == org).values(updated_at=utcnow())
+        )  # uncommitted: every invoice row is locked by the app
+        thread = threading.Thread(target=pusher, daemon=True)
+        thread.start()
+        thread.join(120)
+        ended_while_the_app_held_the_rows = not thread.is_alive()
+        app.commit()
+    finally:
+        app.close()
+    thread.join(120)
+
+    assert ended_while_the_app_held_the_rows  # before: the write-back waited for as long as the app did
+    [stats] = outcome
+    assert isinstance(stats, PushStats) and stats.failed >= 30 and stats.dead == 0, outcome
+    assert any("lock timeout" in error for error in stats.errors), stats.errors
+    with engine.connect() as conn:
+        statuses = set(conn.execute(sa.select(s.invoices.c.sync_status)).scalars())
+        dead = conn.execute(sa.select(sa.func.count()).where(s.sync_queue.c.status == "dead")).scalar_one()
+    assert "error" not in statuses and dead == 0  # no false error
+    _expire_leases(engine)
+    with engine.begin() as conn:  # their backoff has passed
+        conn.execute(
+            sa.update(s.sync_queue)
+            .where(s.sync_queue.c.status == "pending")
+            .values(next_attempt_at=utcnow() - timedelta(seconds=1))
+        )
+    _push_until_done(push, engine)
+    _assert_exactly_once(engine, books, 30)
