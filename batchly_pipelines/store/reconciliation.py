@@ -61,6 +61,23 @@ def invoices_with_customers(conn: Connection, organization_id: int) -> list[dict
     return [dict(r) for r in conn.execute(query).mappings()]
 
 
+def invoice_lines_by_invoice(conn: Connection, organization_id: int) -> dict[int, list[dict[str, Any]]]:
+    """Every invoice line of the organisation by invoice id, in ``line_no`` order, each with its item's QuickBooks
+    id (``item_qbo_id``; items read in a scan of their own, as :func:`records_with_links` does)."""
+    il, i, it = s.invoice_lines.c, s.invoices.c, s.items.c
+    items = dict(conn.execute(sa.select(it.id, it.qbo_id).where(it.organization_id == organization_id)).all())
+    query = (
+        sa.select(s.invoice_lines)
+        .join(s.invoices, i.id == il.invoice_id)
+        .where(i.organization_id == organization_id)
+        .order_by(il.invoice_id, il.line_no)
+    )
+    found: dict[int, list[dict[str, Any]]] = {}
+    for row in conn.execute(query).mappings():
+        found.setdefault(row["invoice_id"], []).append({**row, "item_qbo_id": items.get(row["item_id"])})
+    return found
+
+
 def open_conflicts(conn: Connection, organization_id: int) -> list[dict[str, Any]]:
     """The organisation's conflicts waiting for review: id, entity_type, entity_id, qbo_id, field."""
     query = sa.select(c.id, c.entity_type, c.entity_id, c.qbo_id, c.field).where(

@@ -268,3 +268,32 @@ def test_invoice_dates_that_differ_are_listed(company: Company) -> None:
         ("invoice", invoice["Id"], "due_date"),
         ("invoice", invoice["Id"], "txn_date"),
     }
+
+
+def test_invoice_lines_that_differ_are_listed_not_rewritten(company: Company) -> None:
+    payer = company.qbo.customer("Payer")
+    item = company.qbo.item("Service", "100.00")
+    invoice = company.qbo.invoice(payer, item, "100.00", "50.00")
+    company.pull()
+    link_invoices_as_pushed(company.engine, company.org, [invoice])
+    company.pull()
+    assert _fields(_reconcile(company, repair=False), "open") == set()
+    invoice_id = company.row(s.invoices, qbo_id=invoice["Id"])["id"]
+    with company.engine.begin() as conn:  # line edits whose push was acknowledged without being sent
+        lines = s.invoice_lines.c
+        conn.execute(
+            sa.update(s.invoice_lines)
+            .where(lines.invoice_id == invoice_id, lines.line_no == 2)
+            .values(amount=Decimal("55.00"), description="Extra hours")
+        )
+        conn.execute(sa.delete(s.invoice_lines).where(lines.invoice_id == invoice_id, lines.line_no == 1))
+    _forget_queue(company)
+
+    result = _reconcile(company)
+
+    assert _fields(result, "open") == {
+        ("invoice", invoice["Id"], "line 2 amount"),
+        ("invoice", invoice["Id"], "line 2 description"),
+        ("invoice", invoice["Id"], "line 2"),  # QuickBooks' second line has no Batchly twin left
+    }
+    assert queue(company.engine) == []  # reported, not pushed: QuickBooks keeps a pushed invoice as sent

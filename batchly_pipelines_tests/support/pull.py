@@ -61,9 +61,12 @@ class Company:
 def link_invoices_as_pushed(
     engine: Engine, organization_id: int, invoices: Iterable[Mapping[str, Any]]
 ) -> None:
-    """Batchly twins of QuickBooks invoices, linked as the push leaves them (sync writes: nothing is queued)."""
+    """Batchly twins of QuickBooks invoices, linked as the push leaves them (sync writes: nothing is queued), with
+    the QuickBooks invoice's item lines when Batchly has each line's item."""
+    invoices = list(invoices)
     with engine.connect() as conn:
         customer_ids = dict(conn.execute(sa.select(s.customers.c.qbo_id, s.customers.c.id)).all())
+        item_ids = dict(conn.execute(sa.select(s.items.c.qbo_id, s.items.c.id)).all())
     rows = [
         {
             "organization_id": organization_id,
@@ -79,6 +82,38 @@ def link_invoices_as_pushed(
     ]
     with sync_transaction(engine) as conn:
         conn.execute(sa.insert(s.invoices), rows)
+        ids = dict(
+            conn.execute(
+                sa.select(s.invoices.c.qbo_id, s.invoices.c.id).where(
+                    s.invoices.c.organization_id == organization_id
+                )
+            ).all()
+        )
+        lines = []
+        for invoice in invoices:
+            sold = [
+                line for line in invoice.get("Line", []) if line.get("DetailType") == "SalesItemLineDetail"
+            ]
+            if not sold or any(
+                line["SalesItemLineDetail"]["ItemRef"]["value"] not in item_ids for line in sold
+            ):
+                continue
+            for number, line in enumerate(sold, start=1):
+                detail = line["SalesItemLineDetail"]
+                amount = Decimal(str(line["Amount"]))
+                lines.append(
+                    {
+                        "invoice_id": ids[invoice["Id"]],
+                        "line_no": number,
+                        "item_id": item_ids[detail["ItemRef"]["value"]],
+                        "description": line.get("Description"),
+                        "quantity": Decimal(str(detail.get("Qty", 1))),
+                        "unit_price": Decimal(str(detail.get("UnitPrice", amount))),
+                        "amount": amount,
+                    }
+                )
+        if lines:
+            conn.execute(sa.insert(s.invoice_lines), lines)
 
 
 def queue(engine: Engine) -> list[dict[str, Any]]:

@@ -56,6 +56,7 @@ from batchly_pipelines.services.reconciliation.compare import (
 from batchly_pipelines.store.db import Connection, Engine, sync_transaction
 from batchly_pipelines.store.mirror import live_ids, mark_deleted, mirrored_objects
 from batchly_pipelines.store.reconciliation import (
+    invoice_lines_by_invoice,
     invoices_with_customers,
     listed_pull_errors,
     locked_bases,
@@ -230,6 +231,7 @@ def _compare(
         customers = records_with_links(conn, "customer", organization_id)
         items = records_with_links(conn, "item", organization_id)
         invoices = invoices_with_customers(conn, organization_id)
+        lines = invoice_lines_by_invoice(conn, organization_id)
         explanations = Explanations(
             open_conflicts(conn, organization_id),
             listed_pull_errors(conn, organization_id),
@@ -240,7 +242,7 @@ def _compare(
     books = QuickBooksBooks(objects["Invoice"], objects["Payment"], objects["RefundReceipt"])
     found = compare_name_list(CUSTOMERS, customers, objects["Customer"])
     found += compare_name_list(ITEMS, items, objects["Item"])
-    invoice_differences, result.quickbooks_only_invoices = compare_invoices(invoices, books, today)
+    invoice_differences, result.quickbooks_only_invoices = compare_invoices(invoices, books, today, lines)
     found += invoice_differences
     for entity, rows in (("customer", customers), ("item", items), ("invoice", invoices)):
         linked = {str(row["qbo_id"]) for row in rows if row["qbo_id"] is not None}

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from batchly_pipelines.rules.mapping import decode_snapshot, to_money
+from batchly_pipelines.rules.mapping import decode_snapshot, to_decimal, to_money
 from batchly_pipelines.rules.merge import Rule
 from batchly_pipelines.rules.name_lists import NameList
 from batchly_pipelines.rules.payments import RefundTargets
@@ -210,12 +211,17 @@ PAYMENT_COLUMNS = tuple(DELETED_IN_QUICKBOOKS.as_columns())
 
 
 def compare_invoices(
-    rows: Sequence[Mapping[str, Any]], books: QuickBooksBooks, today: date
+    rows: Sequence[Mapping[str, Any]],
+    books: QuickBooksBooks,
+    today: date,
+    lines: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
 ) -> tuple[list[Difference], int]:
     """Batchly's invoices (with ``customer_qbo_id``) against the company's: the ID sets (an invoice QuickBooks has
     under the DocNumber of a Batchly invoice it is not linked to is a duplicate), and for each linked one its total,
     DocNumber, customer, dates (TxnDate; DueDate when Batchly has one), void and payment columns (amounts paid,
-    due, credited, refunded, status, last payment). Also returns how many QuickBooks invoices are QuickBooks' own (a DocNumber Batchly does not have: not synced)."""
+    due, credited, refunded, status, last payment), and — given Batchly's ``lines`` by invoice id — its lines
+    (:func:`compare_invoice_lines`). Also returns how many QuickBooks invoices are QuickBooks' own (a DocNumber
+    Batchly does not have: not synced)."""
     found: list[Difference] = []
     facts = books.facts()
     by_doc = {str(row["doc_number"]).strip().lower(): row for row in rows}
@@ -259,6 +265,8 @@ def compare_invoices(
                 # the push sends a due date only when Batchly has one (QuickBooks may derive its own from terms)
                 if ours is not None and ours != theirs:
                     differ(column, ours, theirs, "dates differ")
+            if lines is not None and not voided and row["status"] != "void":
+                found.extend(compare_invoice_lines(row, lines.get(row["id"], []), obj))
             expected = facts.columns(obj, today)
         for column, theirs in expected.items():
             if row[column] != theirs:
@@ -285,6 +293,84 @@ def compare_invoices(
                 )
             )
     return found, own
+
+
+LINE_WHY = "lines differ (a pushed invoice is immutable in QuickBooks: reported, not rewritten)"
+
+
+def _line_values(line: Mapping[str, Any], obj: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A Batchly invoice line (``obj`` None) or a QuickBooks invoice line as the push maps them: item, quantity,
+    unit price, amount, description."""
+    if obj is None:
+        return {
+            "item": None if line["item_qbo_id"] is None else str(line["item_qbo_id"]),
+            "quantity": _number(line["quantity"]),
+            "unit_price": _number(line["unit_price"]),
+            "amount": to_money(line["amount"]),
+            "description": _text(line["description"]),
+        }
+    detail = line.get("SalesItemLineDetail") or {}
+    item = (detail.get("ItemRef") or {}).get("value")
+    return {
+        "item": None if item is None else str(item),
+        "quantity": _number(detail.get("Qty")),
+        "unit_price": _number(detail.get("UnitPrice")),
+        "amount": to_money(line.get("Amount")),
+        "description": _text(line.get("Description")),
+    }
+
+
+def _number(value: Any) -> Decimal | None:
+    return None if value is None else to_decimal(value)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else (str(value).strip() or None)
+
+
+def compare_invoice_lines(
+    row: Mapping[str, Any], ours: Sequence[Mapping[str, Any]], obj: Mapping[str, Any]
+) -> list[Difference]:
+    """A linked invoice's Batchly lines (``line_no`` order, with ``item_qbo_id``) against its QuickBooks invoice's
+    item and description lines (``LineNum`` order; the server's subtotal line left out), pair by pair as the push
+    sends them: item, quantity, unit price (when QuickBooks states them), amount, description. A line one side lacks is a difference of field
+    ``line N``; a differing field of ``line N <field>`` (N: Batchly's ``line_no``, else QuickBooks' ``LineNum``).
+    No repair: QuickBooks keeps a pushed invoice as it was sent (a correction is a void and a new invoice)."""
+    theirs = sorted(
+        (line for line in obj.get("Line") or [] if line.get("DetailType") != "SubTotalLineDetail"),
+        key=lambda line: int(line.get("LineNum") or 0),
+    )
+    found: list[Difference] = []
+
+    def differ(field: str, batchly: Any, quickbooks: Any, why: str) -> None:
+        found.append(
+            Difference(
+                "invoice", row["id"], row["qbo_id"], row["doc_number"], field, batchly, quickbooks, why
+            )
+        )
+
+    for position in range(max(len(ours), len(theirs))):
+        mine = ours[position] if position < len(ours) else None
+        other = theirs[position] if position < len(theirs) else None
+        number = mine["line_no"] if mine is not None else (other or {}).get("LineNum", position + 1)
+        if mine is None or other is None:
+            present = _line_values(mine, None) if mine is not None else _line_values(other or {}, other)
+            shown = f"item {present['item']}, qty {present['quantity']}, amount {present['amount']}"
+            side = "Batchly" if mine is not None else "QuickBooks"
+            differ(
+                f"line {number}",
+                shown if mine is not None else None,
+                shown if other is not None else None,
+                f"{LINE_WHY}; only in {side}",
+            )
+            continue
+        a, b = _line_values(mine, None), _line_values(other, other)
+        for name, value in a.items():
+            if name in ("quantity", "unit_price") and b[name] is None:
+                continue  # an amount-only line (QuickBooks states no Qty or UnitPrice): its amount is compared
+            if value != b[name]:
+                differ(f"line {number} {name}", value, b[name], LINE_WHY)
+    return found
 
 
 def _day(value: Any) -> date | None:
