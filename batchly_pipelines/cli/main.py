@@ -14,6 +14,7 @@ from cryptography.fernet import Fernet
 from batchly_pipelines.cli.connect import authorize
 from batchly_pipelines.cli.pull import add_pull_commands
 from batchly_pipelines.cli.push import add_push_commands
+from batchly_pipelines.cli.reconcile import add_reconcile_commands
 from batchly_pipelines.cli.webhooks import add_webhook_commands
 from batchly_pipelines.quickbooks.errors import QboError
 from batchly_pipelines.settings import Settings, SettingsError
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pull_commands(sub)
     add_push_commands(sub)
+    add_reconcile_commands(sub)
     add_webhook_commands(sub)
     return parser
 
