@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dagster import AssetCheckSeverity, materialize
+from dagster import AssetCheckSeverity, DagsterInstance, materialize
 
 from batchly_pipelines.definitions import defs
+from batchly_pipelines.defs.partitions import COMPANY, company_key, company_partitions
 from batchly_pipelines.defs.reconciliation.job import company_reconciliation
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.store import schema as s
@@ -12,16 +13,21 @@ from batchly_pipelines_tests.support.pull import Company
 
 
 def _run(company: Company, repair: bool) -> dict[str, object]:
+    """The job's asset executed in-process over the organisation's company partition (and another company's key,
+    which it must not touch)."""
     url = company.engine.url.render_as_string(hide_password=False)
+    instance = DagsterInstance.ephemeral()
+    key = company_key(company.org, "Acme Trading")
+    instance.add_dynamic_partitions(COMPANY, [company_key(company.org + 1000, "Other"), key])
     result = materialize(
         [company_reconciliation],
+        instance=instance,
+        partition_key=key,
         resources={
             "batchly_db": BatchlyDatabase(database_url=url),
             "quickbooks": QuickBooksResource(database_url=url),
         },
-        run_config={
-            "ops": {"company_reconciliation": {"config": {"organization_id": company.org, "repair": repair}}}
-        },
+        run_config={"ops": {"company_reconciliation": {"config": {"repair": repair}}}},
     )
     assert result.success
     [materialization] = result.asset_materializations_for_node("company_reconciliation")
@@ -32,7 +38,8 @@ def _run(company: Company, repair: bool) -> dict[str, object]:
 
 
 def test_the_checks_fail_listing_each_difference_until_the_run_repairs_them(connected: Company) -> None:
-    assert defs.resolve_job_def("reconcile_company").name == "reconcile_company"
+    job = defs.resolve_job_def("reconcile_company")
+    assert job.partitions_def == company_partitions  # the pull assets' company partitions
     company = connected
     grace = company.qbo.customer("Grace Hopper")  # never pulled
 

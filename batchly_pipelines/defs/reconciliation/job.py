@@ -1,7 +1,9 @@
 """``reconcile_company``: one organisation's full reconciliation with its QuickBooks company (issue 10's safety
 net), as a job materialising ``company_reconciliation`` with three ERROR checks.
 
-Run config: ``ops: {company_reconciliation: {config: {organization_id: 1}}}`` (``repair: false`` only compares). The
+Partitioned like the pull assets by ``company`` (one dynamic key per connected organisation, ``slug-id``): a run
+reconciles the organisation its partition names, so an operator runs it per company from the UI or backfills many.
+Run config: ``ops: {company_reconciliation: {config: {repair: false}}}`` only compares (default: repair). The
 work is :func:`batchly_pipelines.services.reconciliation.company.reconcile_company`. Each check —
 ``customers_reconciled``, ``items_reconciled``, ``invoices_reconciled`` — fails while a difference of its entity is
 *open* (nothing explains it and no push of it is waiting), and lists every difference it found in a table: record,
@@ -27,6 +29,7 @@ from dagster import (
 from pydantic import Field
 
 from batchly_pipelines.defs.monitoring.tables import table
+from batchly_pipelines.defs.partitions import company_partitions, organization_id
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.quickbooks.errors import AuthError, ReauthorizationRequired
 from batchly_pipelines.services.reconciliation.company import CompanyReconciliation, reconcile_company
@@ -53,11 +56,8 @@ DIFFERENCE_COLUMNS = [
 
 
 class ReconcileCompanyConfig(Config):
-    """Which organisation to reconcile with its QuickBooks company."""
+    """Whether the reconciliation of the partition's organisation repairs."""
 
-    organization_id: int = Field(
-        description="The Batchly organisation whose QuickBooks company is read whole."
-    )
     repair: bool = Field(default=True, description="Repair what the rules allow (false: only compare).")
 
 
@@ -107,6 +107,7 @@ def _check(result: CompanyReconciliation, entity: str) -> AssetCheckResult:
     ],
     pool="qbo_api",
     kinds={"quickbooks", "python"},
+    partitions_def=company_partitions,
 )
 def company_reconciliation(
     context: AssetExecutionContext,
@@ -114,13 +115,15 @@ def company_reconciliation(
     batchly_db: BatchlyDatabase,
     quickbooks: QuickBooksResource,
 ) -> MaterializeResult:
-    """Read the organisation's whole company, repair what the rules allow, and report what still differs."""
+    """Read the partition's organisation's whole company, repair what the rules allow, and report what still
+    differs."""
+    org = organization_id(context.partition_key)
     try:
-        with quickbooks.client_for(config.organization_id) as client:
+        with quickbooks.client_for(org) as client:
             result = reconcile_company(
                 batchly_db.engine,
                 client,
-                config.organization_id,
+                org,
                 repair=config.repair,
                 log=context.log.info,
                 run_id=context.run.run_id,
@@ -128,7 +131,7 @@ def company_reconciliation(
     except (LookupError, AuthError, ReauthorizationRequired) as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     summary = result.summary()
-    context.log.info(f"organisation {config.organization_id}: {summary}")
+    context.log.info(f"organisation {org}: {summary}")
     for difference in (d for d in result.differences if result.status(d) == "open"):
         context.log.error(f"{difference.record} {difference.field}: {difference.why}")
     repaired = [{"status": "repaired", **d.as_row()} for d in result.repaired[:TABLE_ROWS]]
@@ -145,5 +148,5 @@ def company_reconciliation(
 reconcile_company_job = define_asset_job(
     "reconcile_company",
     selection=[company_reconciliation],
-    description="Full reconciliation of one organisation with its QuickBooks company (config: organization_id).",
+    description="Full reconciliation of one organisation (its company partition) with its QuickBooks company.",
 )
