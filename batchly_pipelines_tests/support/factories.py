@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -33,15 +33,17 @@ def item(conn: Connection, org: int, name: str = "Widget", unit_price: str = "10
 def invoice(
     conn: Connection, org: int, customer_id: int, item_id: int, doc_number: str = "1001", lines: int = 2
 ) -> int:
-    """An open invoice with ``lines`` lines of 2 x 10.10 each."""
+    """An open invoice with ``lines`` lines of 2 x 10.10 each, dated a month ago and due in a month (never overdue
+    whatever day the suite runs)."""
+    today = date.today()
     invoice_id = _insert(
         conn,
         s.invoices,
         organization_id=org,
         customer_id=customer_id,
         doc_number=doc_number,
-        txn_date=date(2026, 11, 1),
-        due_date=date(2026, 12, 1),
+        txn_date=today - timedelta(days=30),
+        due_date=today + timedelta(days=30),
         total_amount=Decimal("20.20") * lines,
     )
     for line_no in range(1, lines + 1):
