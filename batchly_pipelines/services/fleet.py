@@ -9,7 +9,8 @@ outage, a bug, a database error — is caught, retried after a pause (``attempts
 as that company's :class:`CompanyOutcome`; the others carry on. An error that a retry cannot mend
 (:class:`~batchly_pipelines.quickbooks.errors.AuthError`: the company must be reconnected;
 :class:`~batchly_pipelines.quickbooks.errors.ReadQuotaExhausted`: Intuit blocks the app's reads until next month)
-is not retried.
+is not retried. :func:`run_each` is the same over any keys: the webhook CDC sweeps run it over realms
+(:func:`batchly_pipelines.services.webhooks.repair.sweep_realms`), each outcome an :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -25,11 +26,28 @@ from typing import Generic, TypeVar
 from batchly_pipelines.quickbooks.errors import AuthError, ReadQuotaExhausted
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 DEFAULT_WORKERS = 8
 DEFAULT_ATTEMPTS = 3
 DEFAULT_RETRY_DELAY_S = 30.0
 UNMENDABLE = (AuthError, ReadQuotaExhausted)  # a retry cannot mend these: not retried
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[K, T]):
+    """What became of the work on one key (an organisation, a realm): its result, or the error of its last
+    attempt."""
+
+    key: K
+    result: T | None
+    error: str | None
+    attempts: int
+    duration_s: float
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
 
 @dataclass(frozen=True)
@@ -67,31 +85,60 @@ def run_fleet(
     raises is tried again after ``retry_delay_s`` (other organisations' work goes on meanwhile), ``attempts`` times
     in all, except for :class:`AuthError`. ``on_outcome`` is called in the calling thread as each organisation
     finishes (to report progress); the outcomes are returned in the order of ``organization_ids``."""
-    order = list(dict.fromkeys(organization_ids))
-    outcomes: dict[int, CompanyOutcome[T]] = {}
+
+    def company(outcome: Outcome[int, T]) -> CompanyOutcome[T]:
+        return CompanyOutcome(
+            outcome.key, outcome.result, outcome.error, outcome.attempts, outcome.duration_s
+        )
+
+    report = None if on_outcome is None else (lambda outcome: on_outcome(company(outcome)))
+    outcomes = run_each(
+        organization_ids,
+        work,
+        workers=workers,
+        attempts=attempts,
+        retry_delay_s=retry_delay_s,
+        on_outcome=report,
+    )
+    return [company(outcome) for outcome in outcomes]
+
+
+def run_each(
+    keys: Iterable[K],
+    work: Callable[[K], T],
+    *,
+    workers: int = DEFAULT_WORKERS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
+    on_outcome: Callable[[Outcome[K, T]], None] | None = None,
+) -> list[Outcome[K, T]]:
+    """:func:`run_fleet` for any keys (realms as well as organisations): ``work(key)`` for every key, ``workers``
+    at a time, each failure retried and kept to its key; the outcomes in the order of ``keys``."""
+    order = list(dict.fromkeys(keys))
+    outcomes: dict[K, Outcome[K, T]] = {}
     stop = threading.Event()
 
-    def attempt(organization_id: int) -> CompanyOutcome[T]:
+    def attempt(key: K) -> Outcome[K, T]:
         started, tried = time.monotonic(), 0
         while True:
             tried += 1
             try:
-                result = work(organization_id)
+                result = work(key)
             except Exception as exc:
                 error = _describe(exc)
                 if tried >= attempts or isinstance(exc, UNMENDABLE) or stop.wait(retry_delay_s):
-                    return CompanyOutcome(organization_id, None, error, tried, time.monotonic() - started)
+                    return Outcome(key, None, error, tried, time.monotonic() - started)
                 continue
-            return CompanyOutcome(organization_id, result, None, tried, time.monotonic() - started)
+            return Outcome(key, result, None, tried, time.monotonic() - started)
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="company") as pool:
-        pending: set[Future[CompanyOutcome[T]]] = {pool.submit(attempt, org) for org in order}
+        pending: set[Future[Outcome[K, T]]] = {pool.submit(attempt, key) for key in order}
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     outcome = future.result()
-                    outcomes[outcome.organization_id] = outcome
+                    outcomes[outcome.key] = outcome
                     if on_outcome is not None:
                         on_outcome(outcome)
         except BaseException:
@@ -99,4 +146,4 @@ def run_fleet(
             for future in pending:
                 future.cancel()
             raise
-    return [outcomes[org] for org in order]
+    return [outcomes[key] for key in order]

@@ -1,7 +1,9 @@
-"""Fixtures for the webhook tests: an unthrottled sandbox, an organisation connected to a fresh realm, the receiver."""
+"""Fixtures for the webhook tests: an unthrottled sandbox, an organisation connected to a fresh realm (and more of them),
+the receiver."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -42,6 +44,29 @@ def company(engine: Engine, sandbox: SandboxServer, secret_key: str) -> Iterator
         qbo.realm_id, sandbox.base_url, SandboxTokens(sandbox.base_url, qbo.realm_id)
     ) as client:
         yield Company(engine, sandbox, org, qbo, client)
+
+
+@pytest.fixture
+def another_company(
+    engine: Engine, sandbox: SandboxServer, secret_key: str
+) -> Iterator[Callable[[], Company]]:
+    """Makes another organisation, connected to a fresh realm of its own, as ``company`` is (on the same database)."""
+    with contextlib.ExitStack() as clients:
+
+        def make() -> Company:
+            with engine.begin() as conn:
+                org = factories.organization(
+                    conn, name=f"Company {len(made) + 2}", timezone="America/New_York"
+                )
+            qbo = Qbo(sandbox)
+            connect(engine, org, qbo.realm_id, sandbox.base_url, secret_key)
+            tokens = SandboxTokens(sandbox.base_url, qbo.realm_id)
+            client = clients.enter_context(QuickBooksClient(qbo.realm_id, sandbox.base_url, tokens))
+            made.append(Company(engine, sandbox, org, qbo, client))
+            return made[-1]
+
+        made: list[Company] = []
+        yield make
 
 
 @pytest.fixture

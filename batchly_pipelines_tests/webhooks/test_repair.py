@@ -18,6 +18,7 @@ from batchly_pipelines.services.webhooks.repair import (
     CDC_HORIZON,
     HORIZON_WARNING,
     sweep_realm,
+    sweep_realms,
     sweeps_due,
     webhook_health,
 )
@@ -212,3 +213,65 @@ def test_an_organisation_re_authorised_gets_what_changed_while_it_waited(
         == "edited in QBO"
     )
     assert b.row(s.customers, organization_id=org_b, qbo_id=customer["Id"])["notes"] == "edited in QBO"
+
+
+def test_sweeping_many_realms_retries_a_failing_one_and_reports_it_while_the_others_are_repaired(
+    company: Company, another_company: Callable[[], Company]
+) -> None:
+    """One run sweeps three realms; the second realm's QuickBooks fails every time: it is tried three times and
+    reported in its own outcome, its repaired_until stays (it is due again); the other two get what no event
+    brought and their repaired_until."""
+    companies = [company, another_company(), another_company()]
+    customers = {}
+    for each in companies:
+        customers[each.qbo.realm_id] = each.qbo.customer("Ada")
+        each.pull()
+        each.act(
+            "update_customer", customer_id=customers[each.qbo.realm_id]["Id"], fields={"Notes": "no event"}
+        )
+    failing = companies[1].qbo.realm_id
+    base = company.sandbox.base_url
+    tries: list[str] = []
+
+    class Down(QuickBooksClient):
+        def cdc(self, entities: Sequence[str], changed_since: datetime) -> CdcResult:
+            tries.append(self.realm_id)
+            raise ConnectionError(f"QuickBooks company {self.realm_id} did not answer")
+
+    def client_for(organization_id: int, realm_id: str) -> QuickBooksClient:
+        kind = Down if realm_id == failing else QuickBooksClient
+        return kind(realm_id, base, SandboxTokens(base, realm_id))
+
+    reported: list[str] = []
+    realms = [each.qbo.realm_id for each in companies]
+    outcomes = sweep_realms(
+        company.engine,
+        realms,
+        client_for,
+        run_id="sweeps-1",
+        workers=2,
+        attempts=3,
+        retry_delay_s=0.0,
+        on_outcome=lambda outcome: reported.append(outcome.key),
+    )
+    assert [outcome.key for outcome in outcomes] == realms and sorted(reported) == sorted(realms)
+    by_realm = {outcome.key: outcome for outcome in outcomes}
+    down = by_realm[failing]
+    assert (down.failed, down.attempts, down.result, tries) == (True, 3, None, [failing] * 3)
+    assert down.error is not None and f"QuickBooks company {failing} did not answer" in down.error
+    with company.engine.connect() as conn:
+        repairs = realm_repairs(conn, realms)
+    assert failing not in repairs
+    assert set(sweeps_due(company.engine)) == {failing}  # swept again next time; the others are not due
+    for each in (companies[0], companies[2]):
+        realm = each.qbo.realm_id
+        swept = by_realm[realm]
+        assert not swept.failed and swept.attempts == 1 and swept.result is not None
+        assert swept.result.gaps == {"Customer": 1}
+        assert repairs[realm].repaired_until == swept.result.repaired_until is not None
+        row = each.row(s.customers, organization_id=each.org, qbo_id=customers[realm]["Id"])
+        assert row["notes"] == "no event"
+    failed_row = companies[1].row(
+        s.customers, organization_id=companies[1].org, qbo_id=customers[failing]["Id"]
+    )
+    assert failed_row["notes"] != "no event"

@@ -7,6 +7,8 @@ each with the organisation's mirror, and treats the ones the mirror lacks — a 
 saw, a deletion of an object it holds live — exactly as notified events: :func:`~.drain.pull_notified` reads them
 (``Id IN``) and reconciles them. When webhooks brought everything, a sweep costs one read.
 
+:func:`sweep_realms` sweeps many realms in one process (a thousand realms' sweeps every 15 minutes are a few runs,
+not thousands), each in its own transactions, one realm's failure retried and then reported against it.
 :func:`sweeps_due` says which realms need one: never swept, swept longer than the interval ago (15 minutes by
 default), or a receiver started since the last sweep (it was down: whatever Intuit could not deliver meanwhile is
 held back or lost). :func:`webhook_health` is what the ``webhooks_flowing`` check reports: a connected realm that has
@@ -17,12 +19,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from batchly_pipelines.quickbooks.client import CdcResult
 from batchly_pipelines.quickbooks.wire import qbo_last_updated
+from batchly_pipelines.services.fleet import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_RETRY_DELAY_S,
+    DEFAULT_WORKERS,
+    Outcome,
+    run_each,
+)
 from batchly_pipelines.services.webhooks.changes import EntityChanges, PullRequest
 from batchly_pipelines.services.webhooks.drain import ClientFor, TargetedPull, WrongCompany, pull_notified
 from batchly_pipelines.services.webhooks.events import SYNCED_ENTITIES
@@ -133,6 +143,31 @@ def sweep_realm(
         save_sweep(conn, realm_id, cdc.high_water_mark, asked_at, sum(sweep.gaps.values()))
     sweep.duration_s = round(time.monotonic() - started, 3)
     return sweep
+
+
+def sweep_realms(
+    engine: Engine,
+    realm_ids: Iterable[str],
+    client_for: ClientFor,
+    *,
+    run_id: str | None = None,
+    workers: int = DEFAULT_WORKERS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
+    on_outcome: Callable[[Outcome[str, Sweep]], None] | None = None,
+) -> list[Outcome[str, Sweep]]:
+    """Sweep many realms in one process, ``workers`` at a time (:func:`~batchly_pipelines.services.fleet.run_each`):
+    each realm's sweep is :func:`sweep_realm` — its own CDC read, its own transactions, its own ``repaired_until`` —
+    and a realm whose sweep fails is retried, then reported in its outcome while the others carry on (its
+    ``repaired_until`` stays, so it is due again)."""
+    return run_each(
+        realm_ids,
+        lambda realm_id: sweep_realm(engine, realm_id, client_for, run_id=run_id),
+        workers=workers,
+        attempts=attempts,
+        retry_delay_s=retry_delay_s,
+        on_outcome=on_outcome,
+    )
 
 
 def missed_changes(conn: Connection, organization_id: int, realm_id: str, cdc: CdcResult) -> PullRequest:
