@@ -1,8 +1,12 @@
-"""The Dagster side: ``webhook_inbox_sensor`` ticks (one run per realm), ``pull_webhook_changes`` in process."""
+"""The Dagster side: ``webhook_inbox_sensor`` ticks (a run per realm with events, the due sweeps of the others in few
+runs), ``pull_webhook_changes`` and ``sweep_webhook_realms`` in process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,14 +25,22 @@ from starlette.applications import Starlette
 
 from batchly_pipelines.definitions import defs
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
-from batchly_pipelines.defs.webhooks import sensors
-from batchly_pipelines.defs.webhooks.jobs import WEBHOOK_REALM_TAG, pull_webhook_changes
+from batchly_pipelines.defs.webhooks import jobs, sensors
+from batchly_pipelines.defs.webhooks.config import sweep_batch
+from batchly_pipelines.defs.webhooks.jobs import (
+    WEBHOOK_REALM_TAG,
+    WEBHOOK_SWEEP_TAG,
+    pull_webhook_changes,
+    sweep_webhook_realms,
+)
 from batchly_pipelines.defs.webhooks.sensors import webhook_inbox_sensor
 from batchly_pipelines.services.webhooks.receiver import create_app
+from batchly_pipelines.services.webhooks.repair import sweeps_due
+from batchly_pipelines.settings import SettingsError
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.schema import utcnow
-from batchly_pipelines.store.webhook_repair import record_receiver_start, save_sweep
+from batchly_pipelines.store.webhook_repair import realm_repairs, record_receiver_start, save_sweep
 from batchly_pipelines_tests.support import factories
 from batchly_pipelines_tests.support.pull import Company
 from batchly_pipelines_tests.support.sandbox_client import Qbo
@@ -41,6 +53,7 @@ from batchly_pipelines_tests.support.webhooks import (
     post,
     statuses,
 )
+from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxServer
 from qbo_sandbox.state import Event
 
@@ -95,6 +108,11 @@ def test_real_definitions_wire_the_webhook_pull() -> None:
     assert job.graph.node_named("pull_notified_changes").definition.pools == {"qbo_api"}
     assert set(job.required_resource_keys) >= {"batchly_db", "quickbooks"}
     assert job.executor_def.name == "in_process"  # one op: no step process to start, seconds off every event
+    sweeps = defs.resolve_job_def("sweep_webhook_realms")
+    assert sweeps.graph.node_named("sweep_cdc_realms").definition.pools == {"qbo_api"}
+    assert set(sweeps.required_resource_keys) >= {"batchly_db", "quickbooks"}
+    assert sweeps.executor_def.name == "in_process"
+    assert {job.name for job in sensor.jobs} == {"pull_webhook_changes", "sweep_webhook_realms"}
 
 
 def test_a_mixed_realm_delivery_makes_one_tagged_run_per_realm(
@@ -210,25 +228,132 @@ def test_a_run_that_cannot_pull_fails_and_leaves_the_events_pending(
     assert statuses(inbox(company.engine)) == ["pending"]
 
 
+def _sweep_requests(result: SensorResult | SkipReason) -> list[RunRequest]:
+    return [r for r in _requests(result) if r.job_name == sweep_webhook_realms.name]
+
+
+def _pull_requests(result: SensorResult | SkipReason) -> list[RunRequest]:
+    return [r for r in _requests(result) if r.job_name == pull_webhook_changes.name]
+
+
+def _realms(request: RunRequest) -> list[str]:
+    return request.run_config["ops"]["sweep_cdc_realms"]["config"]["realm_ids"]
+
+
+def _sweep_run(instance: DagsterInstance, realm_ids: list[str], status: DagsterRunStatus) -> None:
+    """A ``sweep_webhook_realms`` run of the realms in the instance, as the sensor requests it."""
+    request = sensors.sweep_run_request(realm_ids, f"test-{'-'.join(realm_ids)}")
+    instance.add_run(
+        DagsterRun(
+            job_name=sweep_webhook_realms.name,
+            status=status,
+            run_config=request.run_config,
+            tags=request.tags,
+        )
+    )
+
+
 def test_a_sweep_is_requested_for_a_realm_never_swept_and_at_once_after_a_receiver_start(
     company: Company, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     realm = company.qbo.realm_id
-    [first] = _requests(_tick(company.engine, instance))
-    assert first.run_key == f"webhooks-{realm}-sweep-1"
-    assert first.run_config["ops"]["pull_notified_changes"]["config"] == {"realm_id": realm, "sweep": True}
+    first = _tick(company.engine, instance)
+    [request] = _requests(first)
+    assert (request.job_name, request.run_key, _realms(request)) == (
+        sweep_webhook_realms.name,
+        "webhook-sweeps-1-0",
+        [realm],
+    )
+    assert request.tags == {WEBHOOK_SWEEP_TAG: "1"}
     _swept(company.engine, realm)
     assert isinstance(_tick(company.engine, instance), SkipReason)
     record_receiver_start(company.engine, "http://127.0.0.1:8767/webhooks/quickbooks")
-    assert [r.run_key for r in _requests(_tick(company.engine, instance, json.dumps({realm: 1})))] == [
-        f"webhooks-{realm}-sweep-2"
+    assert isinstance(first, SensorResult)
+    assert [r.run_key for r in _sweep_requests(_tick(company.engine, instance, first.cursor))] == [
+        "webhook-sweeps-2-0"
     ]
     _swept(company.engine, realm)
     monkeypatch.setenv("BATCHLY_WEBHOOK_REPAIR_MINUTES", "0.0001")  # due again at once
     assert post_events(company, change(realm, "Customer", "1")) == 200
-    [both] = _requests(_tick(company.engine, instance))
+    [both] = _requests(
+        _tick(company.engine, instance)
+    )  # events pending: its own run drains them and sweeps it
+    assert both.job_name == pull_webhook_changes.name
     assert both.run_key.startswith(f"webhooks-{realm}-upto")
     assert both.run_config["ops"]["pull_notified_changes"]["config"]["sweep"] is True
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "2.5", "many"])
+def test_a_sweep_batch_that_is_not_a_whole_number_above_0_is_refused_naming_the_variable(value: str) -> None:
+    assert (sweep_batch({}), sweep_batch({"BATCHLY_WEBHOOK_SWEEP_BATCH": " 40 "})) == (250, 40)
+    with pytest.raises(SettingsError, match="BATCHLY_WEBHOOK_SWEEP_BATCH: expected realms per sweep run"):
+        sweep_batch({"BATCHLY_WEBHOOK_SWEEP_BATCH": value})
+
+
+def test_the_due_sweeps_of_realms_with_nothing_pending_are_a_few_runs_and_never_requested_twice(
+    company: Company,
+    another_company: Callable[[], Company],
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BATCHLY_WEBHOOK_SWEEP_BATCH", "2")
+    realms = sorted([company.qbo.realm_id] + [another_company().qbo.realm_id for _ in range(4)])
+    first = _tick(company.engine, instance)
+    requests = _requests(first)
+    assert len(requests) == math.ceil(len(realms) / 2) == 3
+    assert all(r.job_name == sweep_webhook_realms.name for r in requests)
+    assert [_realms(r) for r in requests] == [realms[0:2], realms[2:4], realms[4:]]
+    assert [r.tags[WEBHOOK_SWEEP_TAG] for r in requests] == ["2", "2", "1"]
+    assert len({r.run_key for r in requests}) == 3
+    assert isinstance(first, SensorResult) and json.loads(first.cursor or "") == {"sweeps": 1}
+
+    # the runs are launched or under way: their realms are not requested again, not even when events arrive for one
+    for request, status in zip(
+        requests, [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTED] * 2, strict=False
+    ):
+        _sweep_run(instance, _realms(request), status)
+    assert isinstance(_tick(company.engine, instance, first.cursor), SkipReason)
+    assert post_events(company, change(company.qbo.realm_id, "Customer", "1")) == 200
+    second = _tick(company.engine, instance, first.cursor)
+    [drain] = _requests(second)  # the events get their own run, which leaves the sweep to the sweep run
+    assert (
+        drain.job_name == pull_webhook_changes.name and drain.tags[WEBHOOK_REALM_TAG] == company.qbo.realm_id
+    )
+    assert drain.run_config["ops"]["pull_notified_changes"]["config"]["sweep"] is False
+
+
+def test_a_realm_with_events_gets_its_own_run_and_the_others_are_swept_in_batches(
+    company: Company,
+    another_company: Callable[[], Company],
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BATCHLY_WEBHOOK_SWEEP_BATCH", "2")
+    others = sorted(another_company().qbo.realm_id for _ in range(3))
+    realm = company.qbo.realm_id
+    assert post_events(company, change(realm, "Customer", "1")) == 200
+    result = _tick(company.engine, instance)
+    [pull] = _pull_requests(result)
+    assert pull.tags == {WEBHOOK_REALM_TAG: realm}
+    assert pull.run_config["ops"]["pull_notified_changes"]["config"] == {"realm_id": realm, "sweep": True}
+    assert [_realms(r) for r in _sweep_requests(result)] == [others[:2], others[2:]]
+
+
+def test_the_realms_of_a_sweep_run_that_just_failed_wait_and_the_others_do_not(
+    company: Company,
+    another_company: Callable[[], Company],
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sweep run failed a moment ago for one of its realms (the others it swept are no longer due): that realm
+    waits RETRY_AFTER_SECONDS, the sweeps of every other realm due are requested at once."""
+    failed, other = company.qbo.realm_id, another_company().qbo.realm_id
+    _sweep_run(instance, [failed], DagsterRunStatus.FAILURE)
+    assert [_realms(r) for r in _requests(_tick(company.engine, instance))] == [[other]]
+    _swept(company.engine, other)
+    assert isinstance(_tick(company.engine, instance), SkipReason)
+    monkeypatch.setattr(sensors, "RETRY_AFTER_SECONDS", 0.0)
+    assert [_realms(r) for r in _requests(_tick(company.engine, instance))] == [[failed]]
 
 
 def test_a_sweep_run_pulls_what_no_event_brought(
@@ -243,3 +368,45 @@ def test_a_sweep_run_pulls_what_no_event_brought(
     [output] = [e for e in result.all_node_events if e.event_type_value == "STEP_OUTPUT"]
     metadata = output.event_specific_data.metadata  # type: ignore[union-attr]
     assert metadata["sweep_gaps"].value == {"Customer": 1}
+
+
+def test_a_sweep_run_over_two_realms_keeps_the_sweep_of_one_and_fails_naming_the_other(
+    company: Company,
+    another_company: Callable[[], Company],
+    instance: DagsterInstance,
+    environment: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(jobs, "RUNTIME", dataclasses.replace(jobs.RUNTIME, company_retry_s=0.01))
+    down = another_company()
+    customer = company.qbo.customer("Ada")
+    company.pull()
+    company.act("update_customer", customer_id=customer["Id"], fields={"Notes": "lost event"})
+    SandboxAdmin(company.sandbox.base_url).set_faults(down.qbo.realm_id, error_500=1.0)
+    realms = [company.qbo.realm_id, down.qbo.realm_id]
+    url = _url(company.engine)
+    result = sweep_webhook_realms.execute_in_process(
+        run_config={"ops": {"sweep_cdc_realms": {"config": {"realm_ids": realms}}}},
+        resources={
+            "batchly_db": BatchlyDatabase(database_url=url),
+            # the client's waits between its retries of a 500, compressed
+            "quickbooks": QuickBooksResource(database_url=url, time_scale=1000.0),
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    data = failure.event_specific_data
+    message = data.error.message or ""  # type: ignore[union-attr]
+    assert "the CDC sweep of 1 of 2 realm(s) failed" in message and down.qbo.realm_id in message
+    assert company.qbo.realm_id not in message
+    metadata = data.user_failure_data.metadata  # type: ignore[union-attr]
+    assert set(metadata["failed_realms"].value) == {down.qbo.realm_id}
+    assert (metadata["swept"].value, metadata["gaps"].value) == (1, 1)
+    assert (
+        company.row(s.customers, qbo_id=customer["Id"])["notes"] == "lost event"
+    )  # the other's sweep is kept
+    with company.engine.connect() as conn:
+        assert set(realm_repairs(conn, realms)) == {company.qbo.realm_id}
+    assert set(sweeps_due(company.engine)) == {down.qbo.realm_id}  # swept again by a later run

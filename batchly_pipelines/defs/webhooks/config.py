@@ -11,6 +11,8 @@ from batchly_pipelines.services.read_budget import monthly_quota
 from batchly_pipelines.services.webhooks.repair import REPAIR_EVERY, SILENCE_LIMIT
 from batchly_pipelines.settings import LOCAL_CLIENT_ID, SettingsError
 
+SWEEP_BATCH = 250  # realms per sweep_webhook_realms run
+
 
 def _number(env: Mapping[str, str], variable: str, expected: str) -> float | None:
     text = env.get(variable, "").strip()
@@ -30,6 +32,20 @@ def repair_every(environ: Mapping[str, str] | None = None) -> timedelta:
     env = os.environ if environ is None else environ
     minutes = _number(env, "BATCHLY_WEBHOOK_REPAIR_MINUTES", "minutes between CDC sweeps, more than 0")
     return REPAIR_EVERY if minutes is None else timedelta(minutes=minutes)
+
+
+def sweep_batch(environ: Mapping[str, str] | None = None) -> int:
+    """How many realms one ``sweep_webhook_realms`` run sweeps at most: ``BATCHLY_WEBHOOK_SWEEP_BATCH`` (250)."""
+    env = os.environ if environ is None else environ
+    expected = "realms per sweep run, a whole number more than 0"
+    size = _number(env, "BATCHLY_WEBHOOK_SWEEP_BATCH", expected)
+    if size is None:
+        return SWEEP_BATCH
+    if size != int(size):
+        raise SettingsError(
+            "BATCHLY_WEBHOOK_SWEEP_BATCH", expected, env["BATCHLY_WEBHOOK_SWEEP_BATCH"].strip()
+        )
+    return int(size)
 
 
 def silence_limit(environ: Mapping[str, str] | None = None) -> timedelta:
