@@ -11,17 +11,19 @@ from batchly_pipelines.quickbooks.errors import AuthError, ReauthorizationRequir
 from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.reconciliation.company import reconcile_company
 from batchly_pipelines.settings import Settings
+from batchly_pipelines.store.connections import CompanyMismatch
 from batchly_pipelines.store.db import create_engine
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """Read the organisation's whole company, repair what the rules allow (not with ``--no-repair``), print what
-    differed and what was repaired; exit 1 while a difference nothing explains remains (2: no connection)."""
+    differed and what was repaired; exit 1 while a difference nothing explains remains (2: no connection, or the
+    organisation was switched to another company while it ran)."""
     engine = create_engine(settings.database_url)
     try:
         with client_for_organization(engine, settings, args.org) as client:
             result = reconcile_company(engine, client, args.org, repair=not args.no_repair, log=print)
-    except LookupError as exc:  # no connection: a configuration matter, as for `batchly-sync pull`
+    except (LookupError, CompanyMismatch) as exc:  # no connection (any more): a configuration matter
         print(f"full reconciliation of organisation {args.org} did not run: {exc}", file=sys.stderr)
         return 2
     except (AuthError, ReauthorizationRequired) as exc:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import pytest
 
 from batchly_pipelines.cli.main import main
+from batchly_pipelines.quickbooks.oauth import TokenSet
+from batchly_pipelines.services.reconciliation import company as company_module
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.connections import ConnectionStore, unlink_organization
 from batchly_pipelines_tests.support.pull import Company
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 
 
 def test_reconcile_lists_repairs_and_fails_while_a_difference_is_open(
@@ -33,3 +40,33 @@ def test_reconcile_without_a_connection_says_so(
 ) -> None:
     assert main(["reconcile", "--org", "999"]) == 2
     assert "did not run" in capsys.readouterr().err
+
+
+def test_reconcile_refuses_when_the_organisation_is_switched_to_another_company_meanwhile(
+    connected: Company, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connected.qbo.customer("Ada")
+    connected.pull()
+    connected.qbo.customer("Grace")  # a repair from these books would create her
+    other = Qbo(connected.sandbox)
+    real = company_module._confirm_absent
+
+    def switched(*args: Any) -> Any:  # between the read and the repairs the operator switches companies
+        found = real(*args)
+        unlink_organization(connected.engine, connected.org)
+        ConnectionStore(connected.engine, os.environ["BATCHLY_SECRET_KEY"]).save(
+            connected.org,
+            other.realm_id,
+            "local",
+            connected.sandbox.base_url,
+            TokenSet.from_response(other.admin.tokens(other.realm_id)),
+        )
+        return found
+
+    monkeypatch.setattr(company_module, "_confirm_absent", switched)
+    assert main(["reconcile", "--org", str(connected.org)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"organisation {connected.org} is not connected to QuickBooks company {connected.qbo.realm_id}" in err
+    )
+    assert [row["display_name"] for row in connected.rows(s.customers)] == ["Ada"]

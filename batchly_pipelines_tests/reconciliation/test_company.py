@@ -16,6 +16,10 @@ from batchly_pipelines.services.reconciliation.compare import RECORD, Repair
 from batchly_pipelines.store import schema as s
 from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed, queue
 
+pytestmark = pytest.mark.usefixtures(
+    "connected"
+)  # a reconciliation runs only for the company the org is bound to
+
 
 def _reconcile(
     company: Company, *, repair: bool = True, log: list[str] | None = None

@@ -34,6 +34,7 @@ from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.quickbooks.errors import AuthError, ReauthorizationRequired
 from batchly_pipelines.services.reconciliation.company import CompanyReconciliation, reconcile_company
 from batchly_pipelines.services.reconciliation.compare import Difference
+from batchly_pipelines.store.connections import CompanyMismatch
 
 CHECKS = {"customer": "customers_reconciled", "item": "items_reconciled", "invoice": "invoices_reconciled"}
 TABLE_ROWS = 500  # rows shown per check; the counts cover all of them
@@ -128,7 +129,7 @@ def company_reconciliation(
                 log=context.log.info,
                 run_id=context.run.run_id,
             )
-    except (LookupError, AuthError, ReauthorizationRequired) as exc:
+    except (LookupError, CompanyMismatch, AuthError, ReauthorizationRequired) as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     summary = result.summary()
     context.log.info(f"organisation {org}: {summary}")

@@ -53,6 +53,7 @@ from batchly_pipelines.services.reconciliation.compare import (
     compare_invoices,
     compare_name_list,
 )
+from batchly_pipelines.store.connections import CompanyMismatch, holds_connection
 from batchly_pipelines.store.db import Connection, Engine, sync_transaction
 from batchly_pipelines.store.mirror import live_ids, mark_deleted, mirrored_objects
 from batchly_pipelines.store.reconciliation import (
@@ -146,6 +147,8 @@ def reconcile_company(
     """Compare one organisation with its whole QuickBooks company and, with ``repair``, repair what the rules
     allow (see the module docstring). ``log`` hears the expected read cost before the read starts."""
     started = time.monotonic()
+    with engine.connect() as conn:
+        _fence(conn, organization_id, client.realm_id, "nothing was read or written")
     calls_before = sum(client.stats.calls.values())
     result = CompanyReconciliation(organization_id, client.realm_id)
     for entity in ENTITIES:
@@ -162,12 +165,12 @@ def reconcile_company(
     known = _confirm_absent(engine, client, organization_id, objects)
     if repair:
         first = _compare(engine, organization_id, objects, result)
-        _refresh(engine, organization_id, objects, known, first)
+        _refresh(engine, organization_id, client.realm_id, objects, known, first)
         reconcile_customers(engine, organization_id, run_id=run_id)
         reconcile_items(engine, organization_id, run_id=run_id)
         reconcile_invoice_payments(engine, organization_id, run_id=run_id)
         second = _compare(engine, organization_id, objects, result)
-        settled = _repair(engine, organization_id, objects, second, run_id)
+        settled = _repair(engine, organization_id, client.realm_id, objects, second, run_id)
         left = {_key(d) for d in second}
         result.repaired = [d for d in first if d.explained_by is None and _key(d) not in left] + settled
         result.differences = _compare(engine, organization_id, objects, result) if settled else second
@@ -182,6 +185,17 @@ def reconcile_company(
     result.api_calls = sum(client.stats.calls.values()) - calls_before
     result.seconds = time.monotonic() - started
     return result
+
+
+def _fence(conn: Connection, organization_id: int, realm_id: str, what: str) -> None:
+    """Refuse (:class:`CompanyMismatch`) unless the organisation is connected to ``realm_id``; in a write
+    transaction the connection row stays locked until it ends, so a switch to another company waits for it, or has
+    already committed and the write is refused: Batchly is never compared with, nor repaired from, other books."""
+    if not holds_connection(conn, organization_id, realm_id):
+        raise CompanyMismatch(
+            f"organisation {organization_id} is not connected to QuickBooks company {realm_id} (disconnected, or "
+            f"switched to another company): the full reconciliation of that company was refused, {what}"
+        )
 
 
 def _read_all(client: QuickBooksClient, entity: str, count: int) -> dict[str, dict[str, Any]]:
@@ -260,6 +274,7 @@ def _key(difference: Difference) -> tuple[str, int | None, str | None, str]:
 def _refresh(
     engine: Engine,
     organization_id: int,
+    realm_id: str,
     objects: Mapping[str, Mapping[str, Any]],
     known: Mapping[str, set[str]],
     differences: Iterable[Difference],
@@ -274,6 +289,7 @@ def _refresh(
     for entity in ENTITIES:
         read = list(objects[entity].values())
         with engine.begin() as conn:
+            _fence(conn, organization_id, realm_id, "nothing more was written")
             for start in range(0, len(read), PAGE):
                 store_objects(conn, organization_id, entity, read[start : start + PAGE])
             if entity == "Invoice":
@@ -293,6 +309,7 @@ def _sync_token(obj: Mapping[str, Any] | None) -> int:
 def _repair(
     engine: Engine,
     organization_id: int,
+    realm_id: str,
     objects: Mapping[str, Mapping[str, Any]],
     differences: Iterable[Difference],
     run_id: str | None,
@@ -314,6 +331,7 @@ def _repair(
     settled: list[Difference] = []
     log: list[LogEntry] = []
     with sync_transaction(engine) as conn:
+        _fence(conn, organization_id, realm_id, "nothing more was written")
         links = {
             entity: locked_bases(
                 conn,
@@ -360,6 +378,7 @@ def _repair(
                     )
         write_log(conn, log)
     with engine.begin() as conn:  # an ordinary transaction: the outbox queues these pushes
+        _fence(conn, organization_id, realm_id, "nothing more was written")
         for entity, records in push.items():
             fresh = {i: found for i, found in records.items() if (entity, i) not in stale}
             queue_pushes(conn, entity, sorted(fresh))
