@@ -4,8 +4,9 @@
 Nothing is launched behind the UI's back: the sensors push what is queued, ``sync_status_sensor`` re-evaluates the
 checks, and "Sync now" and "resolve_conflicts" are launched from the launchpad with typed config. One stack serves
 every test of the module; the tests run in file order (a refused invoice's failed run, "Sync now" asking for it, the
-dead letter red and then green after the fix, a conflict found and resolved). Screenshots go to ``docs/images/`` with ``BATCHLY_UPDATE_SCREENSHOTS=1`` (the README shows
-one), else to a temporary folder.
+dead letter red and then green after the fix, a conflict found and resolved, a company's full reconciliation launched
+from its asset page and its failing check). Screenshots go to ``docs/images/`` with ``BATCHLY_UPDATE_SCREENSHOTS=1``
+(the README shows one), else to a temporary folder.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from batchly_pipelines_tests.support import factories as f
 from batchly_pipelines_tests.support.dagster_stack import REPO, DagsterStack
 from batchly_pipelines_tests.support.push import Books
 from batchly_pipelines_tests.support.quickbooks import SandboxTokens
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 from qbo_sandbox.admin_client import SandboxAdmin
 from qbo_sandbox.server import SandboxConfig, SandboxServer
 
@@ -89,7 +91,7 @@ class Stack:
 
 def _runs(dagster: DagsterStack) -> list[dict[str, object]]:
     data = dagster.graphql(
-        "{ runsOrError { ... on Runs { results { runId jobName status runConfigYaml } } } }"
+        "{ runsOrError { ... on Runs { results { runId jobName status runConfigYaml tags { key value } } } } }"
     )
     return list(data["runsOrError"]["results"])
 
@@ -308,6 +310,64 @@ def test_a_conflict_is_found_with_both_values_resolved_through_the_launchpad_and
     with stack.engine.connect() as conn:
         email = conn.execute(sa.select(c.email).where(c.id == stack.customer)).scalar_one()
     assert email == "theirs@example.com"
+
+
+def test_a_full_reconciliation_launched_from_the_asset_page_fails_its_check_naming_the_invoice_edited_in_quickbooks(
+    stack: Stack, page: Page, refused: dict[str, object]
+) -> None:
+    """The accountant changes a pushed invoice's line in QuickBooks (an immutable record for the sync: nothing
+    brings it back): the company's full reconciliation, materialised from its asset page for the company's
+    partition, fails ``invoices_reconciled`` and its table names the invoice and the field."""
+    qbo = Qbo(stack.books.sandbox, stack.books.realm_id)
+    [pushed] = stack.books.by_doc_number()["GOOD-1"]
+    invoice = qbo.read("Invoice", str(pushed["Id"]))
+    line = next(line for line in invoice["Line"] if line["DetailType"] == "SalesItemLineDetail")
+    line["Amount"] = Decimal("99.99")
+    line["SalesItemLineDetail"].pop("Qty", None)
+    line["SalesItemLineDetail"].pop("UnitPrice", None)
+    invoice["Line"] = [line]
+    qbo.ok(qbo.post("invoice", invoice))
+    known = _ended(stack.dagster)
+
+    key = _company_partition(stack)
+
+    page.goto(f"{stack.dagster.url}/assets/company_reconciliation")
+    page.get_by_role("button", name=re.compile(r"Materialize")).first.click()
+    dialog = page.get_by_role("dialog")
+    try:
+        dialog.get_by_role("button", name="All", exact=True).click()
+        expect(dialog).to_contain_text("1 partition")  # the company's, added by company_partitions_sensor
+        _shot(page, "reconcile-launch.png")
+        dialog.get_by_role("button", name=re.compile(r"Launch")).click(timeout=20000)
+    except Exception:
+        page.screenshot(path="/tmp/dbg2.png")
+        raise
+
+    run = _wait_for_run(stack.dagster, known, "__ASSET_JOB")
+    assert key in str(run)
+    assert run["status"] == "SUCCESS"  # the asset materialised; its ERROR check is what turns red
+    page.goto(f"{stack.dagster.url}/assets/company_reconciliation?view=checks")
+    name = page.get_by_text("invoices_reconciled", exact=True).first
+    expect(name).to_be_visible()
+    row = name.locator("xpath=../..")
+    name.click()
+    expect(row).to_contain_text("Failed", timeout=CHECK_TIMEOUT_MS)
+    expect(page.get_by_text(re.compile(r"totals differ")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"GOOD-1")).first).to_be_visible()
+    _shot(page, "reconcile-check.png")
+
+
+def _company_partition(stack: Stack, timeout_s: float = 120.0) -> str:
+    """The organisation's company partition key, once ``company_partitions_sensor`` (30 s ticks) has added it."""
+    query = '{ assetNodeOrError(assetKey: {path: ["company_reconciliation"]}) { ... on AssetNode { partitionKeys } } }'
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        keys = stack.dagster.graphql(query)["assetNodeOrError"]["partitionKeys"]
+        found = [key for key in keys if key.endswith(f"-{stack.org}")]
+        if found:
+            return str(found[0])
+        time.sleep(1)
+    raise AssertionError(f"no company partition for organisation {stack.org} within {timeout_s:.0f}s")
 
 
 def _add_line(conn: Connection, invoice_id: int, item_id: int) -> None:
