@@ -78,6 +78,24 @@ def invoice_lines_by_invoice(conn: Connection, organization_id: int) -> dict[int
     return found
 
 
+def invoice_sends_by_doc(
+    conn: Connection, organization_id: int, realm_id: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Every DocNumber the organisation's invoices were ever sent to ``realm_id`` with (``qbo_invoice_sends``), by
+    ``doc_key``: invoice_id, doc_number, customer_qbo_id — what tells an invoice Batchly's push created from one
+    QuickBooks' users made."""
+    sends = s.qbo_invoice_sends.c
+    query = (
+        sa.select(sends.doc_key, sends.invoice_id, sends.doc_number, sends.customer_qbo_id)
+        .where(sends.organization_id == organization_id, sends.realm_id == realm_id)
+        .order_by(sends.doc_key, sends.first_sent_at, sends.invoice_id)
+    )
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in conn.execute(query).mappings():
+        found.setdefault(row["doc_key"], []).append(dict(row))
+    return found
+
+
 def open_conflicts(conn: Connection, organization_id: int) -> list[dict[str, Any]]:
     """The organisation's conflicts waiting for review: id, entity_type, entity_id, qbo_id, field."""
     query = sa.select(c.id, c.entity_type, c.entity_id, c.qbo_id, c.field).where(

@@ -21,6 +21,7 @@ from batchly_pipelines.services.reconciliation.compare import RECORD
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import CompanyMismatch, ConnectionStore, unlink_organization
 from batchly_pipelines.store.db import sync_transaction
+from batchly_pipelines.store.invoice_sends import InvoiceSend, record_sends
 from batchly_pipelines_tests.support import factories
 from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed
 from batchly_pipelines_tests.support.quickbooks import SandboxTokens
@@ -218,3 +219,31 @@ def test_a_quickbooks_customer_name_batchly_cannot_store_is_listed_not_crashing(
     assert {d.qbo_id for d in result.differences} >= {ada["Id"], nul["Id"], item["Id"]}
     assert company.row(s.customers, qbo_id=ada["Id"])["display_name"] == "Ada"
     assert company.row(s.items, qbo_id=item["Id"])["unit_price"] == Decimal("100.00")
+
+
+def test_an_invoice_batchlys_push_created_that_no_batchly_invoice_links_to_is_an_open_orphan(
+    company: Company,
+) -> None:
+    ada = company.qbo.customer("Ada")
+    item = company.qbo.item("Service", "100.00")
+    company.pull()
+    customer = company.row(s.customers, qbo_id=ada["Id"])["id"]
+    product = company.row(s.items, qbo_id=item["Id"])["id"]
+    with company.engine.begin() as conn:
+        invoice_id = factories.invoice(conn, company.org, customer, product, doc_number="4001")
+    # the push records the send, its create lands in QuickBooks, the answer is lost ...
+    record_sends(
+        company.engine, company.qbo.realm_id, company.org, [InvoiceSend(invoice_id, "4001", ada["Id"])]
+    )
+    orphan = company.qbo.invoice(ada, item, "20.20", "20.20", DocNumber="4001")
+    with company.engine.begin() as conn:  # ... and the app discards the draft before the next push
+        conn.execute(sa.delete(s.invoice_lines).where(s.invoice_lines.c.invoice_id == invoice_id))
+        conn.execute(sa.delete(s.invoices).where(s.invoices.c.id == invoice_id))
+    accountants = company.qbo.invoice(ada, item, "75.00", DocNumber="QB-77")  # QuickBooks' own: not synced
+
+    result = _reconcile(company)
+
+    assert _open(result) == {("invoice", orphan["Id"], RECORD)}
+    [found] = result.of("invoice", "open")
+    assert "4001" in found.why and f"invoice {invoice_id}" in found.why and found.repair is None
+    assert result.quickbooks_only_invoices == 1 and accountants["Id"] != orphan["Id"]

@@ -58,6 +58,7 @@ from batchly_pipelines.store.db import Connection, Engine, sync_transaction
 from batchly_pipelines.store.mirror import live_ids, mark_deleted, mirrored_objects
 from batchly_pipelines.store.reconciliation import (
     invoice_lines_by_invoice,
+    invoice_sends_by_doc,
     invoices_with_customers,
     listed_pull_errors,
     locked_bases,
@@ -253,10 +254,13 @@ def _compare(
             COMPARED,
         )
         today: date = organization_today(conn, organization_id)
+        sent = invoice_sends_by_doc(conn, organization_id, result.realm_id)
     books = QuickBooksBooks(objects["Invoice"], objects["Payment"], objects["RefundReceipt"])
     found = compare_name_list(CUSTOMERS, customers, objects["Customer"])
     found += compare_name_list(ITEMS, items, objects["Item"])
-    invoice_differences, result.quickbooks_only_invoices = compare_invoices(invoices, books, today, lines)
+    invoice_differences, result.quickbooks_only_invoices = compare_invoices(
+        invoices, books, today, lines, sent
+    )
     found += invoice_differences
     for entity, rows in (("customer", customers), ("item", items), ("invoice", invoices)):
         linked = {str(row["qbo_id"]) for row in rows if row["qbo_id"] is not None}

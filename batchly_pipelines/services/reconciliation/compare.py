@@ -15,6 +15,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from batchly_pipelines.rules.invoices import doc_number_key
 from batchly_pipelines.rules.mapping import decode_snapshot, to_decimal, to_money
 from batchly_pipelines.rules.merge import Rule
 from batchly_pipelines.rules.name_lists import NameList
@@ -215,16 +216,20 @@ def compare_invoices(
     books: QuickBooksBooks,
     today: date,
     lines: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
+    sent: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> tuple[list[Difference], int]:
     """Batchly's invoices (with ``customer_qbo_id``) against the company's: the ID sets (an invoice QuickBooks has
     under the DocNumber of a Batchly invoice it is not linked to is a duplicate), and for each linked one its total,
     DocNumber, customer, dates (TxnDate; DueDate when Batchly has one), void and payment columns (amounts paid,
     due, credited, refunded, status, last payment), and — given Batchly's ``lines`` by invoice id — its lines
-    (:func:`compare_invoice_lines`). Also returns how many QuickBooks invoices are QuickBooks' own (a DocNumber
-    Batchly does not have: not synced)."""
+    (:func:`compare_invoice_lines`). An unlinked QuickBooks invoice whose DocNumber and customer Batchly's push
+    once sent (``sent``: ``qbo_invoice_sends`` by doc key) is an orphan the push created — listed, whatever became of
+    the Batchly invoice. Also returns how many QuickBooks invoices are QuickBooks' own (neither a DocNumber Batchly
+    has nor one it sent: not synced)."""
     found: list[Difference] = []
     facts = books.facts()
     by_doc = {str(row["doc_number"]).strip().lower(): row for row in rows}
+    by_id = {row["id"]: row for row in rows}
     linked = {str(row["qbo_id"]) for row in rows if row["qbo_id"] is not None}
     for row in rows:
         doc = row["doc_number"]
@@ -278,7 +283,25 @@ def compare_invoices(
             continue
         twin = by_doc.get(str(obj.get("DocNumber") or "").strip().lower())
         if twin is None:
-            own += 1
+            send = _sent_as(obj, sent or {})
+            if send is None:
+                own += 1
+            elif not is_voided(obj):
+                sender = by_id.get(send["invoice_id"])
+                fate = "" if sender is not None else ", which Batchly no longer has"
+                found.append(
+                    Difference(
+                        "invoice",
+                        None if sender is None else sender["id"],
+                        qbo_id,
+                        str(obj.get("DocNumber") or ""),
+                        RECORD,
+                        None,
+                        qbo_id,
+                        f"only in QuickBooks: created by Batchly's push (sent as DocNumber {send['doc_number']} for "
+                        f"invoice {send['invoice_id']}{fate}), and no Batchly invoice is linked to it (an orphan)",
+                    )
+                )
         elif not is_voided(obj):
             found.append(
                 Difference(
@@ -293,6 +316,17 @@ def compare_invoices(
                 )
             )
     return found, own
+
+
+def _sent_as(
+    obj: Mapping[str, Any], sent: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> Mapping[str, Any] | None:
+    """The send (DocNumber and customer, as the push's DocNumber guard compares them) a QuickBooks invoice matches."""
+    customer = str((obj.get("CustomerRef") or {}).get("value"))
+    for send in sent.get(doc_number_key(str(obj.get("DocNumber") or "")), []):
+        if str(send["customer_qbo_id"]) == customer:
+            return send
+    return None
 
 
 LINE_WHY = "lines differ (a pushed invoice is immutable in QuickBooks: reported, not rewritten)"
