@@ -247,3 +247,26 @@ def test_an_invoice_batchlys_push_created_that_no_batchly_invoice_links_to_is_an
     [found] = result.of("invoice", "open")
     assert "4001" in found.why and f"invoice {invoice_id}" in found.why and found.repair is None
     assert result.quickbooks_only_invoices == 1 and accountants["Id"] != orphan["Id"]
+
+
+def test_a_value_batchly_cannot_store_blocks_only_its_own_field(company: Company) -> None:
+    ada = company.qbo.customer("Ada", PrimaryEmailAddr={"Address": "ada@example.com"})
+    company.pull()
+    company.act(
+        "update_customer",
+        customer_id=ada["Id"],
+        fields={"Notes": "call\x00me", "PrimaryEmailAddr": {"Address": "ada@new.example"}},
+    )
+    company.pull()  # the pull lists the notes and leaves the whole record out
+
+    looked = _reconcile(company, repair=False)
+    [email] = [d for d in looked.differences if d.field == "email"]
+    assert (
+        looked.status(email) == "open" and email.explained_by is None
+    )  # the error names the notes, not this
+
+    result = _reconcile(company)
+    assert company.row(s.customers, qbo_id=ada["Id"])["email"] == "ada@new.example"
+    [notes] = result.differences
+    assert notes.field == "notes" and result.status(notes) == "explained"
+    assert notes.explained_by is not None and "NUL" in notes.explained_by

@@ -358,12 +358,13 @@ def _repair(
             if (entity, entity_id) in stale:
                 continue  # QuickBooks changed it since its page was read: the next run compares the current one
             values = {d.field: d.qbo_value for d in found}
+            unfit = unstorable(values, COLUMN_RULES[entity])  # listed by the pull; blocks only its own field
+            found = [d for d in found if d.field not in unfit]
+            values = {d.field: d.qbo_value for d in found}
             row = bases[(entity, entity_id)]
             current = NAME_LISTS[entity].mapping.from_row(row)
-            if unstorable(values, COLUMN_RULES[entity]) or any(
-                current[d.field] != d.batchly_value for d in found
-            ):
-                continue  # the pull lists such a value in its error list; an edit since the comparison wins
+            if not found or any(current[d.field] != d.batchly_value for d in found):
+                continue  # an edit since the comparison wins
             base = {**links[entity].get(entity_id, {}), **encode_snapshot(values)}
             if take_values(conn, entity, entity_id, values, {name: row[name] for name in values}, base):
                 settled += found

@@ -420,7 +420,9 @@ def _day(value: Any) -> date | None:
 
 class Explanations:
     """What already accounts for a difference: an open conflict of the record (on that field, or its link), an entry
-    of the pull's error list, a push that failed or went to the dead letter."""
+    of the pull's error list on that field (any field for a record missing from Batchly, which the error keeps out;
+    any payment column of an invoice, which the pull writes all or none), a push of the record that failed or went to
+    the dead letter."""
 
     def __init__(
         self,
@@ -434,19 +436,18 @@ class Explanations:
             for key in _keys(conflict["entity_id"], conflict["qbo_id"]):
                 self._conflicts.setdefault((conflict["entity_type"], key), []).append(conflict)
         entities = {qbo: ours for ours, qbo in qbo_entities.items()}
-        self._errors: dict[tuple[str, str], str] = {}
+        self._errors: dict[tuple[str, str], list[tuple[str | None, str]]] = {}
         for error in pull_errors:
             entity = entities.get(error["entity_type"], error["entity_type"].lower())
-            text = f"pull error: {error['message']}"
-            self._errors.setdefault((entity, f"qbo:{error['qbo_id']}"), text)
+            listed = (error["field"], f"pull error: {error['message']}")
+            self._errors.setdefault((entity, f"qbo:{error['qbo_id']}"), []).append(listed)
             if error["entity_id"] is not None:
-                self._errors.setdefault((entity, f"id:{error['entity_id']}"), text)
+                self._errors.setdefault((entity, f"id:{error['entity_id']}"), []).append(listed)
         for push in pushes:
             if push["status"] == "dead" or push["last_error"]:
                 state = "dead letter" if push["status"] == "dead" else "push failing"
-                self._errors.setdefault(
-                    (push["entity_type"], f"id:{push['entity_id']}"),
-                    f"{state} (queue row {push['id']}): {push['last_error'] or 'no message'}",
+                self._errors.setdefault((push["entity_type"], f"id:{push['entity_id']}"), []).append(
+                    (None, f"{state} (queue row {push['id']}): {push['last_error'] or 'no message'}")
                 )
 
     def explain(self, difference: Difference) -> Difference:
@@ -459,10 +460,17 @@ class Explanations:
                         difference, explained_by=f"open conflict {conflict['id']} ({conflict['field']})"
                     )
         for key in keys:
-            error = self._errors.get((difference.entity, key))
-            if error:
-                return replace(difference, explained_by=error)
+            for field, text in self._errors.get((difference.entity, key), []):
+                if field is None or _error_covers(difference, field):
+                    return replace(difference, explained_by=text)
         return difference
+
+
+def _error_covers(difference: Difference, field: str) -> bool:
+    """Whether a pull error listed on ``field`` accounts for ``difference``."""
+    if difference.field in (field, RECORD) or difference.entity_id is None:
+        return True
+    return difference.entity == "invoice" and difference.field in PAYMENT_COLUMNS and field in PAYMENT_COLUMNS
 
 
 def _keys(entity_id: int | None, qbo_id: str | None) -> list[str]:
