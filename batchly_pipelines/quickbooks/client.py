@@ -204,6 +204,10 @@ class _Reply:
     intuit_tid: str | None
 
 
+class AnswerLost(ServerError):
+    """The connection broke before QuickBooks' whole answer arrived: the request may have been applied or not."""
+
+
 class WriteFenceLost(Exception):
     """The caller's write fence refused a write: whoever asked for it no longer holds the right to write."""
 
@@ -355,8 +359,11 @@ class QuickBooksClient:
         return [obj for rows in self._pool.map(fetch, chunks) for obj in rows]
 
     # -- writes ----------------------------------------------------------------------------------------------
-    def write_batch(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+    def write_batch(self, ops: Sequence[WriteOp], *, replay_lost: bool = True) -> list[WriteResult]:
         """Apply writes through ``/batch`` (≤ 30 per call, concurrently), one result per op in the same order.
+
+        ``replay_lost=False``: a batch call whose answer is lost (:class:`AnswerLost`) is not replayed — each of its ops
+        fails with that error, for a caller that finds what QuickBooks holds by a query (a read, not a batch call).
 
         Each batch call's ``requestid`` derives from its ops' ids, so a retried call is replayed, not re-executed;
         ops are chunked in the order given, so a caller that sends a failed group again in the same order gets the
@@ -373,12 +380,12 @@ class QuickBooksClient:
         batched = [op for op in ops if _batchable(op)]
         chunks = [batched[i : i + BATCH_MAX] for i in range(0, len(batched), BATCH_MAX)]
         singles = [op for op in ops if not _batchable(op)]
-        futures = [self._pool.submit(self._write_chunk, chunk) for chunk in chunks]
+        futures = [self._pool.submit(self._write_chunk, chunk, replay_lost) for chunk in chunks]
         futures += [self._pool.submit(self._write_single, op) for op in singles]
         results = {result.key: result for future in futures for result in future.result()}
         return self._with_current([results[key] for key in keys], {op.key: op for op in ops})
 
-    def _write_chunk(self, chunk: list[WriteOp]) -> list[WriteResult]:
+    def _write_chunk(self, chunk: list[WriteOp], replay_lost: bool = True) -> list[WriteResult]:
         by_bid = assign_batch_ids([op.key for op in chunk])
         op_of = {op.key: op for op in chunk}
         items = [
@@ -393,6 +400,7 @@ class QuickBooksClient:
                 "batch",
                 params={"requestid": request_id},
                 data=_dumps({"BatchItemRequest": items}),
+                replay_lost=replay_lost,
             )
         except AuthError:
             raise
@@ -458,14 +466,18 @@ class QuickBooksClient:
         params: dict[str, str] | None = None,
         data: bytes | None = None,
         content_type: str = "application/json",
+        replay_lost: bool = True,
     ) -> _Reply:
-        """One logical request: retried on transient failures, waiting out 429s, refreshing the token once on 401."""
+        """One logical request: retried on transient failures (a lost answer only with ``replay_lost``), waiting out
+        429s, refreshing the token once on 401."""
 
         def count_retry(state: RetryCallState) -> None:
             self.stats.add(retries=1)
 
         retrying = Retrying(
-            retry=retry_if_exception(lambda exc: isinstance(exc, ServerError)),
+            retry=retry_if_exception(
+                lambda exc: isinstance(exc, ServerError) and (replay_lost or not isinstance(exc, AnswerLost))
+            ),
             wait=wait_random_exponential(
                 multiplier=self.config.scaled(self.config.backoff_seconds),
                 max=self.config.scaled(self.config.backoff_max_seconds),
@@ -541,7 +553,7 @@ class QuickBooksClient:
                     timeout=(connect_timeout, self.config.read_timeout),
                 )
             except TRANSPORT_ERRORS as exc:
-                raise ServerError(f"no answer from QuickBooks ({type(exc).__name__})", detail=path) from None
+                raise AnswerLost(f"no answer from QuickBooks ({type(exc).__name__})", detail=path) from None
             if response.status_code == 429:  # raised in the slot: the limiter learns from it, never counts it
                 if kind in READ_KINDS and self.read_meter is not None:
                     self._refuse_if_quota(response)  # not a throttle: the limiter must not learn from it

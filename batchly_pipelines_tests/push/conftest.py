@@ -81,9 +81,9 @@ def sent(client: QuickBooksClient, monkeypatch: pytest.MonkeyPatch) -> list[Writ
     ops: list[WriteOp] = []
     write_batch = client.write_batch
 
-    def recording(batch: Sequence[WriteOp]) -> list[WriteResult]:
+    def recording(batch: Sequence[WriteOp], **options: Any) -> list[WriteResult]:
         ops.extend(batch)
-        return write_batch(batch)
+        return write_batch(batch, **options)
 
     monkeypatch.setattr(client, "write_batch", recording)
     return ops

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -85,12 +86,12 @@ def test_a_correction_waits_while_the_void_of_its_original_fails(
     correction = _correction(engine, org, original)
     write_batch = client.write_batch
 
-    def voids_answer_503(ops: Sequence[WriteOp]) -> list[WriteResult]:
+    def voids_answer_503(ops: Sequence[WriteOp], **options: Any) -> list[WriteResult]:
         if not any(op.operation == "void" for op in ops):
-            return write_batch(ops)
+            return write_batch(ops, **options)
         books.faults(error_503=1.0)  # every try of this call, the client's retries included
         try:
-            return write_batch(ops)
+            return write_batch(ops, **options)
         finally:
             books.faults()
 

@@ -382,10 +382,10 @@ def test_a_merged_value_never_overwrites_a_batchly_edit_the_push_did_not_read(
     update(engine, s.customers, customer, email="zoe@new.example.com")
     write_batch = client.write_batch
 
-    def app_edits_meanwhile(batch: Any) -> Any:
+    def app_edits_meanwhile(batch: Any, **options: Any) -> Any:
         update(engine, s.customers, customer, phone="555-0777")
         monkeypatch.setattr(client, "write_batch", write_batch)
-        return write_batch(batch)
+        return write_batch(batch, **options)
 
     monkeypatch.setattr(client, "write_batch", app_edits_meanwhile)
     push()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchly_pipelines.quickbooks import query as q
-from batchly_pipelines.quickbooks.client import WriteOp
+from batchly_pipelines.quickbooks.client import AnswerLost, WriteOp
 from batchly_pipelines.quickbooks.errors import QboError, StaleObjectError
 from batchly_pipelines.quickbooks.wire import request_id
 from batchly_pipelines.rules.invoices import applied_payments, describe_payments, doc_number_key, is_voided
@@ -600,13 +600,54 @@ class InvoicePusher:
             )
             for invoice_id, create in ops.items()
         ]
-        for result in self.ctx.client.write_batch(writes):
+        lost: list[_Create] = []
+        for result in self.ctx.client.write_batch(writes, replay_lost=False):
             create = ops[int(str(result.key))]
             if result.ok and result.entity_obj is not None:
                 outcomes.append(self._pushed(create, "create", result.entity_obj))
+            elif isinstance(result.error, AnswerLost):
+                lost.append(create)
             else:
                 error = result.error or QboError("no answer for this write")
                 outcomes.append(Failed("invoice", create.id, "create", describe(error), error.retryable))
+        if lost:
+            outcomes += self._recover(lost)
+        return outcomes
+
+    def _recover(self, lost: Sequence[_Create]) -> list[Outcome]:
+        """Creates whose batch answer was lost, found by one DocNumber query (a read, where a replay of the batch call
+        would cost a batch call with the same odds of losing its answer again). Before the send the guard found no
+        free invoice with their DocNumber that is them, and one push holds the company, so the one unlinked, open
+        invoice with the DocNumber, customer, total, dates and lines is what the create wrote; none (not applied) or
+        several, and the create fails to be retried, where the guard decides again."""
+        where = [q.condition("DocNumber", "IN", sorted({create.doc_number for create in lost}))]
+        rows = self.ctx.client.query(q.select("Invoice", where, max_results=q.MAX_RESULTS)).rows
+        linked: set[str] = set()
+        if rows:
+            with self.ctx.engine.connect() as conn:
+                states = load_states(
+                    conn, self.ctx.organization_id, "invoice", qbo_ids=[str(row["Id"]) for row in rows]
+                )
+            linked = {state.qbo_id for state in states}
+        outcomes: list[Outcome] = []
+        for create in lost:
+            matches = [
+                row
+                for row in rows
+                if doc_number_key(str(row.get("DocNumber") or "")) == create.key
+                and str(row["Id"]) not in linked
+                and not is_voided(row)
+                and not _differences(row, create)
+            ]
+            if len(matches) == 1:
+                outcomes.append(self._pushed(create, "create", matches[0]))
+            else:
+                found = "no invoice" if not matches else f"{len(matches)} invoices"
+                message = (
+                    f"invoice {create.id}: QuickBooks' answer to its create was lost and it holds {found} with "
+                    f"DocNumber {create.doc_number!r} that is this one; retried after the DocNumber guard"
+                )
+                outcomes.append(Failed("invoice", create.id, "create", message, retryable=True))
         return outcomes
 
     @staticmethod
