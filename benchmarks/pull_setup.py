@@ -3,6 +3,7 @@ and a peak-memory sampler."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 import uuid
@@ -127,3 +128,71 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+
+class CpuSeconds:
+    """CPU seconds (user + system) spent while in use by this process, by its children (the sandbox) and by the
+    PostgreSQL backends serving ``engine``'s database (found by their process title, sampled every
+    :attr:`interval` seconds so that the connections the pool opens and closes meanwhile are counted too). On a
+    machine of two cores the three share them: the import cannot run faster than their sum allows."""
+
+    def __init__(self, engine: Engine, interval: float = 0.2) -> None:
+        self.engine, self.interval = engine, interval
+        self.process = psutil.Process()
+        self.own = self.children = self.database = 0.0
+        self._start: dict[str, float] = {}
+        self._first: dict[int, float] = {}  # backend pid → CPU when first seen
+        self._last: dict[int, float] = {}  # backend pid → CPU when last seen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _cpu(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    def _children(self) -> float:
+        total = 0.0
+        for child in self.process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += self._cpu(child)
+        return total
+
+    def _backends(self, first: bool = False) -> None:
+        name = self.engine.url.database
+        if self.engine.dialect.name != "postgresql" or not name:
+            return
+        for process in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                title = " ".join(process.info["cmdline"] or [])
+                if title.startswith("postgres:") and f" {name} " in f"{title} ":
+                    cpu = self._cpu(process)
+                    # a backend born after the start counts from zero
+                    self._first.setdefault(process.pid, cpu if first else 0.0)
+                    self._last[process.pid] = cpu
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._backends()
+
+    def __enter__(self) -> CpuSeconds:
+        self._backends(first=True)
+        self._start = {"own": self._cpu(self.process), "children": self._children()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._backends()
+        self.own = self._cpu(self.process) - self._start["own"]
+        self.children = self._children() - self._start["children"]
+        self.database = sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
+
+    def numbers(self) -> dict[str, float]:
+        """The three, rounded, as JSON fields."""
+        return {
+            "process_cpu_seconds": round(self.own, 1),
+            "sandbox_cpu_seconds": round(self.children, 1),
+            "database_cpu_seconds": round(self.database, 1),
+        }

@@ -55,10 +55,13 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+_JSON = json.JSONEncoder(default=_json_value)  # json.dumps would build one per call
+
+
 def dumps_json(value: Any) -> str:
     """The JSON text of a JSON column's value (see :func:`_json_value`); every engine of :func:`create_engine`
     writes its JSON columns with it."""
-    return json.dumps(value, default=_json_value)
+    return _JSON.encode(value)
 
 
 # the database dropped the connection or could not be reached: worth asking again (the pool reconnects)

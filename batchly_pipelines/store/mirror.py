@@ -8,6 +8,7 @@ token, compared for equality only: no clock is involved), which the reconciliati
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -16,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from batchly_pipelines.store.lookup import among
 from batchly_pipelines.store.schema import qbo_mirror, qbo_reconciled, utcnow
 from batchly_pipelines.store.upsert import bulk_upsert, upsert_keys
 
@@ -25,6 +27,13 @@ m, rc = qbo_mirror.c, qbo_reconciled.c
 def new_version() -> str:
     """A fresh ``qbo_mirror.version``: unique per write, so equal versions mean the same write."""
     return uuid.uuid4().hex
+
+
+def new_versions(count: int) -> list[str]:
+    """``count`` fresh versions at once (as random as :func:`new_version`, one call to the system's random source
+    instead of one per row)."""
+    raw = os.urandom(16 * count).hex()
+    return [raw[32 * n : 32 * (n + 1)] for n in range(count)]
 
 
 def live_tokens(conn: Connection, organization_id: int, entity: str, ids: Sequence[str]) -> dict[str, str]:
@@ -54,11 +63,11 @@ def write_versions(
     objects: Iterable[tuple[Mapping[str, Any], datetime]],
     *,
     force: bool = False,
-) -> set[str]:
+) -> dict[str, str]:
     """Write each ``(object, its LastUpdatedTime)`` as the live mirror row of that object, with a new version — only
     where the mirror holds nothing of it or an older SyncToken (with ``force`` also the same one; a deletion is only
     replaced by a newer version, a tombstone never), decided in the write itself, so a slower read landing last
-    never puts an older version back. Returns the ids written."""
+    never puts an older version back. Returns the ids written, each with the version it was written at."""
 
     def newer(offered: Any) -> sa.ColumnElement[bool]:
         stored = _version_number(qbo_mirror.c.sync_token)
@@ -71,27 +80,27 @@ def write_versions(
         )
 
     now = utcnow()
+    objects = list(objects)
+    rows = [
+        {
+            "organization_id": organization_id,
+            "entity_type": entity,
+            "qbo_id": obj["Id"],
+            "sync_token": obj["SyncToken"],
+            "last_updated_time": last_updated,
+            "deleted": False,
+            "data": obj,  # amounts (Decimals) written as JSON numbers: store.db.dumps_json
+            "pulled_at": now,
+            "version": version,
+        }
+        for (obj, last_updated), version in zip(objects, new_versions(len(objects)), strict=True)
+    ]
+    # where one id comes twice, the later row is written (store.upsert): its version is the one returned
+    offered = {row["qbo_id"]: row["version"] for row in rows}
     written = upsert_keys(
-        conn,
-        qbo_mirror,
-        (
-            {
-                "organization_id": organization_id,
-                "entity_type": entity,
-                "qbo_id": obj["Id"],
-                "sync_token": obj["SyncToken"],
-                "last_updated_time": last_updated,
-                "deleted": False,
-                "data": obj,  # amounts (Decimals) written as JSON numbers: store.db.dumps_json
-                "pulled_at": now,
-                "version": new_version(),
-            }
-            for obj, last_updated in objects
-        ),
-        key=("organization_id", "entity_type", "qbo_id"),
-        only_if=newer,
+        conn, qbo_mirror, rows, key=("organization_id", "entity_type", "qbo_id"), only_if=newer
     )
-    return {qbo_id for _, _, qbo_id in written}
+    return {qbo_id: offered[qbo_id] for _, _, qbo_id in written}
 
 
 def mark_deleted(
@@ -251,15 +260,16 @@ def unreconciled_estimate(conn: Connection, organization_id: int, entity: str) -
 
 
 def mirror_rows(
-    conn: Connection, organization_id: int, entity: str, ids: Sequence[str]
+    conn: Connection, organization_id: int, entity: str, ids: Sequence[str], *, data: bool = True
 ) -> list[dict[str, Any]]:
     """The mirror rows of ``ids`` (``qbo_id``, ``sync_token``, ``last_updated_time``, ``deleted``, ``data``,
-    ``version``), in ``qbo_id`` order."""
+    ``version``), in ``qbo_id`` order; without ``data`` when it is False (the caller holds it)."""
     if not ids:
         return []
+    columns = [m.qbo_id, m.sync_token, m.last_updated_time, m.deleted, m.version]
     query = (
-        sa.select(m.qbo_id, m.sync_token, m.last_updated_time, m.deleted, m.data, m.version)
-        .where(m.organization_id == organization_id, m.entity_type == entity, m.qbo_id.in_(list(ids)))
+        sa.select(*columns, *([m.data] if data else []))
+        .where(m.organization_id == organization_id, m.entity_type == entity, among(conn, m.qbo_id, ids))
         .order_by(m.qbo_id)
     )
     return [dict(r) for r in conn.execute(query).mappings()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -167,7 +168,8 @@ def enqueue_updates(
     conn.execute(
         statement.on_conflict_do_update(
             index_elements=["entity_type", "entity_id"],
-            index_where=sync_queue.c.status == "pending",
+            # a literal, not a bound value: SQLite renders a bound one at execution, which executemany refuses
+            index_where=sync_queue.c.status == sa.literal_column("'pending'"),
             set_={
                 "change_count": sync_queue.c.change_count + 1,
                 "updated_at": statement.excluded.updated_at,

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from batchly_pipelines.store.lookup import among
 from batchly_pipelines.store.schema import pull_errors, utcnow
 from batchly_pipelines.store.upsert import bulk_upsert
 
@@ -52,7 +53,7 @@ def clear_errors(conn: Connection, organization_id: int, entity_type: str, qbo_i
     if ids:
         conn.execute(
             sa.delete(pull_errors).where(
-                e.organization_id == organization_id, e.entity_type == entity_type, e.qbo_id.in_(ids)
+                e.organization_id == organization_id, e.entity_type == entity_type, among(conn, e.qbo_id, ids)
             )
         )
 

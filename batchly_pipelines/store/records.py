@@ -16,8 +16,9 @@ from sqlalchemy.engine import Connection
 from batchly_pipelines.rules.name_lists import NameList
 from batchly_pipelines.rules.storage import ColumnRule
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.lookup import among
 from batchly_pipelines.store.push_rows import TABLES
-from batchly_pipelines.store.upsert import bulk_insert
+from batchly_pipelines.store.upsert import COPY_FROM_ROWS, bulk_insert
 
 m, st = s.qbo_mirror.c, s.qbo_sync_state.c
 
@@ -37,7 +38,7 @@ def twins(
     the rows stay locked (``FOR UPDATE``, in id order) until the caller's transaction ends."""
     t = TABLES[entity_type].c
     query = sa.select(t.qbo_id, t.id, t.is_active).where(
-        t.organization_id == organization_id, t.qbo_id.in_(qbo_ids)
+        t.organization_id == organization_id, among(conn, t.qbo_id, qbo_ids)
     )
     if lock:
         query = query.order_by(t.id).with_for_update(of=TABLES[entity_type])
@@ -63,6 +64,21 @@ def insert_records(
     if not records:
         return []
     t = TABLES[entity_type]
+    if conn.dialect.name == "postgresql" and len(records) >= COPY_FROM_ROWS:
+        # the ids drawn first, in order, so the rows go by COPY and nothing is read back
+        column = t.c.id
+        sequence = sa.func.pg_get_serial_sequence(t.name, column.name)
+        drawn = sa.select(sa.func.nextval(sequence)).select_from(sa.func.generate_series(1, len(records)))
+        drawn_ids = [int(entity_id) for entity_id in conn.execute(drawn).scalars()]
+        bulk_insert(
+            conn,
+            t,
+            [
+                {"id": entity_id, "organization_id": organization_id, "qbo_id": qbo_id, **fields}
+                for entity_id, (qbo_id, fields) in zip(drawn_ids, records, strict=True)
+            ],
+        )
+        return [(entity_id, qbo_id) for entity_id, (qbo_id, _) in zip(drawn_ids, records, strict=True)]
     rows = [{"organization_id": organization_id, "qbo_id": qbo_id, **fields} for qbo_id, fields in records]
     bulk_insert(conn, t, rows)
     qbo_ids = [qbo_id for qbo_id, _ in records]

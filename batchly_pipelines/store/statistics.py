@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.push_rows import TABLES
 
+# text columns up to this length count as narrow (their statistics are cheap to gather)
+NARROW_TEXT = 16
 # the first ANALYZE after this many rows; then each time the rows written since double
 FIRST_ANALYZE_ROWS = 2_000
 
@@ -27,10 +30,12 @@ class GrowingTables:
         self.analyzed = 0
 
     @classmethod
-    def of_reconcile(cls, engine: Engine, entity_type: str) -> GrowingTables:
-        """What reconciling ``entity_type`` fills: its Batchly table, the links, the reconciled versions."""
+    def of_reconcile(cls, engine: Engine, entity_type: str, *, mirror: bool = True) -> GrowingTables:
+        """What reconciling ``entity_type`` fills: its Batchly table, the links, the reconciled versions, the log —
+        and the mirror it reads, unless ``mirror`` is False (a reconciliation following a running mirror, which
+        refreshes its own)."""
         names = [TABLES[entity_type].name, s.qbo_sync_state.name, s.qbo_reconciled.name, s.sync_log.name]
-        return cls(engine, [*names, s.qbo_mirror.name])
+        return cls(engine, [*names, s.qbo_mirror.name] if mirror else names)
 
     @classmethod
     def of_mirror(cls, engine: Engine) -> GrowingTables:
@@ -43,6 +48,29 @@ class GrowingTables:
         if self.written < self.next or self.engine.dialect.name != "postgresql":
             return
         with self.engine.begin() as conn:
-            conn.exec_driver_sql(f"ANALYZE {', '.join(self.tables)}")
+            conn.exec_driver_sql(f"ANALYZE {', '.join(_keys(name) for name in self.tables)}")
         self.analyzed += 1
         self.next = self.written * 2
+
+
+def _keys(name: str) -> str:
+    """``table (columns)``: the columns of the table's keys and indexes, which the lookups filter and join on, and
+    its narrow ones (flags, numbers, times, short codes). The row count is refreshed all the same; the wide columns
+    (JSON, long text) — most of ANALYZE's work on a table of QuickBooks objects — are left to autovacuum."""
+    table = s.metadata.tables[name]
+    columns = [*table.primary_key.columns]
+    for index in table.indexes:
+        columns.extend(index.columns)
+    for constraint in table.constraints:
+        if isinstance(constraint, sa.UniqueConstraint):
+            columns.extend(constraint.columns)
+    columns.extend(column for column in table.columns if _narrow(column.type))
+    return f"{name} ({', '.join(dict.fromkeys(column.name for column in columns))})"
+
+
+def _narrow(kind: sa.types.TypeEngine[object]) -> bool:
+    if isinstance(kind, sa.JSON):
+        return False
+    if isinstance(kind, sa.String):
+        return kind.length is not None and kind.length <= NARROW_TEXT
+    return True

@@ -7,14 +7,15 @@ and move it; it only ever moves after a successful sync, in the same transaction
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from batchly_pipelines.store.lookup import among
 from batchly_pipelines.store.schema import qbo_sync_state, sync_log, utcnow
 from batchly_pipelines.store.upsert import bulk_insert, bulk_upsert
 
@@ -49,7 +50,7 @@ def load_states(
     if entity_ids is not None:
         query = query.where(st.entity_id.in_(list(entity_ids)))
     if qbo_ids is not None:
-        query = query.where(st.qbo_id.in_(list(qbo_ids)))
+        query = query.where(among(conn, st.qbo_id, qbo_ids))
     return [
         SyncState(
             organization_id=row["organization_id"],
@@ -69,6 +70,15 @@ def save_states(conn: Connection, states: Iterable[SyncState]) -> int:
     now = utcnow()
     rows = [{**_fields(state), "base": dict(state.base), "last_synced_at": now} for state in states]
     return bulk_upsert(conn, qbo_sync_state, rows, key=("organization_id", "entity_type", "entity_id"))
+
+
+def insert_states(conn: Connection, states: Sequence[SyncState]) -> int:
+    """Create the links of records that have none yet (records just created), in the caller's transaction: a plain
+    bulk insert (COPY on PostgreSQL), where :func:`save_states` would stage the rows to upsert them."""
+    now = utcnow()
+    rows = [{**_fields(state), "base": dict(state.base), "last_synced_at": now} for state in states]
+    bulk_insert(conn, qbo_sync_state, rows)
+    return len(states)
 
 
 @dataclass(frozen=True)
@@ -96,4 +106,4 @@ def write_log(conn: Connection, entries: Iterable[LogEntry]) -> int:
 
 def _fields(record: SyncState | LogEntry) -> dict[str, Any]:
     """A dataclass's fields, shallow (``asdict`` deep-copies every base, which dominates large pulls)."""
-    return {f.name: getattr(record, f.name) for f in fields(record)}
+    return dict(vars(record))  # a dataclass's instance dict holds exactly its fields

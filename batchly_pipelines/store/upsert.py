@@ -6,6 +6,7 @@ inserts, the same statements on both backends for a few rows; on PostgreSQL a ba
 from __future__ import annotations
 
 import io
+import operator
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -20,6 +21,7 @@ from batchly_pipelines.store.db import dumps_json
 
 # SQLite allows 32,766 bound variables per statement; PostgreSQL 65,535. Chunks stay well under both.
 MAX_BOUND_VALUES = 30_000
+_NULL = "\\N"  # COPY's text format for a missing value
 # from this many rows on, PostgreSQL gets them by COPY (fewer: the temporary table would cost more than it saves)
 COPY_FROM_ROWS = 100
 
@@ -48,16 +50,19 @@ def _copy(
         for name, value in defaults.items()
     )
     tail += "\n"
-    buffer = io.StringIO()
-    for row in rows:
-        buffer.write(
-            "\t".join(
-                "\\N" if row[name] is None else encode(row[name])
-                for name, encode in zip(columns, encoders, strict=True)
-            )
+    fetch: Callable[[Mapping[str, Any]], Sequence[Any]] = operator.itemgetter(*columns)
+    if len(columns) == 1:  # itemgetter of one key returns the value itself
+        fetch = lambda row: (row[columns[0]],)  # noqa: E731
+    lines = [
+        "\t".join(
+            [
+                _NULL if value is None else encode(value)
+                for value, encode in zip(values, encoders, strict=True)
+            ]
         )
-        buffer.write(tail)
-    buffer.seek(0)
+        for values in map(fetch, rows)
+    ]
+    buffer = io.StringIO(tail.join(lines) + tail if lines else "")
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.copy_expert(f"COPY {into} ({', '.join(names)}) FROM STDIN", buffer)
@@ -92,7 +97,7 @@ def _encoder(kind: Any) -> Callable[[Any], str]:
 
 def _copy_string(value: Any) -> str:
     """Text: a backslash starts an escape in COPY's text format, a tab ends a field, a newline a row."""
-    text = str(value)
+    text = value if type(value) is str else str(value)
     if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
         text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     return text
@@ -108,6 +113,8 @@ def _copy_bool(value: Any) -> str:
 
 
 def _copy_instant(value: Any) -> str:
+    if type(value) is datetime and value.tzinfo is not None:  # the usual case, checked first
+        return value.isoformat()
     if isinstance(value, datetime) and value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: Batchly stores UTC instants only")
     return value.isoformat() if isinstance(value, datetime) else str(value)

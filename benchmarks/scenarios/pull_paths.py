@@ -1,6 +1,7 @@
 """The same initial import through the three ways an operator starts one: the services (as ``pull`` measures it),
 ``batchly-sync pull --org N`` (a process of its own) and a Dagster run of ``pull_customers`` over the whole history
-(what a backfill of every day of the company partition runs: one window, ``BackfillPolicy.single_run``).
+(what a backfill of every day of the company partition runs: one window, ``BackfillPolicy.single_run``). All three
+reconcile the customers while their pages arrive (``services.pull.overlap``).
 
 Each path imports ``--customers`` customers from a fresh realm (150 ms latency per answer, Intuit's limits) into a
 fresh PostgreSQL database; ``rows_per_s`` is customers over the path's wall time (the CLI's includes starting

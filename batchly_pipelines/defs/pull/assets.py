@@ -44,9 +44,11 @@ from batchly_pipelines.defs.partitions import (
     tagged_window,
 )
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
+from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.rules.mapping import CUSTOMER_FIELDS
 from batchly_pipelines.services.fleet import CompanyOutcome, run_fleet
 from batchly_pipelines.services.pull.checks import open_conflicts, unstored_records
+from batchly_pipelines.services.pull.mirror import Window
 from batchly_pipelines.services.pull.organization import (
     PullStats,
     pull_customers,
@@ -56,6 +58,11 @@ from batchly_pipelines.services.pull.organization import (
     reconcile_invoice_payments,
     reconcile_items,
     window_since_cursor,
+)
+from batchly_pipelines.services.pull.overlap import (
+    Overlapped,
+    pull_and_reconcile_customers,
+    pull_and_reconcile_items,
 )
 from batchly_pipelines.services.pull.progress import Progress, ProgressReport
 from batchly_pipelines.services.read_budget import backfill_cost_note
@@ -89,6 +96,11 @@ quickbooks_payments = _quickbooks("Payment", "Payments in QuickBooks Online.")
 
 PullStep = Callable[..., PullStats]  # (engine, client, organization, window, *, progress)
 ReconcileStep = Callable[[Engine, int, str, ProgressReport], Mapping[str, Any]]
+# both at once, the reconciliation following the mirror's pages: (engine, client, organization, window, run id,
+# progress) → the mirror's stats and the reconciliation's numbers
+TogetherStep = Callable[
+    [Engine, QuickBooksClient, int, Window, str, ProgressReport], tuple[PullStats, Mapping[str, Any]]
+]
 
 
 def _mirror_numbers(stats: PullStats) -> dict[str, Any]:
@@ -110,10 +122,13 @@ def _pull_companies(
     reconciled_key: AssetKey,
     entity: str,
     row_count: str,
+    together: TogetherStep | None = None,
 ) -> Iterator[MaterializeResult]:
     """Pull and reconcile every company of the run, several at a time, each company's numbers observed on its
     partition as it finishes. When all succeeded, the run's totals materialise every partition; when some failed,
-    each company that succeeded is materialised with its own numbers and the step fails, naming the others."""
+    each company that succeeded is materialised with its own numbers and the step fails, naming the others. With
+    both assets selected and ``together`` given, each company's reconciliation follows its mirror's pages
+    (``services.pull.overlap``) instead of waiting for the mirror to end."""
     selected = [key for key in (mirror_key, reconciled_key) if key in context.selected_asset_keys]
     keys = keys_by_organization(run_company_keys(context.run.tags, context.instance))
     window = tagged_window(context.run.tags)
@@ -134,18 +149,22 @@ def _pull_companies(
                 )
                 if note is not None:
                     context.log.info("company %s: %s", keys[org], note)
+                if together is not None and reconciled_key in selected:
+                    pulled, reconciled = together(
+                        engine, client, org, company_window, context.run.run_id, progress
+                    )
+                    numbers[mirror_key] = _mirror_numbers(pulled)
+                    numbers[reconciled_key] = _reconciled_row(
+                        dict(reconciled), engine, org, entity, row_count
+                    )
+                    return numbers
                 numbers[mirror_key] = _mirror_numbers(
                     pull(engine, client, org, company_window, progress=progress)
                 )
         if reconciled_key in selected:
-            reconciled = dict(reconcile(engine, org, context.run.run_id, progress))
-            reconciled["dagster/row_count"] = reconciled[row_count]
-            if reconciled.get("errors"):
-                reconciled["unstored"] = [
-                    {"organization": org, **example}
-                    for example in unstored_records(engine, org, entity).examples
-                ]
-            numbers[reconciled_key] = reconciled
+            numbers[reconciled_key] = _reconciled_row(
+                dict(reconcile(engine, org, context.run.run_id, progress)), engine, org, entity, row_count
+            )
         return numbers
 
     done = [0, 0]  # companies finished, failed
@@ -202,6 +221,19 @@ def _pull_companies(
         },
         allow_retries=False,
     )
+
+
+def _reconciled_row(
+    reconciled: dict[str, Any], engine: Engine, org: int, entity: str, row_count: str
+) -> dict[str, Any]:
+    """One company's reconciliation numbers as the step records them: its row count, and the records Batchly
+    could not store when there are any."""
+    reconciled["dagster/row_count"] = reconciled[row_count]
+    if reconciled.get("errors"):
+        reconciled["unstored"] = [
+            {"organization": org, **example} for example in unstored_records(engine, org, entity).examples
+        ]
+    return reconciled
 
 
 def _companies_table(
@@ -302,6 +334,15 @@ def _reconciled_numbers(stats: Any, engine: Engine | None = None, org: int | Non
     return numbers
 
 
+def _overlapped_numbers(done: Overlapped, engine: Engine, org: int) -> dict[str, Any]:
+    """The reconciliation's numbers of an overlapped pull, with how much of it ran while the pages arrived:
+    ``reconciled_during_mirror`` rows, ``tail_s`` after the mirror ended (``duration_s`` is its whole span)."""
+    numbers = _reconciled_numbers(done.reconciled, engine, org)
+    numbers["reconciled_during_mirror"] = done.reconciled_during_mirror
+    numbers["tail_s"] = done.tail_seconds
+    return numbers
+
+
 @_pull_asset(
     "pull_customers_step",
     (
@@ -328,6 +369,19 @@ def customers_pull(
         )
         return _reconciled_numbers(stats, engine, org)
 
+    def together(
+        engine: Engine,
+        client: QuickBooksClient,
+        org: int,
+        window: Window,
+        run_id: str,
+        progress: ProgressReport,
+    ) -> tuple[PullStats, dict[str, Any]]:
+        done = pull_and_reconcile_customers(
+            engine, client, org, window, review_fields=config.review_fields, run_id=run_id, progress=progress
+        )
+        return done.pulled, _overlapped_numbers(done, engine, org)
+
     yield from _pull_companies(
         context,
         batchly_db,
@@ -338,6 +392,7 @@ def customers_pull(
         batchly_customers,
         "Customer",
         "changed",
+        together,
     )
 
 
@@ -360,8 +415,28 @@ def items_pull(context: AssetExecutionContext, batchly_db: BatchlyDatabase, quic
             reconcile_items(engine, org, run_id=run_id, progress=progress), engine, org
         )
 
+    def together(
+        engine: Engine,
+        client: QuickBooksClient,
+        org: int,
+        window: Window,
+        run_id: str,
+        progress: ProgressReport,
+    ) -> tuple[PullStats, dict[str, Any]]:
+        done = pull_and_reconcile_items(engine, client, org, window, run_id=run_id, progress=progress)
+        return done.pulled, _overlapped_numbers(done, engine, org)
+
     yield from _pull_companies(
-        context, batchly_db, quickbooks, pull_items, reconcile, qbo_items, batchly_items, "Item", "changed"
+        context,
+        batchly_db,
+        quickbooks,
+        pull_items,
+        reconcile,
+        qbo_items,
+        batchly_items,
+        "Item",
+        "changed",
+        together,
     )
 
 

@@ -336,12 +336,24 @@ def store_objects(
 ) -> list[Mapping[str, Any]]:
     """Write the objects QuickBooks has a newer version of than the mirror (with ``force`` also the same version
     again; never an older one, whichever read lands last); returns those written."""
+    written = store_versions(conn, organization_id, entity, objects, force=force)
+    return [obj for obj in objects if obj["Id"] in written]
+
+
+def store_versions(
+    conn: Connection,
+    organization_id: int,
+    entity: str,
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    force: bool = False,
+) -> dict[str, str]:
+    """:func:`store_objects`, returning the id of each object written with the mirror version it was written at."""
     if not objects:
-        return []
-    written = write_versions(
+        return {}
+    return write_versions(
         conn, organization_id, entity, ((obj, qbo_last_updated(obj)) for obj in objects), force=force
     )
-    return [obj for obj in objects if obj["Id"] in written]
 
 
 def _deleted_at(tombstones: Iterable[Mapping[str, Any]]) -> dict[str, datetime]:

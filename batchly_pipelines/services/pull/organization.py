@@ -13,7 +13,8 @@ deletions. Our clock never enters it, so a QuickBooks clock running behind ours 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +32,7 @@ from batchly_pipelines.services.pull.mirror import (
     changed_pages,
     pull_deletions,
     store_objects,
+    store_versions,
 )
 from batchly_pipelines.services.pull.owned import revert_owned_edits
 from batchly_pipelines.services.pull.progress import ProgressMeter, ProgressReport
@@ -110,26 +112,43 @@ def _mirror_pages(
     clock: ServerClock,
     progress: ProgressReport | None = None,
     also: Callable[[Connection, Sequence[Mapping[str, Any]]], None] | None = None,
-) -> Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]]:
+    on_estimate: Callable[[int], None] | None = None,
+) -> Generator[_Stored]:
     """Stream the window of ``entity`` into the mirror; yields each page's objects and those of them that were new
-    or changed (``also`` is called with those in the transaction storing them).
+    or changed, with their new versions (``also`` is called with those in the transaction storing them).
     ``progress`` hears pages stored of pages estimated: a window of more than a page is counted (``COUNT(*)``, one
-    call) when its first full page arrives; a window of one page costs no call for it."""
+    call) when its first full page arrives; a window of one page costs no call for it. ``on_estimate`` hears that
+    count of rows."""
     meter = ProgressMeter(f"mirror {entity}", "pages", progress)
     growing = GrowingTables.of_mirror(engine)  # the planner keeps up with an import
-    for page in changed_pages(client, entity, window, clock):
+    reading = changed_pages(client, entity, window, clock)
+    for page in reading:
         if meter.total is None and len(page) >= q.MAX_RESULTS:
-            meter.estimate(-(-client.count(entity, window.conditions(entity)) // q.MAX_RESULTS))
+            rows = client.count(entity, window.conditions(entity))
+            meter.estimate(-(-rows // q.MAX_RESULTS))
+            if on_estimate is not None:
+                on_estimate(rows)
         with engine.begin() as conn:
-            changed = store_objects(conn, organization_id, entity, page)
+            versions = store_versions(conn, organization_id, entity, page)
+            changed = [obj for obj in page if obj["Id"] in versions]
             if also is not None:
                 also(conn, changed)
         stats.count(entity, "pulled", len(page))
         stats.count(entity, "changed", len(changed))
         meter.add(1, len(page))
         growing.wrote(len(changed))
-        yield page, changed
+        yield _Stored(page, changed, versions)
     meter.finish()
+
+
+@dataclass
+class _Stored:
+    """One page stored in the mirror: its objects, those that were new or changed, and the version each of those
+    was written at."""
+
+    page: Sequence[Mapping[str, Any]]
+    changed: Sequence[Mapping[str, Any]]
+    versions: Mapping[str, str]
 
 
 def _read_until(window: Window, clock: ServerClock, deletions: Deletions) -> datetime | None:
@@ -169,12 +188,22 @@ def pull_name_list(
     window: Window,
     *,
     progress: ProgressReport | None = None,
+    on_stored: Callable[[Sequence[Mapping[str, Any]], Mapping[str, str]], None] | None = None,
+    on_estimate: Callable[[int], None] | None = None,
 ) -> PullStats:
     """Mirror the ``Customer`` or ``Item`` records QuickBooks changed in ``window`` (inactive ones included);
-    ``progress`` hears how far it got while it runs."""
+    ``progress`` hears how far it got while it runs. ``on_stored`` is called with the objects each page wrote
+    (new or newer versions) and the version each was written at, once they are committed — what raises there
+    stops the pull, its cursor unmoved;
+    ``on_estimate`` hears how many rows the window holds when a first full page made the pull count them."""
     meter, stats, clock = _Metered(client), PullStats((entity,), window), ServerClock()
-    for _ in _mirror_pages(engine, client, organization_id, entity, window, stats, clock, progress):
-        pass
+    pages = _mirror_pages(
+        engine, client, organization_id, entity, window, stats, clock, progress, on_estimate=on_estimate
+    )
+    with closing(pages):  # a pull stopped early stops its readers at once
+        for stored in pages:
+            if on_stored is not None:
+                on_stored(stored.changed, stored.versions)
     deleted = pull_deletions(engine, client, organization_id, [entity], window, clock.latest)
     stats.count(entity, "deleted", len(deleted.objects[entity]))
     _advance_cursors(engine, organization_id, window, {entity: _read_until(window, clock, deleted)})
@@ -229,9 +258,7 @@ def pull_payments(
     def note(entity: str) -> Callable[[Connection, Sequence[Mapping[str, Any]]], None]:
         return lambda conn, objects: note_owed_reads(conn, organization_id, entity, objects)
 
-    def scan(
-        entity: str, owes: bool = False
-    ) -> Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]]:
+    def scan(entity: str, owes: bool = False) -> Iterable[_Stored]:
         also = note(entity) if owes else None
         return _mirror_pages(
             engine, client, organization_id, entity, window, stats, clocks[entity], progress, also
@@ -243,9 +270,9 @@ def pull_payments(
         before_invoices = owed_reads(conn, organization_id)  # what the invoice scan below may settle
     seen: set[str] = set()
     wanted_payments: set[str] = set()
-    for page, changed in scan("Invoice"):
-        seen.update(invoice["Id"] for invoice in changed)  # mirrored fresh: no need to read them again
-        wanted_payments.update(pid for invoice in page for pid in linked_ids(invoice, "Payment"))
+    for stored in scan("Invoice"):
+        seen.update(invoice["Id"] for invoice in stored.changed)  # mirrored fresh: no need to read them again
+        wanted_payments.update(pid for invoice in stored.page for pid in linked_ids(invoice, "Payment"))
     for _ in scan("RefundReceipt", owes=True):  # a refund changes no invoice version: its targets are owed
         pass
     latest = [clock.latest for clock in clocks.values() if clock.latest is not None]
@@ -428,18 +455,32 @@ def pull_organization(
     progress: ProgressReport | None = None,
 ) -> OrganizationPull:
     """Pull customers, items and payments for ``window`` and reconcile all of them into Batchly; ``progress``
-    hears how far each step got while it runs."""
-    customers = pull_customers(engine, client, organization_id, window, progress=progress)
-    items = pull_items(engine, client, organization_id, window, progress=progress)
+    hears how far each step got while it runs. Customers and items are each reconciled while their pages arrive
+    (``services.pull.overlap``); the invoices' payment columns once the payments' pull is done."""
+    from batchly_pipelines.services.pull.overlap import (  # builds on this module
+        pull_and_reconcile_customers,
+        pull_and_reconcile_items,
+    )
+
+    customers = pull_and_reconcile_customers(
+        engine,
+        client,
+        organization_id,
+        window,
+        review_fields=review_fields,
+        run_id=run_id,
+        progress=progress,
+    )
+    items = pull_and_reconcile_items(
+        engine, client, organization_id, window, run_id=run_id, progress=progress
+    )
     payments = pull_payments(engine, client, organization_id, window, progress=progress)
     return OrganizationPull(
-        customers,
-        items,
+        customers.pulled,
+        items.pulled,
         payments,
-        reconcile_customers(
-            engine, organization_id, review_fields=review_fields, run_id=run_id, progress=progress
-        ),
-        reconcile_items(engine, organization_id, run_id=run_id, progress=progress),
+        customers.reconciled,
+        items.reconciled,
         reconcile_invoice_payments(engine, organization_id, run_id=run_id),
     )
 

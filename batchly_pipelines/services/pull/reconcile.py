@@ -32,6 +32,7 @@ reconcile never overwrites a Batchly edit it did not read.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,7 +70,14 @@ from batchly_pipelines.store.records import (
     write_fields,
 )
 from batchly_pipelines.store.statistics import GrowingTables
-from batchly_pipelines.store.sync_state import LogEntry, SyncState, load_states, save_states, write_log
+from batchly_pipelines.store.sync_state import (
+    LogEntry,
+    SyncState,
+    insert_states,
+    load_states,
+    save_states,
+    write_log,
+)
 
 CHUNK = 1000
 # who closes a review that later edits made moot
@@ -98,6 +106,14 @@ class ReconcileStats:
         """Batchly records created, updated or deactivated."""
         return self.created + self.updated + self.deactivated
 
+    def add(self, other: ReconcileStats) -> None:
+        """Count ``other``'s records in too (its duration aside)."""
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+COUNTS = ("examined", "created", "updated", "linked", "deactivated", "conflicts", "review", "errors")
+
 
 @dataclass
 class _Chunk:
@@ -106,7 +122,9 @@ class _Chunk:
     kind: NameList
     organization_id: int
     run_id: str | None
-    creates: list[tuple[str, dict[str, Any], SyncState]] = field(default_factory=list)
+    creates: list[tuple[str, dict[str, Any], Mapping[str, Any]]] = field(
+        default_factory=list
+    )  # id, fields, row
     updates: dict[int, dict[str, Any]] = field(default_factory=dict)
     states: list[SyncState] = field(default_factory=list)
     conflicts: list[ConflictRecord] = field(default_factory=list)
@@ -151,57 +169,173 @@ def reconcile(
     """Bring Batchly in line with the mirrored QuickBooks records of ``kind`` that have news (see module doc);
     ``only`` limits it to those QuickBooks ids, whatever version they were reconciled at. ``progress`` hears the
     rows reconciled of the rows waiting (estimated from the mirror's and the reconciled versions' counts)."""
-    started = time.monotonic()
-    stats = ReconcileStats(kind.entity_type)
-    policy = policy or kind.policy
-    with engine.connect() as conn:
-        unlinked = _unlinked_by_name(conn, kind, organization_id)
-        waiting = (
-            len(set(only))
-            if only is not None
-            else unreconciled_estimate(conn, organization_id, kind.qbo_entity)
-        )
-    meter = ProgressMeter(f"reconcile {kind.entity_type}", "rows", progress, total=waiting)
-    growing = GrowingTables.of_reconcile(engine, kind.entity_type)  # the planner keeps up with an import
-    for ids in _batches(engine, kind, organization_id, only):
-        # one transaction reads the batch and writes it, its Batchly rows locked from the first read: an app edit
-        # committed meanwhile waits and lands after, never overwritten by a merge that did not see it
-        with sync_transaction(engine) as conn:
-            pulled = mirror_rows(conn, organization_id, kind.qbo_entity, ids)
-            rows = _with_news(conn, kind, organization_id, pulled)
-            chunk = _Chunk(kind, organization_id, run_id)
-            if rows:
-                _plan(conn, chunk, rows, unlinked, policy, stats)
-                _apply(conn, chunk, stats)
-            stored = [row for row in pulled if row["qbo_id"] not in chunk.failed]
-            record_reconciled(conn, organization_id, kind.qbo_entity, stored)
-            clear_errors(conn, organization_id, kind.qbo_entity, (row["qbo_id"] for row in stored))
-            record_errors(conn, chunk.errors)
-        stats.examined += len(rows)
-        stats.errors += len(chunk.failed)
-        meter.add(len(ids), len(ids))
-        growing.wrote(len(ids))
-    meter.finish()
-    stats.duration_s = round(time.monotonic() - started, 3)
-    return stats
-
-
-def _batches(
-    engine: Engine, kind: NameList, organization_id: int, only: Sequence[str] | None
-) -> Iterator[list[str]]:
-    """The QuickBooks ids to reconcile, a batch at a time: ``only`` as given, else the mirror rows whose version
-    was not reconciled yet, scanned in key order (linear in the mirror's rows)."""
     if only is not None:
         wanted = sorted(set(only))
+        reconciler = Reconciler(
+            engine, kind, organization_id, policy=policy, run_id=run_id, progress=progress, total=len(wanted)
+        )
         for start in range(0, len(wanted), CHUNK):
-            yield wanted[start : start + CHUNK]
-        return
+            reconciler.batch(wanted[start : start + CHUNK])
+        return reconciler.finish()
+    reconciler = Reconciler(engine, kind, organization_id, policy=policy, run_id=run_id, progress=progress)
+    reconciler.unreconciled()
+    return reconciler.finish()
+
+
+class Reconciler:
+    """One reconciliation of ``kind`` for an organisation, a batch at a time: the batches share the index of the
+    unlinked Batchly records by name (read once, at the start), the counts and the progress meter.
+
+    :func:`reconcile` runs one over every mirror row with news. ``services.pull.overlap`` runs one alongside the
+    mirror: :meth:`batch` with ``defer_named`` over the rows each page wrote, while the pages arrive, then
+    :meth:`unreconciled` once the mirror is done. A batch with ``defer_named`` leaves out (unrecorded, so the final
+    pass takes them) the unlinked rows whose name some unlinked Batchly record has: matching hands each Batchly
+    record to the first QuickBooks record that claims it, so those are decided in the final pass, in the mirror's
+    key order, exactly as a reconciliation after the mirror decides them; every other row's outcome does not depend
+    on the order the rows come in — nor on which batch commits first, so batches with ``defer_named`` may run in
+    several threads at once (over disjoint ids: the index is only read then). A row Batchly cannot store is tried
+    once per reconciliation: the final pass skips it while its mirror version is the one that failed.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        kind: NameList,
+        organization_id: int,
+        *,
+        policy: MergePolicy | None = None,
+        run_id: str | None = None,
+        progress: ProgressReport | None = None,
+        total: int | None = None,
+        growing: GrowingTables | None = None,
+    ) -> None:
+        self.started = time.monotonic()
+        self.engine, self.kind, self.organization_id = engine, kind, organization_id
+        self.policy = policy or kind.policy
+        self.run_id = run_id
+        self.stats = ReconcileStats(kind.entity_type)
+        with engine.connect() as conn:
+            self.unlinked = _unlinked_by_name(conn, kind, organization_id)
+            if total is None:
+                total = unreconciled_estimate(conn, organization_id, kind.qbo_entity)
+        self.meter = ProgressMeter(f"reconcile {kind.entity_type}", "rows", progress, total=total)
+        # the planner keeps up with an import
+        self.growing = growing or GrowingTables.of_reconcile(engine, kind.entity_type)
+        self._failed: dict[str, str] = {}  # QuickBooks id → the mirror version Batchly could not store
+        self._lock = threading.Lock()  # batches with ``defer_named`` may run in several threads at once
+
+    def batch(
+        self,
+        ids: Sequence[str],
+        *,
+        defer_named: bool = False,
+        known: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
+    ) -> int:
+        """Reconcile the mirror rows of ``ids`` (at most :data:`CHUNK`) in one transaction, their Batchly rows
+        locked from the first read: an app edit committed meanwhile waits and lands after, never overwritten by a
+        merge that did not see it. With ``defer_named``, unlinked rows a name match could claim are left for a
+        later pass (see the class doc). ``known``: QuickBooks id → (mirror version, the object written at it), from
+        the mirror that wrote them — a row still at that version is not read back from the mirror's JSON. Returns
+        how many rows were left for later."""
+        kind, org = self.kind, self.organization_id
+        with sync_transaction(self.engine) as conn:
+            pulled = [
+                row
+                for row in _mirror_rows(conn, org, kind.qbo_entity, ids, known)
+                if self._failed.get(row["qbo_id"]) != row["version"]
+            ]
+            rows = _with_news(conn, kind, org, pulled)
+            later: set[str] = set()
+            if defer_named and self.unlinked:
+                later = {
+                    row["qbo_id"]
+                    for row in rows
+                    if row["entity_id"] is None
+                    and not row["deleted"]
+                    and self.unlinked.get(normalize_name(row["fields"][kind.name_column]))
+                }
+                rows = [row for row in rows if row["qbo_id"] not in later]
+            chunk = _Chunk(kind, org, self.run_id)
+            counted = ReconcileStats(kind.entity_type)  # this batch's, added once it committed
+            if rows:
+                _plan(conn, chunk, rows, self.unlinked, self.policy, counted)
+                _apply(conn, chunk, counted)
+            stored = [
+                row for row in pulled if row["qbo_id"] not in chunk.failed and row["qbo_id"] not in later
+            ]
+            record_reconciled(conn, org, kind.qbo_entity, stored)
+            clear_errors(conn, org, kind.qbo_entity, (row["qbo_id"] for row in stored))
+            record_errors(conn, chunk.errors)
+        self._failed.update(
+            (row["qbo_id"], row["version"]) for row in pulled if row["qbo_id"] in chunk.failed
+        )
+        counted.examined += len(rows)
+        counted.errors += len(chunk.failed)
+        with self._lock:
+            self.stats.add(counted)
+            self.growing.wrote(len(ids))
+        self.meter.add(len(ids) - len(later), len(ids) - len(later))
+        return len(later)
+
+    def unreconciled(self) -> None:
+        """Reconcile every mirror row whose version was not reconciled yet, scanned in key order (linear in the
+        mirror's rows)."""
+        for ids in _unreconciled_batches(self.engine, self.kind, self.organization_id):
+            self.batch(ids)
+
+    def estimate(self, total: int) -> None:
+        """Correct the rows expected (a mirror still running learns how many it will write)."""
+        self.meter.estimate(max(total, self.meter.done))
+
+    def finish(self) -> ReconcileStats:
+        """The counts, its progress reported as finished."""
+        self.meter.finish()
+        self.stats.duration_s = round(time.monotonic() - self.started, 3)
+        return self.stats
+
+
+def _mirror_rows(
+    conn: Connection,
+    organization_id: int,
+    entity: str,
+    ids: Sequence[str],
+    known: Mapping[str, tuple[str, Mapping[str, Any]]] | None,
+) -> list[dict[str, Any]]:
+    """The mirror rows of ``ids``, their ``data`` taken from ``known`` where the row is still at the version
+    ``known`` names (read from the mirror otherwise)."""
+    if not known:
+        return mirror_rows(conn, organization_id, entity, ids)
+    rows = mirror_rows(conn, organization_id, entity, ids, data=False)
+    stale = []
+    for row in rows:
+        version, data = known.get(row["qbo_id"], (None, None))
+        if version is not None and version == row["version"]:
+            row["data"] = data
+        else:
+            stale.append(row["qbo_id"])
+    if not stale:
+        return rows
+    read = {row["qbo_id"]: row for row in mirror_rows(conn, organization_id, entity, stale)}
+    return [
+        row if "data" in row else read[row["qbo_id"]]
+        for row in rows
+        if "data" in row or row["qbo_id"] in read
+    ]
+
+
+# mirror keys looked at per scan for unreconciled versions (batches of CHUNK are cut from what it finds)
+SCAN = 10 * CHUNK
+
+
+def _unreconciled_batches(engine: Engine, kind: NameList, organization_id: int) -> Iterator[list[str]]:
+    """The QuickBooks ids whose mirror version was not reconciled yet, a batch at a time, scanned in key order
+    (:data:`SCAN` keys per look: linear in the mirror's rows)."""
     after: str | None = ""
     while after is not None:
         with engine.connect() as conn:
-            ids, after = unreconciled_ids(conn, organization_id, kind.qbo_entity, after, CHUNK)
-        if ids:
-            yield ids
+            ids, after = unreconciled_ids(conn, organization_id, kind.qbo_entity, after, SCAN)
+        for start in range(0, len(ids), CHUNK):
+            yield ids[start : start + CHUNK]
 
 
 def _with_news(
@@ -250,9 +384,6 @@ def _plan(
 ) -> None:
     kind, org = chunk.kind, chunk.organization_id
     rows = [row for row in rows if _storable(chunk, row, policy)]
-    reviewing = open_reviews_of_qbo_ids(
-        conn, org, kind.entity_type, LINK_FIELD, [row["qbo_id"] for row in rows]
-    )
     wanted: set[int] = {row["entity_id"] for row in rows if row["entity_id"] is not None}
     matches: dict[str, Match | None] = {}
     for row in rows:
@@ -265,9 +396,12 @@ def _plan(
                 assert isinstance(match.candidate_id, int)
                 wanted.add(match.candidate_id)
                 named.pop(match.candidate_id)  # one QuickBooks record per Batchly record
+    # only a record a person is asked to link can have a link review open already
+    unsure = [qbo_id for qbo_id, match in matches.items() if match and match.decision is MatchDecision.REVIEW]
+    reviewing = open_reviews_of_qbo_ids(conn, org, kind.entity_type, LINK_FIELD, unsure) if unsure else set()
     batchly = lock_rows(conn, kind.entity_type, wanted)
     changed_at = field_change_times(conn, kind.entity_type, batchly.values())
-    open_fields = open_reviews(conn, org, kind.entity_type, wanted)
+    open_fields = open_reviews(conn, org, kind.entity_type, wanted) if wanted else {}
     for row in rows:
         qbo_id = row["qbo_id"]
         qbo_fields = row["fields"]
@@ -281,7 +415,7 @@ def _plan(
         if entity_id is None:
             match = matches[qbo_id]
             if match is None:
-                chunk.creates.append((qbo_id, qbo_fields, _state(chunk, 0, row, qbo_fields)))
+                chunk.creates.append((qbo_id, qbo_fields, row))
                 continue
             if match.decision is MatchDecision.REVIEW:
                 if qbo_id not in reviewing:
@@ -442,9 +576,11 @@ def _apply(conn: Connection, chunk: _Chunk, stats: ReconcileStats) -> None:
             chunk.organization_id,
             [(qbo_id, fields) for qbo_id, fields, _ in chunk.creates],
         )
-        for (entity_id, qbo_id), (_, _, state) in zip(inserted, chunk.creates, strict=True):
-            chunk.states.append(SyncState(**{**vars(state), "entity_id": entity_id}))
+        links = []
+        for (entity_id, qbo_id), (_, fields, row) in zip(inserted, chunk.creates, strict=True):
+            links.append(_state(chunk, entity_id, row, fields))
             chunk.note("create", qbo_id, entity_id)
+        insert_states(conn, links)  # records just created have no link to move
         stats.created += len(inserted)
     for entity_id, changes in chunk.updates.items():
         write_fields(conn, entity_type, entity_id, changes)
