@@ -49,20 +49,13 @@ class Outcome(Generic[K, T]):
     def failed(self) -> bool:
         return self.error is not None
 
-
-@dataclass(frozen=True)
-class CompanyOutcome(Generic[T]):
-    """What became of one organisation's work: its result, or the error of its last attempt."""
-
-    organization_id: int
-    result: T | None
-    error: str | None
-    attempts: int
-    duration_s: float
-
     @property
-    def failed(self) -> bool:
-        return self.error is not None
+    def organization_id(self) -> K:
+        """The key, when the work was per organisation (:func:`run_fleet`)."""
+        return self.key
+
+
+CompanyOutcome = Outcome[int, T]  # one organisation's outcome: its key is the organisation id
 
 
 def _describe(exc: BaseException) -> str:
@@ -85,22 +78,14 @@ def run_fleet(
     raises is tried again after ``retry_delay_s`` (other organisations' work goes on meanwhile), ``attempts`` times
     in all, except for :class:`AuthError`. ``on_outcome`` is called in the calling thread as each organisation
     finishes (to report progress); the outcomes are returned in the order of ``organization_ids``."""
-
-    def company(outcome: Outcome[int, T]) -> CompanyOutcome[T]:
-        return CompanyOutcome(
-            outcome.key, outcome.result, outcome.error, outcome.attempts, outcome.duration_s
-        )
-
-    report = None if on_outcome is None else (lambda outcome: on_outcome(company(outcome)))
-    outcomes = run_each(
+    return run_each(
         organization_ids,
         work,
         workers=workers,
         attempts=attempts,
         retry_delay_s=retry_delay_s,
-        on_outcome=report,
+        on_outcome=on_outcome,
     )
-    return [company(outcome) for outcome in outcomes]
 
 
 def run_each(
