@@ -301,3 +301,25 @@ def test_invoice_lines_that_differ_are_listed_not_rewritten(company: Company) ->
         ("invoice", invoice["Id"], "line 2"),  # QuickBooks' second line has no Batchly twin left
     }
     assert queue(company.engine) == []  # reported, not pushed: QuickBooks keeps a pushed invoice as sent
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [("inv-7", "INV-7"), ("Straße-7", "STRASSE-7")])
+def test_a_duplicate_under_another_letter_case_is_listed_as_the_push_guard_compares_doc_numbers(
+    company: Company, ours: str, theirs: str
+) -> None:
+    """QuickBooks compares DocNumbers without letter case; the push's guard folds them (``casefold``: ``ß`` is
+    ``ss``), so the reconciliation must find the same twins — not count the copy as one of QuickBooks' own."""
+    ada = company.qbo.customer("Ada")
+    item = company.qbo.item("Consulting", "100.00")
+    company.pull()
+    invoice = company.qbo.invoice(ada, item, "100.00", DocNumber=ours)
+    link_invoices_as_pushed(company.engine, company.org, [invoice])
+    company.pull()
+    company.qbo.admin.settings(company.qbo.realm_id, unique_doc_numbers=False)
+    copy = company.qbo.invoice(ada, item, "100.00", DocNumber=theirs)
+
+    result = _reconcile(company, repair=False)
+    [duplicate] = result.of("invoice", "open")
+    assert (duplicate.qbo_id, duplicate.field) == (copy["Id"], RECORD)
+    assert "a duplicate" in duplicate.why
+    assert result.quickbooks_only_invoices == 0

@@ -228,7 +228,7 @@ def compare_invoices(
     has nor one it sent: not synced)."""
     found: list[Difference] = []
     facts = books.facts()
-    by_doc = {str(row["doc_number"]).strip().lower(): row for row in rows}
+    by_doc = {doc_number_key(str(row["doc_number"])): row for row in rows}
     by_id = {row["id"]: row for row in rows}
     linked = {str(row["qbo_id"]) for row in rows if row["qbo_id"] is not None}
     for row in rows:
@@ -281,7 +281,7 @@ def compare_invoices(
     for qbo_id, obj in books.invoices.items():
         if qbo_id in linked:
             continue
-        twin = by_doc.get(str(obj.get("DocNumber") or "").strip().lower())
+        twin = by_doc.get(doc_number_key(str(obj.get("DocNumber") or "")))
         if twin is None:
             send = _sent_as(obj, sent or {})
             if send is None:
