@@ -104,6 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="stop injecting and audit after this")
     parser.add_argument(
+        "--request-log",
+        default="",
+        help="write every request the main company received (arrival, answer, status, batch operations), the "
+        "due samples, the outages and the writes to this JSON file, for a post-mortem of the budget",
+    )
+    parser.add_argument(
         "--keep-database",
         action="store_true",
         help="keep the PostgreSQL database afterwards (to look into it)",
@@ -170,6 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         engine = create_engine(url)
         migrate.upgrade(engine)
         world = _set_up(engine, sandbox, url, Path(tmp), args)
+        requests = RequestLog(sandbox, world.main.realm_id)
         phases = {"set_up": time.monotonic() - started}
         with DagsterStack(world.folder / "dagster_home", world.env) as dagster:
             phases["dagster_start"] = time.monotonic() - started - sum(phases.values())
@@ -188,8 +195,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures = _figures(world, args, chaos, verdict, counters, runs, time.monotonic() - started)
         figures["run_failures"] = dict(failures)
         figures["wall_phases_seconds"] = {name: round(seconds, 1) for name, seconds in phases.items()}
+        figures["calls"] = requests.summary()
         if args.keep_database:
             figures["kept_database"] = url
+        if args.request_log:
+            requests.dump(Path(args.request_log), chaos, _writes(engine, world.main.organization_id))
+            figures["request_log"] = args.request_log
         engine.dispose()
     return figures
 
@@ -250,6 +261,67 @@ def _set_up(
         JOB_LEASE_QBO_SECONDS / args.time_scale,
         _takeover_grace(args.time_scale),
     )
+
+
+class RequestLog:
+    """Every request the main company's sandbox received: when it arrived and was answered (``time.time()``), its
+    resource, its status (0: the connection dropped after the write) and, for a batch call, its operations."""
+
+    def __init__(self, sandbox: SandboxServer, realm_id: str) -> None:
+        self.entries: list[dict[str, Any]] = []
+        handle = sandbox.api.handle
+
+        def logged(request: Any, realm: str, parts: list[str]) -> Any:
+            arrived = time.time()
+            response = handle(request, realm, parts)
+            if realm != realm_id:
+                return response
+            resource = parts[0].lower() if parts else ""
+            ops: Counter[str] = Counter()
+            if resource == "batch":
+                try:
+                    for item in (request.json() or {}).get("BatchItemRequest", []):
+                        ops[str(item.get("operation"))] += 1
+                except Exception:
+                    ops["unreadable"] += 1
+            self.entries.append(
+                {
+                    "arrived": arrived,
+                    "answered": time.time(),
+                    "resource": f"{request.method} {resource}",
+                    "status": 0 if response.drop else response.status,
+                    "ops": dict(ops),
+                }
+            )
+            return response
+
+        sandbox.api.handle = logged  # type: ignore[method-assign,assignment]
+
+    def summary(self) -> dict[str, Any]:
+        """Batch calls by status and by what they carried."""
+        batches = [e for e in self.entries if e["resource"] == "POST batch"]
+        carried: Counter[str] = Counter()
+        for entry in batches:
+            kinds = "+".join(sorted(entry["ops"])) or "none"
+            carried[kinds] += 1
+        return {
+            "batch_by_status": dict(Counter(str(e["status"]) for e in batches)),
+            "batch_by_operations": dict(carried),
+            "batch_ops": sum(sum(e["ops"].values()) for e in batches),
+            "other_by_resource": dict(Counter(e["resource"] for e in self.entries if e not in batches)),
+        }
+
+    def dump(self, path: Path, chaos: Chaos, writes: Sequence[tuple[datetime, str | None]]) -> None:
+        """The post-mortem file: requests, due samples, outages, writes (run ids)."""
+        import json
+
+        payload = {
+            "requests": self.entries,
+            "busy": [(at.timestamp(), due) for at, due in chaos.busy],
+            "outages": [(o.start.timestamp(), o.run_id, o.allowed) for o in chaos.outages],
+            "writes": [(at.timestamp(), run_id) for at, run_id in writes],
+        }
+        path.write_text(json.dumps(payload))
 
 
 def _gist(message: str) -> str:
