@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
+import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, materialize
 
 from batchly_pipelines.definitions import defs
 from batchly_pipelines.defs.partitions import COMPANY, company_key, company_partitions
 from batchly_pipelines.defs.reconciliation.job import company_reconciliation
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
+from batchly_pipelines.quickbooks.oauth import TokenSet
+from batchly_pipelines.services.reconciliation import company as company_module
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.connections import ConnectionStore, unlink_organization
 from batchly_pipelines_tests.support.pull import Company
+from batchly_pipelines_tests.support.sandbox_client import Qbo
 
 
 def _run(company: Company, repair: bool) -> dict[str, object]:
@@ -60,3 +68,58 @@ def test_the_checks_fail_listing_each_difference_until_the_run_repairs_them(conn
     metadata = repaired["materialization"]
     assert metadata["repaired"].value == 1 and metadata["open"].value == 0  # type: ignore[index]
     assert company.row(s.customers, qbo_id=grace["Id"])["display_name"] == "Grace Hopper"
+
+
+def test_a_switch_to_another_company_during_the_run_fails_it_with_a_sentence_and_writes_nothing(
+    connected: Company, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Dagster path of ``CompanyMismatch``: the run goes red (no retry) saying which organisation and company,
+    and nothing from the old company's books is written."""
+    company = connected
+    company.qbo.customer("Ada")
+    company.pull()
+    company.qbo.customer("Grace")  # not pulled: a repair would create it
+    other = Qbo(company.sandbox)
+    real = company_module._confirm_absent
+
+    def switched(*args: Any) -> Any:  # the operator moves the organisation to another company meanwhile
+        found = real(*args)
+        unlink_organization(company.engine, company.org)
+        ConnectionStore(company.engine, os.environ["BATCHLY_SECRET_KEY"]).save(
+            company.org,
+            other.realm_id,
+            "local",
+            company.sandbox.base_url,
+            TokenSet.from_response(company.qbo.admin.tokens(other.realm_id)),
+        )
+        return found
+
+    monkeypatch.setattr(company_module, "_confirm_absent", switched)
+    url = company.engine.url.render_as_string(hide_password=False)
+    instance = DagsterInstance.ephemeral()
+    key = company_key(company.org, "Acme Trading")
+    instance.add_dynamic_partitions(COMPANY, [key])
+    result = materialize(
+        [company_reconciliation],
+        instance=instance,
+        partition_key=key,
+        resources={
+            "batchly_db": BatchlyDatabase(database_url=url),
+            "quickbooks": QuickBooksResource(database_url=url),
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [event for event in result.all_events if event.event_type_value == "STEP_FAILURE"]
+    error = failure.step_failure_data.error
+    assert error is not None and error.cls_name == "Failure"
+    assert (
+        f"organisation {company.org} is not connected to QuickBooks company {company.qbo.realm_id}"
+        in error.message
+    )
+    assert failure.step_failure_data.user_failure_data is not None  # a Failure, not a crash with a traceback
+    assert not [event for event in result.all_events if event.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert [row["display_name"] for row in company.rows(s.customers)] == ["Ada"]  # Grace was not created
+    assert (
+        company.rows(s.qbo_mirror) == []
+    )  # the switch's unlink cleared it; nothing of the old books came back
