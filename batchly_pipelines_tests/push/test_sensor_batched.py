@@ -1,0 +1,204 @@
+"""Batched pushes: ``sync_queue_sensor`` asks for one ``push_to_quickbooks`` run per batch of organisations with due
+work, not one per organisation; inside the run each organisation is pushed on its own — one failing is reported
+against it (the run red) while the others push, one whose realm is busy is left for the next run, not failed."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    ExecuteInProcessResult,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+)
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.defs.push.job import push_to_quickbooks
+from batchly_pipelines.defs.push.sensor import BATCH_TAG, ORGANIZATION_TAG, REALM_TAG, sync_queue_sensor
+from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
+from batchly_pipelines.settings import Settings
+from batchly_pipelines.store import push_locks
+from batchly_pipelines.store import schema as s
+from batchly_pipelines_tests.support import factories as f
+from batchly_pipelines_tests.support.push import TIME_SCALE, Books, connect, queue_status
+from qbo_sandbox.admin_client import SandboxAdmin
+from qbo_sandbox.server import SandboxServer
+
+
+def _url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def companies(
+    engine: Engine, settings: Settings, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[int, Books]]:
+    """Three organisations, each connected to a fresh realm of its own; a failed organisation is retried at once."""
+    monkeypatch.setenv("BATCHLY_COMPANY_RETRY_S", "0.05")
+    admin = SandboxAdmin(sandbox.base_url)
+    found = []
+    for n in range(3):
+        with engine.begin() as conn:
+            org = f.organization(conn, f"Batch Company {n}")
+        realm = admin.new_realm()
+        connect(engine, settings, org, realm)
+        found.append((org, Books(sandbox, realm)))
+    return found
+
+
+def _tick(engine: Engine, instance: DagsterInstance, cursor: str | None = None) -> SensorResult | SkipReason:
+    context = build_sensor_context(
+        instance=instance, cursor=cursor, resources={"batchly_db": BatchlyDatabase(database_url=_url(engine))}
+    )
+    result = sync_queue_sensor(context)
+    assert isinstance(result, SensorResult | SkipReason)
+    return result
+
+
+def _requests(result: SensorResult | SkipReason) -> list[RunRequest]:
+    assert isinstance(result, SensorResult) and result.run_requests is not None
+    return [r for r in result.run_requests if isinstance(r, RunRequest)]
+
+
+def _batch(request: RunRequest) -> list[int]:
+    return list(request.run_config["ops"]["push_records"]["config"]["organization_ids"])
+
+
+def test_the_sensor_asks_for_one_run_per_batch_of_organisations_with_due_work(
+    engine: Engine, companies: list[tuple[int, Books]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    orgs = [org for org, _ in companies]
+    with engine.begin() as conn:
+        for org in orgs:
+            f.customer(conn, org)
+        unconnected = f.organization(conn, "No QuickBooks yet")
+        f.customer(conn, unconnected)
+    instance = DagsterInstance.ephemeral()
+
+    once = _tick(engine, instance)
+    [request] = _requests(once)  # three organisations, one run
+
+    assert _batch(request) == orgs
+    assert request.tags == {BATCH_TAG: "3"}  # many realms: the realm lock keeps one push per company
+    assert request.run_key is not None and request.run_key.startswith(f"push-batch1-org{orgs[0]}-3-upto")
+
+    monkeypatch.setenv("BATCHLY_NIGHTLY_BATCH", "2")
+    assert isinstance(once, SensorResult)
+    first = _tick(engine, instance, once.cursor)
+    assert [_batch(r) for r in _requests(first)] == [orgs[:2], orgs[2:]]
+    assert isinstance(first, SensorResult) and json.loads(first.cursor or "") == {"batches": 3}
+    [single] = _requests(first)[1:]
+    assert single.tags == {
+        BATCH_TAG: "1",
+        REALM_TAG: companies[2][1].realm_id,
+        ORGANIZATION_TAG: str(orgs[2]),
+    }
+
+    # organisations a queued or running push holds (a batch by its config, a "Sync now" run by its tag) are left out
+    instance.add_run(
+        DagsterRun(
+            job_name=push_to_quickbooks.name,
+            status=DagsterRunStatus.STARTED,
+            run_config={"ops": {"push_records": {"config": {"organization_ids": [orgs[0]]}}}},
+        )
+    )
+    instance.add_run(
+        DagsterRun(
+            job_name=push_to_quickbooks.name,
+            status=DagsterRunStatus.STARTING,
+            tags={ORGANIZATION_TAG: str(orgs[2])},
+        )
+    )
+    assert [_batch(r) for r in _requests(_tick(engine, instance, first.cursor))] == [[orgs[1]]]
+
+
+def _run(engine: Engine, organization_ids: list[int]) -> tuple[ExecuteInProcessResult, DagsterInstance]:
+    instance = DagsterInstance.ephemeral()
+    result = push_to_quickbooks.execute_in_process(
+        run_config={"ops": {"push_records": {"config": {"organization_ids": organization_ids}}}},
+        resources={
+            "batchly_db": BatchlyDatabase(database_url=_url(engine)),
+            "quickbooks": QuickBooksResource(database_url=_url(engine), time_scale=TIME_SCALE),
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+    return result, instance
+
+
+def _failure(result: ExecuteInProcessResult) -> tuple[str, dict[str, Any]]:
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    data = failure.step_failure_data.user_failure_data
+    assert data is not None  # a Failure raised on purpose, not a traceback
+    return data.description or "", dict(data.metadata)
+
+
+def _due_work(engine: Engine, org: int, doc_number: str) -> tuple[int, int]:
+    """A new customer and an invoice for it: the customer id and the invoice id."""
+    with engine.begin() as conn:
+        customer = f.customer(conn, org, display_name=f"Customer of {doc_number}")
+        item = f.item(conn, org, name=f"Item of {doc_number}")
+        return customer, f.invoice(conn, org, customer, item, doc_number=doc_number)
+
+
+def test_one_organisation_failing_is_reported_against_it_while_the_others_push(
+    engine: Engine, companies: list[tuple[int, Books]], environment: None
+) -> None:
+    (good, good_books), (bad, bad_books), (other, other_books) = companies
+    invoices = {org: _due_work(engine, org, f"INV-{org}")[1] for org in (good, bad, other)}
+    bad_books.faults(error_500=1.0)  # its QuickBooks answers 500 to everything
+
+    result, _ = _run(engine, [good, bad, other])
+
+    assert not result.success  # red: an organisation failed
+    assert list(good_books.by_doc_number()) == [f"INV-{good}"]
+    assert list(other_books.by_doc_number()) == [f"INV-{other}"]
+    assert bad_books.objects("Invoice") == []
+    assert queue_status(engine, "invoice", invoices[good])[0] == "done"
+    assert queue_status(engine, "invoice", invoices[other])[0] == "done"
+    assert queue_status(engine, "invoice", invoices[bad])[0] in ("pending", "dead")  # retried later
+    description, metadata = _failure(result)
+    assert description.startswith("1 of 3 organisation(s) failed")
+    assert f"organisation {bad} (Batch Company 1)" in description
+    [row] = [dict(r.data) for r in metadata["failed organizations"].value.records]
+    assert row["organization_id"] == bad and row["organization"] == "Batch Company 1"
+    assert row["reason"] and (f"INV-{bad}" in row["records"] or "customer" in row["records"])
+    assert metadata["organizations_pushed"].value == 2 and metadata["organizations_failed"].value == 1
+
+
+def test_an_organisation_whose_realm_is_busy_is_left_for_the_next_run_not_failed(
+    engine: Engine, companies: list[tuple[int, Books]], environment: None
+) -> None:
+    (free, free_books), (busy, busy_books), _ = companies
+    _, free_invoice = _due_work(engine, free, "FREE-1")
+    busy_customer, busy_invoice = _due_work(engine, busy, "BUSY-1")
+    # a CLI push of the busy organisation's company holds its realm's push lock
+    assert (
+        push_locks.acquire(engine, busy_books.realm_id, "cli-1234abcd-99-laptop", busy, timedelta(minutes=5))
+        is None
+    )
+
+    result, _ = _run(engine, [free, busy])
+
+    assert result.success  # skipped is not failed
+    assert list(free_books.by_doc_number()) == ["FREE-1"]
+    assert queue_status(engine, "invoice", free_invoice)[0] == "done"
+    assert busy_books.objects("Invoice") == [] and busy_books.objects("Customer") == []
+    for entity, record in (("invoice", busy_invoice), ("customer", busy_customer)):
+        assert queue_status(engine, entity, record) == ("pending", None)  # untouched: the next batch takes it
+    summary = result.output_for_node("push_records")
+    assert summary["pushed"] == [free] and summary["skipped"] == [busy] and summary["failed"] == []
+    with engine.connect() as conn:
+        attempts = conn.execute(
+            sa.select(s.sync_queue.c.attempts).where(s.sync_queue.c.organization_id == busy)
+        ).scalars()
+        assert set(attempts) == {0}
