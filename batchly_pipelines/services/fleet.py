@@ -72,11 +72,12 @@ def run_fleet(
     workers: int = DEFAULT_WORKERS,
     attempts: int = DEFAULT_ATTEMPTS,
     retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
+    unmendable: tuple[type[BaseException], ...] = UNMENDABLE,
     on_outcome: Callable[[CompanyOutcome[T]], None] | None = None,
 ) -> list[CompanyOutcome[T]]:
     """Run ``work(organization_id)`` for every organisation, ``workers`` at a time; an organisation whose work
     raises is tried again after ``retry_delay_s`` (other organisations' work goes on meanwhile), ``attempts`` times
-    in all, except for :class:`AuthError`. ``on_outcome`` is called in the calling thread as each organisation
+    in all, except for the ``unmendable`` errors (by default :class:`AuthError` and :class:`ReadQuotaExhausted`). ``on_outcome`` is called in the calling thread as each organisation
     finishes (to report progress); the outcomes are returned in the order of ``organization_ids``."""
     return run_each(
         organization_ids,
@@ -84,6 +85,7 @@ def run_fleet(
         workers=workers,
         attempts=attempts,
         retry_delay_s=retry_delay_s,
+        unmendable=unmendable,
         on_outcome=on_outcome,
     )
 
@@ -95,6 +97,7 @@ def run_each(
     workers: int = DEFAULT_WORKERS,
     attempts: int = DEFAULT_ATTEMPTS,
     retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
+    unmendable: tuple[type[BaseException], ...] = UNMENDABLE,
     on_outcome: Callable[[Outcome[K, T]], None] | None = None,
 ) -> list[Outcome[K, T]]:
     """:func:`run_fleet` for any keys (realms as well as organisations): ``work(key)`` for every key, ``workers``
@@ -111,7 +114,7 @@ def run_each(
                 result = work(key)
             except Exception as exc:
                 error = _describe(exc)
-                if tried >= attempts or isinstance(exc, UNMENDABLE) or stop.wait(retry_delay_s):
+                if tried >= attempts or isinstance(exc, unmendable) or stop.wait(retry_delay_s):
                     return Outcome(key, None, error, tried, time.monotonic() - started)
                 continue
             return Outcome(key, result, None, tried, time.monotonic() - started)

@@ -73,6 +73,16 @@ def record_names(conn: Connection, keys: Iterable[tuple[str, int | None]]) -> di
     return names
 
 
+def organization_names(engine: Engine, organization_ids: Iterable[int]) -> dict[int, str]:
+    """The names of ``organization_ids`` (those that exist), in one statement."""
+    ids = sorted(set(organization_ids))
+    if not ids:
+        return {}
+    orgs = s.organizations.c
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(orgs.id, orgs.name).where(orgs.id.in_(ids))).tuples().all())
+
+
 def _organization_names(conn: Connection) -> dict[int, str]:
     return {
         org_id: name for org_id, name in conn.execute(sa.select(s.organizations.c.id, s.organizations.c.name))

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.definitions import defs
 from batchly_pipelines.defs.push.job import push_to_quickbooks
-from batchly_pipelines.defs.push.sensor import ORGANIZATION_TAG, REALM_TAG, sync_queue_sensor
+from batchly_pipelines.defs.push.sensor import BATCH_TAG, ORGANIZATION_TAG, REALM_TAG, sync_queue_sensor
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.store.queue import SyncQueue
 from batchly_pipelines_tests.support import factories as f
@@ -92,16 +92,17 @@ def test_sensor_requests_one_tagged_run_per_connected_organisation_with_due_work
     assert isinstance(first, SensorResult) and first.run_requests is not None
     [request] = first.run_requests
     assert isinstance(request, RunRequest)
-    assert request.tags == {REALM_TAG: books.realm_id, ORGANIZATION_TAG: str(org)}
-    assert request.run_config == {"ops": {"push_records": {"config": {"organization_id": org}}}}
+    # a batch of one organisation (test_sensor_batched.py: many), tagged with its realm like a "Sync now" run
+    assert request.tags == {REALM_TAG: books.realm_id, ORGANIZATION_TAG: str(org), BATCH_TAG: "1"}
+    assert request.run_config == {"ops": {"push_records": {"config": {"organization_ids": [org]}}}}
     max_id = SyncQueue(engine).due_by_organization()[org][1]
-    assert request.run_key == f"push-org{org}-upto{max_id}-1"
-    assert json.loads(first.cursor or "") == {str(org): 1}
+    assert request.run_key == f"push-batch1-org{org}-1-upto{max_id}"
+    assert json.loads(first.cursor or "") == {"batches": 1}
 
     second = _tick(engine, instance, first.cursor)  # still due: a new, distinct run key
     assert isinstance(second, SensorResult) and second.run_requests is not None
     assert [r.run_key for r in second.run_requests if isinstance(r, RunRequest)] == [
-        f"push-org{org}-upto{max_id}-2"
+        f"push-batch2-org{org}-1-upto{max_id}"
     ]
 
     instance.add_run(
@@ -288,7 +289,9 @@ def test_the_launchpad_scaffolds_typed_push_config_and_no_resource_settings() ->
         .config_type.fields["config"]
         .config_type.fields  # type: ignore[attr-defined]
     )
-    assert push_config["organization_id"].is_required
+    # Sync now names one organisation; the sensor's batches name organization_ids instead
+    assert not push_config["organization_id"].is_required
+    assert push_config["organization_ids"].config_type.key == "Noneable.Array.IntSourceType"
     assert push_config["doc_numbers"].config_type.key == "Noneable.Array.StringSourceType"
     assert push_config["invoice_ids"].config_type.key == "Noneable.Array.IntSourceType"
     assert not push_config["doc_numbers"].is_required and not push_config["invoice_ids"].is_required

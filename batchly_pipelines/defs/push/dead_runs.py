@@ -10,6 +10,9 @@ it. A ``STARTED`` push run is dead when
   (its pid is in the run's "Started process for run" event) no longer exists, or is a zombie — also when the lock
   was taken over since, or never taken.
 
+A batched run (many organisations, no realm tag) is found dead by its process alone (its organisations' locks lapse
+with their leases and are taken over by the next batch; run monitoring fails it under other run launchers).
+
 A run holding a live lock is alive whatever its pid says (its step process still pushes). A dead run is marked
 failed with a message that says why, its op concurrency slots are given back, and the sensor requests the company's
 next push; its claimed rows return to the queue when their leases lapse.
@@ -22,7 +25,7 @@ from collections.abc import Iterable
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, DefaultRunLauncher
 
-from batchly_pipelines.defs.push.tags import ORGANIZATION_TAG, REALM_TAG
+from batchly_pipelines.defs.push.tags import BATCH_TAG, ORGANIZATION_TAG, REALM_TAG
 from batchly_pipelines.store import push_locks
 from batchly_pipelines.store.db import Engine
 
@@ -60,10 +63,13 @@ def fail_dead_push_runs(
         reason = why_dead(instance, engine, run)
         if reason is None:
             continue
+        if ORGANIZATION_TAG in run.tags:
+            whose = f"of organisation {run.tags[ORGANIZATION_TAG]}"
+        else:
+            whose = f"of a batch of {run.tags.get(BATCH_TAG, '?')} organisations"
         message = (
-            f"push run {run.run_id[:8]} of organisation {run.tags.get(ORGANIZATION_TAG, '?')} is dead: {reason}. "
-            "Marked failed by sync_queue_sensor so that the company's next push can start; the records it had "
-            "claimed return to the queue when their leases lapse."
+            f"push run {run.run_id[:8]} {whose} is dead: {reason}. Marked failed by sync_queue_sensor so that "
+            "the next push can start; the records it had claimed return to the queue when their leases lapse."
         )
         instance.report_run_failed(run, message)
         if instance.event_log_storage.supports_global_concurrency_limits:

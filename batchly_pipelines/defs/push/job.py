@@ -1,6 +1,8 @@
-"""``push_to_quickbooks``: push one organisation's due records (or chosen invoices) to QuickBooks.
+"""``push_to_quickbooks``: push due records to QuickBooks — many organisations' (a batch) or one organisation's (or
+its chosen invoices).
 
-Launched per organisation by ``sync_queue_sensor``, or by hand from the launchpad ("Sync to QuickBooks now") with
+Launched by ``sync_queue_sensor`` for a batch of organisations with due work (``organization_ids``: see
+:mod:`.batch`, each organisation reported on its own), or by hand from the launchpad ("Sync to QuickBooks now") with
 ``organization_id`` and optionally ``doc_numbers`` / ``invoice_ids``. The work lives in
 :mod:`batchly_pipelines.services.push.organization`; the ops report progress (done/total, throughput, ETA) as logs and
 as observations of the ``sync_status`` asset.
@@ -17,7 +19,6 @@ from datetime import timedelta
 from typing import Any
 
 from dagster import (
-    AssetKey,
     AssetObservation,
     Config,
     Failure,
@@ -34,6 +35,7 @@ from pydantic import Field
 from batchly_pipelines.defs.monitoring import tables
 from batchly_pipelines.defs.monitoring.waits import WaitAnnouncer
 from batchly_pipelines.defs.push import sync_now
+from batchly_pipelines.defs.push.batch import PROGRESS_ASSET, push_batch
 from batchly_pipelines.defs.push.lineage import record_pushed
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.quickbooks.client import QuickBooksClient
@@ -53,7 +55,6 @@ from batchly_pipelines.store.db import DATABASE_ERRORS
 from batchly_pipelines.store.schema import QUEUE_STATES
 from batchly_pipelines.store.status import run_failures
 
-PROGRESS_ASSET = AssetKey("sync_status")
 PROGRESS_EVERY_SECONDS = 2.0
 LINGER_SECONDS = 15.0
 DESCRIBED = 10  # failures spelled out in a run's failure description (the table has them all)
@@ -63,7 +64,15 @@ class PushConfig(Config):
     """Which records to push: everything due for one organisation, or only some of its invoices."""
 
     organization_id: int = Field(
-        description="The Batchly organisation whose QuickBooks company receives the push."
+        default=0,
+        description="The Batchly organisation whose QuickBooks company receives the push (Sync to QuickBooks now).",
+    )
+    organization_ids: list[int] = Field(
+        default_factory=list,
+        description=(
+            "A batch (what sync_queue_sensor asks for): push every due record of each of these organisations, "
+            "several at a time, each failure reported against its organisation. Instead of organization_id."
+        ),
     )
     doc_numbers: list[str] = Field(
         default_factory=list,
@@ -79,7 +88,10 @@ class PushConfig(Config):
     claim_size: int = Field(default=CLAIM_SIZE, description="Queue rows claimed per round.")
     linger_seconds: float = Field(
         default=LINGER_SECONDS,
-        description="After the queue runs dry, keep watching it this long (real seconds) for records created meanwhile.",
+        description=(
+            "After the queue runs dry, keep watching it this long (real seconds) for records created meanwhile "
+            "(one organisation's run; a batch does not linger)."
+        ),
     )
     lease_seconds: float = Field(
         default=DEFAULT_LEASE.total_seconds(),
@@ -139,6 +151,28 @@ def push_records(
     A Batchly database that does not answer (or stops answering and stays away: the push asks again first) fails
     the run with a sentence naming the organisation, as the CLI answers — not a traceback; Dagster may retry it.
     """
+    if config.organization_ids:
+        if config.organization_id or config.doc_numbers or config.invoice_ids:
+            raise Failure(
+                description=(
+                    "organization_ids (a batch of every due record) cannot be combined with organization_id, "
+                    "doc_numbers or invoice_ids (Sync to QuickBooks now of one organisation)"
+                ),
+                allow_retries=False,
+            )
+        return push_batch(
+            context,
+            config.organization_ids,
+            batchly_db,
+            quickbooks,
+            claim_size=config.claim_size,
+            lease=timedelta(seconds=config.lease_seconds),
+        )
+    if config.organization_id <= 0:
+        raise Failure(
+            description="say which organisation to push: organization_id (or organization_ids for a batch)",
+            allow_retries=False,
+        )
     try:
         return _push_records(context, config, batchly_db, quickbooks)
     except DATABASE_ERRORS as exc:
@@ -260,7 +294,23 @@ def _describe(failures: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str
 def record_queue_depth(
     context: OpExecutionContext, summary: dict[str, Any], batchly_db: BatchlyDatabase
 ) -> None:
-    """Observe the organisation's queue depth by state after the push (what is left, what is dead)."""
+    """Observe the organisation's queue depth by state after the push (what is left, what is dead); for a batch,
+    the batch's depth summed, in one statement."""
+    if "organization_ids" in summary:
+        wanted = set(summary["organization_ids"])
+        totals = dict.fromkeys(QUEUE_STATES, 0)
+        for org, states in batchly_db.queue.depth().items():
+            if org in wanted:
+                for state, count in states.items():
+                    totals[state] = totals.get(state, 0) + count
+        context.log.info(f"queue of the batch's {len(wanted)} organisations after the push: {totals}")
+        context.log_event(
+            AssetObservation(
+                asset_key=PROGRESS_ASSET,
+                metadata={"organizations": len(wanted), **{f"queue_{k}": v for k, v in totals.items()}},
+            )
+        )
+        return
     organization_id = int(summary["organization_id"])
     depth = batchly_db.queue.depth(organization_id).get(organization_id, dict.fromkeys(QUEUE_STATES, 0))
     context.log.info(f"organisation {organization_id} queue after the push: {depth}")
@@ -273,7 +323,10 @@ def record_queue_depth(
 
 
 @job(
-    description="Push one organisation's pending customers, items and invoices (or chosen invoices) to QuickBooks.",
+    description=(
+        "Push pending customers, items and invoices to QuickBooks: a batch of organisations (the sensor's runs), "
+        "or one organisation's, or its chosen invoices (Sync to QuickBooks now)."
+    ),
     tags={"batchly/direction": "push"},
 )
 def push_to_quickbooks() -> None:

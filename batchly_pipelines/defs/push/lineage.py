@@ -60,3 +60,26 @@ def record_pushed(context: OpExecutionContext, organization_id: int, actions: Ma
                 metadata={"organization_id": organization_id, **verbs},
             )
         )
+
+
+def record_pushed_batch(context: OpExecutionContext, actions: Mapping[int, Mapping[str, int]]) -> None:
+    """:func:`record_pushed` for a batched run: one materialisation per entity written, its counts summed over the
+    organisations (``actions``: organisation id → its actions), the organisations that wrote to it counted — not
+    one event per organisation and entity."""
+    by_entity: dict[str, dict[str, int]] = {}
+    writers: dict[str, set[int]] = {}
+    for organization_id, counts in actions.items():
+        for action, count in counts.items():
+            entity, _, verb = action.partition(".")
+            if entity in PUSHED and verb not in NOT_WRITTEN and count:
+                verbs = by_entity.setdefault(entity, {})
+                verbs[verb] = verbs.get(verb, 0) + count
+                writers.setdefault(entity, set()).add(organization_id)
+    for entity, verbs in sorted(by_entity.items()):
+        context.log_event(
+            AssetMaterialization(
+                asset_key=PUSHED[entity].key,
+                description=f"pushed for {len(writers[entity])} organisation(s)",
+                metadata={"organizations": len(writers[entity]), **verbs},
+            )
+        )
