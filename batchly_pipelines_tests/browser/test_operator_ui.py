@@ -354,6 +354,9 @@ def test_a_full_reconciliation_launched_from_the_asset_page_fails_its_check_nami
     expect(row).to_contain_text("Failed", timeout=CHECK_TIMEOUT_MS)
     expect(page.get_by_text(re.compile(r"totals differ")).first).to_be_visible()
     expect(page.get_by_text(re.compile(r"GOOD-1")).first).to_be_visible()
+    expect(
+        page.get_by_text(key, exact=True).first
+    ).to_be_visible()  # the evaluation is the company's partition's
     _shot(page, "reconcile-check.png")
 
 

@@ -60,6 +60,8 @@ def test_the_checks_fail_listing_each_difference_until_the_run_repairs_them(conn
         grace["Id"] in row["record"] and row["why"] == "only in QuickBooks: no Batchly record is linked to it"
     )
     assert looked["items_reconciled"].passed and looked["invoices_reconciled"].passed  # type: ignore[attr-defined]
+    key = company_key(company.org, "Acme Trading")
+    assert {looked[name].partition for name in ("customers_reconciled", "items_reconciled")} == {key}  # type: ignore[attr-defined]
 
     repaired = _run(company, repair=True)
     assert all(

@@ -103,6 +103,7 @@ def _check(result: CompanyReconciliation, entity: str) -> AssetCheckResult:
             asset="company_reconciliation",
             description=f"Every {entity} agrees with QuickBooks, or an open conflict, a listed error or a waiting "
             "push says why; fails (ERROR) listing each record and field that differs.",
+            partitions_def=company_partitions,  # each company's result is kept under its partition
         )
         for entity, name in CHECKS.items()
     ],
