@@ -43,6 +43,7 @@ from batchly_pipelines.quickbooks.wire import (
     REQUEST_ID_MAX,
     assign_batch_ids,
     batch_request_id,
+    decode_answer,
     format_qbo_time,
     qbo_last_updated,
 )
@@ -563,7 +564,7 @@ class QuickBooksClient:
             if kind in READ_KINDS and self.read_meter is not None:
                 self.read_meter.count(kind)
             try:
-                return _Reply(json.loads(response.content, parse_float=Decimal), tid)
+                return _Reply(decode_answer(response.content), tid)
             except ValueError:
                 raise ServerError(
                     "QuickBooks answered 200 with a body that is not JSON", intuit_tid=tid

@@ -10,13 +10,29 @@ import json
 import uuid
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
+
+import msgspec
 
 NAMESPACE = uuid.UUID("8f0a8f62-4d2e-5b8a-9c1e-6b7a2d3c4e5f")
 REQUEST_ID_MAX = 36
 BATCH_MAX = 30
 
 K = TypeVar("K", bound=Hashable)
+
+# an answer's numbers with a fraction or an exponent as exact Decimals, as json.loads(parse_float=Decimal) reads them
+_ANSWER = msgspec.json.Decoder(float_hook=Decimal)
+
+
+def decode_answer(body: bytes | str) -> Any:
+    """An answer's JSON, its amounts exact (``Decimal``). msgspec parses it in about a fifth of ``json``'s time;
+    what msgspec refuses and ``json`` reads (an escaped unpaired surrogate in a string, which QuickBooks may send
+    and the storage checks report) is read by ``json``. Raises ``ValueError`` when it is not JSON."""
+    try:
+        return _ANSWER.decode(body)
+    except msgspec.DecodeError:
+        return json.loads(body, parse_float=Decimal)
 
 
 def qbo_time(text: str) -> datetime:

@@ -13,11 +13,12 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from batchly_pipelines.store.db import dumps_json
+from batchly_pipelines.store.db import _json_value, dumps_json
 
 # SQLite allows 32,766 bound variables per statement; PostgreSQL 65,535. Chunks stay well under both.
 MAX_BOUND_VALUES = 30_000
@@ -103,9 +104,22 @@ def _copy_string(value: Any) -> str:
     return text
 
 
+# what orjson writes itself but json refuses (_json_value refuses them too): left to the default, as with json
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
 def _copy_json(value: Any) -> str:
-    """JSON (which escapes tabs and newlines itself: only its backslashes need doubling)."""
-    return dumps_json(value).replace("\\", "\\\\")
+    """JSON (which escapes tabs and newlines itself: only its backslashes need doubling). The text of
+    :func:`~batchly_pipelines.store.db.dumps_json` (Decimals by the same rule), written by orjson in a fraction of
+    ``json``'s time; what orjson refuses (an unpaired surrogate, an integer beyond 64 bits, a key that is not a
+    string) goes to ``dumps_json``."""
+    try:
+        text = orjson.dumps(value, default=_json_value, option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        text = dumps_json(value)
+    return text.replace("\\", "\\\\")
 
 
 def _copy_bool(value: Any) -> str:

@@ -89,3 +89,24 @@ def test_amounts_are_stored_as_json_numbers_exactly_by_one_row_and_by_a_batch(en
     assert len(stored) == 1 + COPY_FROM_ROWS
     # a float that carries the decimal exactly is a JSON number, as on the wire; one that would not, a string
     assert {(data["Balance"], data["Huge"]) for data in stored} == {(1250.1, "12345678901234567890.12")}
+
+
+def test_a_batch_of_new_rows_and_a_batch_mixing_held_ones_keep_the_version_rules(engine: Engine) -> None:
+    # an import's page (none held: straight into the mirror on PostgreSQL) and one that holds known ids (upserted)
+    first = [_customer(str(n), "1", "first") for n in range(COPY_FROM_ROWS)]
+    first.append(_customer("0", "2", "first, again"))  # one id twice in a page: the later one is written
+    with engine.begin() as conn:
+        org = factories.organization(conn)
+        written = store_objects(conn, org, "Customer", first)
+    assert {obj["Id"] for obj in written} == {str(n) for n in range(COPY_FROM_ROWS)}
+    mirror = _mirror(engine)
+    assert len(mirror) == COPY_FROM_ROWS and mirror["0"] == ("2", False, "first, again")
+    second = [_customer(str(n), "0" if n < 10 else "3", "second") for n in range(5, 5 + COPY_FROM_ROWS)]
+    with engine.begin() as conn:
+        written = store_objects(conn, org, "Customer", second)
+    # the older versions of 5..9 are not written; 10.. are newer (or new)
+    assert {obj["Id"] for obj in written} == {str(n) for n in range(10, 5 + COPY_FROM_ROWS)}
+    mirror = _mirror(engine)
+    assert mirror["5"] == ("1", False, "first") and mirror["10"] == ("3", False, "second")
+    assert mirror[str(4 + COPY_FROM_ROWS)] == ("3", False, "second")
+    assert len(mirror) == 5 + COPY_FROM_ROWS
