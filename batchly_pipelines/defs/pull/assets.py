@@ -343,6 +343,24 @@ def _overlapped_numbers(done: Overlapped, engine: Engine, org: int) -> dict[str,
     return numbers
 
 
+def _overlapped(pull_and_reconcile: Callable[..., Overlapped], **options: Any) -> TogetherStep:
+    """The step of a run that selects both assets: ``pull_and_reconcile`` (``services.pull.overlap``) reconciles
+    each company's records while its mirror's pages arrive; ``options`` are its entity's own (review fields)."""
+
+    def together(
+        engine: Engine,
+        client: QuickBooksClient,
+        org: int,
+        window: Window,
+        run_id: str,
+        progress: ProgressReport,
+    ) -> tuple[PullStats, dict[str, Any]]:
+        done = pull_and_reconcile(engine, client, org, window, run_id=run_id, progress=progress, **options)
+        return done.pulled, _overlapped_numbers(done, engine, org)
+
+    return together
+
+
 @_pull_asset(
     "pull_customers_step",
     (
@@ -369,19 +387,6 @@ def customers_pull(
         )
         return _reconciled_numbers(stats, engine, org)
 
-    def together(
-        engine: Engine,
-        client: QuickBooksClient,
-        org: int,
-        window: Window,
-        run_id: str,
-        progress: ProgressReport,
-    ) -> tuple[PullStats, dict[str, Any]]:
-        done = pull_and_reconcile_customers(
-            engine, client, org, window, review_fields=config.review_fields, run_id=run_id, progress=progress
-        )
-        return done.pulled, _overlapped_numbers(done, engine, org)
-
     yield from _pull_companies(
         context,
         batchly_db,
@@ -392,7 +397,7 @@ def customers_pull(
         batchly_customers,
         "Customer",
         "changed",
-        together,
+        _overlapped(pull_and_reconcile_customers, review_fields=config.review_fields),
     )
 
 
@@ -415,17 +420,6 @@ def items_pull(context: AssetExecutionContext, batchly_db: BatchlyDatabase, quic
             reconcile_items(engine, org, run_id=run_id, progress=progress), engine, org
         )
 
-    def together(
-        engine: Engine,
-        client: QuickBooksClient,
-        org: int,
-        window: Window,
-        run_id: str,
-        progress: ProgressReport,
-    ) -> tuple[PullStats, dict[str, Any]]:
-        done = pull_and_reconcile_items(engine, client, org, window, run_id=run_id, progress=progress)
-        return done.pulled, _overlapped_numbers(done, engine, org)
-
     yield from _pull_companies(
         context,
         batchly_db,
@@ -436,7 +430,7 @@ def items_pull(context: AssetExecutionContext, batchly_db: BatchlyDatabase, quic
         batchly_items,
         "Item",
         "changed",
-        together,
+        _overlapped(pull_and_reconcile_items),
     )
 
 
