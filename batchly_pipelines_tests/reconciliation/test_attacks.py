@@ -5,7 +5,6 @@ Batchly cannot store."""
 
 from __future__ import annotations
 
-import os
 from decimal import Decimal
 from typing import Any
 
@@ -14,14 +13,13 @@ import sqlalchemy as sa
 
 from batchly_pipelines.cli.main import main
 from batchly_pipelines.quickbooks.client import QuickBooksClient
-from batchly_pipelines.quickbooks.oauth import TokenSet
-from batchly_pipelines.services.reconciliation import company as company_module
 from batchly_pipelines.services.reconciliation.company import CompanyReconciliation, reconcile_company
 from batchly_pipelines.services.reconciliation.compare import RECORD
 from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.connections import CompanyMismatch, ConnectionStore, unlink_organization
+from batchly_pipelines.store.connections import CompanyMismatch
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.invoice_sends import InvoiceSend, record_sends
+from batchly_pipelines_tests.reconciliation.switch import switch_after_the_read
 from batchly_pipelines_tests.support import factories
 from batchly_pipelines_tests.support.pull import Company, link_invoices_as_pushed
 from batchly_pipelines_tests.support.quickbooks import SandboxTokens
@@ -176,22 +174,7 @@ def test_a_switch_to_another_company_while_the_books_are_read_writes_nothing_fro
     company.qbo.customer("Ada")
     company.pull()
     company.qbo.customer("Grace")  # not pulled: a repair would create it
-    other, _ = _other_company_client(company)
-    real = company_module._confirm_absent
-
-    def switched(*args: Any) -> Any:  # the operator moves the organisation to another company meanwhile
-        found = real(*args)
-        unlink_organization(company.engine, company.org)
-        ConnectionStore(company.engine, os.environ["BATCHLY_SECRET_KEY"]).save(
-            company.org,
-            other.realm_id,
-            "local",
-            company.sandbox.base_url,
-            TokenSet.from_response(company.qbo.admin.tokens(other.realm_id)),
-        )
-        return found
-
-    monkeypatch.setattr(company_module, "_confirm_absent", switched)
+    switch_after_the_read(company, monkeypatch)
     before_customers = len(company.rows(s.customers))
     with pytest.raises(CompanyMismatch):
         _reconcile(company)

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import pytest
 
 from batchly_pipelines.cli.main import main
-from batchly_pipelines.quickbooks.oauth import TokenSet
-from batchly_pipelines.services.reconciliation import company as company_module
 from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.connections import ConnectionStore, unlink_organization
+from batchly_pipelines_tests.reconciliation.switch import switch_after_the_read
 from batchly_pipelines_tests.support.pull import Company
-from batchly_pipelines_tests.support.sandbox_client import Qbo
 
 
 def test_reconcile_lists_repairs_and_fails_while_a_difference_is_open(
@@ -48,22 +42,7 @@ def test_reconcile_refuses_when_the_organisation_is_switched_to_another_company_
     connected.qbo.customer("Ada")
     connected.pull()
     connected.qbo.customer("Grace")  # a repair from these books would create her
-    other = Qbo(connected.sandbox)
-    real = company_module._confirm_absent
-
-    def switched(*args: Any) -> Any:  # between the read and the repairs the operator switches companies
-        found = real(*args)
-        unlink_organization(connected.engine, connected.org)
-        ConnectionStore(connected.engine, os.environ["BATCHLY_SECRET_KEY"]).save(
-            connected.org,
-            other.realm_id,
-            "local",
-            connected.sandbox.base_url,
-            TokenSet.from_response(other.admin.tokens(other.realm_id)),
-        )
-        return found
-
-    monkeypatch.setattr(company_module, "_confirm_absent", switched)
+    switch_after_the_read(connected, monkeypatch)
     assert main(["reconcile", "--org", str(connected.org)]) == 2
     err = capsys.readouterr().err
     assert (

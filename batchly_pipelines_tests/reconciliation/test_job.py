@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import pytest
-from dagster import AssetCheckSeverity, DagsterInstance, materialize
+from dagster import AssetCheckSeverity, DagsterInstance, ExecuteInProcessResult, materialize
 
 from batchly_pipelines.definitions import defs
 from batchly_pipelines.defs.partitions import COMPANY, company_key, company_partitions
 from batchly_pipelines.defs.reconciliation.job import company_reconciliation
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
-from batchly_pipelines.quickbooks.oauth import TokenSet
-from batchly_pipelines.services.reconciliation import company as company_module
 from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.connections import ConnectionStore, unlink_organization
+from batchly_pipelines_tests.reconciliation.switch import switch_after_the_read
 from batchly_pipelines_tests.support.pull import Company
-from batchly_pipelines_tests.support.sandbox_client import Qbo
 
 
-def _run(company: Company, repair: bool) -> dict[str, object]:
+def _materialize(company: Company, repair: bool = True) -> ExecuteInProcessResult:
     """The job's asset executed in-process over the organisation's company partition (and another company's key,
     which it must not touch)."""
     url = company.engine.url.render_as_string(hide_password=False)
     instance = DagsterInstance.ephemeral()
     key = company_key(company.org, "Acme Trading")
     instance.add_dynamic_partitions(COMPANY, [company_key(company.org + 1000, "Other"), key])
-    result = materialize(
+    return materialize(
         [company_reconciliation],
         instance=instance,
         partition_key=key,
@@ -36,7 +30,13 @@ def _run(company: Company, repair: bool) -> dict[str, object]:
             "quickbooks": QuickBooksResource(database_url=url),
         },
         run_config={"ops": {"company_reconciliation": {"config": {"repair": repair}}}},
+        raise_on_error=False,
     )
+
+
+def _run(company: Company, repair: bool) -> dict[str, object]:
+    """A successful run's materialisation metadata and its check evaluations by name."""
+    result = _materialize(company, repair)
     assert result.success
     [materialization] = result.asset_materializations_for_node("company_reconciliation")
     return {
@@ -81,36 +81,8 @@ def test_a_switch_to_another_company_during_the_run_fails_it_with_a_sentence_and
     company.qbo.customer("Ada")
     company.pull()
     company.qbo.customer("Grace")  # not pulled: a repair would create it
-    other = Qbo(company.sandbox)
-    real = company_module._confirm_absent
-
-    def switched(*args: Any) -> Any:  # the operator moves the organisation to another company meanwhile
-        found = real(*args)
-        unlink_organization(company.engine, company.org)
-        ConnectionStore(company.engine, os.environ["BATCHLY_SECRET_KEY"]).save(
-            company.org,
-            other.realm_id,
-            "local",
-            company.sandbox.base_url,
-            TokenSet.from_response(company.qbo.admin.tokens(other.realm_id)),
-        )
-        return found
-
-    monkeypatch.setattr(company_module, "_confirm_absent", switched)
-    url = company.engine.url.render_as_string(hide_password=False)
-    instance = DagsterInstance.ephemeral()
-    key = company_key(company.org, "Acme Trading")
-    instance.add_dynamic_partitions(COMPANY, [key])
-    result = materialize(
-        [company_reconciliation],
-        instance=instance,
-        partition_key=key,
-        resources={
-            "batchly_db": BatchlyDatabase(database_url=url),
-            "quickbooks": QuickBooksResource(database_url=url),
-        },
-        raise_on_error=False,
-    )
+    switch_after_the_read(company, monkeypatch)
+    result = _materialize(company)
     assert not result.success
     [failure] = [event for event in result.all_events if event.event_type_value == "STEP_FAILURE"]
     error = failure.step_failure_data.error
@@ -122,6 +94,5 @@ def test_a_switch_to_another_company_during_the_run_fails_it_with_a_sentence_and
     assert failure.step_failure_data.user_failure_data is not None  # a Failure, not a crash with a traceback
     assert not [event for event in result.all_events if event.event_type_value == "STEP_UP_FOR_RETRY"]
     assert [row["display_name"] for row in company.rows(s.customers)] == ["Ada"]  # Grace was not created
-    assert (
-        company.rows(s.qbo_mirror) == []
-    )  # the switch's unlink cleared it; nothing of the old books came back
+    # the switch's unlink cleared the mirror; nothing of the old books came back
+    assert company.rows(s.qbo_mirror) == []
