@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from batchly_pipelines.store.lookup import among
 from batchly_pipelines.store.schema import sync_conflicts, utcnow
 
 c = sync_conflicts.c
@@ -121,10 +122,14 @@ def list_conflicts(
     return [dict(r) for r in conn.execute(query).mappings()]
 
 
-def open_conflict_fields(conn: Connection, organization_id: int, entity_type: str) -> dict[int, set[str]]:
-    """Fields awaiting review per record of ``entity_type``: a push leaves them alone until a person decides."""
+def open_conflict_fields(
+    conn: Connection, organization_id: int | Sequence[int], entity_type: str
+) -> dict[int, set[str]]:
+    """Fields awaiting review per record of ``entity_type``: a push leaves them alone until a person decides. Of one
+    organisation, or of several in one statement (record ids are unique across organisations)."""
+    orgs = [organization_id] if isinstance(organization_id, int) else list(organization_id)
     query = sa.select(c.entity_id, c.field).where(
-        c.organization_id == organization_id, c.entity_type == entity_type, c.resolution == "pending_review"
+        among(conn, c.organization_id, orgs), c.entity_type == entity_type, c.resolution == "pending_review"
     )
     held: dict[int, set[str]] = {}
     for entity_id, name in conn.execute(query):

@@ -11,7 +11,7 @@ one made meanwhile (by a concurrent pull) stays owed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from batchly_pipelines.rules.payments import PaymentStatus
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.lookup import among
 from batchly_pipelines.store.upsert import bulk_upsert
 
 m, inv, owed = s.qbo_mirror.c, s.invoices.c, s.qbo_owed_reads.c
@@ -42,6 +43,13 @@ def _with_twin(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
     )
 
 
+def _of(conn: Connection, organization_id: int | Sequence[int]) -> sa.ColumnElement[bool]:
+    """The invoice is the organisation's, or one of the organisations'."""
+    if isinstance(organization_id, int):
+        return inv.organization_id == organization_id
+    return among(conn, inv.organization_id, organization_id)
+
+
 def _page(conn: Connection, query: sa.Select[Any], after: int, limit: int) -> list[dict[str, Any]]:
     """The next ``limit`` rows of ``query`` after invoice id ``after``."""
     rows = conn.execute(query.where(inv.id > after).order_by(inv.id).limit(limit)).mappings()
@@ -61,12 +69,12 @@ def unreconciled_payments(
 
 
 def reconciled_payments(
-    conn: Connection, organization_id: int, after: int, limit: int
+    conn: Connection, organization_id: int | Sequence[int], after: int, limit: int
 ) -> list[dict[str, Any]]:
-    """Linked invoices reconciled with their live twin's current mirror version: id, qbo_id, the payment columns
-    and the twin's ``data``."""
-    query = _with_twin(*(inv[c] for c in PAYMENT_COLUMNS), m.data).where(
-        inv.organization_id == organization_id, m.deleted.is_(False), inv.payment_mirror_version == m.version
+    """Linked invoices reconciled with their live twin's current mirror version: id, qbo_id, organization_id, the
+    payment columns and the twin's ``data`` (of one organisation, or of several in one keyset)."""
+    query = _with_twin(inv.organization_id, *(inv[c] for c in PAYMENT_COLUMNS), m.data).where(
+        _of(conn, organization_id), m.deleted.is_(False), inv.payment_mirror_version == m.version
     )
     return _page(conn, query, after, limit)
 
@@ -88,10 +96,13 @@ def linked_invoice_ids(conn: Connection, organization_id: int) -> list[str]:
     return sorted(conn.execute(query).scalars())
 
 
-def linked_totals(conn: Connection, organization_id: int, after: int, limit: int) -> list[dict[str, Any]]:
-    """Linked invoices that are not void, with a live twin: id, qbo_id, ``total_amount`` and the twin's ``data``."""
-    query = _with_twin(inv.total_amount, m.data).where(
-        inv.organization_id == organization_id, m.deleted.is_(False), inv.status != "void"
+def linked_totals(
+    conn: Connection, organization_id: int | Sequence[int], after: int, limit: int
+) -> list[dict[str, Any]]:
+    """Linked invoices that are not void, with a live twin: id, qbo_id, organization_id, ``total_amount`` and the
+    twin's ``data`` (of one organisation, or of several in one keyset)."""
+    query = _with_twin(inv.organization_id, inv.total_amount, m.data).where(
+        _of(conn, organization_id), m.deleted.is_(False), inv.status != "void"
     )
     return _page(conn, query, after, limit)
 

@@ -33,6 +33,18 @@ def organization_timezone(conn: Connection, organization_id: int) -> str:
     return conn.execute(sa.select(org.timezone).where(org.id == organization_id)).scalar_one()
 
 
+def organization_timezones(engine: Engine, organization_ids: Iterable[int]) -> dict[int, str]:
+    """The IANA time zone name of each of ``organization_ids`` (those that exist), in one statement."""
+    ids = sorted(set(organization_ids))
+    if not ids:
+        return {}
+    with engine.connect() as conn:
+        return {
+            org_id: zone
+            for org_id, zone in conn.execute(sa.select(org.id, org.timezone).where(org.id.in_(ids)))
+        }
+
+
 def unconnected_organizations(engine: Engine) -> tuple[int, list[tuple[int, str]]]:
     """How many QuickBooks connection rows exist (whatever their status), and the organisations without one as
     ``(id, name)`` by id — read in one connection, closed on return (on SQLite an open read holds the write lock)."""

@@ -68,6 +68,26 @@ def open_errors(
     return [dict(row) for row in conn.execute(query).mappings()]
 
 
+def errors_by_organization(
+    conn: Connection, organization_ids: Sequence[int], entity_type: str, *, limit: int
+) -> dict[int, tuple[int, list[dict[str, Any]]]]:
+    """For each of ``organization_ids`` with listed errors of ``entity_type``: how many, and the oldest ``limit`` of
+    them — two statements for all the organisations."""
+    orgs = list(organization_ids)
+    if not orgs:
+        return {}
+    where = sa.and_(among(conn, e.organization_id, orgs), e.entity_type == entity_type)
+    grouped = sa.select(e.organization_id, sa.func.count()).where(where).group_by(e.organization_id)
+    counts: dict[int, int] = {org: int(count) for org, count in conn.execute(grouped)}
+    rank = sa.func.row_number().over(partition_by=e.organization_id, order_by=e.id).label("rank")
+    ranked = sa.select(pull_errors, rank).where(where).subquery()
+    listed: dict[int, list[dict[str, Any]]] = {}
+    query = sa.select(*(ranked.c[col.name] for col in pull_errors.columns)).where(ranked.c.rank <= limit)
+    for row in conn.execute(query.order_by(ranked.c.id)).mappings():
+        listed.setdefault(row["organization_id"], []).append(dict(row))
+    return {org: (int(count), listed.get(org, [])) for org, count in counts.items()}
+
+
 def count_errors(conn: Connection, organization_id: int, entity_type: str) -> int:
     """How many values of the organisation's ``entity_type`` records are listed."""
     query = sa.select(sa.func.count()).where(

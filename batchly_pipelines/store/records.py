@@ -118,10 +118,11 @@ def link_record(
 
 
 def reconciled_rows(
-    conn: Connection, kind: NameList, organization_id: int, after: int, limit: int
+    conn: Connection, kind: NameList, organization_id: int | Sequence[int], after: int, limit: int
 ) -> list[dict[str, Any]]:
     """The next ``limit`` linked rows after id ``after`` whose link is at the SyncToken of their live mirror row,
-    each with the link's ``base`` and the mirror's ``data``."""
+    each with the link's ``base`` and the mirror's ``data`` — of one organisation, or of several at once (ids are
+    unique across organisations: one keyset over all of them)."""
     table = TABLES[kind.entity_type]
     t = table.c
     query = (
@@ -136,11 +137,18 @@ def reconciled_rows(
                 m.sync_token == st.sync_token,
             ),
         )
-        .where(t.organization_id == organization_id, m.deleted.is_(False), t.id > after)
+        .where(_of(conn, t.organization_id, organization_id), m.deleted.is_(False), t.id > after)
         .order_by(t.id)
         .limit(limit)
     )
     return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _of(conn: Connection, column: Any, organization_id: int | Sequence[int]) -> sa.ColumnElement[bool]:
+    """``column`` is the organisation, or one of the organisations."""
+    if isinstance(organization_id, int):
+        return column == organization_id
+    return among(conn, column, organization_id)
 
 
 @cache

@@ -80,7 +80,10 @@ def organization_names(engine: Engine, organization_ids: Iterable[int]) -> dict[
         return {}
     orgs = s.organizations.c
     with engine.connect() as conn:
-        return dict(conn.execute(sa.select(orgs.id, orgs.name).where(orgs.id.in_(ids))).tuples().all())
+        return {
+            org_id: name
+            for org_id, name in conn.execute(sa.select(orgs.id, orgs.name).where(orgs.id.in_(ids)))
+        }
 
 
 def _organization_names(conn: Connection) -> dict[int, str]:

@@ -3,10 +3,12 @@ could not store (the pull's error list). Conflicts waiting for review are ``sync
 live by ``sync_status_sensor`` (a check here would stay red after a resolve until the next pull).
 
 A check evaluates the organisations of the run's company partitions (from its tags), or every connected one when it runs on
-its own. The work is in ``services.pull_checks``.
+its own — all of them at once, set-based (a statement per thousand records, not a few per organisation; the payment
+check still loads the mirrored payments its invoices name per organisation), and reports them per organisation. The
+work is in ``services.pull.checks``.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -19,9 +21,11 @@ from batchly_pipelines.defs.partitions import run_organizations
 from batchly_pipelines.defs.pull.assets import batchly_customers, batchly_invoice_payments, batchly_items
 from batchly_pipelines.defs.resources import BatchlyDatabase
 from batchly_pipelines.rules.name_lists import CUSTOMERS, ITEMS
+from batchly_pipelines.rules.payments import today_in
 from batchly_pipelines.services.pull import checks as pull_checks
 from batchly_pipelines.services.pull.checks import CheckOutcome
-from batchly_pipelines.services.pull.invoice_payments import organization_today
+from batchly_pipelines.store.organizations import organization_timezones
+from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines.store.status import connected_organization_ids
 
 
@@ -34,10 +38,12 @@ def _organizations(context: AssetCheckExecutionContext, database: BatchlyDatabas
 def _outcome_result(
     context: AssetCheckExecutionContext,
     database: BatchlyDatabase,
-    check: Callable[[int], CheckOutcome],
+    check: Callable[[list[int]], Mapping[int, CheckOutcome]],
     what: str,
 ) -> AssetCheckResult:
-    outcomes = {org: check(org) for org in _organizations(context, database)}
+    """``check`` over the run's organisations at once (set-based: a statement per thousand records, not per
+    organisation), reported per organisation."""
+    outcomes = check(_organizations(context, database))
     failed = sum(o.failed for o in outcomes.values())
     examples = [{"organization": org, **ex} for org, o in outcomes.items() for ex in o.examples]
     return AssetCheckResult(
@@ -60,7 +66,7 @@ def customers_match_quickbooks(
     return _outcome_result(
         context,
         batchly_db,
-        lambda org: pull_checks.record_drift(batchly_db.engine, CUSTOMERS, org),
+        lambda orgs: pull_checks.records_drift(batchly_db.engine, CUSTOMERS, orgs),
         "drifted customers",
     )
 
@@ -72,7 +78,7 @@ def items_match_quickbooks(
     return _outcome_result(
         context,
         batchly_db,
-        lambda org: pull_checks.record_drift(batchly_db.engine, ITEMS, org),
+        lambda orgs: pull_checks.records_drift(batchly_db.engine, ITEMS, orgs),
         "drifted items",
     )
 
@@ -84,7 +90,7 @@ def invoice_totals_match(
     return _outcome_result(
         context,
         batchly_db,
-        lambda org: pull_checks.invoice_totals(batchly_db.engine, org),
+        lambda orgs: pull_checks.invoices_totals(batchly_db.engine, orgs),
         "invoices whose total differs from QuickBooks",
     )
 
@@ -96,10 +102,12 @@ def invoice_totals_match(
 def payment_status_consistent(
     context: AssetCheckExecutionContext, batchly_db: BatchlyDatabase
 ) -> AssetCheckResult:
-    def check(org: int) -> CheckOutcome:
-        with batchly_db.engine.connect() as conn:
-            today = organization_today(conn, org)
-        return pull_checks.payment_status(batchly_db.engine, org, today)
+    def check(orgs: list[int]) -> Mapping[int, CheckOutcome]:
+        now = utcnow()
+        zones = organization_timezones(batchly_db.engine, orgs)  # each organisation's today, in one statement
+        return pull_checks.payments_status(
+            batchly_db.engine, {org: today_in(zones[org], now) for org in orgs if org in zones}
+        )
 
     return _outcome_result(context, batchly_db, check, "invoices with inconsistent payment columns")
 
@@ -108,7 +116,10 @@ def _stored_result(
     context: AssetCheckExecutionContext, database: BatchlyDatabase, entity: str, what: str
 ) -> AssetCheckResult:
     return _outcome_result(
-        context, database, lambda org: pull_checks.unstored_records(database.engine, org, entity), what
+        context,
+        database,
+        lambda orgs: pull_checks.unstored_by_organization(database.engine, orgs, entity),
+        what,
     )
 
 

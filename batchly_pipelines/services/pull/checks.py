@@ -5,7 +5,7 @@ Each returns the number of records that fail and a few of them as examples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -18,14 +18,15 @@ from batchly_pipelines.services.pull.invoice_payments import MirroredFacts, Refu
 from batchly_pipelines.store.conflicts import count_open, open_conflict_fields
 from batchly_pipelines.store.db import Connection, Engine
 from batchly_pipelines.store.invoice_payments import linked_totals, reconciled_payments
-from batchly_pipelines.store.pull_errors import count_errors, open_errors
+from batchly_pipelines.store.pull_errors import errors_by_organization
 from batchly_pipelines.store.records import reconciled_rows
 
 CHUNK = 1000
 EXAMPLES = 10
 
-# (conn, organisation, after id, limit) → the organisation's next rows by id
-Page = Callable[[Connection, int, int, int], list[dict[str, Any]]]
+Organizations = int | Sequence[int]
+# (conn, organisation(s), after id, limit) → the next rows by id, each with its ``organization_id``
+Page = Callable[[Connection, Organizations, int, int], list[dict[str, Any]]]
 
 
 @dataclass
@@ -48,31 +49,45 @@ class CheckOutcome:
             self.examples.append(example)
 
 
-def _chunks(engine: Engine, page: Page, organization_id: int) -> Iterator[list[dict[str, Any]]]:
-    """The rows ``page`` reads, in chunks by keyset on their integer ``id``, each read in its own connection."""
+def _chunks(engine: Engine, page: Page, organizations: Organizations) -> Iterator[list[dict[str, Any]]]:
+    """The rows ``page`` reads, in chunks by keyset on their integer ``id`` — of every organisation at once: one
+    statement per chunk, not per organisation — each read in its own connection."""
     after = 0
     while True:
         with engine.connect() as conn:
-            rows = page(conn, organization_id, after, CHUNK)
+            rows = page(conn, organizations, after, CHUNK)
         if not rows:
             return
         yield rows
         after = rows[-1]["id"]
 
 
+def _outcomes(organization_ids: Sequence[int]) -> dict[int, CheckOutcome]:
+    return {org: CheckOutcome() for org in dict.fromkeys(organization_ids)}
+
+
 def record_drift(engine: Engine, kind: NameList, organization_id: int) -> CheckOutcome:
-    """Linked records reconciled with QuickBooks' current version whose fields differ from it — other than fields
-    waiting for the push (changed in Batchly since the base, in a field the push sends: an edit of a field
-    QuickBooks owns is never sent, so it counts) or for review (an open conflict)."""
+    """:func:`records_drift` of one organisation."""
+    return records_drift(engine, kind, [organization_id])[organization_id]
 
-    def page(conn: Connection, organization_id: int, after: int, limit: int) -> list[dict[str, Any]]:
-        return reconciled_rows(conn, kind, organization_id, after, limit)
 
+def records_drift(engine: Engine, kind: NameList, organization_ids: Sequence[int]) -> dict[int, CheckOutcome]:
+    """Per organisation: linked records reconciled with QuickBooks' current version whose fields differ from it —
+    other than fields waiting for the push (changed in Batchly since the base, in a field the push sends: an edit of
+    a field QuickBooks owns is never sent, so it counts) or for review (an open conflict). Set-based: the
+    organisations' rows are read together, a statement per thousand rows."""
+
+    def page(conn: Connection, organizations: Organizations, after: int, limit: int) -> list[dict[str, Any]]:
+        return reconciled_rows(conn, kind, organizations, after, limit)
+
+    outcomes = _outcomes(organization_ids)
+    if not outcomes:
+        return outcomes
     with engine.connect() as conn:
-        held = open_conflict_fields(conn, organization_id, kind.entity_type)
-    outcome = CheckOutcome()
-    for rows in _chunks(engine, page, organization_id):
+        held = open_conflict_fields(conn, list(outcomes), kind.entity_type)
+    for rows in _chunks(engine, page, list(outcomes)):
         for row in rows:
+            outcome = outcomes[row["organization_id"]]
             outcome.checked += 1
             batchly, qbo = kind.mapping.from_row(row), kind.mapping.from_qbo(row["data"])
             base = decode_snapshot(kind.entity_type, row["base"])
@@ -85,7 +100,7 @@ def record_drift(engine: Engine, kind: NameList, organization_id: int) -> CheckO
             ]
             if drifted:
                 outcome.fail({"id": row["id"], "qbo_id": row["qbo_id"], "fields": drifted})
-    return outcome
+    return outcomes
 
 
 def open_conflicts(engine: Engine, organization_id: int) -> dict[str, int]:
@@ -95,17 +110,26 @@ def open_conflicts(engine: Engine, organization_id: int) -> dict[str, int]:
 
 
 def invoice_totals(engine: Engine, organization_id: int) -> CheckOutcome:
-    """Linked invoices whose Batchly total differs from QuickBooks' ``TotalAmt`` (voided ones are zero there)."""
-    outcome = CheckOutcome()
-    for rows in _chunks(engine, linked_totals, organization_id):
+    """:func:`invoices_totals` of one organisation."""
+    return invoices_totals(engine, [organization_id])[organization_id]
+
+
+def invoices_totals(engine: Engine, organization_ids: Sequence[int]) -> dict[int, CheckOutcome]:
+    """Per organisation: linked invoices whose Batchly total differs from QuickBooks' ``TotalAmt`` (voided ones are
+    zero there); the organisations' invoices read together."""
+    outcomes = _outcomes(organization_ids)
+    if not outcomes:
+        return outcomes
+    for rows in _chunks(engine, linked_totals, list(outcomes)):
         for row in rows:
+            outcome = outcomes[row["organization_id"]]
             outcome.checked += 1
             qbo_total = to_money(row["data"].get("TotalAmt", 0))
             if row["total_amount"] != qbo_total and not _voided(row["data"]):
                 outcome.fail(
                     {"id": row["id"], "batchly": str(row["total_amount"]), "quickbooks": str(qbo_total)}
                 )
-    return outcome
+    return outcomes
 
 
 def _voided(invoice: Mapping[str, Any]) -> bool:
@@ -115,40 +139,65 @@ def _voided(invoice: Mapping[str, Any]) -> bool:
 
 
 def payment_status(engine: Engine, organization_id: int, today: date) -> CheckOutcome:
-    """Linked invoices reconciled with their QuickBooks twin's current mirror version (``payment_mirror_version``
-    equal to ``qbo_mirror.version``: no clocks compared) whose payment columns differ from what the mirrored invoice
-    and payments say."""
-    outcome = CheckOutcome()
-    with engine.connect() as conn:
-        refunds = RefundIndex.load(conn, organization_id)
-    for rows in _chunks(engine, reconciled_payments, organization_id):
-        with engine.connect() as conn:
-            facts = MirroredFacts.load(conn, organization_id, [r["data"] for r in rows], refunds)
+    """:func:`payments_status` of one organisation on ``today``."""
+    return payments_status(engine, {organization_id: today})[organization_id]
+
+
+def payments_status(engine: Engine, today: Mapping[int, date]) -> dict[int, CheckOutcome]:
+    """Per organisation (``today`` in each organisation's zone, by organisation): linked invoices reconciled with
+    their QuickBooks twin's current mirror version (``payment_mirror_version`` equal to ``qbo_mirror.version``: no
+    clocks compared) whose payment columns differ from what the mirrored invoice and payments say. The invoices of
+    every organisation are read together; the mirrored payments and refund receipts they name are loaded per
+    organisation present in a chunk."""
+    outcomes = _outcomes(list(today))
+    if not outcomes:
+        return outcomes
+    refunds: dict[int, RefundIndex] = {}
+    for rows in _chunks(engine, reconciled_payments, list(outcomes)):
+        by_org: dict[int, list[dict[str, Any]]] = {}
         for row in rows:
-            outcome.checked += 1
-            expected = facts.columns(row["data"], today)
-            wrong = {key: str(row[key]) for key, value in expected.items() if row[key] != value}
-            if wrong:
-                outcome.fail({"id": row["id"], "qbo_id": row["qbo_id"], **wrong})
-    return outcome
+            by_org.setdefault(row["organization_id"], []).append(row)
+        for org, org_rows in by_org.items():
+            with engine.connect() as conn:
+                if org not in refunds:
+                    refunds[org] = RefundIndex.load(conn, org)
+                facts = MirroredFacts.load(conn, org, [r["data"] for r in org_rows], refunds[org])
+            outcome = outcomes[org]
+            for row in org_rows:
+                outcome.checked += 1
+                expected = facts.columns(row["data"], today[org])
+                wrong = {key: str(row[key]) for key, value in expected.items() if row[key] != value}
+                if wrong:
+                    outcome.fail({"id": row["id"], "qbo_id": row["qbo_id"], **wrong})
+    return outcomes
 
 
 def unstored_records(engine: Engine, organization_id: int, entity: str) -> CheckOutcome:
-    """The QuickBooks records of ``entity`` (Customer, Item, Invoice) the pull could not store in Batchly, each
-    failed value an example naming the record and the field (``pull_errors``)."""
+    """:func:`unstored_by_organization` of one organisation."""
+    return unstored_by_organization(engine, [organization_id], entity)[organization_id]
+
+
+def unstored_by_organization(
+    engine: Engine, organization_ids: Sequence[int], entity: str
+) -> dict[int, CheckOutcome]:
+    """Per organisation: the QuickBooks records of ``entity`` (Customer, Item, Invoice) the pull could not store in
+    Batchly, each failed value an example naming the record and the field (``pull_errors``); two statements for
+    every organisation."""
+    outcomes = _outcomes(organization_ids)
     with engine.connect() as conn:
-        failed = count_errors(conn, organization_id, entity)
-        listed = open_errors(conn, organization_id, entity, limit=EXAMPLES)
-    outcome = CheckOutcome(checked=failed)
-    for error in listed:
-        outcome.fail(
-            {
-                "entity": error["entity_type"],
-                "qbo_id": error["qbo_id"],
-                "batchly_id": error["entity_id"],
-                "field": error["field"],
-                "problem": error["message"],
-            }
-        )
-    outcome.failed = failed
-    return outcome
+        listed = errors_by_organization(conn, list(outcomes), entity, limit=EXAMPLES)
+    for org, (failed, errors) in listed.items():
+        outcome = CheckOutcome(checked=failed)
+        for error in errors:
+            outcome.fail(
+                {
+                    "entity": error["entity_type"],
+                    "qbo_id": error["qbo_id"],
+                    "batchly_id": error["entity_id"],
+                    "field": error["field"],
+                    "problem": error["message"],
+                }
+            )
+        outcome.failed = failed
+        outcomes[org] = outcome
+    return outcomes
