@@ -1,6 +1,17 @@
-"""Dagster resources: thin wrappers over ``store/`` (and, as it lands, ``quickbooks/``)."""
+"""Dagster resources: thin wrappers over ``store/`` (and, as it lands, ``quickbooks/``).
+
+The Batchly database's connections are bounded per process (a run's, the daemon's, the code server's): the two
+resources share one engine per database URL, whose pool holds ``BATCHLY_COMPANY_WORKERS + 2`` connections and opens
+at most ``BATCHLY_COMPANY_WORKERS`` more at a peak (a company in flight may hold two at once: its transaction and
+the rate limiter's); a thread that finds the pool exhausted waits for a connection (``POOL_TIMEOUT_S``) instead of
+opening another. So a run never holds more than twice ``BATCHLY_COMPANY_WORKERS`` plus 2 Batchly connections, and
+``max_connections`` is sized from the run limit (docs/deployment.md, *PostgreSQL connections*).
+"""
 
 from __future__ import annotations
+
+import threading
+from collections import OrderedDict
 
 from dagster import ConfigurableResource, Definitions, ResourceDefinition, definitions
 from pydantic import PrivateAttr
@@ -10,6 +21,38 @@ from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.settings import RuntimeSettings, Settings
 from batchly_pipelines.store.db import Engine, create_engine
 from batchly_pipelines.store.queue import SyncQueue
+
+POOL_TIMEOUT_S = 120.0
+KEPT_ENGINES = (
+    4  # engines kept per process, the least recently used disposed (a deployment has one URL; tests many)
+)
+_ENGINES: OrderedDict[str, Engine] = OrderedDict()
+_ENGINES_LOCK = threading.Lock()
+
+
+def shared_engine(url: str) -> Engine:
+    """This process's engine for ``url``, its pool bounded by the company workers of a run (one per URL, shared
+    by every resource and thread of the process)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(url)
+        if engine is not None:
+            _ENGINES.move_to_end(url)
+        else:
+            workers = RuntimeSettings.from_env().company_workers
+            pooled = (
+                {}
+                if url.startswith("sqlite")
+                else {
+                    "pool_size": workers + 2,
+                    "max_overflow": workers,
+                    "pool_timeout": POOL_TIMEOUT_S,
+                }
+            )
+            engine = _ENGINES[url] = create_engine(url, **pooled)
+            while len(_ENGINES) > KEPT_ENGINES:
+                _, old = _ENGINES.popitem(last=False)
+                old.dispose()  # its idle connections closed; one still checked out is closed when returned
+        return engine
 
 
 class BatchlyDatabase(ConfigurableResource):
@@ -21,7 +64,7 @@ class BatchlyDatabase(ConfigurableResource):
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = create_engine(self.database_url or Settings.from_env().database_url)
+            self._engine = shared_engine(self.database_url or Settings.from_env().database_url)
         return self._engine
 
     @property
@@ -45,7 +88,7 @@ class QuickBooksResource(ConfigurableResource):
         none (any more) — (close it when done); raises ReauthorizationRequired if needed."""
         settings = Settings.from_env()
         if self._engine is None:
-            self._engine = create_engine(self.database_url or settings.database_url)
+            self._engine = shared_engine(self.database_url or settings.database_url)
         config = ClientConfig(time_scale=self.time_scale)
         return client_for_organization(
             self._engine, settings, organization_id, realm_id=realm_id, config=config

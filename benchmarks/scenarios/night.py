@@ -6,6 +6,7 @@ Set-up (not timed): a throttled sandbox process (Intuit's limits per realm) with
 ``--items`` (10) and ``--invoices`` (20) with payments each; N organisations connected to them; the initial import
 done (every company pulled once, its invoices linked as the push leaves them); then the accountant's day in each
 company (``--changes`` customers edited and invoices paid). ``--failing`` realms answer 500 to everything.
+``--organizations 100,300,1000`` measures each size as its own night, one after the other (a row each).
 Every sensor runs, ``webhook_inbox_sensor`` included: with no receiver, no event arrives, and the CDC sweeps it asks
 for are batched (``sweep_webhook_realms`` runs of up to ``BATCHLY_WEBHOOK_SWEEP_BATCH`` realms, four runs per
 15 minutes at a thousand realms). The first sweeps, due at once when the deployment starts, run before the night and
@@ -16,7 +17,11 @@ and are counted apart (``sweep_runs``, ``failed_sweep_runs``: a ``--failing`` re
 Timed: the deployment starts and the company sensor adds the N company partitions (``sensor_tick_s``: its longest
 tick with every company known; ``sensor_adding_tick_s``: the one that added them); the runs the three nightly
 schedules ask for (evaluated for tonight, submitted through the webserver) go through the queue until the last ends
-(``wall_s``). ``cpu_s_per_organization``: CPU seconds of every Dagster process (servers and runs) during the night,
+(``wall_s``). The night's pushes are in it: when the night starts, the accountant's day in Batchly (a new customer
+and ``--new-invoices`` invoices per company) is queued, and ``sync_queue_sensor`` pushes it in batched
+``push_to_quickbooks`` runs beside the pulls; ``wall_s`` ends when the last pull run has ended and every company but
+the failing ones has pushed everything (``push_runs``, ``failed_push_runs``, ``unpushed_organizations``; ``runs``
+counts pulls and pushes). ``cpu_s_per_organization``: CPU seconds of every Dagster process (servers and runs) during the night,
 per organisation (``servers_cpu_s``: the webserver's, daemon's and code server's own part); ``sandbox_cpu_s`` apart.
 Then, with N companies, the asset page and the partition status of ``qbo_customers`` are timed through GraphQL.
 ``failed_organizations``: companies not materialised on all six pull assets; ``storage_errors``: database errors in
@@ -57,6 +62,7 @@ from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.connections import ConnectionStore
 from batchly_pipelines.store.db import sync_transaction
 from batchly_pipelines.store.schema import utcnow
+from batchly_pipelines_tests.support import factories
 from batchly_pipelines_tests.support.deployment import LOCATION, Deployment
 from benchmarks.pull_setup import POSTGRES_URL, fresh_database
 from qbo_sandbox.admin_client import SandboxAdmin, SandboxAdminError
@@ -94,7 +100,12 @@ CATALOG = """{ assetsOrError { ... on AssetConnection { nodes { key { path } } }
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Scenario options."""
-    parser.add_argument("--organizations", type=int, default=100)
+    parser.add_argument(
+        "--organizations",
+        type=_sizes,
+        default=[100],
+        help="organisations; several sizes (100,300,1000) are measured one after the other, a row each",
+    )
     parser.add_argument("--customers", type=int, default=20)
     parser.add_argument("--items", type=int, default=10)
     parser.add_argument("--invoices", type=int, default=20)
@@ -105,6 +116,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--failing", type=int, default=0, help="companies whose QuickBooks answers 500 all night"
     )
     parser.add_argument(
+        "--new-invoices",
+        type=int,
+        default=2,
+        help="invoices made in Batchly per company during the day (one for a new customer): the night's pushes",
+    )
+    parser.add_argument(
         "--batch", type=int, default=250, help="companies per nightly run (BATCHLY_NIGHTLY_BATCH)"
     )
     parser.add_argument(
@@ -113,6 +130,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url", default=POSTGRES_URL, help="the PostgreSQL server of both databases"
     )
+
+
+def _sizes(text: str) -> list[int]:
+    """``100`` or ``100,300,1000``."""
+    sizes = [int(part) for part in text.split(",") if part.strip()]
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError("organisations: a positive number, or several separated by commas")
+    return sizes
 
 
 @contextlib.contextmanager
@@ -227,6 +252,70 @@ def _accountants_day(admin: SandboxAdmin, fleet: list[Company], changes: int) ->
                 paid += 1
         made += paid
     return made
+
+
+def _batchly_day(engine: Engine, fleet: list[Company], invoices: int) -> int:
+    """In each organisation, what the accountant's day adds in Batchly: a new customer and ``invoices`` new invoices
+    (the first for the new customer, the others for a customer already in QuickBooks), each line an item already
+    there — the outbox queues them for the night's pushes. How many records were queued."""
+    made = 0
+    for company in fleet:
+        org = company.organization_id
+        with engine.begin() as conn:
+            linked = conn.execute(
+                sa.select(s.customers.c.id)
+                .where(s.customers.c.organization_id == org, s.customers.c.qbo_id.is_not(None))
+                .order_by(s.customers.c.id)
+                .limit(1)
+            ).scalar_one()
+            item = conn.execute(
+                sa.select(s.items.c.id)
+                .where(s.items.c.organization_id == org, s.items.c.qbo_id.is_not(None))
+                .order_by(s.items.c.id)
+                .limit(1)
+            ).scalar_one()
+            new = factories.customer(conn, org, display_name=f"Night Customer {org}")
+            made += 1
+            for n in range(invoices):
+                factories.invoice(
+                    conn, org, new if n == 0 else linked, item, doc_number=f"NIGHT-{org}-{n + 1}"
+                )
+                made += 1
+    return made
+
+
+def _unpushed(engine: Engine, organization_ids: set[int]) -> dict[int, int]:
+    """Queue rows not pushed yet (pending or in progress), per organisation of ``organization_ids``."""
+    q = s.sync_queue.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(q.organization_id, sa.func.count())
+            .where(q.status.in_(("pending", "in_progress")))
+            .group_by(q.organization_id)
+        ).all()
+    return {org: count for org, count in rows if org in organization_ids}
+
+
+def _wait_for_pushes(engine: Engine, organization_ids: set[int], timeout: float = 1800.0) -> float:
+    """Wait until every organisation of ``organization_ids`` has pushed what the day queued; the time it was seen
+    (``time.time()``, polled every 2 s)."""
+    deadline = time.monotonic() + timeout
+    while _unpushed(engine, organization_ids):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
+    return time.time()
+
+
+def _push_runs(since: datetime) -> tuple[int, int, int]:
+    """The ``push_to_quickbooks`` runs created since ``since``: how many, how many failed, the most organisations
+    one run pushed."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    with DagsterInstance.get() as instance:
+        records = instance.get_run_records(RunsFilter(job_name="push_to_quickbooks", created_after=since))
+    largest = max((int(r.dagster_run.tags.get("batchly/push_batch", "1")) for r in records), default=0)
+    return len(records), sum(r.dagster_run.status == DagsterRunStatus.FAILURE for r in records), largest
 
 
 def _requests(counters: dict[str, Any]) -> int:
@@ -354,7 +443,7 @@ def _sweep_runs(since: datetime) -> tuple[int, int]:
     return len(records), sum(r.dagster_run.status == DagsterRunStatus.FAILURE for r in records)
 
 
-def _failed_organizations(fleet: list[Company]) -> int:
+def _failed_organizations(fleet: list[Company]) -> set[int]:
     from dagster import AssetKey, DagsterInstance
 
     from batchly_pipelines.defs.partitions import organization_id
@@ -364,7 +453,7 @@ def _failed_organizations(fleet: list[Company]) -> int:
         for asset in ASSETS:
             orgs = {organization_id(key) for key in instance.get_materialized_partitions(AssetKey(asset))}
             done = orgs if done is None else done & orgs
-    return len({c.organization_id for c in fleet} - (done or set()))
+    return {c.organization_id for c in fleet} - (done or set())
 
 
 @contextlib.contextmanager
@@ -387,7 +476,21 @@ def _storage_errors(home: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure one night of ``--organizations`` companies."""
+    """Measure one night of ``--organizations`` companies; with several sizes, each its own night (a fresh
+    sandbox, databases and deployment), one after the other: a row per size."""
+    sizes = list(args.organizations)
+    rows = [_measure(argparse.Namespace(**{**vars(args), "organizations": n})) for n in sizes]
+    if len(rows) == 1:
+        return rows[0]
+    return {
+        "sizes": sizes,
+        "rows": rows,
+        "wall_s_per_organization": [round(row["wall_s"] / row["organizations"], 3) for row in rows],
+    }
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure one night of ``args.organizations`` companies."""
     load_before = os.getloadavg()
     key = Fernet.generate_key().decode()
     with (
@@ -426,8 +529,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sandbox_cpu = sum(sandbox.cpu_times()[:2])
             cpu_before, servers_before = deployment.cpu_seconds(), deployment.server_cpu_seconds()
             night_started = datetime.now(UTC)
+            queued = _batchly_day(engine, fleet, args.new_invoices)  # sync_queue_sensor pushes them tonight
             runs = _tonights_runs(night_started)
             wall_s, results = _night(deployment, runs)
+            pushing = {c.organization_id for c in fleet[args.failing :]}
+            pushed_at = _wait_for_pushes(engine, pushing)
+            wall_s = max(wall_s, round(pushed_at - night_started.timestamp(), 1))
+            unpushed = _unpushed(engine, pushing)
+            push_runs, failed_push_runs, largest_push_batch = _push_runs(night_started)
             sweep_runs, failed_sweep_runs = _sweep_runs(night_started)
             time.sleep(1.0)  # a last CPU sample of the run processes
             cpu_s = deployment.cpu_seconds() - cpu_before
@@ -437,7 +546,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             asset_page_s = _timed(deployment, ASSET_PAGE, {"key": {"path": ["qbo_customers"]}})
             partition_status_s = _timed(deployment, PARTITION_STATUS, {"key": {"path": ["qbo_customers"]}})
             catalog_s = _timed(deployment, CATALOG)
-            failed = _failed_organizations(fleet)
+            failed_pulls = _failed_organizations(fleet)
+            failed = len(failed_pulls | set(unpushed))
             adding_tick_s, sensor_tick_s = _sensor_ticks(deployment)
         storage_errors = _storage_errors(home)
     realms = counters["realms"].values()
@@ -448,9 +558,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": round(cpu_s, 1),
         "servers_cpu_s": round(servers_cpu_s, 1),
         "sandbox_cpu_s": round(sandbox_cpu, 1),
-        "runs": len(results),
-        "failed_runs": sum(r["status"] != "SUCCESS" for r in results),
+        "runs": len(results) + push_runs,
+        "failed_runs": sum(r["status"] != "SUCCESS" for r in results) + failed_push_runs,
+        "pull_runs": len(results),
+        "failed_pull_runs": sum(r["status"] != "SUCCESS" for r in results),
+        "push_runs": push_runs,
+        "failed_push_runs": failed_push_runs,
+        "largest_push_batch": largest_push_batch,
+        "pushed_records_queued": queued,
         "failed_organizations": failed,
+        "failed_pull_organizations": len(failed_pulls),
+        "unpushed_organizations": len(unpushed),
         "sweep_runs": sweep_runs,
         "failed_sweep_runs": failed_sweep_runs,
         "failing_on_purpose": args.failing,
