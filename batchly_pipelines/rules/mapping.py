@@ -140,7 +140,9 @@ class EntityMapping:
 def _get_path(obj: Mapping[str, Any], path: tuple[str, ...]) -> object:
     node: object = obj
     for key in path:
-        if not isinstance(node, Mapping):
+        if type(node) is not dict and not isinstance(
+            node, Mapping
+        ):  # a dict (decoded JSON) is told apart first
             return None
         node = node.get(key)
     return node

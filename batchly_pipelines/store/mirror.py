@@ -21,9 +21,10 @@ from sqlalchemy.engine import Connection
 
 from batchly_pipelines.store.lookup import among
 from batchly_pipelines.store.schema import qbo_mirror, qbo_reconciled, utcnow
-from batchly_pipelines.store.upsert import COPY_FROM_ROWS, bulk_insert, bulk_upsert, upsert_keys
+from batchly_pipelines.store.upsert import bulk_upsert, insert_if_new, upsert_keys
 
 m, rc = qbo_mirror.c, qbo_reconciled.c
+_KEY = ("organization_id", "entity_type", "qbo_id")  # both tables' primary key
 
 
 def new_version() -> str:
@@ -99,44 +100,10 @@ def write_versions(
     ]
     # where one id comes twice, the later row is written (store.upsert): its version is the one returned
     offered = {row["qbo_id"]: row["version"] for row in rows}
-    if _insert_if_all_new(conn, organization_id, entity, rows):
+    if insert_if_new(conn, qbo_mirror, rows, key=_KEY):  # an import's page: none of it mirrored yet
         return offered
-    written = upsert_keys(
-        conn, qbo_mirror, rows, key=("organization_id", "entity_type", "qbo_id"), only_if=newer
-    )
+    written = upsert_keys(conn, qbo_mirror, rows, key=_KEY, only_if=newer)
     return {qbo_id: offered[qbo_id] for _, _, qbo_id in written}
-
-
-def _insert_if_all_new(
-    conn: Connection, organization_id: int, entity: str, rows: Sequence[Mapping[str, Any]]
-) -> bool:
-    """PostgreSQL, a batch of rows none of which the mirror holds (an import's pages): COPY them straight into
-    ``qbo_mirror`` — no temporary table, no ``INSERT … SELECT … ON CONFLICT`` — and return True. Any id already
-    there, or one a concurrent writer inserts meanwhile (the unique key refuses the COPY, rolled back to its
-    savepoint): False, nothing written, and the caller upserts as usual."""
-    if conn.dialect.name != "postgresql" or len(rows) < COPY_FROM_ROWS:
-        return False
-    latest = list({row["qbo_id"]: row for row in rows}.values())
-    held = conn.execute(
-        sa.select(m.qbo_id)
-        .where(
-            m.organization_id == organization_id,
-            m.entity_type == entity,
-            among(conn, m.qbo_id, [row["qbo_id"] for row in latest]),
-        )
-        .limit(1)
-    ).first()
-    if held is not None:
-        return False
-    try:
-        with conn.begin_nested():
-            bulk_insert(conn, qbo_mirror, latest)
-    except (
-        sa.exc.IntegrityError,
-        conn.dialect.loaded_dbapi.IntegrityError,
-    ):  # COPY runs on the driver's cursor
-        return False
-    return True
 
 
 def mark_deleted(
@@ -335,17 +302,14 @@ def record_reconciled(
 ) -> None:
     """Record the mirror version (``version``) each row (``qbo_id``) was reconciled at, in the caller's
     transaction."""
-    bulk_upsert(
-        conn,
-        qbo_reconciled,
-        [
-            {
-                "organization_id": organization_id,
-                "entity_type": entity,
-                "qbo_id": row["qbo_id"],
-                "mirror_version": row["version"],
-            }
-            for row in rows
-        ],
-        key=("organization_id", "entity_type", "qbo_id"),
-    )
+    recorded = [
+        {
+            "organization_id": organization_id,
+            "entity_type": entity,
+            "qbo_id": row["qbo_id"],
+            "mirror_version": row["version"],
+        }
+        for row in rows
+    ]
+    if not insert_if_new(conn, qbo_reconciled, recorded, key=_KEY):  # an import's rows: none recorded yet
+        bulk_upsert(conn, qbo_reconciled, recorded, key=_KEY)

@@ -19,12 +19,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from batchly_pipelines.store.db import _json_value, dumps_json
+from batchly_pipelines.store.lookup import among
 
 # SQLite allows 32,766 bound variables per statement; PostgreSQL 65,535. Chunks stay well under both.
 MAX_BOUND_VALUES = 30_000
 _NULL = "\\N"  # COPY's text format for a missing value
 # from this many rows on, PostgreSQL gets them by COPY (fewer: the temporary table would cost more than it saves)
 COPY_FROM_ROWS = 100
+_COPY_READ = 1 << 20
 
 
 def bulk_insert(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -66,7 +68,8 @@ def _copy(
     buffer = io.StringIO(tail.join(lines) + tail if lines else "")
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.copy_expert(f"COPY {into} ({', '.join(names)}) FROM STDIN", buffer)
+        # read in 1 MB pieces, not psycopg2's 8 kB: fewer calls back into Python (each one waits for the GIL)
+        cursor.copy_expert(f"COPY {into} ({', '.join(names)}) FROM STDIN", buffer, size=_COPY_READ)
     finally:
         cursor.close()
 
@@ -132,6 +135,40 @@ def _copy_instant(value: Any) -> str:
     if isinstance(value, datetime) and value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: Batchly stores UTC instants only")
     return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def insert_if_new(
+    conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str]
+) -> bool:
+    """PostgreSQL, a batch of rows none of whose ``key`` the table holds (an import's): COPY them straight into
+    ``table`` (where rows share a key, the later one) — no temporary table, no ``INSERT … SELECT … ON CONFLICT`` — and
+    return True. When the table holds any of them, or a concurrent writer inserts one meanwhile (the unique key
+    refuses the COPY, rolled back to its savepoint), or on SQLite or for a few rows: False, nothing written, and
+    the caller upserts as usual. ``key`` must be the columns of a unique constraint."""
+    if conn.dialect.name != "postgresql" or len(rows) < COPY_FROM_ROWS:
+        return False
+    latest = list({tuple(row[k] for k in key): row for row in rows}.values())
+    *fixed, last = key
+    first = latest[0]
+    if any(row[k] != first[k] for row in latest for k in fixed):
+        return False  # one look by the key's last column: the others must be the same for every row
+    c = table.c
+    held = conn.execute(
+        sa.select(c[last])
+        .where(*(c[k] == first[k] for k in fixed), among(conn, c[last], [row[last] for row in latest]))
+        .limit(1)
+    ).first()
+    if held is not None:
+        return False
+    try:
+        with conn.begin_nested():
+            _copy(conn, table, table.name, list(first), latest)
+    except (
+        sa.exc.IntegrityError,
+        conn.dialect.loaded_dbapi.IntegrityError,
+    ):  # COPY runs on the driver's cursor
+        return False
+    return True
 
 
 def bulk_upsert(

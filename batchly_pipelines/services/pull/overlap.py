@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import platform
 import queue
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,8 @@ from batchly_pipelines.store.statistics import GrowingTables
 _DONE = None  # handed to the follower once the mirror has ended
 # batches reconciled at once: while one waits for the database, the other runs its Python
 WORKERS = 2
-# pages waiting for the reconciliation that still carry their objects (each about a megabyte in memory)
+# pages waiting for the reconciliation that still carry their objects (each a few megabytes in memory): a
+# reconciliation that falls behind the mirror reads the others' JSON back
 HOLD_PAGES = 2
 # what the mirror hands over of one object it wrote: its id, the version written, the object (or None)
 _Written = tuple[str, str | None, Mapping[str, Any] | None]
@@ -221,6 +223,39 @@ def limit_malloc_arenas() -> None:
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, ARENAS)
 
 
+# the collector's first threshold while an import runs (Python's default: 700 allocations)
+GC_THRESHOLD = 100_000
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_saved: tuple[int, int, int] = gc.get_threshold()
+
+
+@contextlib.contextmanager
+def collector_for_import() -> Iterator[None]:
+    """Spare an import Python's full collections of the whole heap: the objects that exist when it starts (the
+    process's modules, Dagster's and SQLAlchemy's structures — most of a ~130 MB baseline) are frozen out of the
+    collector (``gc.freeze``) and the young generation is collected every :data:`GC_THRESHOLD` allocations instead
+    of 700. Measured on a 100,000-customer import: 26 full collections took 4.4 CPU-seconds of the process's 18
+    (each one walked the whole heap), the younger ones 1.1; with this, 0.35 in all. The objects an import creates
+    are still collected. Restored when the last import running in the process ends (imports may run in several
+    threads: Dagster's company workers)."""
+    global _gc_users, _gc_saved
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_saved = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(max(_gc_saved[0], GC_THRESHOLD), *_gc_saved[1:])
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0:
+                gc.set_threshold(*_gc_saved)
+                gc.unfreeze()
+
+
 def pull_and_reconcile(
     engine: Engine,
     client: QuickBooksClient,
@@ -234,6 +269,23 @@ def pull_and_reconcile(
 ) -> Overlapped:
     """Mirror ``kind``'s records QuickBooks changed in ``window`` and reconcile them into Batchly while the pages
     arrive, then reconcile what is left (see module doc); raises the first error of either half."""
+    with collector_for_import():
+        return _pull_and_reconcile(
+            engine, client, organization_id, kind, window, policy=policy, run_id=run_id, progress=progress
+        )
+
+
+def _pull_and_reconcile(
+    engine: Engine,
+    client: QuickBooksClient,
+    organization_id: int,
+    kind: NameList,
+    window: Window,
+    *,
+    policy: MergePolicy | None,
+    run_id: str | None,
+    progress: ProgressReport | None,
+) -> Overlapped:
     started = time.monotonic()
     limit_malloc_arenas()
     # the mirror refreshes its own table's statistics: the reconciliation those of the tables it fills
