@@ -10,8 +10,12 @@ so the limiter behaves the same on SQLite and PostgreSQL and needs no other infr
   also carries a pause: after a 429 every process holds off until then;
 - a request holds an in-flight slot while it is in flight — until its lease ends, one lease of QuickBooks time
   compressed like every window, so a process that died mid-request frees its slots within one lease — and counts as
-  "now" in every window; when its answer arrives its time becomes that moment. The server admitted the request before
-  it answered, so a window measured from the answer can never end before the server's does.
+  "now" in every window. When its answer arrives its time becomes the moment it was *sent*, if the caller said so
+  (:meth:`SharedRateLimiter.sending`, called right before the bytes leave: the server cannot have counted it any
+  earlier), else the moment of the answer (the server admitted it before it answered). Counting from the answer cost
+  every call the server's processing time (up to a second for a batch under load) of each window, and a process
+  frozen with an answer unread (SIGSTOP) put its old requests back into the windows when it resumed, so the realm
+  seemed to serve more than it does.
 
 **The learned budget** (:class:`RealmBudget`: additive increase, multiplicative decrease, per realm, persisted in the
 ledger). A realm starts at Intuit's numbers. The per-minute and the batch windows each keep a *limit* (admitted at
@@ -42,7 +46,8 @@ six windows or so, and the limit stays where the company serves. The per-second 
 window is too short to learn from).
 
 Windows are compressed by ``time_scale`` exactly like the sandbox's ``--time-scale``, and stretched by a small safety
-margin in case the server's bookkeeping differs slightly from ours (Intuit does not document its algorithm).
+margin — 1 % plus 20 ms, for the jitter between a request leaving and the server counting it — in case the server's
+bookkeeping differs slightly from ours (Intuit does not document its algorithm).
 """
 
 from __future__ import annotations
@@ -79,8 +84,10 @@ class RateLimits:
     concurrent: int = 10
     batch_per_minute: int = 40
     time_scale: float = 1.0
-    window_margin: float = 0.03  # windows are this fraction longer than the server's…
-    window_slack_seconds: float = 0.005  # …plus this
+    window_margin: float = 0.01  # windows are this fraction longer than the server's…
+    window_slack_seconds: float = (
+        0.02  # …plus this (real seconds: a request's way to the server does not scale)
+    )
     lease_seconds: float = 180.0  # a dead process's in-flight slot frees after this (QuickBooks time: scaled)
     poll_seconds: float = 0.005  # how often to look again when a request in flight is what blocks
 
@@ -278,7 +285,7 @@ class RealmBudget:
 class LoggedRequest(Protocol):
     """One request in a realm's ledger (times in ``time.time()`` seconds).
 
-    ``admitted_at`` is when it was admitted; ``sent_at`` is when its answer arrived (while in flight: when it was
+    ``admitted_at`` is when it was admitted; ``sent_at`` is when it was sent, or when its answer arrived (while in flight: when it was
     admitted); ``in_flight_until`` is when its in-flight slot lapses, ``None`` once answered.
     """
 
@@ -318,8 +325,9 @@ class RateLedger(Protocol):
         """
         ...
 
-    def finish(self, request_id: int) -> None:
-        """The request's answer arrived: it leaves the in-flight slots and its time becomes now."""
+    def finish(self, request_id: int, sent_at: float | None = None) -> None:
+        """The request's answer arrived: it leaves the in-flight slots and its time becomes ``sent_at`` (when it was
+        sent, ``time.time()`` seconds), or now when that is not known."""
         ...
 
     def pause(self, until: float) -> None:
@@ -352,6 +360,7 @@ class SharedRateLimiter:
         # Threads of one process queue here first: cheap, and keeps SQLite's single writer lock uncontended.
         self._local_slots = threading.BoundedSemaphore(self.limits.concurrent or 1_000_000)
         self._admission = threading.Lock()
+        self._thread = threading.local()  # the calling thread's slot: when its request was sent
 
     @contextmanager
     def slot(self, batch: bool = False) -> Iterator[float]:
@@ -364,16 +373,27 @@ class SharedRateLimiter:
         with self._local_slots:
             admission = self._admit(batch)
             refused = False
+            sends: list[float] = []
+            outer = getattr(self._thread, "sends", None)
+            self._thread.sends = sends
             try:
                 yield time.monotonic() - started
             except ThrottledError:
                 refused = True
                 raise
             finally:
+                self._thread.sends = outer
                 if refused:
                     self._learn(admission)
                 else:
-                    self.ledger.finish(admission.request_id)
+                    self.ledger.finish(admission.request_id, sends[-1] if sends else None)
+
+    def sending(self) -> None:
+        """The calling thread's request leaves now (call it right before the bytes are sent, inside :meth:`slot`):
+        the windows count it from this moment instead of from its answer. Outside a slot it does nothing."""
+        sends = getattr(self._thread, "sends", None)
+        if sends is not None:
+            sends.append(time.time())
 
     def pause(self, seconds: float) -> None:
         """Hold every request for this realm, in every process, for ``seconds`` from now (never shortens a pause)."""

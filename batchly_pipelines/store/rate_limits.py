@@ -6,7 +6,7 @@
   realm takes (JSON; ``NULL``: nothing learned, Intuit's numbers).
 - ``qbo_rate_requests``: one row per request. While it is in flight it holds an in-flight slot (until
   ``in_flight_until``, so a process that crashed mid-request cannot hold a slot for ever); when its answer arrives
-  ``sent_at`` becomes that moment. A request answered 429 is deleted: the server did not count it.
+  ``sent_at`` becomes the moment it was sent (or, when the limiter was not told, that of the answer). A request answered 429 is deleted: the server did not count it.
 
 What counts against which window, and what the budget means, is the limiter's business (``quickbooks.ratelimit``):
 an admission hands it the realm's rows and budget, stores the budget it returns and logs a request only when it
@@ -102,13 +102,14 @@ class DatabaseRateLedger:
         assert inserted is not None
         return int(inserted[0])
 
-    def finish(self, request_id: int) -> None:
-        """The request's answer arrived: it leaves the in-flight slots and its time becomes now."""
+    def finish(self, request_id: int, sent_at: float | None = None) -> None:
+        """The request's answer arrived: it leaves the in-flight slots and its time becomes ``sent_at`` (when it was
+        sent), or now when that is not known."""
         with bounded_transaction(self.engine, idle=SHORT_TRANSACTION) as conn:
             conn.execute(
                 sa.update(qbo_rate_requests)
                 .where(qbo_rate_requests.c.id == request_id)
-                .values(sent_at=time.time(), in_flight_until=None)
+                .values(sent_at=time.time() if sent_at is None else sent_at, in_flight_until=None)
             )
 
     def pause(self, until: float) -> None:

@@ -32,7 +32,9 @@ from batchly_pipelines_tests.push.test_push_resilience import (
 from batchly_pipelines_tests.support.push import LONG_LEASE, TIME_SCALE, Books
 from qbo_sandbox.admin_client import SandboxAdmin
 
-INVOICES = 120
+# more chunks than the push runs at once (10): its next rounds are claimed while the first chunks are in flight,
+# so only a push with chunks still to start shows that it stops mid-way
+INVOICES = 450
 
 
 def _expire_leases(engine: Engine) -> None:

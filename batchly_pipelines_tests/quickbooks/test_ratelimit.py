@@ -380,3 +380,34 @@ def test_a_push_limiter_stays_within_a_budget_it_learned_from_another_process(
     budget = database_rate_limiter(engine, realm_id, RateLimits(time_scale=TIME_SCALE)).budget()
     # Four, or three when a call overtaken on its way made the realm refuse it at what the limiter counted as third.
     assert budget.batch_per_minute.limit in (3, 4)
+
+
+# -- windows counted from the request ------------------------------------------------------------------------
+def _logged(engine: Engine, realm_id: str) -> list[tuple[float, float, float | None]]:
+    r = qbo_rate_requests.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(r.admitted_at, r.sent_at, r.in_flight_until)
+            .where(r.realm_id == realm_id)
+            .order_by(r.id)
+        ).all()
+    return [(float(a), float(s), None if f is None else float(f)) for a, s, f in rows]
+
+
+def test_a_request_counts_from_when_it_was_sent_not_from_its_answer(engine: Engine) -> None:
+    limiter = database_rate_limiter(engine, "realm-sent", RateLimits(time_scale=TIME_SCALE))
+    limiter.sending()  # outside a slot: nothing to mark, nothing breaks
+    with limiter.slot(batch=True):
+        limiter.sending()
+        sent = time.time()
+        time.sleep(0.3)  # QuickBooks takes its time to answer (or the process was frozen before reading it)
+        answered = time.time()
+    with limiter.slot():  # not marked: counted from its answer, as before
+        time.sleep(0.1)
+        before_answer = time.time()
+    (_, batch_at, flying), (_, read_at, _) = _logged(engine, "realm-sent")
+    assert flying is None
+    # the server cannot have counted the batch call any earlier than it was sent, nor any later than that moment
+    # by more than its way there: its window closes a whole answer sooner
+    assert batch_at <= sent < answered - 0.25
+    assert read_at >= before_answer

@@ -320,6 +320,7 @@ class RequestLog:
             "busy": [(at.timestamp(), due) for at, due in chaos.busy],
             "outages": [(o.start.timestamp(), o.run_id, o.allowed) for o in chaos.outages],
             "writes": [(at.timestamp(), run_id) for at, run_id in writes],
+            "ledger": chaos.ledger,
         }
         path.write_text(json.dumps(payload))
 
@@ -372,6 +373,7 @@ class Chaos:
         self.edited: set[int] = set()
         self.hit: set[str] = set()  # runs killed or paused: never hit twice
         self.busy: list[tuple[datetime, bool]] = []  # samples: did the main organisation have work due?
+        self.ledger: list[tuple[float, Any, int]] = []  # samples: (time, learned budget, requests in flight)
         self.racer_exits: Counter[str] = Counter()
         self.racer_messages: Counter[str] = Counter()
         self.operator_interventions = 0
@@ -409,6 +411,8 @@ class Chaos:
             self._reap_racers()
             if now - last_check > 1.0:
                 last_check = now
+                if self.args.request_log:
+                    self._sample_ledger()
                 if not self.later and not self.racers and self._queue_settled():
                     if self.plan:  # progress stopped short of them (edited invoices stay pending)
                         for planned in self.plan:
@@ -452,6 +456,19 @@ class Chaos:
                 sa.select(q.id).where(q.organization_id == self.world.main.organization_id, due).limit(1)
             ).first()
         return found is not None
+
+    def _sample_ledger(self) -> None:
+        """The main company's learned budget and its requests in flight, as the limiter's ledger holds them."""
+        realm, r = self.world.main.realm_id, s.qbo_rate_requests.c
+        now = time.time()
+        with self.world.engine.connect() as conn:
+            budget = conn.execute(
+                sa.select(s.qbo_rate_realms.c.budget).where(s.qbo_rate_realms.c.realm_id == realm)
+            ).scalar()
+            flying = conn.execute(
+                sa.select(sa.func.count()).where(r.realm_id == realm, r.in_flight_until > now)
+            ).scalar_one()
+        self.ledger.append((now, budget, int(flying)))
 
     def _queue_settled(self) -> bool:
         q = s.sync_queue.c

@@ -22,12 +22,12 @@ review. A copy of an earlier send with another DocNumber and the same customer i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from batchly_pipelines.quickbooks import query as q
-from batchly_pipelines.quickbooks.client import AnswerLost, WriteOp
+from batchly_pipelines.quickbooks.client import AnswerLost, WriteOp, WriteResult
 from batchly_pipelines.quickbooks.errors import QboError, StaleObjectError
 from batchly_pipelines.quickbooks.wire import request_id
 from batchly_pipelines.rules.invoices import applied_payments, describe_payments, doc_number_key, is_voided
@@ -215,14 +215,21 @@ class InvoicePusher:
             _owe(voids, self._lost_copies(snap, found, create.id, keep=create.key), create.id, LOST_COPY)
         for invoice_id in plan.retired:
             _owe(voids, self._lost_copies(snap, found, invoice_id, keep=None), invoice_id, LOST_COPY)
-        voided, stopped = self._void(list(voids.values()), plan)
+        # a void a create of this chunk waits for goes first, in a call of its own; the others (invoices set to void,
+        # lost copies of retired ones) ride in the creates' batch call: a batch call is the company's scarcest budget
+        creating = {create.id for create, _ in guarded}
+        first = [void for void in voids.values() if creating & set(void.owners)]
+        riding = [void for void in voids.values() if not creating & set(void.owners)]
+        voided, stopped = self._void(first, plan, retire=False)
         self.ctx.checkpoint(voided)
         ready = [(create, match) for create, match in guarded if create.id not in stopped]
-        created = self._create(ready)
+        links, creates, writes = self._prepare_creates(ready)
+        rode, answers = self._void(riding, plan, retire=True, riders=writes)
+        created = [*links, *self._created(creates, answers)]
         pushed = {o.entity_id for o in created if isinstance(o, Pushed)}
         settled = self._settle_deferred(plan.deferred, pushed)
-        self.ctx.checkpoint([*plan.outcomes, *created, *settled])
-        return [*voided, *plan.outcomes, *created, *settled]
+        self.ctx.checkpoint([*rode, *plan.outcomes, *created, *settled])
+        return [*voided, *rode, *plan.outcomes, *created, *settled]
 
     def _decide(self, snap: _Snapshot, invoice_id: int, plan: _Plan) -> Outcome | None:
         """What to do with one invoice: an outcome now, or a create / void / wait noted in ``plan`` (then ``None``)."""
@@ -478,10 +485,22 @@ class InvoicePusher:
         return Failed("invoice", invoice_id, "create", message, retryable=False, invoice_status="error")
 
     # -- voids ---------------------------------------------------------------------------------------------------
-    def _void(self, voids: list[_Void], plan: _Plan) -> tuple[list[Outcome], set[int]]:
+    @overload
+    def _void(self, voids: list[_Void], plan: _Plan, *, retire: bool) -> tuple[list[Outcome], set[int]]: ...
+
+    @overload
+    def _void(
+        self, voids: list[_Void], plan: _Plan, *, retire: bool, riders: Sequence[WriteOp]
+    ) -> tuple[list[Outcome], dict[Hashable, WriteResult]]: ...
+
+    def _void(
+        self, voids: list[_Void], plan: _Plan, *, retire: bool, riders: Sequence[WriteOp] | None = None
+    ) -> tuple[list[Outcome], set[int] | dict[Hashable, WriteResult]]:
         """Void what must not stay open, in one batch call: an invoice with payments applied is never sent (its
         owners fail with the reason), one QuickBooks already voided is only recorded. Returns the outcomes (the
-        owners' final ones too, but for creates) and the owners that cannot go on."""
+        owners' final ones too, but for creates; ``retire``: and those of the retired invoices) and the owners that
+        cannot go on — or, with ``riders`` (creates nothing here waits for, sent in the same batch call after the
+        voids), the riders' results instead."""
         blocked = {
             void.qbo_id: f"{void} has payments applied in QuickBooks ({describe_payments(void.obj)}), so it "
             "cannot be voided: unapply or refund them there first"
@@ -495,7 +514,7 @@ class InvoicePusher:
             for void in voids
             if void.qbo_id not in blocked and void.qbo_id not in done and set(void.owners) - doomed
         ]
-        sent, failed = self._send_voids(sendable)
+        sent, failed, answers = self._send_voids(sendable, riders or ())
         done.update(sent)
         problems: dict[int, list[tuple[str, bool]]] = {}
         for void in voids:
@@ -535,18 +554,25 @@ class InvoicePusher:
             message = "; ".join(m for m, _ in reasons)
             status = None if retryable else "error"
             outcomes.append(Failed("invoice", owner, "void", message, retryable, invoice_status=status))
-        for invoice_id, outcome in plan.retired.items():
+        for invoice_id, outcome in plan.retired.items() if retire else ():
             if invoice_id not in problems:
                 outcomes.append(outcome)
+        if riders is not None:
+            return outcomes, answers
         return outcomes, set(problems)
 
-    def _send_voids(self, voids: list[_Void]) -> tuple[dict[str, QboInvoice], dict[str, tuple[str, bool]]]:
-        """Void invoices in one batch call; a stale SyncToken is retried with the re-read one."""
+    def _send_voids(
+        self, voids: list[_Void], riders: Sequence[WriteOp] = ()
+    ) -> tuple[dict[str, QboInvoice], dict[str, tuple[str, bool]], dict[Hashable, WriteResult]]:
+        """Void invoices in one batch call — ``riders`` (creates) after them in the same call, their results returned
+        by key; a stale SyncToken is retried with the re-read one (a call of its own)."""
         done: dict[str, QboInvoice] = {}
         failed: dict[str, tuple[str, bool]] = {}
+        answers: dict[Hashable, WriteResult] = {}
         pending = {void.qbo_id: str(void.obj["SyncToken"]) for void in voids}
-        for _ in range(VOID_ROUNDS):
-            if not pending:
+        for round_ in range(VOID_ROUNDS):
+            extra = list(riders) if round_ == 0 else []
+            if not pending and not extra:
                 break
             ops = [
                 WriteOp(
@@ -559,7 +585,14 @@ class InvoicePusher:
                 for qbo_id, token in pending.items()
             ]
             retry: dict[str, str] = {}
-            for result in self.ctx.client.write_batch(ops):
+            # with creates aboard a lost answer is not replayed: their recovery reads what QuickBooks holds, and a
+            # void whose answer is lost is retried with its owner (found void then, it is only recorded)
+            results = self.ctx.client.write_batch([*ops, *extra], replay_lost=not extra)
+            riding = {op.key for op in extra}
+            answers.update({result.key: result for result in results if result.key in riding})
+            for result in results:
+                if result.key in riding:
+                    continue
                 qbo_id = str(result.key)
                 if result.ok and result.entity_obj is not None:
                     done[qbo_id] = result.entity_obj
@@ -570,18 +603,20 @@ class InvoicePusher:
                     failed[qbo_id] = (describe(error), error.retryable)
             pending = retry
         failed.update({qbo_id: ("QuickBooks kept changing it", True) for qbo_id in pending})
-        return done, failed
+        return done, failed, answers
 
     # -- creates -------------------------------------------------------------------------------------------------
-    def _create(self, ready: Sequence[tuple[_Create, QboInvoice | None]]) -> list[Outcome]:
-        """Links for the invoices QuickBooks already holds, then one batch call for the others — each of their
-        (DocNumber, customer) recorded before it is sent."""
+    def _prepare_creates(
+        self, ready: Sequence[tuple[_Create, QboInvoice | None]]
+    ) -> tuple[list[Outcome], dict[int, _Create], list[WriteOp]]:
+        """Links for the invoices QuickBooks already holds, and the create ops for the others — each of their
+        (DocNumber, customer) recorded before it is sent (by :meth:`_send_voids`, in one batch call)."""
         outcomes: list[Outcome] = [
             self._pushed(create, "link", match) for create, match in ready if match is not None
         ]
         ops = {create.id: create for create, match in ready if match is None}
         if not ops:
-            return outcomes
+            return outcomes, ops, []
         record_sends(
             self.ctx.engine,
             self.ctx.client.realm_id,
@@ -600,9 +635,16 @@ class InvoicePusher:
             )
             for invoice_id, create in ops.items()
         ]
+        return outcomes, ops, writes
+
+    def _created(self, ops: Mapping[int, _Create], answers: Mapping[Hashable, WriteResult]) -> list[Outcome]:
+        """The creates' outcomes from their answers; those whose answer was lost are looked for in QuickBooks."""
+        outcomes: list[Outcome] = []
         lost: list[_Create] = []
-        for result in self.ctx.client.write_batch(writes, replay_lost=False):
-            create = ops[int(str(result.key))]
+        for invoice_id, create in ops.items():
+            result = answers.get(invoice_id) or WriteResult(
+                invoice_id, False, error=QboError("no answer for this write")
+            )
             if result.ok and result.entity_obj is not None:
                 outcomes.append(self._pushed(create, "create", result.entity_obj))
             elif isinstance(result.error, AnswerLost):

@@ -18,9 +18,10 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient, WriteFenceLost
@@ -295,13 +296,19 @@ class _Push:
         # was asked, so never later than the database's own expiry; see _lease_left)
         self._held_until = 0.0
         self._held_lock = threading.Lock()
-        client.write_fence = self._fence
+        client.write_fence = self._write_fence
         self.stats = PushStats(organization_id)
         self.ctx = PushContext(engine, client, organization_id, run_id, self._checkpoint)
         self.customers = NameListPusher(self.ctx, CUSTOMERS)
         self.items = NameListPusher(self.ctx, ITEMS)
         self.invoices = InvoicePusher(self.ctx)
-        self.claimed: dict[RecordKey, list[QueueItem]] = defaultdict(list)
+        # every row claimed in this run, by record (a later claim of a record replaces its earlier rows: the claim
+        # never hands out a record while an older row of it is unfinished, so those are settled)
+        self.claimed: dict[RecordKey, list[QueueItem]] = {}
+        self._round_claimed: dict[RecordKey, list[QueueItem]] = defaultdict(list)  # the round being prepared
+        # invoice chunks of every round, submitted and not yet seen finished: (future, chunk, times submitted)
+        self._chunks: list[tuple[Future[None], list[int], int]] = []
+        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._progress: ProgressCallback | None = None
         self._started = time.monotonic()
@@ -322,12 +329,29 @@ class _Push:
             target=self._renew_leases, args=(stop_renewing,), name="push-leases", daemon=True
         )
         renewer.start()
+        self._pool = ThreadPoolExecutor(max_workers=self.client.config.in_flight, thread_name_prefix="push")
         try:
-            while batch := self._retrying(lambda: self._claim_or_linger(invoice_ids, linger_seconds)):
-                self._retrying(lambda: self._round(batch, counted=invoice_ids is not None))
+            while True:
+                # while invoice chunks are still on their way the next round is claimed without lingering: with
+                # nothing due now, those chunks are waited for (their failures may be due again soon)
+                in_flight = bool(self._chunks)
+                linger = 0.0 if in_flight else linger_seconds
+                batch = self._retrying(partial(self._claim_or_linger, invoice_ids, linger))
+                if not batch:
+                    if not in_flight:
+                        break
+                    self._collect(backlog=0)
+                    continue
+                round_invoices = self._retrying(partial(self._round, batch, counted=invoice_ids is not None))
+                self._submit_invoices(round_invoices)
+                # the next round is claimed once fewer chunks wait for a thread than the client may send at once, so
+                # the threads never run dry at a round's end while the company's window has room
+                self._collect(backlog=self.client.config.in_flight)
+            self._collect(backlog=0)
         except WriteFenceLost:
             raise self._abandoned() from None
         finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
             stop_renewing.set()
             renewer.join()
             self.stats.elapsed_seconds = time.monotonic() - self._started
@@ -418,6 +442,14 @@ class _Push:
                 time.sleep(FENCE_RETRY_SECONDS)
         raise AssertionError("unreachable")
 
+    def _write_fence(self) -> float:
+        """The client's write fence (:meth:`_fence`), the last step before the request leaves: the realm's windows
+        count it from now, not from its answer (``SharedRateLimiter.sending``)."""
+        deadline = self._fence()
+        if self._limiter is not None:
+            self._limiter.sending()
+        return deadline
+
     def _fence_in(self, conn: Connection, *, hold: bool = False) -> timedelta:
         """In a checkpoint's transaction too: refuse unless this worker holds the realm with more than the margin
         left and the organisation is still connected to that company (not reconnected or switched meanwhile).
@@ -496,20 +528,22 @@ class _Push:
                 time.sleep(FENCE_RETRY_SECONDS)
         raise AssertionError("unreachable")
 
-    def _round(self, batch: list[QueueItem], *, counted: bool) -> None:
-        """Push one claimed batch: dependencies first, then invoices (creates, then voids). ``counted``: the total
-        is known (chosen invoices), else it grows with what is due."""
+    def _round(self, batch: list[QueueItem], *, counted: bool) -> list[int]:
+        """Prepare one claimed batch: refusals, then its dependencies (customers and items, pushed now); returns its
+        invoices, for :meth:`_submit_invoices` (creates after voids, chunk by chunk). ``counted``: the total is known
+        (chosen invoices), else it grows with what is due. Safe to repeat (nothing of the invoices is sent yet)."""
         if not counted:
             due = self.queue.due_by_organization().get(self.org, (0, 0))[0]
             self.stats.total = max(self.stats.total, self.stats.done + len(batch) + due)
-        self.claimed.clear()
+        self._round_claimed = defaultdict(list)
         refused: list[Outcome] = []
         for item in batch:
             try:
                 assert_pushable(item.entity_type)
             except NotPushableError as exc:
                 refused.append(Failed(item.entity_type, item.entity_id, "refuse", str(exc), retryable=False))
-            self.claimed[(item.entity_type, item.entity_id)].append(item)
+            self._round_claimed[(item.entity_type, item.entity_id)].append(item)
+        self.claimed.update(self._round_claimed)
         self._checkpoint(refused)
         invoice_ids = self._ids("invoice")
         customer_deps, item_deps = self._dependencies(invoice_ids)
@@ -517,10 +551,10 @@ class _Push:
         self._claim_dependencies("item", item_deps)
         self._in_chunks("customer", sorted(set(self._ids("customer")) | customer_deps), self.customers.push)
         self._in_chunks("item", sorted(set(self._ids("item")) | item_deps), self.items.push)
-        self._in_chunks("invoice", invoice_ids, self.invoices.push, checkpointed=True)
+        return invoice_ids
 
     def _ids(self, entity_type: str) -> list[int]:
-        return sorted(entity_id for kind, entity_id in self.claimed if kind == entity_type)
+        return sorted(entity_id for kind, entity_id in self._round_claimed if kind == entity_type)
 
     def _dependencies(self, invoice_ids: list[int]) -> tuple[set[int], set[int]]:
         """Customers and items that the invoices reference and QuickBooks does not have yet."""
@@ -536,7 +570,7 @@ class _Push:
 
     def _claim_dependencies(self, entity_type: str, ids: set[int]) -> None:
         """Lease the queue rows of dependencies too, so their push is acknowledged with the rest."""
-        missing = sorted(i for i in ids if (entity_type, i) not in self.claimed)
+        missing = sorted(i for i in ids if (entity_type, i) not in self._round_claimed)
         if not missing:
             return
         self._fence()
@@ -548,7 +582,10 @@ class _Push:
             entity_types=[entity_type],
             entity_ids=missing,
         ):
-            self.claimed[(item.entity_type, item.entity_id)].append(item)
+            self._round_claimed[(item.entity_type, item.entity_id)].append(item)
+            self.claimed[(item.entity_type, item.entity_id)] = self._round_claimed[
+                (item.entity_type, item.entity_id)
+            ]
 
     def _in_chunks(
         self,
@@ -565,6 +602,79 @@ class _Push:
         rounds carry on. Only an :class:`AuthError` (once the other chunks are done) or a lost lease stops the push.
         """
         chunks = [ids[i : i + BATCH_MAX] for i in range(0, len(ids), BATCH_MAX)]
+        run = self._chunk_runner(entity_type, push, checkpointed=checkpointed)
+        with ThreadPoolExecutor(max_workers=self.client.config.in_flight, thread_name_prefix="push") as pool:
+            errors = [future.exception() for future in [pool.submit(run, chunk) for chunk in chunks]]
+        self._raise_first(errors)
+
+    def _raise_first(self, errors: Sequence[BaseException | None]) -> None:
+        """A lost lease abandons the push; else an :class:`AuthError`, else any other error of a chunk (its failure
+        checkpoint itself failed: nothing more can be recorded) ends it."""
+        if any(isinstance(e, WriteFenceLost) for e in errors) or self._lease_lost.is_set():
+            raise self._abandoned()
+        failure = next((e for e in errors if isinstance(e, AuthError)), None) or next(
+            (e for e in errors if e is not None), None
+        )
+        if failure is not None:
+            raise failure
+
+    def _submit_invoices(self, ids: Sequence[int]) -> None:
+        """Hand a round's invoices, 30 to a chunk, to the run's threads without waiting for them (see
+        :meth:`_collect`): the next round is prepared while these wait for the company's window."""
+        assert self._pool is not None
+        for i in range(0, len(ids), BATCH_MAX):
+            chunk = list(ids[i : i + BATCH_MAX])
+            self._chunks.append((self._pool.submit(self._invoice_chunk, chunk), chunk, 1))
+
+    def _invoice_chunk(self, chunk: Sequence[int]) -> None:
+        self._chunk_runner("invoice", self.invoices.push, checkpointed=True)(chunk)
+
+    def _collect(self, *, backlog: int) -> None:
+        """Wait until no more than ``backlog`` invoice chunks wait for a thread (0: until every chunk is done),
+        settling those that finished. A chunk whose failure could not even be recorded (the database dropped the
+        connection) is sent round again, as a repeated round was; a lost lease or an :class:`AuthError` ends the
+        push once the chunks running have returned."""
+        assert self._pool is not None
+        while True:
+            still: list[tuple[Future[None], list[int], int]] = []
+            errors: list[BaseException] = []
+            for future, chunk, tries in self._chunks:
+                if not future.done():
+                    still.append((future, chunk, tries))
+                    continue
+                error = future.exception()
+                if error is None:
+                    continue
+                if (
+                    isinstance(error, DATABASE_ERRORS)
+                    and tries < FENCE_ATTEMPTS
+                    and not self._lease_lost.is_set()
+                ):
+                    time.sleep(FENCE_RETRY_SECONDS)
+                    still.append((self._pool.submit(self._invoice_chunk, chunk), chunk, tries + 1))
+                else:
+                    errors.append(error)
+            self._chunks = still
+            if errors or self._lease_lost.is_set():
+                for future, _, _ in self._chunks:
+                    future.cancel()
+                wait([future for future, _, _ in self._chunks])
+                self._chunks = []
+                self._raise_first(errors)
+            waiting = sum(1 for future, _, _ in self._chunks if not future.running() and not future.done())
+            if (waiting <= backlog and backlog > 0) or not self._chunks:
+                return
+            wait([future for future, _, _ in self._chunks], return_when=FIRST_COMPLETED)
+
+    def _chunk_runner(
+        self,
+        entity_type: str,
+        push: Callable[[Sequence[int]], list[Outcome]],
+        *,
+        checkpointed: bool,
+    ) -> Callable[[Sequence[int]], None]:
+        """What one chunk's thread does: fence, count attempts, push, checkpoint (a failure fails the chunk's
+        records for a retry with backoff)."""
 
         def run(chunk: Sequence[int]) -> None:
             if self._lease_lost.is_set():
@@ -587,17 +697,7 @@ class _Push:
             if not checkpointed:
                 self._checkpoint(outcomes)
 
-        with ThreadPoolExecutor(max_workers=self.client.config.in_flight, thread_name_prefix="push") as pool:
-            errors = [future.exception() for future in [pool.submit(run, chunk) for chunk in chunks]]
-        if any(isinstance(e, WriteFenceLost) for e in errors) or self._lease_lost.is_set():
-            raise self._abandoned()
-        failure = next((e for e in errors if isinstance(e, AuthError)), None) or next(
-            (e for e in errors if e is not None), None
-        )
-        if (
-            failure is not None
-        ):  # AuthError, or the failure checkpoint itself failed: nothing more can be recorded
-            raise failure
+        return run
 
     def _checkpoint(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:

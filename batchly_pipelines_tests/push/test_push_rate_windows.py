@@ -1,0 +1,73 @@
+"""The push's batch calls count against the company's windows from when they were sent, not from their answers.
+
+QuickBooks counts a request when it arrives. A limiter that starts a request's window only when the answer is read
+loses the server's processing time of every call in every window — up to a second for a batch under load, a tenth of a
+call per window and chain — and a worker frozen with answers unread (SIGSTOP) put its old calls back into the windows
+when it resumed. The push's write fence is the last step before a write leaves, so it marks the send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from batchly_pipelines.quickbooks.client import QuickBooksClient
+from batchly_pipelines.quickbooks.ratelimit import SharedRateLimiter
+from batchly_pipelines.services.push.organization import PushStats
+from batchly_pipelines.store import schema as s
+from batchly_pipelines_tests.support import factories as f
+
+SLOW_ANSWER = 0.3  # seconds each batch answer takes to be read
+
+
+def test_batch_calls_count_from_their_send_not_their_answer(
+    engine: Engine,
+    org: int,
+    client: QuickBooksClient,
+    push: Callable[..., PushStats],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with engine.begin() as conn:
+        customer = f.customer(conn, org)
+        item = f.item(conn, org)
+        for number in range(3):
+            f.invoice(conn, org, customer, item, doc_number=f"WIN-{number}")
+    calls: list[tuple[float, float]] = []  # (request started, answer read) of every batch call
+    request = client.session.request
+
+    def slow(method: str, url: str, **options: Any) -> Any:
+        started = time.time()
+        response = request(method, url, **options)
+        if url.endswith("/batch"):
+            time.sleep(SLOW_ANSWER)
+            calls.append((started, time.time()))
+        return response
+
+    monkeypatch.setattr(client.session, "request", slow)
+    limiter = client.limiter
+    assert isinstance(limiter, SharedRateLimiter)
+    stored: list[tuple[bool, float]] = []  # (batch call?, its time in the windows) as the ledger keeps it
+    finish = limiter.ledger.finish
+
+    def finished(request_id: int, sent_at: float | None = None) -> None:
+        finish(request_id, sent_at)
+        r = s.qbo_rate_requests.c
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(r.is_batch, r.sent_at).where(r.id == request_id)).one()
+        stored.append((bool(row.is_batch), float(row.sent_at)))
+
+    monkeypatch.setattr(limiter.ledger, "finish", finished)
+
+    stats = push()
+
+    assert stats.actions == {"customer.create": 1, "item.create": 1, "invoice.create": 3}
+    batch_times = [at for batch, at in stored if batch]
+    assert len(batch_times) == len(calls) == 3  # customer, item, invoices: one after the other
+    for at, (started, answered) in zip(batch_times, sorted(calls), strict=True):
+        assert at <= started  # marked by the write fence, right before the request left
+        assert at < answered - SLOW_ANSWER + 0.05
