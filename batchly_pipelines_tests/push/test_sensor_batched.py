@@ -5,12 +5,16 @@ against it (the run red) while the others push, one whose realm is busy is left 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from dagster import (
+    DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -19,7 +23,9 @@ from dagster import (
     SensorResult,
     SkipReason,
     build_sensor_context,
+    instance_for_test,
 )
+from dagster._core.events import EngineEventData
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.defs.push.job import push_to_quickbooks
@@ -202,3 +208,40 @@ def test_an_organisation_whose_realm_is_busy_is_left_for_the_next_run_not_failed
             sa.select(s.sync_queue.c.attempts).where(s.sync_queue.c.organization_id == busy)
         ).scalars()
         assert set(attempts) == {0}
+
+
+def test_a_batch_run_whose_process_is_gone_is_failed_and_its_organisations_batched_again(
+    engine: Engine, companies: list[tuple[int, Books]]
+) -> None:
+    orgs = [org for org, _ in companies]
+    with engine.begin() as conn:
+        for org in orgs:
+            f.customer(conn, org)
+    worker = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(
+        os.P_PID, worker.pid, os.WEXITED | os.WNOWAIT
+    )  # exited, not reaped: a zombie, as a killed run worker
+    with instance_for_test() as instance:  # the default run launcher, as dagster dev runs it
+        try:
+            dead = instance.add_run(
+                DagsterRun(
+                    job_name=push_to_quickbooks.name,
+                    status=DagsterRunStatus.STARTED,
+                    run_config={"ops": {"push_records": {"config": {"organization_ids": orgs}}}},
+                    tags={BATCH_TAG: "3"},
+                )
+            )
+            instance.report_engine_event(
+                f"Started process for run (pid: {worker.pid}).", dead, EngineEventData.in_process(worker.pid)
+            )
+
+            [request] = _requests(_tick(engine, instance))
+        finally:
+            worker.wait()
+
+        failed = instance.get_run_by_id(dead.run_id)
+        assert failed is not None and failed.status == DagsterRunStatus.FAILURE
+        [event] = instance.all_logs(dead.run_id, of_type=DagsterEventType.RUN_FAILURE)
+        assert "of a batch of 3 organisations is dead" in event.message
+        assert f"run worker (process {worker.pid}) is gone" in event.message
+        assert _batch(request) == orgs  # its organisations are no longer held: the next batch has them
