@@ -7,6 +7,7 @@ still shows the invoice unpushed, QuickBooks bills it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
 from batchly_pipelines_tests.support import factories as f
 from batchly_pipelines_tests.support.push import (
     Books,
@@ -214,7 +216,9 @@ def test_an_invoice_whose_correction_was_refused_waits_then_is_pushed(
     invoice = _invoice(engine, org, customer, item, "1001")
     correction = _invoice(engine, org, customer, item, "1001-A", replaces_invoice_id=invoice, total_amount=1)
 
-    push()
+    # the original's wait is a retry an hour away: on the default, compressed backoff (tens of milliseconds here) a
+    # push slowed by a loaded machine meets it due again, the correction dead by then, and rightly pushes it at once
+    push(queue=SyncQueue(engine, RetryPolicy(base_delay=timedelta(hours=1))))
 
     assert books.objects("Invoice") == []
     assert queue_status(engine, "invoice", correction)[0] == "dead"

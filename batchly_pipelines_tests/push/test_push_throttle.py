@@ -2,8 +2,8 @@
 
 The sandbox takes 20 batch calls per minute instead of 40 (time-compressed: a minute lasts 60/SCALE seconds). A
 limiter fixed at Intuit's numbers had a quarter of this push's requests answered 429 (and its throughput fell below
-0.8); the learning one loses one or two and keeps the pace the company allows. ``benchmarks/run.py push-budget``
-measures the same at length.
+0.8); the learning one loses one or two and ends at the budget the company takes. The pace it keeps is a
+wall-clock figure, measured by ``benchmarks/run.py push-budget``, not asserted here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import ClientConfig
-from batchly_pipelines.services.connections import client_for_organization
+from batchly_pipelines.quickbooks.ratelimit import RateLimits
+from batchly_pipelines.services.connections import client_for_organization, database_rate_limiter
 from batchly_pipelines.services.push.organization import push_organization
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
@@ -73,6 +74,8 @@ def test_a_push_learns_a_company_that_takes_half_the_documented_batch_calls(
     assert figures.throttled == admin.counter(realm_id, "throttled")
     assert figures.least_seconds > 0  # the push did need more than one of the company's minutes
     assert figures.throttled_ratio <= 0.05, figures.as_dict()
-    # the learned budget is used (the old fixed limiter: 0.785 with 26 % throttled); a wall-clock ratio, so with
-    # room for a loaded machine (it measured 0.848 once in a fresh-clone run; the speed itself is the benchmarks')
-    assert figures.throughput_ratio >= 0.80, figures.as_dict()
+    # The learned budget is the company's, not a collapsed one: a pace is a wall-clock figure and belongs to the
+    # benchmarks (push-budget), so what is asserted is what the limiter learned. One less when a call overtaken on
+    # its way made the realm refuse it at what the limiter counted as the last of the window.
+    budget = database_rate_limiter(engine, realm_id, RateLimits(time_scale=SCALE)).budget()
+    assert REAL_BATCH_BUDGET - 1 <= budget.batch_per_minute.limit <= REAL_BATCH_BUDGET, budget
