@@ -93,10 +93,26 @@ def _encoder(kind: Any) -> Callable[[Any], str]:
     if isinstance(kind, sa.Boolean):
         return _copy_bool
     if isinstance(kind, sa.DateTime) or isinstance(getattr(kind, "impl", None), sa.DateTime):
-        return _copy_instant
+        return _remembering(_copy_instant)
     if isinstance(kind, sa.String):
         return _copy_string
     return str
+
+
+def _remembering(encode: Callable[[Any], str]) -> Callable[[Any], str]:
+    """``encode`` that gives the text of the value it encoded last again without encoding it: a batch's rows share
+    one ``now`` (``pulled_at``, ``created_at``, ``last_synced_at`` …), one object, whose ``isoformat`` is most of
+    what a timestamp costs."""
+    last_value: Any = object()
+    last_text = ""
+
+    def remembered(value: Any) -> str:
+        nonlocal last_value, last_text
+        if value is not last_value:
+            last_value, last_text = value, encode(value)
+        return last_text
+
+    return remembered
 
 
 def _copy_string(value: Any) -> str:
