@@ -372,7 +372,7 @@ class SharedRateLimiter:
         started = time.monotonic()
         with self._local_slots:
             admission = self._admit(batch)
-            refused = False
+            refused = failed = False
             sends: list[float] = []
             outer = getattr(self._thread, "sends", None)
             self._thread.sends = sends
@@ -381,12 +381,25 @@ class SharedRateLimiter:
             except ThrottledError:
                 refused = True
                 raise
+            except BaseException:
+                failed = True
+                raise
             finally:
                 self._thread.sends = outer
                 if refused:
                     self._learn(admission)
                 else:
-                    self.ledger.finish(admission.request_id, sends[-1] if sends else None)
+                    self.ledger.finish(admission.request_id, self._sent_at(admission, sends, failed))
+
+    @staticmethod
+    def _sent_at(admission: Admission, sends: Sequence[float], failed: bool) -> float | None:
+        """When a finished request counts from: its send, when the caller said so; when it failed without (a write
+        its fence stopped, after a freeze too: never sent; or a request with nothing between admission and send),
+        its admission — not the moment a frozen process got round to it, which would put a request QuickBooks never
+        counted into the windows and into what the realm seems to serve; otherwise its answer (``None``)."""
+        if sends:
+            return sends[-1]
+        return admission.admitted_at if failed else None
 
     def sending(self) -> None:
         """The calling thread's request leaves now (call it right before the bytes are sent, inside :meth:`slot`):

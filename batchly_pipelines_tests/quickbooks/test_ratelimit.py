@@ -411,3 +411,16 @@ def test_a_request_counts_from_when_it_was_sent_not_from_its_answer(engine: Engi
     # by more than its way there: its window closes a whole answer sooner
     assert batch_at <= sent < answered - 0.25
     assert read_at >= before_answer
+
+
+def test_a_request_that_failed_before_it_was_sent_counts_from_its_admission(engine: Engine) -> None:
+    """A worker frozen between admission and send (SIGSTOP) whose write fence refuses when it resumes: its request
+    never reached QuickBooks, so it must not land in the windows at the moment the process resumed."""
+    limiter = database_rate_limiter(engine, "realm-unsent", RateLimits(time_scale=TIME_SCALE))
+    with pytest.raises(RuntimeError), limiter.slot(batch=True):
+        admitted = time.time()
+        time.sleep(0.3)  # frozen; then the fence refuses
+        raise RuntimeError("the push lost its lease")
+    [(admitted_at, sent_at, flying)] = _logged(engine, "realm-unsent")
+    assert flying is None
+    assert sent_at == admitted_at <= admitted
