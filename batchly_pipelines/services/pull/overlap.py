@@ -2,8 +2,8 @@
 
 QuickBooks' limits set the pace of a long mirror (500 calls a minute: an import of 100,000 rows is at least ~12 s of
 reading), and the reconciliation used to start only once it was done. Here a follower thread takes what each page
-wrote (its ids, and the objects themselves while at most :data:`HOLD_PAGES` pages wait, so their JSON need not be
-read back) and reconciles it in batches of 1,000, :data:`WORKERS` batches at a time over disjoint ids (each one
+wrote (its ids, and the objects' synced fields while at most :data:`HOLD_PAGES` pages wait, so their JSON need
+not be read back) and reconciles it in batches of 1,000, :data:`WORKERS` batches at a time over disjoint ids (each one
 transaction as in :mod:`.reconcile`: while one waits for the database the other runs its Python), so by the time the
 last page is stored most rows are in Batchly; after the mirror has ended (its deletions recorded, its cursor moved) a
 final pass reconciles every mirror row whose version is still not reconciled — rows the batches left for it, the
@@ -65,10 +65,10 @@ from batchly_pipelines.store.statistics import GrowingTables
 _DONE = None  # handed to the follower once the mirror has ended
 # batches reconciled at once: while one waits for the database, the other runs its Python
 WORKERS = 2
-# pages waiting for the reconciliation that still carry their objects (each a few megabytes in memory): a
-# reconciliation that falls behind the mirror reads the others' JSON back
-HOLD_PAGES = 2
-# what the mirror hands over of one object it wrote: its id, the version written, the object (or None)
+# pages waiting for the reconciliation that carry their objects' synced fields (about 2 MB a page; the objects
+# themselves were about 10): a reconciliation that falls further behind the mirror reads the others' JSON back
+HOLD_PAGES = 10
+# what the mirror hands over of one object it wrote: its id, the version written, its synced fields (or None)
 _Written = tuple[str, str | None, Mapping[str, Any] | None]
 
 
@@ -115,16 +115,20 @@ class _Follower:
 
     # called from the mirror's thread
     def feed(self, objects: Sequence[Mapping[str, Any]], versions: Mapping[str, str]) -> None:
-        """Hand over what a page wrote; raises the reconciliation's error, which stops the mirror. The objects
-        travel along (their JSON need not be read back) while at most :data:`HOLD_PAGES` pages wait, else only
-        their ids: memory stays flat however far the reconciliation falls behind."""
+        """Hand over what a page wrote; raises the reconciliation's error, which stops the mirror. The objects'
+        synced fields (``from_qbo``, what the reconciliation would map from the mirror's JSON) travel along while at
+        most :data:`HOLD_PAGES` pages wait, else only their ids: memory stays flat however far the reconciliation
+        falls behind."""
         if self.error is not None:
             raise self.error
         if objects:
             self.fed += len(objects)
-            keep = self.inbox.qsize() < HOLD_PAGES
+            mapping = self.reconciler.kind.mapping if self.inbox.qsize() < HOLD_PAGES else None
             self.inbox.put(
-                [(str(obj["Id"]), versions.get(obj["Id"]), obj if keep else None) for obj in objects]
+                [
+                    (str(obj["Id"]), versions.get(obj["Id"]), mapping.from_qbo(obj) if mapping else None)
+                    for obj in objects
+                ]
             )
             self._estimate()
 
@@ -182,7 +186,9 @@ class _Follower:
                         _settle(flying)
                     if self.stop.is_set():
                         return  # the pool waits for the batches under way: each commits whole or not at all
-                    known = {qbo_id: (version, obj) for qbo_id, version, obj in part if version and obj}
+                    known = {
+                        qbo_id: (version, fields) for qbo_id, version, fields in part if version and fields
+                    }
                     flying[pool.submit(self._batch, sorted(ids), known)] = ids
             while flying:
                 _settle(flying)

@@ -234,9 +234,9 @@ class Reconciler:
         """Reconcile the mirror rows of ``ids`` (at most :data:`CHUNK`) in one transaction, their Batchly rows
         locked from the first read: an app edit committed meanwhile waits and lands after, never overwritten by a
         merge that did not see it. With ``defer_named``, unlinked rows a name match could claim are left for a
-        later pass (see the class doc). ``known``: QuickBooks id → (mirror version, the object written at it), from
-        the mirror that wrote them — a row still at that version is not read back from the mirror's JSON. Returns
-        how many rows were left for later."""
+        later pass (see the class doc). ``known``: QuickBooks id → (mirror version, the synced fields of the object
+        written at it, as ``kind.mapping.from_qbo`` maps them), from the mirror that wrote them — a row still at that
+        version is not read back from the mirror's JSON. Returns how many rows were left for later."""
         kind, org = self.kind, self.organization_id
         with sync_transaction(self.engine) as conn:
             pulled = [
@@ -301,25 +301,25 @@ def _mirror_rows(
     ids: Sequence[str],
     known: Mapping[str, tuple[str, Mapping[str, Any]]] | None,
 ) -> list[dict[str, Any]]:
-    """The mirror rows of ``ids``, their ``data`` taken from ``known`` where the row is still at the version
-    ``known`` names (read from the mirror otherwise)."""
+    """The mirror rows of ``ids``: with their synced ``fields`` from ``known`` where the row is still at the
+    version ``known`` names, with their ``data`` read from the mirror otherwise."""
     if not known:
         return mirror_rows(conn, organization_id, entity, ids)
     rows = mirror_rows(conn, organization_id, entity, ids, data=False)
     stale = []
     for row in rows:
-        version, data = known.get(row["qbo_id"], (None, None))
+        version, fields = known.get(row["qbo_id"], (None, None))
         if version is not None and version == row["version"]:
-            row["data"] = data
+            row["fields"] = fields
         else:
             stale.append(row["qbo_id"])
     if not stale:
         return rows
     read = {row["qbo_id"]: row for row in mirror_rows(conn, organization_id, entity, stale)}
     return [
-        row if "data" in row else read[row["qbo_id"]]
+        row if "fields" in row else read[row["qbo_id"]]
         for row in rows
-        if "data" in row or row["qbo_id"] in read
+        if "fields" in row or row["qbo_id"] in read
     ]
 
 
@@ -357,8 +357,8 @@ def _with_news(
             news = bool(active)
         else:
             news = entity_id is None or token is None or int(row["sync_token"]) > int(token)
-        if news:  # QuickBooks' values mapped once, for every use below
-            fields = kind.mapping.from_qbo(row["data"])
+        if news:  # QuickBooks' values mapped once (by the mirror's hand-over, or here), for every use below
+            fields = row["fields"] if "fields" in row else kind.mapping.from_qbo(row["data"])
             rows.append({**row, "entity_id": entity_id, "base": base, "fields": fields})
     return rows
 
