@@ -56,7 +56,8 @@ def _text_problem(value: str, length: int | None) -> str | None:
     if "\x00" in value:
         return f"contains a NUL character (at position {value.index(chr(0))}), which Batchly cannot store"
     try:
-        value.encode("utf-8")
+        if not value.isascii():  # ASCII (most text; told by a flag, not a scan) holds no surrogate
+            value.encode("utf-8")
     except UnicodeEncodeError as exc:
         return f"contains an unpaired surrogate (at position {exc.start}), which is not valid Unicode"
     if length is not None and len(value) > length:
