@@ -145,7 +145,8 @@ def test_a_live_run_keeps_its_leases_however_long_a_round_takes(
             stolen = SyncQueue(engine).claim("intruder", limit=1000, lease=timedelta(minutes=1))
             intruder.append(len(stolen))
 
-    push(lease=timedelta(seconds=3 * TIME_SCALE), progress=slow_progress)  # 3 s: renewed every second
+    # 6 s, renewed every 2 s: a 3 s lease can lapse on a machine loaded enough to starve the renewer a few seconds
+    push(lease=timedelta(seconds=6 * TIME_SCALE), progress=slow_progress)
 
     assert intruder == [0]
     _assert_exactly_once(engine, books, 30)
