@@ -10,12 +10,12 @@ so the limiter behaves the same on SQLite and PostgreSQL and needs no other infr
   also carries a pause: after a 429 every process holds off until then;
 - a request holds an in-flight slot while it is in flight — until its lease ends, one lease of QuickBooks time
   compressed like every window, so a process that died mid-request frees its slots within one lease — and counts as
-  "now" in every window. When its answer arrives its time becomes the moment it was *sent*, if the caller said so
-  (:meth:`SharedRateLimiter.sending`, called right before the bytes leave: the server cannot have counted it any
-  earlier), else the moment of the answer (the server admitted it before it answered). Counting from the answer cost
-  every call the server's processing time (up to a second for a batch under load) of each window, and a process
-  frozen with an answer unread (SIGSTOP) put its old requests back into the windows when it resumed, so the realm
-  seemed to serve more than it does.
+  "now" in every window. When its answer arrives its time becomes that moment (the server admitted it before it
+  answered) — but, when the caller said when it was sent (:meth:`SharedRateLimiter.sending`, right before the bytes
+  leave), no later than ``arrival_bound_seconds`` after the send: the server counted it on arrival, and a slow
+  answer (a batch under load) or one a frozen process read only when it resumed (SIGSTOP) kept it in the windows,
+  and in what the realm seems to serve, long after the server let it go. A request that failed without being sent
+  (its write fence refused) counts from its admission.
 
 **The learned budget** (:class:`RealmBudget`: additive increase, multiplicative decrease, per realm, persisted in the
 ledger). A realm starts at Intuit's numbers. The per-minute and the batch windows each keep a *limit* (admitted at
@@ -85,9 +85,11 @@ class RateLimits:
     batch_per_minute: int = 40
     time_scale: float = 1.0
     window_margin: float = 0.01  # windows are this fraction longer than the server's…
-    window_slack_seconds: float = (
-        0.02  # …plus this (real seconds: a request's way to the server does not scale)
-    )
+    window_slack_seconds: float = 0.02  # …plus this (real seconds: jitter on the way does not scale)
+    # a request sent (``SharedRateLimiter.sending``) reaches the server within this (real seconds): it counts from
+    # its answer, or from this long after its send when the answer is read later than that (a slow batch, a process
+    # frozen with the answer unread) — never from before the server may have counted it
+    arrival_bound_seconds: float = 1.0
     lease_seconds: float = 180.0  # a dead process's in-flight slot frees after this (QuickBooks time: scaled)
     poll_seconds: float = 0.005  # how often to look again when a request in flight is what blocks
 
@@ -391,14 +393,14 @@ class SharedRateLimiter:
                 else:
                     self.ledger.finish(admission.request_id, self._sent_at(admission, sends, failed))
 
-    @staticmethod
-    def _sent_at(admission: Admission, sends: Sequence[float], failed: bool) -> float | None:
-        """When a finished request counts from: its send, when the caller said so; when it failed without (a write
-        its fence stopped, after a freeze too: never sent; or a request with nothing between admission and send),
-        its admission — not the moment a frozen process got round to it, which would put a request QuickBooks never
-        counted into the windows and into what the realm seems to serve; otherwise its answer (``None``)."""
+    def _sent_at(self, admission: Admission, sends: Sequence[float], failed: bool) -> float | None:
+        """When a finished request counts from. Sent (the caller said so): its answer, but no later than the arrival
+        bound after the send — the server counted it on arrival, and a slow answer (or one a frozen process read only
+        when it resumed) would keep it in the windows, and in what the realm seems to serve, long after the server
+        let it go. Failed without a send (a write its fence stopped, after a freeze too: never sent; or a request
+        with nothing between admission and send): its admission. Otherwise its answer (``None``)."""
         if sends:
-            return sends[-1]
+            return min(time.time(), sends[-1] + self.limits.arrival_bound_seconds)
         return admission.admitted_at if failed else None
 
     def sending(self) -> None:

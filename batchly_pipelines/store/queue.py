@@ -208,9 +208,11 @@ class SyncQueue:
         retryable: bool = True,
         sent: bool = True,
         now: datetime | None = None,
+        retry_now: bool = False,
     ) -> str:
         """:meth:`fail` inside the caller's transaction. ``sent=False``: the record was not sent after all (it waits
-        for another one), so the attempt :meth:`count_attempts` counted for it is given back."""
+        for another one), so the attempt :meth:`count_attempts` counted for it is given back; ``retry_now``: it is
+        due again at once (what it waited for is done in this transaction), without backoff."""
         now = now or utcnow()
         owned = (q.id == item.id) & (q.lease_owner == item.lease_owner) & (q.status == "in_progress")
         attempts = conn.execute(sa.select(q.attempts).where(owned).with_for_update()).scalar()
@@ -228,7 +230,10 @@ class SyncQueue:
                 )
             ).rowcount
             return "dead" if updated else "lost_lease"
-        requeued = _requeue(conn, owned, item.id, now + self.policy.delay(max(1, attempts)), error, now)
+        if retry_now:  # nothing went wrong: it only waited its turn
+            requeued = _requeue(conn, owned, item.id, now, None, now)
+        else:
+            requeued = _requeue(conn, owned, item.id, now + self.policy.delay(max(1, attempts)), error, now)
         return "pending" if requeued else "lost_lease"
 
     def renew_leases(self, worker: str, lease: timedelta, now: datetime | None = None) -> int:

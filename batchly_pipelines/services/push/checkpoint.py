@@ -92,6 +92,9 @@ class Failed:
     # False when the record was never sent — it waits for another record to reach QuickBooks first: the attempt
     # counted before its chunk went out is given back, so waiting never uses up the retry budget
     sent: bool = True
+    # due again at once, without backoff (what it waited for was sent and is checkpointed with it); not a failure
+    # of the run: the push's next claim takes it
+    retry_now: bool = False
 
     @property
     def key(self) -> RecordKey:
@@ -123,6 +126,7 @@ class CheckpointResult:
     acked: int = 0
     retrying: int = 0
     dead: int = 0
+    requeued: int = 0  # due again at once (``Failed.retry_now``): neither settled nor failed
 
 
 class Checkpointer:
@@ -173,6 +177,7 @@ class Checkpointer:
             for outcome, settled, state in stored:
                 result.acked += settled.acked
                 result.retrying += settled.retrying
+                result.requeued += settled.requeued
                 result.dead += settled.dead
                 states += [state] if state is not None else []
                 conflicts += outcome.conflicts
@@ -219,10 +224,19 @@ class Checkpointer:
             )
             for item in items:
                 status = self.queue.fail_in(
-                    conn, item, outcome.message, retryable=outcome.retryable, sent=outcome.sent, now=now
+                    conn,
+                    item,
+                    outcome.message,
+                    retryable=outcome.retryable,
+                    sent=outcome.sent,
+                    now=now,
+                    retry_now=outcome.retry_now,
                 )
                 settled.dead += status == "dead"
-                settled.retrying += status == "pending"
+                if outcome.retry_now and status == "pending":
+                    settled.requeued += 1
+                else:
+                    settled.retrying += status == "pending"
             return outcome, settled, None
         values: dict[str, Any] = {}
         if outcome.qbo_obj:

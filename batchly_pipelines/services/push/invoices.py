@@ -22,9 +22,9 @@ review. A copy of an earlier send with another DocNumber and the same customer i
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import AnswerLost, WriteOp, WriteResult
@@ -215,21 +215,36 @@ class InvoicePusher:
             _owe(voids, self._lost_copies(snap, found, create.id, keep=create.key), create.id, LOST_COPY)
         for invoice_id in plan.retired:
             _owe(voids, self._lost_copies(snap, found, invoice_id, keep=None), invoice_id, LOST_COPY)
-        # a void a create of this chunk waits for goes first, in a call of its own; the others (invoices set to void,
-        # lost copies of retired ones) ride in the creates' batch call: a batch call is the company's scarcest budget
+        # The voids and the creates go in one batch call (voids first), a batch call being the company's scarcest
+        # budget; a create that waits for one of these voids (a correction's original, a lost copy of a renumbered
+        # invoice) is not among them: it is created from the next claim, once the void is checkpointed
         creating = {create.id for create, _ in guarded}
-        first = [void for void in voids.values() if creating & set(void.owners)]
-        riding = [void for void in voids.values() if not creating & set(void.owners)]
-        voided, stopped = self._void(first, plan, retire=False)
-        self.ctx.checkpoint(voided)
-        ready = [(create, match) for create, match in guarded if create.id not in stopped]
+        waiting = {
+            owner for void in voids.values() if not is_voided(void.obj) for owner in void.owners
+        } & creating
+        ready = [(create, match) for create, match in guarded if create.id not in waiting]
         links, creates, writes = self._prepare_creates(ready)
-        rode, answers = self._void(riding, plan, retire=True, riders=writes)
+        voided, problems, answers = self._void(list(voids.values()), plan, riders=writes)
         created = [*links, *self._created(creates, answers)]
+        held = [
+            Failed(
+                "invoice",
+                create.id,
+                "wait",
+                f"invoice {create.id} waits for {_waited_for(voids, create.id)} to be voided first (sent now); "
+                "it is created from the next claim",
+                retryable=True,
+                sent=False,
+                retry_now=True,
+            )
+            for create, _ in guarded
+            if create.id in waiting - problems
+        ]
         pushed = {o.entity_id for o in created if isinstance(o, Pushed)}
-        settled = self._settle_deferred(plan.deferred, pushed)
-        self.ctx.checkpoint([*rode, *plan.outcomes, *created, *settled])
-        return [*voided, *rode, *plan.outcomes, *created, *settled]
+        settled = self._settle_deferred(plan.deferred, pushed, {outcome.entity_id for outcome in held})
+        outcomes = [*voided, *plan.outcomes, *created, *held, *settled]
+        self.ctx.checkpoint(outcomes)
+        return outcomes
 
     def _decide(self, snap: _Snapshot, invoice_id: int, plan: _Plan) -> Outcome | None:
         """What to do with one invoice: an outcome now, or a create / void / wait noted in ``plan`` (then ``None``)."""
@@ -348,9 +363,11 @@ class InvoicePusher:
         return None
 
     @staticmethod
-    def _settle_deferred(deferred: Mapping[int, list[int]], pushed: set[int]) -> list[Outcome]:
+    def _settle_deferred(
+        deferred: Mapping[int, list[int]], pushed: set[int], held: Set[int] = frozenset()
+    ) -> list[Outcome]:
         """Invoices whose replacement (or its replacement, …) reached QuickBooks in this chunk are acknowledged;
-        the others stay pending until it does."""
+        the others stay pending until it does — due again at once when it is ``held`` for the next claim."""
         superseded: dict[int, int] = {}
         progress = True
         while progress:
@@ -369,7 +386,12 @@ class InvoicePusher:
                 outcomes.append(Pushed("invoice", invoice_id, "skip", message=message))
             else:
                 message = f"waiting for invoice {replacements[0]}, which replaces it, to reach QuickBooks"
-                outcomes.append(Failed("invoice", invoice_id, "create", message, retryable=True, sent=False))
+                now = bool(held & set(replacements))
+                outcomes.append(
+                    Failed(
+                        "invoice", invoice_id, "create", message, retryable=True, sent=False, retry_now=now
+                    )
+                )
         return outcomes
 
     # -- what QuickBooks holds ---------------------------------------------------------------------------------
@@ -485,22 +507,13 @@ class InvoicePusher:
         return Failed("invoice", invoice_id, "create", message, retryable=False, invoice_status="error")
 
     # -- voids ---------------------------------------------------------------------------------------------------
-    @overload
-    def _void(self, voids: list[_Void], plan: _Plan, *, retire: bool) -> tuple[list[Outcome], set[int]]: ...
-
-    @overload
     def _void(
-        self, voids: list[_Void], plan: _Plan, *, retire: bool, riders: Sequence[WriteOp]
-    ) -> tuple[list[Outcome], dict[Hashable, WriteResult]]: ...
-
-    def _void(
-        self, voids: list[_Void], plan: _Plan, *, retire: bool, riders: Sequence[WriteOp] | None = None
-    ) -> tuple[list[Outcome], set[int] | dict[Hashable, WriteResult]]:
-        """Void what must not stay open, in one batch call: an invoice with payments applied is never sent (its
-        owners fail with the reason), one QuickBooks already voided is only recorded. Returns the outcomes (the
-        owners' final ones too, but for creates; ``retire``: and those of the retired invoices) and the owners that
-        cannot go on — or, with ``riders`` (creates nothing here waits for, sent in the same batch call after the
-        voids), the riders' results instead."""
+        self, voids: list[_Void], plan: _Plan, *, riders: Sequence[WriteOp] = ()
+    ) -> tuple[list[Outcome], set[int], dict[Hashable, WriteResult]]:
+        """Void what must not stay open, in one batch call with ``riders`` (creates none of these voids holds up)
+        after the voids: an invoice with payments applied is never sent (its owners fail with the reason), one
+        QuickBooks already voided is only recorded. Returns the outcomes (the owners' final ones too, but for
+        creates, and those of the retired invoices), the owners that cannot go on, and the riders' results."""
         blocked = {
             void.qbo_id: f"{void} has payments applied in QuickBooks ({describe_payments(void.obj)}), so it "
             "cannot be voided: unapply or refund them there first"
@@ -514,7 +527,7 @@ class InvoicePusher:
             for void in voids
             if void.qbo_id not in blocked and void.qbo_id not in done and set(void.owners) - doomed
         ]
-        sent, failed, answers = self._send_voids(sendable, riders or ())
+        sent, failed, answers = self._send_voids(sendable, riders)
         done.update(sent)
         problems: dict[int, list[tuple[str, bool]]] = {}
         for void in voids:
@@ -554,12 +567,10 @@ class InvoicePusher:
             message = "; ".join(m for m, _ in reasons)
             status = None if retryable else "error"
             outcomes.append(Failed("invoice", owner, "void", message, retryable, invoice_status=status))
-        for invoice_id, outcome in plan.retired.items() if retire else ():
+        for invoice_id, outcome in plan.retired.items():
             if invoice_id not in problems:
                 outcomes.append(outcome)
-        if riders is not None:
-            return outcomes, answers
-        return outcomes, set(problems)
+        return outcomes, set(problems), answers
 
     def _send_voids(
         self, voids: list[_Void], riders: Sequence[WriteOp] = ()
@@ -721,6 +732,11 @@ def _owe(voids: dict[str, _Void], copies: Iterable[_Void], owner: int, role: str
         if void.target is None and copy.target is not None:  # a lost copy someone links: it is that invoice
             void.target, void.state = copy.target, copy.state
         void.owners.setdefault(owner, role)
+
+
+def _waited_for(voids: Mapping[str, _Void], owner: int) -> str:
+    """The voids ``owner`` waits for, named."""
+    return ", ".join(str(void) for void in voids.values() if owner in void.owners and not is_voided(void.obj))
 
 
 def _refused(owner: int, role: str, reason: str) -> str:

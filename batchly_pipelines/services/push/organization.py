@@ -706,6 +706,8 @@ class _Push:
         with self._lock:
             for outcome in outcomes:
                 ok = isinstance(outcome, Pushed)
+                if isinstance(outcome, Failed) and outcome.retry_now:
+                    continue  # not done yet, not failed: the next claim takes it
                 self.stats.actions[f"{outcome.entity_type}.{outcome.action if ok else 'failed'}"] += 1
                 for conflict in outcome.conflicts:
                     self.stats.conflicts[f"{conflict.entity_type}.{conflict.resolution}"] += 1
