@@ -46,7 +46,7 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _json_value(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """What JSON columns store for a value ``json`` cannot write: a Decimal (QuickBooks' amounts, parsed exactly) as
     a JSON number, as on the wire — or as a string in the rare case a float would not carry the exact decimal."""
     if isinstance(value, Decimal):
@@ -55,11 +55,11 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-_JSON = json.JSONEncoder(default=_json_value)  # json.dumps would build one per call
+_JSON = json.JSONEncoder(default=json_default)  # json.dumps would build one per call
 
 
 def dumps_json(value: Any) -> str:
-    """The JSON text of a JSON column's value (see :func:`_json_value`); every engine of :func:`create_engine`
+    """The JSON text of a JSON column's value (see :func:`json_default`); every engine of :func:`create_engine`
     writes its JSON columns with it."""
     return _JSON.encode(value)
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from batchly_pipelines.store.db import _json_value, dumps_json
+from batchly_pipelines.store.db import dumps_json, json_default
 from batchly_pipelines.store.lookup import among
 
 # SQLite allows 32,766 bound variables per statement; PostgreSQL 65,535. Chunks stay well under both.
@@ -123,7 +123,7 @@ def _copy_string(value: Any) -> str:
     return text
 
 
-# what orjson writes itself but json refuses (_json_value refuses them too): left to the default, as with json
+# what orjson writes itself but json refuses (json_default refuses them too): left to the default, as with json
 _ORJSON_OPTIONS = (
     orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
@@ -135,7 +135,7 @@ def _copy_json(value: Any) -> str:
     ``json``'s time; what orjson refuses (an unpaired surrogate, an integer beyond 64 bits, a key that is not a
     string) goes to ``dumps_json``."""
     try:
-        text = orjson.dumps(value, default=_json_value, option=_ORJSON_OPTIONS).decode()
+        text = orjson.dumps(value, default=json_default, option=_ORJSON_OPTIONS).decode()
     except TypeError:  # orjson.JSONEncodeError is one
         text = dumps_json(value)
     return text.replace("\\", "\\\\")
