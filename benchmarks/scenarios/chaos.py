@@ -321,6 +321,7 @@ class RequestLog:
             "outages": [(o.start.timestamp(), o.run_id, o.allowed) for o in chaos.outages],
             "writes": [(at.timestamp(), run_id) for at, run_id in writes],
             "ledger": chaos.ledger,
+            "claimable": chaos.claimable,
         }
         path.write_text(json.dumps(payload))
 
@@ -374,6 +375,8 @@ class Chaos:
         self.hit: set[str] = set()  # runs killed or paused: never hit twice
         self.busy: list[tuple[datetime, bool]] = []  # samples: did the main organisation have work due?
         self.ledger: list[tuple[float, Any, int]] = []  # samples: (time, learned budget, requests in flight)
+        # samples (with --request-log): was a row due that a claim could take (no older unfinished row of its record)?
+        self.claimable: list[tuple[float, bool]] = []
         self.racer_exits: Counter[str] = Counter()
         self.racer_messages: Counter[str] = Counter()
         self.operator_interventions = 0
@@ -413,6 +416,7 @@ class Chaos:
                 last_check = now
                 if self.args.request_log:
                     self._sample_ledger()
+                    self.claimable.append((time.time(), self._claimable_due()))
                 if not self.later and not self.racers and self._queue_settled():
                     if self.plan:  # progress stopped short of them (edited invoices stay pending)
                         for planned in self.plan:
@@ -451,6 +455,25 @@ class Chaos:
         due = sa.or_(
             q.status == "in_progress", sa.and_(q.status == "pending", q.next_attempt_at <= s.utcnow())
         )
+        with self.world.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(q.id).where(q.organization_id == self.world.main.organization_id, due).limit(1)
+            ).first()
+        return found is not None
+
+    def _claimable_due(self) -> bool:
+        """Whether a due row of the main organisation could be claimed now: due as :meth:`_work_due` counts it, and
+        not waiting behind an older unfinished row of its record (a claim skips those). For the post-mortem only:
+        ``busy`` (what ``throughput_ratio`` counts) is unchanged."""
+        q = s.sync_queue.c
+        older = s.sync_queue.alias("older")
+        blocked = sa.exists().where(
+            older.c.entity_type == q.entity_type,
+            older.c.entity_id == q.entity_id,
+            older.c.status.in_(("pending", "in_progress")),
+            older.c.id < q.id,
+        )
+        due = sa.and_(q.status == "pending", q.next_attempt_at <= s.utcnow(), ~blocked)
         with self.world.engine.connect() as conn:
             found = conn.execute(
                 sa.select(q.id).where(q.organization_id == self.world.main.organization_id, due).limit(1)
