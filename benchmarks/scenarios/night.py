@@ -86,7 +86,7 @@ RUNS = """query($ids: [String!]) { runsOrError(filter: {runIds: $ids}) { ... on 
   startTime endTime } } } }"""
 SENSOR_TICKS = """{ sensorOrError(sensorSelector: {repositoryLocationName: "batchly_pipelines",
   repositoryName: "__repository__", sensorName: "company_partitions_sensor"}) { ... on Sensor { sensorState {
-  ticks(limit: 20) { status timestamp endTimestamp } } } } }"""
+  ticks(limit: 20) { status timestamp endTimestamp dynamicPartitionsRequestResults { partitionKeys } } } } } }"""
 ASSET_PAGE = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode { id description
   partitionDefinition { description dimensionTypes { name dynamicPartitionsDefinitionName } }
   partitionStats { numMaterialized numMaterializing numPartitions numFailed }
@@ -345,26 +345,35 @@ def _timed(deployment: Deployment, query: str, variables: dict[str, Any] | None 
 
 
 def _sensor_ticks(deployment: Deployment) -> tuple[float, float]:
-    """The company sensor's longest tick that added companies, and its longest tick with every company known."""
+    """The company sensor's longest tick that added (or removed) companies, and its longest tick with every company
+    known. A tick that only adds partitions requests no run, so Dagster records it as SKIPPED like a quiet one: the
+    two are told apart by the partition requests the tick made, not by its status."""
     ticks = deployment.graphql(SENSOR_TICKS)["sensorOrError"]["sensorState"]["ticks"]
 
-    def longest(status: str) -> float:
+    def longest(adding: bool) -> float:
         spans = [
             t["endTimestamp"] - t["timestamp"]
             for t in ticks
-            if t.get("endTimestamp") and t["status"] == status
+            if t.get("endTimestamp")
+            and t["status"] in ("SUCCESS", "SKIPPED")
+            and bool(t.get("dynamicPartitionsRequestResults")) == adding
         ]
         return round(max(spans), 3) if spans else -1.0
 
-    return longest("SUCCESS"), longest("SKIPPED")
+    return longest(adding=True), longest(adding=False)
 
 
 def _wait_for_a_quiet_tick(deployment: Deployment, timeout: float = 120.0) -> None:
-    """Wait for a company sensor tick with every company already known (skipped: nothing to add)."""
+    """Wait for a company sensor tick with every company already known (skipped, and no partition added)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ticks = deployment.graphql(SENSOR_TICKS)["sensorOrError"]["sensorState"]["ticks"]
-        if any(t["status"] == "SKIPPED" and t.get("endTimestamp") for t in ticks):
+        if any(
+            t["status"] == "SKIPPED"
+            and t.get("endTimestamp")
+            and not t.get("dynamicPartitionsRequestResults")
+            for t in ticks
+        ):
             return
         time.sleep(2.0)
 
