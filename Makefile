@@ -31,8 +31,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy batchly_pipelines
 
+# two workers, a test module each at a time (its module-scoped fixtures — a Dagster stack, a browser — stay in one)
 pytest: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 ## the Dagster UI (http://127.0.0.1:$(PORT), `make dev PORT=3100` for another port) on the same setup as `make run`
 dev: install dagster-home
