@@ -84,6 +84,25 @@ def describe_failure(failure: Mapping[str, Any]) -> str:
     return f"{failure['entity_type']} {failure['entity_id']}{name}: {failure['message']} [{failure['queue_status']}]"
 
 
+DESCRIBED = 10  # failed records spelled out in a run's failure description (the table has them all)
+
+
+def describe_failures(failures: Sequence[Mapping[str, Any]]) -> str:
+    """A push run's failed records in one sentence: the first ``DESCRIBED`` of them, and where the rest are."""
+    listed = "; ".join(describe_failure(f) for f in failures[:DESCRIBED])
+    more = f"; and {len(failures) - DESCRIBED} more" if len(failures) > DESCRIBED else ""
+    return (
+        f"{len(failures)} record(s) failed, every other record was pushed and checkpointed: {listed}{more}. "
+        "See the 'failed records' table; `batchly-sync queue list --status dead`"
+    )
+
+
+def failure_metadata(failures: Iterable[Mapping[str, Any]]) -> dict[str, TableMetadataValue]:
+    """The run's ``failed records`` table, when any record failed."""
+    rows = list(failures)
+    return {"failed records": failed_records(rows)} if rows else {}
+
+
 def dead_letter(rows: Iterable[Mapping[str, Any]]) -> TableMetadataValue:
     """Dead-lettered queue rows (:func:`~batchly_pipelines.store.status.dead_letter`), one row per issue."""
     expanded = [

@@ -56,7 +56,7 @@ from batchly_pipelines.store.status import organization_names, run_failures
 
 PROGRESS_ASSET = AssetKey("sync_status")
 PROGRESS_EVERY_SECONDS = 5.0
-DESCRIBED = 10  # organisations (and records) spelled out in the failure description; the tables have them all
+DESCRIBED = 10  # organisations spelled out in the failure description; the table has them all
 SHOWN_RECORDS = 5  # failed records named per organisation in the organisations table
 
 ORGANIZATION_COLUMNS = [
@@ -233,7 +233,7 @@ def push_batch(
             else {}
         ),
         **({"failed organizations": tables.table(ORGANIZATION_COLUMNS, failed_orgs)} if failed_orgs else {}),
-        **({"failed records": tables.failed_records(failures)} if failures else {}),
+        **tables.failure_metadata(failures),
     }
     if failed_orgs:
         raise Failure(
@@ -292,10 +292,5 @@ def _describe(failed: list[dict[str, Any]], failures: list[dict[str, Any]], orga
         f"{listed}{more}. See the 'failed organizations' table."
     ]
     if failures:
-        shown = "; ".join(tables.describe_failure(f) for f in failures[:DESCRIBED])
-        extra = f"; and {len(failures) - DESCRIBED} more" if len(failures) > DESCRIBED else ""
-        parts.append(
-            f"{len(failures)} record(s) failed, every other record was pushed and checkpointed: {shown}{extra}. "
-            "See the 'failed records' table; `batchly-sync queue list --status dead`"
-        )
+        parts.append(tables.describe_failures(failures))
     return "\n".join(parts)

@@ -57,7 +57,6 @@ from batchly_pipelines.store.status import run_failures
 
 PROGRESS_EVERY_SECONDS = 2.0
 LINGER_SECONDS = 15.0
-DESCRIBED = 10  # failures spelled out in a run's failure description (the table has them all)
 
 
 class PushConfig(Config):
@@ -213,7 +212,7 @@ def _push_records(
         ) as exc:  # a sentence, not a traceback; records stay queued
             raise Failure(
                 description=str(exc),
-                metadata=_failure_metadata(run_failures(batchly_db.engine, context.run.run_id)),
+                metadata=tables.failure_metadata(run_failures(batchly_db.engine, context.run.run_id)),
                 allow_retries=isinstance(exc, RealmBusy | PushAbandoned),
             ) from None
     report(Progress(stats.done, stats.total, stats.active_seconds), final=True)  # the linger is no work
@@ -236,7 +235,7 @@ def _push_records(
         "conflicts": MetadataValue.json(summary["conflicts"]),  # settled or opened, per entity and resolution
         "api_calls": stats.api.get("calls_total", 0),
         "throttled": stats.api.get("throttled", 0),
-        **_failure_metadata(failures),
+        **tables.failure_metadata(failures),
         **({"invoices": tables.sync_now(rows)} if wanted else {}),
     }
     if failures or any(row["outcome"] not in sync_now.SETTLED for row in rows):
@@ -267,20 +266,11 @@ def _push(
     )
 
 
-def _failure_metadata(failures: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"failed records": tables.failed_records(failures)} if failures else {}
-
-
 def _describe(failures: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
     """The run's failure in words: the failed records and the invoices "Sync now" could not settle."""
     parts = []
     if failures:
-        listed = "; ".join(tables.describe_failure(f) for f in failures[:DESCRIBED])
-        more = f"; and {len(failures) - DESCRIBED} more" if len(failures) > DESCRIBED else ""
-        parts.append(
-            f"{len(failures)} record(s) failed, every other record was pushed and checkpointed: {listed}{more}. "
-            "See the table; `batchly-sync queue list --status dead`"
-        )
+        parts.append(tables.describe_failures(failures))
     unsettled = [row for row in rows if row["outcome"] not in sync_now.SETTLED]
     if unsettled:
         parts.append(
