@@ -50,7 +50,7 @@ from typing import Any
 import psutil
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 from batchly_pipelines.quickbooks.oauth import TokenSet
 from batchly_pipelines.services.connections import client_for_organization
@@ -254,6 +254,16 @@ def _accountants_day(admin: SandboxAdmin, fleet: list[Company], changes: int) ->
     return made
 
 
+def _first_linked(conn: Connection, table: sa.Table, organization_id: int) -> int:
+    """The organisation's first record of ``table`` that is linked to QuickBooks."""
+    return conn.execute(
+        sa.select(table.c.id)
+        .where(table.c.organization_id == organization_id, table.c.qbo_id.is_not(None))
+        .order_by(table.c.id)
+        .limit(1)
+    ).scalar_one()
+
+
 def _batchly_day(engine: Engine, fleet: list[Company], invoices: int) -> int:
     """In each organisation, what the accountant's day adds in Batchly: a new customer and ``invoices`` new invoices
     (the first for the new customer, the others for a customer already in QuickBooks), each line an item already
@@ -262,18 +272,7 @@ def _batchly_day(engine: Engine, fleet: list[Company], invoices: int) -> int:
     for company in fleet:
         org = company.organization_id
         with engine.begin() as conn:
-            linked = conn.execute(
-                sa.select(s.customers.c.id)
-                .where(s.customers.c.organization_id == org, s.customers.c.qbo_id.is_not(None))
-                .order_by(s.customers.c.id)
-                .limit(1)
-            ).scalar_one()
-            item = conn.execute(
-                sa.select(s.items.c.id)
-                .where(s.items.c.organization_id == org, s.items.c.qbo_id.is_not(None))
-                .order_by(s.items.c.id)
-                .limit(1)
-            ).scalar_one()
+            linked, item = (_first_linked(conn, table, org) for table in (s.customers, s.items))
             new = factories.customer(conn, org, display_name=f"Night Customer {org}")
             made += 1
             for n in range(invoices):
