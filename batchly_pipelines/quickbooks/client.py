@@ -77,6 +77,10 @@ class RateLimiter(Protocol):
 
     def pause(self, seconds: float) -> None: ...
 
+    def sending(self) -> None:
+        """The calling thread's request (inside its slot) leaves now: its windows count it from this moment."""
+        ...
+
 
 class ReadMeter(Protocol):
     """Counts the metered reads QuickBooks answered (``store.read_budget.DatabaseReadMeter``)."""
@@ -543,6 +547,10 @@ class QuickBooksClient:
                 if left <= 0:
                     raise WriteFenceLost("the write's lease ran out before it could be sent")
                 connect_timeout = min(connect_timeout, left)
+            if self.limiter is not None:
+                # marked after the fence's deadline held, right before the bytes leave: a write refused because the
+                # process was frozen while its lease check answered never counts as sent at the moment it resumed
+                self.limiter.sending()
             self.stats.count_call(kind)
             try:
                 response = self.session.request(

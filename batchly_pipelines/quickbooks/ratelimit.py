@@ -12,7 +12,7 @@ so the limiter behaves the same on SQLite and PostgreSQL and needs no other infr
   compressed like every window, so a process that died mid-request frees its slots within one lease — and counts as
   "now" in every window. When its answer arrives its time becomes that moment (the server admitted it before it
   answered) — but, when the caller said when it was sent (:meth:`SharedRateLimiter.sending`, right before the bytes
-  leave), no later than ``arrival_bound_seconds`` after the send: the server counted it on arrival, and a slow
+  leave: the client does for every request, after its write fence), no later than ``arrival_bound_seconds`` after the send: the server counted it on arrival, and a slow
   answer (a batch under load) or one a frozen process read only when it resumed (SIGSTOP) kept it in the windows,
   and in what the realm seems to serve, long after the server let it go. A request that failed without being sent
   (its write fence refused) counts from its admission.

@@ -4,11 +4,13 @@ late answer.
 QuickBooks counts a request when it arrives. A limiter that starts a request's window only when the answer is read
 loses the server's processing time of every call in every window — up to a second for a batch under load, a tenth of a
 call per window and chain — and a worker frozen with answers unread (SIGSTOP) put its old calls back into the windows
-when it resumed. The push's write fence is the last step before a write leaves, so it marks the send.
+when it resumed. The client marks the send right before the request leaves, after the push's write fence held —
+never before it: a write the fence refused after a freeze was never sent.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,7 +22,8 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.client import QuickBooksClient
 from batchly_pipelines.quickbooks.ratelimit import SharedRateLimiter
-from batchly_pipelines.services.push.organization import PushStats
+from batchly_pipelines.services.push import organization as push_module
+from batchly_pipelines.services.push.organization import PushAbandoned, PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines_tests.support import factories as f
 
@@ -74,3 +77,35 @@ def test_batch_calls_count_from_their_send_not_their_answer(
     for at, (started, answered) in zip(batch_times, sorted(calls), strict=True):
         # marked by the write fence right before the request left: counted from then plus the arrival bound
         assert at <= started + 0.05 < answered - SLOW_ANSWER + 0.1
+
+
+def test_a_write_whose_lease_check_answered_before_a_freeze_is_not_counted_when_the_process_resumes(
+    engine: Engine,
+    org: int,
+    client: QuickBooksClient,
+    push: Callable[..., PushStats],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker frozen (SIGSTOP) while its write's lease check was answering: on resume the check hands back a
+    deadline that passed during the freeze, so the write is refused and never leaves. Its slot must count from its
+    admission, not as a batch call sent the moment the process resumed: in the chaos benchmark such phantoms made the
+    limiter believe the company had served 23 batch calls of its 20, and the 429s that followed halved the limit."""
+    with engine.begin() as conn:
+        f.customer(conn, org)
+    fence = push_module._Push._fence
+    freeze = 0.3
+
+    def frozen(self: Any) -> float:
+        deadline = fence(self)
+        if threading.current_thread().name.startswith("qbo-"):  # a write's check, in the client's threads
+            time.sleep(freeze)  # frozen with the answer read: the deadline ran out meanwhile
+            return time.monotonic() - freeze / 2
+        return deadline
+
+    monkeypatch.setattr(push_module._Push, "_fence", frozen)
+    with pytest.raises(PushAbandoned):
+        push()
+    r = s.qbo_rate_requests.c
+    with engine.connect() as conn:
+        [(admitted, sent)] = conn.execute(sa.select(r.admitted_at, r.sent_at).where(r.is_batch)).all()
+    assert float(sent) == float(admitted)  # never sent: it counts from its admission, before the freeze

@@ -296,7 +296,7 @@ class _Push:
         # was asked, so never later than the database's own expiry; see _lease_left)
         self._held_until = 0.0
         self._held_lock = threading.Lock()
-        client.write_fence = self._write_fence
+        client.write_fence = self._fence
         self.stats = PushStats(organization_id)
         self.ctx = PushContext(engine, client, organization_id, run_id, self._checkpoint)
         self.customers = NameListPusher(self.ctx, CUSTOMERS)
@@ -441,14 +441,6 @@ class _Push:
                     raise WriteFenceLost(self._lost_reason) from None
                 time.sleep(FENCE_RETRY_SECONDS)
         raise AssertionError("unreachable")
-
-    def _write_fence(self) -> float:
-        """The client's write fence (:meth:`_fence`), the last step before the request leaves: the realm's windows
-        count it from now, not from its answer (``SharedRateLimiter.sending``)."""
-        deadline = self._fence()
-        if self._limiter is not None:
-            self._limiter.sending()
-        return deadline
 
     def _fence_in(self, conn: Connection, *, hold: bool = False) -> timedelta:
         """In a checkpoint's transaction too: refuse unless this worker holds the realm with more than the margin
