@@ -15,7 +15,7 @@ so the limiter behaves the same on SQLite and PostgreSQL and needs no other infr
   leave: the client does for every request, after its write fence), no later than ``arrival_bound_seconds`` after the send: the server counted it on arrival, and a slow
   answer (a batch under load) or one a frozen process read only when it resumed (SIGSTOP) kept it in the windows,
   and in what the realm seems to serve, long after the server let it go. A request that failed without being sent
-  (its write fence refused) counts from its admission.
+  (its write fence refused, after a freeze too) leaves the ledger: QuickBooks never counted it.
 
 **The learned budget** (:class:`RealmBudget`: additive increase, multiplicative decrease, per realm, persisted in the
 ledger). A realm starts at Intuit's numbers. The per-minute and the batch windows each keep a *limit* (admitted at
@@ -332,6 +332,10 @@ class RateLedger(Protocol):
         sent, ``time.time()`` seconds), or now when that is not known."""
         ...
 
+    def withdraw(self, request_id: int) -> None:
+        """The request was never sent: it leaves the ledger (its in-flight slot and every window)."""
+        ...
+
     def pause(self, until: float) -> None:
         """Hold every request of the realm until ``until`` (``time.time()`` seconds); never shortens a pause."""
         ...
@@ -369,7 +373,9 @@ class SharedRateLimiter:
         """Hold one in-flight slot and one place in each window for the duration of a request.
 
         A :class:`ThrottledError` (a 429) raised inside teaches the realm's budget: the request leaves the windows
-        and the limit it hit shrinks, for every process, before this one admits anything else.
+        and the limit it hit shrinks, for every process, before this one admits anything else. Mark the moment the
+        request leaves with :meth:`sending`: a request that raises before it was marked is taken as never sent and
+        leaves the windows too.
         """
         started = time.monotonic()
         with self._local_slots:
@@ -390,18 +396,21 @@ class SharedRateLimiter:
                 self._thread.sends = outer
                 if refused:
                     self._learn(admission)
+                elif (
+                    failed and not sends
+                ):  # stopped before it left (a write its fence refused): never counted
+                    self.ledger.withdraw(admission.request_id)
                 else:
-                    self.ledger.finish(admission.request_id, self._sent_at(admission, sends, failed))
+                    self.ledger.finish(admission.request_id, self._sent_at(sends))
 
-    def _sent_at(self, admission: Admission, sends: Sequence[float], failed: bool) -> float | None:
+    def _sent_at(self, sends: Sequence[float]) -> float | None:
         """When a finished request counts from. Sent (the caller said so): its answer, but no later than the arrival
         bound after the send — the server counted it on arrival, and a slow answer (or one a frozen process read only
         when it resumed) would keep it in the windows, and in what the realm seems to serve, long after the server
-        let it go. Failed without a send (a write its fence stopped, after a freeze too: never sent; or a request
-        with nothing between admission and send): its admission. Otherwise its answer (``None``)."""
+        let it go. Otherwise its answer (``None``)."""
         if sends:
             return min(time.time(), sends[-1] + self.limits.arrival_bound_seconds)
-        return admission.admitted_at if failed else None
+        return None
 
     def sending(self) -> None:
         """The calling thread's request leaves now (call it right before the bytes are sent, inside :meth:`slot`):

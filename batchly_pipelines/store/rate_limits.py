@@ -6,7 +6,8 @@
   realm takes (JSON; ``NULL``: nothing learned, Intuit's numbers).
 - ``qbo_rate_requests``: one row per request. While it is in flight it holds an in-flight slot (until
   ``in_flight_until``, so a process that crashed mid-request cannot hold a slot for ever); when its answer arrives
-  ``sent_at`` becomes the moment it was sent (or, when the limiter was not told, that of the answer). A request answered 429 is deleted: the server did not count it.
+  ``sent_at`` becomes the moment it was sent (or, when the limiter was not told, that of the answer). A request
+  answered 429, or never sent, is deleted: the server did not count it.
 
 What counts against which window, and what the budget means, is the limiter's business (``quickbooks.ratelimit``):
 an admission hands it the realm's rows and budget, stores the budget it returns and logs a request only when it
@@ -111,6 +112,11 @@ class DatabaseRateLedger:
                 .where(qbo_rate_requests.c.id == request_id)
                 .values(sent_at=time.time() if sent_at is None else sent_at, in_flight_until=None)
             )
+
+    def withdraw(self, request_id: int) -> None:
+        """The request was never sent: it leaves the ledger (its in-flight slot and every window)."""
+        with bounded_transaction(self.engine, idle=SHORT_TRANSACTION) as conn:
+            conn.execute(sa.delete(qbo_rate_requests).where(qbo_rate_requests.c.id == request_id))
 
     def pause(self, until: float) -> None:
         """Hold every request of the realm until ``until``; never shortens a pause."""

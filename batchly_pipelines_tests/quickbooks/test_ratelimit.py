@@ -416,14 +416,18 @@ def test_a_request_counts_from_its_answer_but_no_later_than_its_arrival_bound_af
     assert read_at >= before_answer
 
 
-def test_a_request_that_failed_before_it_was_sent_counts_from_its_admission(engine: Engine) -> None:
+def test_a_request_that_failed_before_it_was_sent_leaves_the_windows(engine: Engine) -> None:
     """A worker frozen between admission and send (SIGSTOP) whose write fence refuses when it resumes: its request
-    never reached QuickBooks, so it must not land in the windows at the moment the process resumed."""
+    never reached QuickBooks, so it must take no place in the windows — neither at the moment the process resumed,
+    nor at its admission: a worker that resumes with threads waiting for a slot is admitted at once, then refused by
+    its fence; counted from then, those never-sent calls made the realm look as if it served more than its budget."""
     limiter = database_rate_limiter(engine, "realm-unsent", RateLimits(time_scale=TIME_SCALE))
     with pytest.raises(RuntimeError), limiter.slot(batch=True):
-        admitted = time.time()
         time.sleep(0.3)  # frozen; then the fence refuses
         raise RuntimeError("the push lost its lease")
-    [(admitted_at, sent_at, flying)] = _logged(engine, "realm-unsent")
-    assert flying is None
-    assert sent_at == admitted_at <= admitted
+    assert _logged(engine, "realm-unsent") == []
+    with pytest.raises(RuntimeError), limiter.slot(batch=True):
+        limiter.sending()  # it left: QuickBooks may have counted it, whatever happened to its answer
+        raise RuntimeError("the connection dropped")
+    [(_, sent_at, flying)] = _logged(engine, "realm-unsent")
+    assert flying is None and sent_at <= time.time()
