@@ -296,6 +296,26 @@ class SyncQueue:
                 result.setdefault(org, dict.fromkeys(QUEUE_STATES, 0))[status] = count
         return result
 
+    def next_retry(
+        self,
+        organization_id: int,
+        *,
+        entity_types: Iterable[str] | None = None,
+        entity_ids: Iterable[int] | None = None,
+    ) -> datetime | None:
+        """When the organisation's soonest pending row (of these records) is due, or ``None`` when none is pending:
+        a push waits for a retry due shortly instead of leaving it to the next run."""
+        query = sa.select(sa.func.min(q.next_attempt_at)).where(
+            q.organization_id == organization_id, q.status == "pending"
+        )
+        if entity_types is not None:
+            query = query.where(q.entity_type.in_(list(entity_types)))
+        if entity_ids is not None:
+            query = query.where(q.entity_id.in_(list(entity_ids)))
+        with self.engine.connect() as conn:
+            due: datetime | None = conn.execute(query).scalar()
+        return due
+
     def due_by_organization(self, now: datetime | None = None) -> dict[int, tuple[int, int]]:
         """Per organisation with due work: (rows due, highest due row id). One indexed query, for the sensor."""
         query = (

@@ -18,7 +18,7 @@ from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
 from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert_exactly_once, _demo_into
-from batchly_pipelines_tests.support.push import Books
+from batchly_pipelines_tests.support.push import TIME_SCALE, Books
 
 
 def test_an_outage_in_one_chunk_fails_that_chunk_and_the_run_carries_on(
@@ -56,3 +56,30 @@ def test_an_outage_in_one_chunk_fails_that_chunk_and_the_run_carries_on(
     push(queue=queue)
     assert not queue.due_by_organization()
     _assert_exactly_once(engine, books, 90)
+
+
+def test_a_retry_due_shortly_is_pushed_by_the_same_run_not_left_for_the_next(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's only chunk fails and backs off for 10 to 20 QuickBooks seconds: the push waits for it and pushes it
+    before it ends, instead of ending with it pending for the next run to start (a sensor tick and a process
+    later). A backoff longer than the wait is left to the next run (above)."""
+    _demo_into(engine, org, 30)
+    real_push = InvoicePusher.push
+    failed_once: list[Sequence[int]] = []
+
+    def one_outage(self: InvoicePusher, ids: Sequence[int]) -> Any:
+        if not failed_once:
+            failed_once.append(list(ids))
+            raise ServerError("HTTP 503 from QuickBooks (retries exhausted)")
+        return real_push(self, ids)
+
+    monkeypatch.setattr(InvoicePusher, "push", one_outage)
+    backoff = RetryPolicy(base_delay=timedelta(seconds=20), time_scale=TIME_SCALE)
+    stats = push(queue=SyncQueue(engine, backoff))
+    assert len(failed_once) == 1 and len(stats.errors) == 1
+    assert stats.actions["invoice.create"] == 30
+    q = s.sync_queue.c
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).where(q.status != "done")).scalar_one() == 0
+    _assert_exactly_once(engine, books, 30)

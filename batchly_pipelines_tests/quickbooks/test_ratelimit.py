@@ -253,6 +253,15 @@ def test_a_rare_429_backs_off_to_what_the_realm_just_served_not_to_half() -> Non
     assert ceilings == [31.0, 32.0, 33.0]  # probing upward at once, a fortieth of Intuit's 40 per window
 
 
+def test_a_rare_429_counts_the_calls_still_in_flight_as_taken() -> None:
+    # The 31st call of a window is refused while five calls admitted before it still await their answers: the realm
+    # took those too (they left first), so the limit backs off to 30, not to the 25 answered so far — the chaos
+    # benchmark's limit fell from 21 to 16 that way and spent four windows climbing back.
+    served, refused = _took_30_of_40()
+    budget = served.throttled(refused, now=100.0, limits=DOCUMENTED, answered={"batch_per_minute": 25})
+    assert budget.batch_per_minute == LearnedWindow(limit=30, ceiling=30.0, served=30)
+
+
 def test_429s_in_quick_succession_halve_as_before() -> None:
     # Another 429 within a window of the last reaction: the budget is moving (another app, a lower cap): halve.
     served, refused = _took_30_of_40()

@@ -44,6 +44,7 @@ from batchly_pipelines.store.connections import holds_connection
 from batchly_pipelines.store.db import DATABASE_ERRORS, Connection, Engine, bounded_transaction
 from batchly_pipelines.store.push_rows import load_invoice_lines, load_rows
 from batchly_pipelines.store.queue import QueueItem, RetryPolicy, SyncQueue
+from batchly_pipelines.store.schema import utcnow
 
 CLAIM_SIZE = (
     1200  # queue rows per round: a QuickBooks minute of batch calls, so rounds rarely idle the budget
@@ -55,6 +56,8 @@ LINGER_POLL_SECONDS = 1.0
 RENEW_RETRY_SECONDS = 1.0
 FENCE_ATTEMPTS = 3  # a lease check that fails this often in a row (the database is gone) stops the push
 FENCE_RETRY_SECONDS = 0.2
+# a push whose queue is empty waits for its retries due within this (QuickBooks time) before it ends
+RETRY_WAIT = timedelta(seconds=30)
 
 
 _T = TypeVar("_T")
@@ -314,6 +317,7 @@ class _Push:
         self._started = time.monotonic()
         self._idle = 0.0  # seconds spent lingering with nothing due
         self._limiter = client.limiter if isinstance(client.limiter, SharedRateLimiter) else None
+        self._retry_wait = client.config.scaled(RETRY_WAIT.total_seconds())
         self._budget: tuple[float, float | None] = (-BUDGET_READ_EVERY_SECONDS, None)  # (read at, per minute)
 
     def run(
@@ -336,7 +340,9 @@ class _Push:
                 # nothing due now, those chunks are waited for (their failures may be due again soon)
                 in_flight = bool(self._chunks)
                 linger = 0.0 if in_flight else linger_seconds
-                batch = self._retrying(partial(self._claim_or_linger, invoice_ids, linger))
+                batch = self._retrying(
+                    partial(self._claim_or_linger, invoice_ids, linger, wait_for_retries=not in_flight)
+                )
                 if not batch:
                     if not in_flight:
                         break
@@ -464,18 +470,39 @@ class _Push:
             raise WriteFenceLost(self._lost_reason)
         return left
 
-    def _claim_or_linger(self, invoice_ids: list[int] | None, linger_seconds: float) -> list[QueueItem]:
+    def _claim_or_linger(
+        self, invoice_ids: list[int] | None, linger_seconds: float, *, wait_for_retries: bool
+    ) -> list[QueueItem]:
         """The next batch; when none is due, keep looking (once a second) for up to ``linger_seconds`` — unless
-        only chosen invoices are pushed: they are all claimed at once."""
+        only chosen invoices are pushed: they are all claimed at once — and, ``wait_for_retries`` (nothing of this
+        push is on its way), until its retries due within :data:`RETRY_WAIT` (QuickBooks time) come due: a record
+        that failed a moment ago (a 503, an original waiting for its correction) is pushed again by this run, not
+        left for the next one to start."""
         started = time.monotonic()
         deadline = started + (linger_seconds if invoice_ids is None else 0.0)
-        while not (batch := self._claim(invoice_ids)) and time.monotonic() < deadline:
-            time.sleep(min(LINGER_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        while not (batch := self._claim(invoice_ids)):
+            until = max(deadline, self._retry_due(invoice_ids) if wait_for_retries else 0.0)
+            if time.monotonic() >= until:
+                break
+            time.sleep(min(LINGER_POLL_SECONDS, max(0.0, until - time.monotonic())))
         if (
             time.monotonic() - started > LINGER_POLL_SECONDS / 2
         ):  # it lingered: idle, not work (rates leave it out)
             self._idle += time.monotonic() - started
         return batch
+
+    def _retry_due(self, invoice_ids: list[int] | None) -> float:
+        """The monotonic instant this push's soonest pending retry is due, when that is within
+        :data:`RETRY_WAIT` (else 0: nothing to wait for)."""
+        due = self.queue.next_retry(
+            self.org,
+            entity_types=["invoice"] if invoice_ids is not None else None,
+            entity_ids=invoice_ids,
+        )
+        if due is None:
+            return 0.0
+        left = (due - utcnow()).total_seconds()
+        return time.monotonic() + max(0.0, left) if left <= self._retry_wait else 0.0
 
     def _budget_per_minute(self) -> float | None:
         """The realm's budget in records a minute, read again at most every few seconds (called under the lock)."""
