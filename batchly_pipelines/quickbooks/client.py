@@ -385,6 +385,11 @@ class QuickBooksClient:
         batched = [op for op in ops if _batchable(op)]
         chunks = [batched[i : i + BATCH_MAX] for i in range(0, len(batched), BATCH_MAX)]
         singles = [op for op in ops if not _batchable(op)]
+        if (
+            len(chunks) == 1 and not singles
+        ):  # one call: sent from the caller's thread, not queued behind others
+            results = {result.key: result for result in self._write_chunk(chunks[0], replay_lost)}
+            return self._with_current([results[key] for key in keys], {op.key: op for op in ops})
         futures = [self._pool.submit(self._write_chunk, chunk, replay_lost) for chunk in chunks]
         futures += [self._pool.submit(self._write_single, op) for op in singles]
         results = {result.key: result for future in futures for result in future.result()}

@@ -363,7 +363,11 @@ class SharedRateLimiter:
         self.limits = limits or RateLimits()
         self.on_wait: Callable[[float, str], None] | None = None
         # Threads of one process queue here first: cheap, and keeps SQLite's single writer lock uncontended.
-        self._local_slots = threading.BoundedSemaphore(self.limits.concurrent or 1_000_000)
+        # Batch calls and other requests queue apart: threads waiting for the batch window never hold up the reads
+        # that prepare the next batch (the realm's in-flight budget still caps both together).
+        self._local_slots = {
+            batch: threading.BoundedSemaphore(self.limits.concurrent or 1_000_000) for batch in (False, True)
+        }
         self._admission = threading.Lock()
         self._thread = threading.local()  # the calling thread's slot: when its request was sent
 
@@ -377,7 +381,7 @@ class SharedRateLimiter:
         leaves the windows too.
         """
         started = time.monotonic()
-        with self._local_slots:
+        with self._local_slots[batch]:
             admission = self._admit(batch)
             refused = failed = False
             sends: list[float] = []

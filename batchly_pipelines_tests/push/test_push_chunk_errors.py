@@ -4,6 +4,7 @@ exactly once."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from batchly_pipelines.quickbooks.errors import ServerError
 from batchly_pipelines.services.push.invoices import InvoicePusher
+from batchly_pipelines.services.push.name_lists import NameListPusher
 from batchly_pipelines.services.push.organization import PushStats
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
@@ -83,3 +85,24 @@ def test_a_retry_due_shortly_is_pushed_by_the_same_run_not_left_for_the_next(
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).where(q.status != "done")).scalar_one() == 0
     _assert_exactly_once(engine, books, 30)
+
+
+def test_a_record_that_keeps_waiting_for_one_that_cannot_go_does_not_keep_the_run_alive(
+    engine: Engine, org: int, push: Callable[..., PushStats], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The customers cannot be pushed (every chunk fails); the invoices wait for them without an attempt counted, so
+    their backoff stays short — the push waits for those retries once, sees nothing settle, and ends."""
+    _demo_into(engine, org, 30)
+
+    def down(self: NameListPusher, ids: Sequence[int]) -> Any:
+        raise ServerError("HTTP 500 from QuickBooks (retries exhausted)")
+
+    monkeypatch.setattr(NameListPusher, "push", down)
+    done: list[PushStats] = []
+    backoff = RetryPolicy(base_delay=timedelta(seconds=20), time_scale=TIME_SCALE)  # longer than a round
+    worker = threading.Thread(target=lambda: done.append(push(queue=SyncQueue(engine, backoff))), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the push kept waiting for retries that settle nothing"
+    [stats] = done
+    assert stats.actions["invoice.create"] == 0 and stats.failed > 0

@@ -10,7 +10,6 @@ never before it: a write the fence refused after a freeze was never sent.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -92,17 +91,21 @@ def test_a_write_whose_lease_check_answered_before_a_freeze_is_not_counted_when_
     limiter believe the company had served 23 batch calls of its 20, and the 429s that followed halved the limit."""
     with engine.begin() as conn:
         f.customer(conn, org)
-    fence = push_module._Push._fence
+    start = push_module._Push.__init__
     freeze = 0.3
 
-    def frozen(self: Any) -> float:
-        deadline = fence(self)
-        if threading.current_thread().name.startswith("qbo-"):  # a write's check, in the client's threads
+    def frozen_writes(self: Any, *args: Any, **kwargs: Any) -> None:
+        start(self, *args, **kwargs)
+        fence = self.client.write_fence  # the push's check before every write
+
+        def frozen() -> float:
+            fence()
             time.sleep(freeze)  # frozen with the answer read: the deadline ran out meanwhile
             return time.monotonic() - freeze / 2
-        return deadline
 
-    monkeypatch.setattr(push_module._Push, "_fence", frozen)
+        self.client.write_fence = frozen
+
+    monkeypatch.setattr(push_module._Push, "__init__", frozen_writes)
     with pytest.raises(PushAbandoned):
         push()
     r = s.qbo_rate_requests.c

@@ -56,6 +56,7 @@ LINGER_POLL_SECONDS = 1.0
 RENEW_RETRY_SECONDS = 1.0
 FENCE_ATTEMPTS = 3  # a lease check that fails this often in a row (the database is gone) stops the push
 FENCE_RETRY_SECONDS = 0.2
+PREPARED_AHEAD = 2  # invoice chunks in the works per request the client may have in flight
 # a push whose queue is empty waits for its retries due within this (QuickBooks time) before it ends
 RETRY_WAIT = timedelta(seconds=30)
 
@@ -318,6 +319,8 @@ class _Push:
         self._idle = 0.0  # seconds spent lingering with nothing due
         self._limiter = client.limiter if isinstance(client.limiter, SharedRateLimiter) else None
         self._retry_wait = client.config.scaled(RETRY_WAIT.total_seconds())
+        self._acked = 0  # queue rows this push settled as done
+        self._acked_when_waited = -1  # … when it last waited for its retries
         self._budget: tuple[float, float | None] = (-BUDGET_READ_EVERY_SECONDS, None)  # (read at, per minute)
 
     def run(
@@ -333,7 +336,10 @@ class _Push:
             target=self._renew_leases, args=(stop_renewing,), name="push-leases", daemon=True
         )
         renewer.start()
-        self._pool = ThreadPoolExecutor(max_workers=self.client.config.in_flight, thread_name_prefix="push")
+        # twice the client's in-flight limit: while one set of chunks is on its way, the next is prepared (rows read,
+        # DocNumbers asked) and waits at the company's window, so a window that opens is used at once
+        threads = PREPARED_AHEAD * self.client.config.in_flight
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="push")
         try:
             while True:
                 # while invoice chunks are still on their way the next round is claimed without lingering: with
@@ -477,11 +483,17 @@ class _Push:
         only chosen invoices are pushed: they are all claimed at once — and, ``wait_for_retries`` (nothing of this
         push is on its way), until its retries due within :data:`RETRY_WAIT` (QuickBooks time) come due: a record
         that failed a moment ago (a 503, an original waiting for its correction) is pushed again by this run, not
-        left for the next one to start."""
+        left for the next one to start — as long as waiting settles something."""
         started = time.monotonic()
         deadline = started + (linger_seconds if invoice_ids is None else 0.0)
+        # only while the retries waited for before got somewhere: a record that keeps waiting for another one that
+        # cannot go (its customer refused, the company down) does not keep the run alive
+        wait_for_retries = wait_for_retries and self._acked > self._acked_when_waited
         while not (batch := self._claim(invoice_ids)):
-            until = max(deadline, self._retry_due(invoice_ids) if wait_for_retries else 0.0)
+            retry = self._retry_due(invoice_ids) if wait_for_retries else 0.0
+            if retry > deadline:
+                self._acked_when_waited = self._acked
+            until = max(deadline, retry)
             if time.monotonic() >= until:
                 break
             time.sleep(min(LINGER_POLL_SECONDS, max(0.0, until - time.monotonic())))
@@ -730,6 +742,7 @@ class _Push:
                 self.stats.actions[f"{outcome.entity_type}.{outcome.action if ok else 'failed'}"] += 1
                 for conflict in outcome.conflicts:
                     self.stats.conflicts[f"{conflict.entity_type}.{conflict.resolution}"] += 1
+            self._acked += result.acked
             self.stats.done += result.acked + result.retrying + result.dead
             self.stats.failed += result.retrying + result.dead
             self.stats.dead += result.dead
