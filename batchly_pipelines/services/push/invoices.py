@@ -22,6 +22,8 @@ review. A copy of an earlier send with another DocNumber and the same customer i
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,13 +185,38 @@ class _Snapshot:
 
 
 class InvoicePusher:
-    """Pushes chunks of invoices for one organisation (thread-safe)."""
+    """Pushes chunks of invoices for one organisation (thread-safe).
+
+    Chunks run side by side, each from its rows' snapshot to its checkpoint. A correction is never decided while
+    an invoice of its chain is in another chunk of this push: that chunk read its rows before the correction
+    existed and may be about to create the original, which QuickBooks does not hold yet, so there would be nothing
+    to void. The correction waits (no attempt counted) until that chunk is checkpointed, then voids it first.
+    """
 
     def __init__(self, ctx: PushContext) -> None:
         self.ctx = ctx
+        self._working: Counter[int] = (
+            Counter()
+        )  # invoices of the chunks under way, from snapshot to checkpoint
+        self._working_lock = threading.Lock()
 
     def push(self, ids: Sequence[int]) -> list[Outcome]:
         """Push these invoices (≤ 30): voids first and checkpointed, then creates or links. Returns every outcome."""
+        with self._working_lock:
+            self._working.update(ids)
+        try:
+            return self._push(ids)
+        finally:
+            with self._working_lock:
+                self._working.subtract(ids)
+                self._working += Counter()  # drop the zeros
+
+    def _elsewhere(self, invoice_ids: Iterable[int], chunk: Sequence[int]) -> list[int]:
+        """Those of ``invoice_ids`` that another chunk of this push is working on."""
+        with self._working_lock:
+            return [i for i in invoice_ids if i not in chunk and self._working[i] > 0]
+
+    def _push(self, ids: Sequence[int]) -> list[Outcome]:
         snap = _Snapshot(self.ctx, ids)
         plan = _Plan()
         for invoice_id in ids:
@@ -286,6 +313,13 @@ class InvoicePusher:
         assert doc_number is not None  # validation refuses a blank DocNumber
         item_qbo_ids = {item_id: str(item["qbo_id"]) for item_id, item in snap.items.items()}
         chain = snap.chain(invoice_id)
+        busy = self._elsewhere(chain, list(snap.invoices))
+        if busy:
+            message = (
+                f"invoice {invoice_id} waits for invoice {busy[0]}, which it replaces, to be settled by the chunk "
+                "of this push that is sending it; then that one is voided first"
+            )
+            return Failed("invoice", invoice_id, "create", message, retryable=True, sent=False)
         body = invoice_to_qbo(
             invoice,
             lines,
