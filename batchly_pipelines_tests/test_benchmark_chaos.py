@@ -55,7 +55,7 @@ def test_throughput_counts_only_time_with_work_due_and_no_outage_the_benchmark_c
     # anyone else at 50 s (the killed run's own write-back at 41 s does not end the outage)
     writes = [(_at(n / 6), "run-a" if n <= 246 else "run-b") for n in range(601)]
     writes = [w for w in writes if not (41.1 < w[0].timestamp() - T0.timestamp() < 50)]
-    busy = [(_at(t), not 70 <= t < 90) for t in range(0, 101)]
+    busy = [(_at(t), 0 if 70 <= t < 90 else 5000) for t in range(0, 101)]
 
     figures = chaos.throughput(writes, busy, [chaos.Outage(_at(40), "run-a", 60)], time_scale=10.0, budget=20)
 
@@ -65,6 +65,8 @@ def test_throughput_counts_only_time_with_work_due_and_no_outage_the_benchmark_c
     assert figures["counted_seconds"] == 70.0
     # windows of 6 s, 20 calls each: 7 bursts in [0, 40], 4 in [50, 70] (the first at 50), 2 in [90, 100]
     assert figures["budget_calls"] == 20 * (7 + 4 + 2)
+    assert figures["budget_writes"] == 260 * 30  # plenty due: every allowed call carries 30
+    assert figures["throughput_ratio"] == figures["throughput_ratio_full_calls"]
     assert figures["throughput_ratio"] == pytest.approx(len(writes) / (260 * 30), abs=0.001)
     # with the outage: [0, 70] holds 12 bursts, [90, 100] 2
     assert figures["throughput_ratio_with_outages"] == pytest.approx(len(writes) / (280 * 30), abs=0.001)
@@ -72,7 +74,7 @@ def test_throughput_counts_only_time_with_work_due_and_no_outage_the_benchmark_c
 
 def test_an_outage_counts_at_most_the_recovery_the_design_allows() -> None:
     writes = [(_at(t), "run-a") for t in range(0, 61)]  # nobody else ever wrote after the kill at 30 s
-    busy = [(_at(t), True) for t in range(0, 61)]
+    busy = [(_at(t), 100) for t in range(0, 61)]
 
     assert (
         chaos.throughput(writes, busy, [chaos.Outage(_at(30), "run-a", 60)], 1.0, 1)["outage_seconds"] == 30.0
@@ -80,3 +82,31 @@ def test_an_outage_counts_at_most_the_recovery_the_design_allows() -> None:
     assert (
         chaos.throughput(writes, busy, [chaos.Outage(_at(30), "run-a", 12)], 1.0, 1)["outage_seconds"] == 12.0
     )
+
+
+def test_no_window_is_credited_more_writes_than_rows_were_due() -> None:
+    window, budget = 10.0, 5  # five calls of 30 a window: 150 writes
+    plenty = [(0.0, 5000)]
+    assert chaos.allowed_writes([(0, 30)], window, budget, plenty) == 20 * 30
+    # 40 rows due: a window is credited 40 writes (a call of 30 and one of 10), not five calls of 30
+    assert chaos.allowed_writes([(0, 5)], window, budget, [(0.0, 40)]) == 40
+    # the tail of a push: 25 rows left for 3 s after a burst of work, then none
+    tail = [(0.0, 5000), (12.0, 25), (15.0, 0)]
+    assert chaos.allowed_writes([(0, 15)], window, budget, tail) == 5 * 30 + 5 * 30 + 0
+    assert chaos.allowed_writes([(12, 15)], window, budget, tail) == 25
+    # more comes due within the window: credited as it comes (10 at once, 90 more at 2 s in three calls)
+    rising = [(0.0, 10), (2.0, 100)]
+    assert chaos.allowed_writes([(0, 5)], window, budget, rising) == 100
+    assert chaos.allowed_writes([], window, budget, plenty) == 0
+
+
+def test_the_tail_of_a_push_is_not_credited_as_full_calls() -> None:
+    # 300 writes over 30 s, with plenty due for 20 s, then only 20 rows for the last 10 s
+    writes = [(_at(n / 10), "run-a") for n in range(301)]
+    busy = [(_at(t), 5000 if t < 20 else 20) for t in range(0, 31)]
+
+    figures = chaos.throughput(writes, busy, [], time_scale=10.0, budget=20)
+
+    assert figures["budget_calls"] == 20 * 6  # bursts at 0, 6, 12, 18, 24 and 30
+    assert figures["budget_writes"] == 20 * 4 * 30 + 20 + 20  # the two bursts of the tail: 20 rows each
+    assert figures["throughput_ratio"] > figures["throughput_ratio_full_calls"]
