@@ -319,3 +319,57 @@ def test_a_correction_made_while_its_original_waits_for_its_batch_call_is_not_cr
     assert totals(books) == {"2001": [VOID], "2001-C": [Decimal("50.50")]}
     assert invoice_row(engine, correction)["sync_status"] == "synced"
     assert queue_status(engine, "invoice", correction)[0] == "done"
+
+
+def test_an_original_and_its_correction_in_chunks_side_by_side_do_not_wait_for_each_other(
+    engine: Engine,
+    org: int,
+    push: Callable[..., PushStats],
+    books: Books,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The original (its create's answer lost: in QuickBooks, not linked) and its correction come round in two
+    chunks at once. The original's chunk decides it is superseded and sends nothing for it; the correction's chunk,
+    asking meanwhile, must not wait for that chunk — each waiting for the other, they came round again and again
+    and the run ended red (chaos seed 2: 32 corrections waiting in one round)."""
+    with engine.begin() as conn:
+        customer, item = f.customer(conn, org), f.item(conn, org)
+    push()
+    with engine.begin() as conn:
+        original = f.invoice(conn, org, customer, item, doc_number="3001")
+    lose_invoice_checkpoints(engine, push, monkeypatch)
+    assert invoice_row(engine, original)["qbo_id"] is None
+    with engine.begin() as conn:
+        correction = f.correction(conn, original, "3001-C")
+    lookup = InvoicePusher._lookup
+    beside: list[list[Any]] = []
+    asked: list[bool] = []
+
+    def correction_asks_meanwhile(self: InvoicePusher, snap: Any, plan: Any) -> Any:
+        if not asked and original in snap.invoices and correction not in snap.invoices:
+            asked.append(True)
+            beside.append(
+                self.push([correction])
+            )  # the correction's chunk, while the original's is under way
+        return lookup(self, snap, plan)
+
+    real_push = InvoicePusher.push
+
+    def alone(self: InvoicePusher, ids: Sequence[int]) -> Any:  # the original's chunk without its correction
+        return real_push(self, ids if asked else [i for i in ids if i != correction])
+
+    with monkeypatch.context() as patch:
+        patch.setattr(InvoicePusher, "_lookup", correction_asks_meanwhile)
+        patch.setattr(InvoicePusher, "push", alone)
+        make_due(engine)
+        push(invoice_ids=[original])
+
+    [outcomes] = beside
+    # the correction went on: it voided the original's copy (and is created from the next claim), it did not wait
+    # for the original's chunk, which sends nothing
+    [waits] = [o for o in outcomes if o.entity_id == correction]
+    assert waits.action == "wait" and "to be voided first (sent now)" in getattr(waits, "message", ""), waits
+    make_due(engine)
+    push()
+    assert totals(books) == {"3001": [VOID], "3001-C": [Decimal("50.50")]}
+    assert queue_status(engine, "invoice", correction)[0] == "done"

@@ -195,34 +195,47 @@ class InvoicePusher:
 
     def __init__(self, ctx: PushContext) -> None:
         self.ctx = ctx
-        self._working: Counter[int] = (
-            Counter()
-        )  # invoices of the chunks under way, from snapshot to checkpoint
+        # invoices of the chunks under way, from their snapshot to their checkpoint (or to a decision that nothing
+        # of them leaves with that chunk)
+        self._working: Counter[int] = Counter()
         self._working_lock = threading.Lock()
 
     def push(self, ids: Sequence[int]) -> list[Outcome]:
         """Push these invoices (≤ 30): voids first and checkpointed, then creates or links. Returns every outcome."""
+        working = set(ids)
         with self._working_lock:
-            self._working.update(ids)
+            self._working.update(working)
         try:
-            return self._push(ids)
+            return self._push(ids, working)
         finally:
-            with self._working_lock:
-                self._working.subtract(ids)
-                self._working += Counter()  # drop the zeros
+            self._release(working)
 
-    def _elsewhere(self, invoice_ids: Iterable[int], chunk: Sequence[int]) -> list[int]:
-        """Those of ``invoice_ids`` that another chunk of this push is working on."""
+    def _release(self, ids: set[int]) -> None:
         with self._working_lock:
-            return [i for i in invoice_ids if i not in chunk and self._working[i] > 0]
+            self._working.subtract(ids)
+            self._working += Counter()  # drop the zeros
 
-    def _push(self, ids: Sequence[int]) -> list[Outcome]:
+    def _elsewhere(self, invoice_ids: Iterable[int], chunk: Iterable[int]) -> list[int]:
+        """Those of ``invoice_ids`` that another chunk of this push is working on."""
+        own = set(chunk)
+        with self._working_lock:
+            return [i for i in invoice_ids if i not in own and self._working[i] > 0]
+
+    def _push(self, ids: Sequence[int], working: set[int]) -> list[Outcome]:
         snap = _Snapshot(self.ctx, ids)
         plan = _Plan()
+        answered: set[int] = set()
         for invoice_id in ids:
             decided = self._decide(snap, invoice_id, plan)
             if decided is not None:
                 plan.outcomes.append(decided)
+                answered.add(invoice_id)
+        # nothing of these leaves with this chunk (skipped, refused, waiting): a correction of one of them need not
+        # wait for it — it is not created by this chunk (two chunks waiting for each other would wait for ever)
+        released = working & answered
+        if released:
+            working -= released
+            self._release(released)
         found = self._lookup(snap, plan)
         guarded = self._guard(snap, plan, found)
         voids: dict[str, _Void] = {}
@@ -313,7 +326,7 @@ class InvoicePusher:
         assert doc_number is not None  # validation refuses a blank DocNumber
         item_qbo_ids = {item_id: str(item["qbo_id"]) for item_id, item in snap.items.items()}
         chain = snap.chain(invoice_id)
-        busy = self._elsewhere(chain, list(snap.invoices))
+        busy = self._elsewhere(chain, snap.invoices)
         if busy:
             message = (
                 f"invoice {invoice_id} waits for invoice {busy[0]}, which it replaces, to be settled by the chunk "
