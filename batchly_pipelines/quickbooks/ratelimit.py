@@ -23,9 +23,9 @@ full concurrency), a *ceiling* and what the realm *serves* (the most it answered
 took before its last 429); the in-flight budget is one number.
 
 - A 429 halves the limit it hit, never to more than the realm had just taken, and sets the ceiling there — unless
-  429s are rare (none in the window before): then the limit backs off only to what the realm took in the window
-  that refused it, answered or still on its way (a company serving 30 of 40 batch calls is learned at 30, not
-  20). QuickBooks does not say which limit that was: it is the window the request took to a level the realm had
+  429s are rare (none in the window before): then the limit backs off only to what the realm answered in the
+  window that refused it, or to the most it has served in a window since its last 429 when that is more (calls
+  still in flight are not answered yet): a company serving 30 of 40 batch calls is learned at 30, not 20. QuickBooks does not say which limit that was: it is the window the request took to a level the realm had
   not served (the nearest its documented value, if both), else the fullest window if one held a fifth of its
   documented value, else the in-flight budget. A 429 of a request sent before the limiter reacted to an earlier one
   belongs to that one; the refused request leaves the windows (QuickBooks did not count it).
@@ -257,9 +257,10 @@ class RealmBudget:
                 learned = getattr(self, blamed)
                 limit = min(max(1, learned.limit // 2), took(blamed))
                 if now - self.event_at > limits.span(MINUTE):
-                    # rare: back off to what the realm just took — answered, or admitted before this request and
-                    # still on its way (it left first)
-                    limit = max(limit, min(learned.limit - 1, took(blamed)))
+                    # rare: back off to what the realm just answered, or to the most it has served in a window
+                    # since its last 429 when more (calls still in flight when the 429 came were taken too; calls
+                    # admitted but never sent were not, so the admission's count says nothing)
+                    limit = max(limit, min(learned.limit - 1, max(answered.get(blamed, 0), learned.served)))
                 changes[blamed] = LearnedWindow(limit, float(limit), min(learned.served, took(blamed)))
         return replace(self, **changes, event_at=now, adjusted_at=now)
 

@@ -253,9 +253,9 @@ def test_a_rare_429_backs_off_to_what_the_realm_just_served_not_to_half() -> Non
     assert ceilings == [31.0, 32.0, 33.0]  # probing upward at once, a fortieth of Intuit's 40 per window
 
 
-def test_a_rare_429_counts_the_calls_still_in_flight_as_taken() -> None:
+def test_a_rare_429_backs_off_no_lower_than_what_the_realm_served_before() -> None:
     # The 31st call of a window is refused while five calls admitted before it still await their answers: the realm
-    # took those too (they left first), so the limit backs off to 30, not to the 25 answered so far — the chaos
+    # served 30 in a window before, so the limit backs off to 30, not to the 25 answered so far — the chaos
     # benchmark's limit fell from 21 to 16 that way and spent four windows climbing back.
     served, refused = _took_30_of_40()
     budget = served.throttled(refused, now=100.0, limits=DOCUMENTED, answered={"batch_per_minute": 25})

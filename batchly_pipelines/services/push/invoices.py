@@ -155,7 +155,16 @@ class _Snapshot:
             self.customers = load_rows(conn, "customer", {row["customer_id"] for row in self.rows.values()})
             item_ids = {line["item_id"] for lines in self.lines.values() for line in lines}
             self.items = load_rows(conn, "item", item_ids)
-            self.replacements = load_replacements(conn, ids)  # by the invoice they replace
+            # by the invoice they replace, and their replacements in turn (a correction corrected again)
+            self.replacements = load_replacements(conn, ids)
+            frontier = {row["id"] for rows in self.replacements.values() for row in rows}
+            for _ in range(MAX_CHAIN):
+                frontier -= set(self.replacements) | set(ids)
+                if not frontier:
+                    break
+                found_next = load_replacements(conn, frontier)
+                self.replacements.update(found_next)
+                frontier = {row["id"] for rows in found_next.values() for row in rows}
             self.sends = load_sends(conn, ctx.client.realm_id, {*self.rows, *ids})  # deleted ones too
 
     def chain(self, invoice_id: int) -> tuple[int, ...]:
@@ -395,10 +404,10 @@ class InvoicePusher:
         replacement is in QuickBooks, decided after the creates when it is in this chunk, otherwise left pending.
         Draft, void and refused (``sync_status = error`` and not in QuickBooks) replacements supersede nothing."""
         open_ones = _open_replacements(snap, invoice_id)
-        pushed = [row["id"] for row in open_ones if row["qbo_id"] is not None]
-        if pushed:
+        pushed = _successor_in_quickbooks(snap, invoice_id)
+        if pushed is not None:
             return Pushed(
-                "invoice", invoice_id, "skip", message=f"replaced by invoice {pushed[0]}: never pushed"
+                "invoice", invoice_id, "skip", message=f"replaced by invoice {pushed}: never pushed"
             )
         here = [row["id"] for row in open_ones if row["id"] in snap.invoices]
         if here:
@@ -770,6 +779,24 @@ def _open_replacements(snap: _Snapshot, invoice_id: int) -> list[dict[str, Any]]
         for row in snap.replacements.get(invoice_id, [])
         if row["status"] == "open" and (row["qbo_id"] is not None or row["sync_status"] != "error")
     ]
+
+
+def _successor_in_quickbooks(snap: _Snapshot, invoice_id: int) -> int | None:
+    """An open invoice in QuickBooks that replaces ``invoice_id`` — directly, or through open replacements that are
+    not in QuickBooks themselves (a correction corrected again before it was pushed: it never will be) — or
+    ``None``."""
+    seen = {invoice_id}
+    level = [invoice_id]
+    for _ in range(MAX_CHAIN):
+        rows = [
+            row for current in level for row in _open_replacements(snap, current) if row["id"] not in seen
+        ]
+        pushed = next((row["id"] for row in rows if row["qbo_id"] is not None), None)
+        if pushed is not None or not rows:
+            return pushed
+        seen.update(row["id"] for row in rows)
+        level = [row["id"] for row in rows]
+    return None
 
 
 def _owe(voids: dict[str, _Void], copies: Iterable[_Void], owner: int, role: str) -> None:
