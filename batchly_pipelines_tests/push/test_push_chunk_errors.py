@@ -23,10 +23,8 @@ from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert
 from batchly_pipelines_tests.support.push import TIME_SCALE, Books
 
 
-def test_an_outage_in_one_chunk_fails_that_chunk_and_the_run_carries_on(
-    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _demo_into(engine, org, 90)
+def _one_outage(monkeypatch: pytest.MonkeyPatch) -> list[Sequence[int]]:
+    """The first invoice chunk fails as a whole (a 503 that outlived the client's retries); returns it, once it has."""
     real_push = InvoicePusher.push
     failed_once: list[Sequence[int]] = []
 
@@ -37,6 +35,14 @@ def test_an_outage_in_one_chunk_fails_that_chunk_and_the_run_carries_on(
         return real_push(self, ids)
 
     monkeypatch.setattr(InvoicePusher, "push", one_outage)
+    return failed_once
+
+
+def test_an_outage_in_one_chunk_fails_that_chunk_and_the_run_carries_on(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _demo_into(engine, org, 90)
+    failed_once = _one_outage(monkeypatch)
     # no exception: one chunk's outage is that chunk's problem (a long backoff, so this push does not retry it)
     stats = push(queue=SyncQueue(engine, RetryPolicy(base_delay=timedelta(hours=1))))
     [chunk] = failed_once
@@ -52,7 +58,7 @@ def test_an_outage_in_one_chunk_fails_that_chunk_and_the_run_carries_on(
     assert sorted(row.entity_id for row in waiting) == sorted(chunk)
     assert all(row.status == "pending" and "503" in row.last_error and row.attempts == 1 for row in waiting)
 
-    monkeypatch.setattr(InvoicePusher, "push", real_push)
+    monkeypatch.undo()
     queue = SyncQueue(engine, IMPATIENT)
     queue.expedite(org, "invoice", chunk)  # their backoff is over
     push(queue=queue)
@@ -67,16 +73,7 @@ def test_a_retry_due_shortly_is_pushed_by_the_same_run_not_left_for_the_next(
     before it ends, instead of ending with it pending for the next run to start (a sensor tick and a process
     later). A backoff longer than the wait is left to the next run (above)."""
     _demo_into(engine, org, 30)
-    real_push = InvoicePusher.push
-    failed_once: list[Sequence[int]] = []
-
-    def one_outage(self: InvoicePusher, ids: Sequence[int]) -> Any:
-        if not failed_once:
-            failed_once.append(list(ids))
-            raise ServerError("HTTP 503 from QuickBooks (retries exhausted)")
-        return real_push(self, ids)
-
-    monkeypatch.setattr(InvoicePusher, "push", one_outage)
+    failed_once = _one_outage(monkeypatch)
     backoff = RetryPolicy(base_delay=timedelta(seconds=20), time_scale=TIME_SCALE)
     stats = push(queue=SyncQueue(engine, backoff))
     assert len(failed_once) == 1 and len(stats.errors) == 1
