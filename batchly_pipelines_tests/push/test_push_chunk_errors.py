@@ -13,14 +13,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from batchly_pipelines.quickbooks.client import ClientConfig
 from batchly_pipelines.quickbooks.errors import ServerError
+from batchly_pipelines.services.connections import client_for_organization
 from batchly_pipelines.services.push.invoices import InvoicePusher
 from batchly_pipelines.services.push.name_lists import NameListPusher
-from batchly_pipelines.services.push.organization import PushStats
+from batchly_pipelines.services.push.organization import PushStats, push_organization
+from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
 from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert_exactly_once, _demo_into
-from batchly_pipelines_tests.support.push import TIME_SCALE, Books
+from batchly_pipelines_tests.support.push import LONG_LEASE, TIME_SCALE, Books
 
 
 def _one_outage(monkeypatch: pytest.MonkeyPatch) -> list[Sequence[int]]:
@@ -85,10 +88,14 @@ def test_a_retry_due_shortly_is_pushed_by_the_same_run_not_left_for_the_next(
 
 
 def test_a_record_that_keeps_waiting_for_one_that_cannot_go_does_not_keep_the_run_alive(
-    engine: Engine, org: int, push: Callable[..., PushStats], monkeypatch: pytest.MonkeyPatch
+    engine: Engine, settings: Settings, org: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The customers cannot be pushed (every chunk fails); the invoices wait for them without an attempt counted, so
-    their backoff stays short — the push waits for those retries once, sees nothing settle, and ends."""
+    their backoff stays short — the push waits for those retries once, sees nothing settle, and ends. At time scale
+    10 the wait for retries is 3 s and the invoices' first backoff 0.25 to 0.5 s, longer than a round however loaded
+    the machine (at the suite's 60 a round on a loaded PostgreSQL outlasted the backoff, and every claim found the
+    invoices due again while chunks were in flight). The Dagster run of ``test_sensor_batched`` whose company
+    answers 500s is the case that hung before the wait stopped on no progress."""
     _demo_into(engine, org, 30)
 
     def down(self: NameListPusher, ids: Sequence[int]) -> Any:
@@ -96,8 +103,18 @@ def test_a_record_that_keeps_waiting_for_one_that_cannot_go_does_not_keep_the_ru
 
     monkeypatch.setattr(NameListPusher, "push", down)
     done: list[PushStats] = []
-    backoff = RetryPolicy(base_delay=timedelta(seconds=20), time_scale=TIME_SCALE)  # longer than a round
-    worker = threading.Thread(target=lambda: done.append(push(queue=SyncQueue(engine, backoff))), daemon=True)
+    scale = 10.0
+    backoff = SyncQueue(
+        engine, RetryPolicy(time_scale=scale)
+    )  # 5 QuickBooks seconds: 0.25 to 0.5 s, then more
+
+    def run() -> None:
+        with client_for_organization(engine, settings, org, config=ClientConfig(time_scale=scale)) as client:
+            done.append(
+                push_organization(engine, client, org, worker="waiting", queue=backoff, lease=LONG_LEASE)
+            )
+
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(timeout=60)
     assert not worker.is_alive(), "the push kept waiting for retries that settle nothing"
