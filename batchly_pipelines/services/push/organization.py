@@ -319,8 +319,7 @@ class _Push:
         self._idle = 0.0  # seconds spent lingering with nothing due
         self._limiter = client.limiter if isinstance(client.limiter, SharedRateLimiter) else None
         self._retry_wait = client.config.scaled(RETRY_WAIT.total_seconds())
-        self._acked = 0  # queue rows this push settled as done
-        self._acked_when_waited = -1  # … when it last waited for its retries
+        self._waited_for_retries = False  # a push waits for its own retries once
         self._budget: tuple[float, float | None] = (-BUDGET_READ_EVERY_SECONDS, None)  # (read at, per minute)
 
     def run(
@@ -483,16 +482,16 @@ class _Push:
         only chosen invoices are pushed: they are all claimed at once — and, ``wait_for_retries`` (nothing of this
         push is on its way), until its retries due within :data:`RETRY_WAIT` (QuickBooks time) come due: a record
         that failed a moment ago (a 503, an original waiting for its correction) is pushed again by this run, not
-        left for the next one to start — as long as waiting settles something."""
+        left for the next one to start (once per push)."""
         started = time.monotonic()
         deadline = started + (linger_seconds if invoice_ids is None else 0.0)
-        # only while the retries waited for before got somewhere: a record that keeps waiting for another one that
-        # cannot go (its customer refused, the company down) does not keep the run alive
-        wait_for_retries = wait_for_retries and self._acked > self._acked_when_waited
+        # once per push: a record that keeps failing (a customer the company refuses, rows an app transaction holds)
+        # is left to its backoff and the next run, and never burns its attempts within one run
+        wait_for_retries = wait_for_retries and not self._waited_for_retries
         while not (batch := self._claim(invoice_ids)):
             retry = self._retry_due(invoice_ids) if wait_for_retries else 0.0
             if retry > deadline:
-                self._acked_when_waited = self._acked
+                self._waited_for_retries = True
             until = max(deadline, retry)
             if time.monotonic() >= until:
                 break
@@ -742,7 +741,6 @@ class _Push:
                 self.stats.actions[f"{outcome.entity_type}.{outcome.action if ok else 'failed'}"] += 1
                 for conflict in outcome.conflicts:
                     self.stats.conflicts[f"{conflict.entity_type}.{conflict.resolution}"] += 1
-            self._acked += result.acked
             self.stats.done += result.acked + result.retrying + result.dead
             self.stats.failed += result.retrying + result.dead
             self.stats.dead += result.dead
