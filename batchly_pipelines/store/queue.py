@@ -9,7 +9,7 @@ because every write back is fenced by ``lease_owner``.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -90,9 +90,11 @@ class SyncQueue:
         organization_id: int | None = None,
         entity_types: Iterable[str] | None = None,
         entity_ids: Iterable[int] | None = None,
+        excluding: Collection[tuple[str, int]] = (),
         now: datetime | None = None,
     ) -> list[QueueItem]:
-        """Lease up to ``limit`` due rows (oldest first) to ``worker``.
+        """Lease up to ``limit`` due rows (oldest first) to ``worker``, none of the records ``excluding`` names
+        (``(entity_type, entity_id)``: what this worker leaves to a later run).
 
         A claim is not an attempt: :meth:`count_attempts` counts one when a row's record is actually sent, so crashed
         or abandoned runs do not burn the retry budget of rows they never sent.
@@ -109,7 +111,7 @@ class SyncQueue:
         )
         query = (
             sa.select(q.id)
-            .where(is_due(now), ~older_unfinished)
+            .where(is_due(now), ~older_unfinished, ~_among(excluding))
             .order_by(q.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -302,11 +304,12 @@ class SyncQueue:
         *,
         entity_types: Iterable[str] | None = None,
         entity_ids: Iterable[int] | None = None,
+        excluding: Collection[tuple[str, int]] = (),
     ) -> datetime | None:
-        """When the organisation's soonest pending row (of these records) is due, or ``None`` when none is pending:
-        a push waits for a retry due shortly instead of leaving it to the next run."""
+        """When the organisation's soonest pending row (of these records, none of ``excluding``) is due, or ``None``
+        when none is pending: a push waits for a retry due shortly instead of leaving it to the next run."""
         query = sa.select(sa.func.min(q.next_attempt_at)).where(
-            q.organization_id == organization_id, q.status == "pending"
+            q.organization_id == organization_id, q.status == "pending", ~_among(excluding)
         )
         if entity_types is not None:
             query = query.where(q.entity_type.in_(list(entity_types)))
@@ -383,6 +386,16 @@ def due_since() -> sa.ColumnElement[datetime]:
     lapsed."""
     return sa.type_coerce(
         sa.case((q.status == "in_progress", q.lease_expires_at), else_=q.next_attempt_at), UTCDateTime()
+    )
+
+
+def _among(records: Collection[tuple[str, int]]) -> sa.ColumnElement[bool]:
+    """Rows of these ``(entity_type, entity_id)`` records (none when there are none)."""
+    by_type: dict[str, list[int]] = {}
+    for entity_type, entity_id in records:
+        by_type.setdefault(entity_type, []).append(entity_id)
+    return sa.or_(
+        sa.false(), *(sa.and_(q.entity_type == kind, q.entity_id.in_(ids)) for kind, ids in by_type.items())
     )
 
 

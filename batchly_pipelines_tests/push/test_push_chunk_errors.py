@@ -91,11 +91,10 @@ def test_a_record_that_keeps_waiting_for_one_that_cannot_go_does_not_keep_the_ru
     engine: Engine, settings: Settings, org: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The customers cannot be pushed (every chunk fails); the invoices wait for them without an attempt counted, so
-    their backoff stays short — the push waits for those retries once, sees nothing settle, and ends. At time scale
-    10 the wait for retries is 3 s and the invoices' first backoff 0.25 to 0.5 s, longer than a round however loaded
-    the machine (at the suite's 60 a round on a loaded PostgreSQL outlasted the backoff, and every claim found the
-    invoices due again while chunks were in flight). The Dagster run of ``test_sensor_batched`` whose company
-    answers 500s is the case that hung before the wait stopped on no progress."""
+    their backoff stays short. Each customer and invoice fails at most twice in this push (``FAILURES_PER_PUSH``),
+    then is left to the next run, and the push ends: before that rule, a round on a loaded PostgreSQL outlasted the
+    invoices' backoff and every claim found them due again, at any time scale. The Dagster run of
+    ``test_sensor_batched`` whose company answers 500s is the case that hung."""
     _demo_into(engine, org, 30)
 
     def down(self: NameListPusher, ids: Sequence[int]) -> Any:
@@ -120,3 +119,32 @@ def test_a_record_that_keeps_waiting_for_one_that_cannot_go_does_not_keep_the_ru
     assert not worker.is_alive(), "the push kept waiting for retries that settle nothing"
     [stats] = done
     assert stats.actions["invoice.create"] == 0 and stats.failed > 0
+
+
+def test_one_push_sends_a_failing_record_at_most_twice_however_short_its_backoff(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every invoice chunk fails (an app transaction holds the rows, an outage); with no backoff at all each is due
+    again the moment it failed. The push sends each at most twice — its attempt and one retry — and leaves the rest
+    to the backoff and the next run, so one run never burns a record's attempts into the dead letter. Before, CI's
+    loaded machine took longer between a chunk's failure and the next claim than the test time scale's backoff, and
+    one run sent the 30 invoices 8 times and dead-lettered them."""
+    _demo_into(engine, org, 30)
+    sends: list[Sequence[int]] = []
+
+    def down(self: InvoicePusher, ids: Sequence[int]) -> Any:
+        sends.append(list(ids))
+        raise ServerError("HTTP 503 from QuickBooks (retries exhausted)")
+
+    monkeypatch.setattr(InvoicePusher, "push", down)
+    stats = push(queue=SyncQueue(engine, IMPATIENT))
+    assert sorted(i for chunk in sends for i in chunk) == sorted(list(range(1, 31)) * 2)
+    assert stats.failed == 60 and stats.dead == 0
+    q = s.sync_queue.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(q.status, q.attempts).where(q.entity_type == "invoice")).all()
+    assert len(rows) == 30 and all(row.status == "pending" and row.attempts == 2 for row in rows)
+
+    monkeypatch.undo()
+    push(queue=SyncQueue(engine, IMPATIENT))  # the next run pushes them
+    _assert_exactly_once(engine, books, 30)

@@ -59,6 +59,10 @@ FENCE_RETRY_SECONDS = 0.2
 PREPARED_AHEAD = 2  # invoice chunks in the works per request the client may have in flight
 # a push whose queue is empty waits for its retries due within this (QuickBooks time) before it ends
 RETRY_WAIT = timedelta(seconds=30)
+# a record that failed this often in one push (sent and refused, or waiting for a record that cannot go) is left to
+# its backoff and the next run: however short the backoff (a time scale, a loaded machine), one run never burns its
+# attempts into the dead letter, nor keeps claiming a record that waits for one it will not push again
+FAILURES_PER_PUSH = 2
 
 
 _T = TypeVar("_T")
@@ -320,6 +324,8 @@ class _Push:
         self._limiter = client.limiter if isinstance(client.limiter, SharedRateLimiter) else None
         self._retry_wait = client.config.scaled(RETRY_WAIT.total_seconds())
         self._waited_for_retries = False  # a push waits for its own retries once
+        self._failures: Counter[RecordKey] = Counter()  # failures of each record in this push
+        self._spent: set[RecordKey] = set()  # … that reached FAILURES_PER_PUSH: not claimed again by this push
         self._budget: tuple[float, float | None] = (-BUDGET_READ_EVERY_SECONDS, None)  # (read at, per minute)
 
     def run(
@@ -505,10 +511,13 @@ class _Push:
     def _retry_due(self, invoice_ids: list[int] | None) -> float:
         """The monotonic instant this push's soonest pending retry is due, when that is within
         :data:`RETRY_WAIT` (else 0: nothing to wait for)."""
+        with self._lock:
+            spent = set(self._spent)
         due = self.queue.next_retry(
             self.org,
             entity_types=["invoice"] if invoice_ids is not None else None,
             entity_ids=invoice_ids,
+            excluding=spent,
         )
         if due is None:
             return 0.0
@@ -528,6 +537,8 @@ class _Push:
 
     def _claim(self, invoice_ids: list[int] | None) -> list[QueueItem]:
         self._fence()  # a worker that lost the realm claims nothing more
+        with self._lock:
+            spent = set(self._spent)
         batch = self.queue.claim(
             self.worker,
             limit=self.claim_size,
@@ -535,13 +546,19 @@ class _Push:
             organization_id=self.org,
             entity_types=["invoice"] if invoice_ids is not None else None,
             entity_ids=invoice_ids,
+            excluding=spent,
         )
         # a batch call costs one of the company's few a minute however much it carries: fill the round's last
         # invoice chunk with due invoices, if there are any
         short = -sum(item.entity_type == "invoice" for item in batch) % BATCH_MAX
         if batch and short and invoice_ids is None:
             batch += self.queue.claim(
-                self.worker, limit=short, lease=self.lease, organization_id=self.org, entity_types=["invoice"]
+                self.worker,
+                limit=short,
+                lease=self.lease,
+                organization_id=self.org,
+                entity_types=["invoice"],
+                excluding=spent,
             )
         return batch
 
@@ -604,6 +621,8 @@ class _Push:
         if not missing:
             return
         self._fence()
+        with self._lock:
+            spent = set(self._spent)
         for item in self.queue.claim(
             self.worker,
             limit=len(missing),
@@ -611,6 +630,7 @@ class _Push:
             organization_id=self.org,
             entity_types=[entity_type],
             entity_ids=missing,
+            excluding=spent,
         ):
             self._round_claimed[(item.entity_type, item.entity_id)].append(item)
             self.claimed[(item.entity_type, item.entity_id)] = self._round_claimed[
@@ -732,6 +752,12 @@ class _Push:
     def _checkpoint(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
+        with self._lock:  # before the failures are due again: no claim of this push may take them meanwhile
+            for outcome in outcomes:
+                if isinstance(outcome, Failed) and not outcome.retry_now:
+                    self._failures[outcome.key] += 1
+                    if self._failures[outcome.key] >= FAILURES_PER_PUSH:
+                        self._spent.add(outcome.key)
         result = self.checkpointer.write(outcomes, self.claimed)
         with self._lock:
             for outcome in outcomes:
