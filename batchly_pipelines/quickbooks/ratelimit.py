@@ -12,7 +12,8 @@ so the limiter behaves the same on SQLite and PostgreSQL and needs no other infr
   compressed like every window, so a process that died mid-request frees its slots within one lease — and counts as
   "now" in every window. When its answer arrives its time becomes that moment (the server admitted it before it
   answered) — but, when the caller said when it was sent (:meth:`SharedRateLimiter.sending`, right before the bytes
-  leave: the client does for every request, after its write fence), no later than ``arrival_bound_seconds`` after the send: the server counted it on arrival, and a slow
+  leave: the client does for every request, after its write fence), no later than ``arrival_bound_seconds`` after
+  the send: the server counted it on arrival, and a slow
   answer (a batch under load) or one a frozen process read only when it resumed (SIGSTOP) kept it in the windows,
   and in what the realm seems to serve, long after the server let it go. A request that failed without being sent
   (its write fence refused, after a freeze too) leaves the ledger: QuickBooks never counted it.
@@ -25,7 +26,8 @@ took before its last 429); the in-flight budget is one number.
 - A 429 halves the limit it hit, never to more than the realm had just taken, and sets the ceiling there — unless
   429s are rare (none in the window before): then the limit backs off only to what the realm answered in the
   window that refused it, or to the most it has served in a window since its last 429 when that is more (calls
-  still in flight are not answered yet): a company serving 30 of 40 batch calls is learned at 30, not 20. QuickBooks does not say which limit that was: it is the window the request took to a level the realm had
+  still in flight are not answered yet): a company serving 30 of 40 batch calls is learned at 30, not 20.
+  QuickBooks does not say which limit that was: it is the window the request took to a level the realm had
   not served (the nearest its documented value, if both), else the fullest window if one held a fifth of its
   documented value, else the in-flight budget. A 429 of a request sent before the limiter reacted to an earlier one
   belongs to that one; the refused request leaves the windows (QuickBooks did not count it).

@@ -241,10 +241,9 @@ class InvoicePusher:
                 answered.add(invoice_id)
         # nothing of these leaves with this chunk (skipped, refused, waiting): a correction of one of them need not
         # wait for it — it is not created by this chunk (two chunks waiting for each other would wait for ever)
-        released = working & answered
-        if released:
-            working -= released
-            self._release(released)
+        if answered:
+            working -= answered
+            self._release(answered)
         found = self._lookup(snap, plan)
         guarded = self._guard(snap, plan, found)
         voids: dict[str, _Void] = {}

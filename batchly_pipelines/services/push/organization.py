@@ -493,12 +493,16 @@ class _Push:
         deadline = started + (linger_seconds if invoice_ids is None else 0.0)
         # once per push: a record that keeps failing (a customer the company refuses, rows an app transaction holds)
         # is left to its backoff and the next run, and never burns its attempts within one run
-        wait_for_retries = wait_for_retries and not self._waited_for_retries
+        until: float | None = (
+            None  # decided at the first empty claim: the linger, or the soonest retry if later
+        )
         while not (batch := self._claim(invoice_ids)):
-            retry = self._retry_due(invoice_ids) if wait_for_retries else 0.0
-            if retry > deadline:
-                self._waited_for_retries = True
-            until = max(deadline, retry)
+            if until is None:
+                retry = (
+                    self._retry_due(invoice_ids) if wait_for_retries and not self._waited_for_retries else 0.0
+                )
+                self._waited_for_retries |= retry > deadline
+                until = max(deadline, retry)
             if time.monotonic() >= until:
                 break
             time.sleep(min(LINGER_POLL_SECONDS, max(0.0, until - time.monotonic())))
