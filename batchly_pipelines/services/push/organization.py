@@ -491,11 +491,10 @@ class _Push:
         left for the next one to start (once per push)."""
         started = time.monotonic()
         deadline = started + (linger_seconds if invoice_ids is None else 0.0)
-        # once per push: a record that keeps failing (a customer the company refuses, rows an app transaction holds)
-        # is left to its backoff and the next run, and never burns its attempts within one run
-        until: float | None = (
-            None  # decided at the first empty claim: the linger, or the soonest retry if later
-        )
+        # the wait for retries is once per push, and a record that failed FAILURES_PER_PUSH times in it is not
+        # waited for: a record that keeps failing (a customer the company refuses, rows an app transaction holds)
+        # never keeps the run alive; decided at the first empty claim: the linger, or the soonest retry if later
+        until: float | None = None
         while not (batch := self._claim(invoice_ids)):
             if until is None:
                 retry = (
