@@ -325,7 +325,7 @@ class _Push:
         self._retry_wait = client.config.scaled(RETRY_WAIT.total_seconds())
         self._waited_for_retries = False  # a push waits for its own retries once
         self._failures: Counter[RecordKey] = Counter()  # failures of each record in this push
-        self._spent: set[RecordKey] = set()  # … that reached FAILURES_PER_PUSH: not claimed again by this push
+        self._spent: set[RecordKey] = set()  # … that reached FAILURES_PER_PUSH: this push claims them no more
         self._budget: tuple[float, float | None] = (-BUDGET_READ_EVERY_SECONDS, None)  # (read at, per minute)
 
     def run(
