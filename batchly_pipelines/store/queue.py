@@ -19,7 +19,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batchly_pipelines.store.db import bounded_transaction
-from batchly_pipelines.store.schema import QUEUE_STATES, UTCDateTime, sync_queue, utcnow
+from batchly_pipelines.store.schema import (
+    QUEUE_STATES,
+    UTCDateTime,
+    invoice_lines,
+    invoices,
+    sync_queue,
+    utcnow,
+)
 
 q = sync_queue.c
 
@@ -50,6 +57,11 @@ class RetryPolicy:
     max_delay: timedelta = timedelta(hours=1)
     time_scale: float = 1.0
     rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    @property
+    def longest_delay(self) -> timedelta:
+        """The longest backoff, compressed like the others."""
+        return self.max_delay / self.time_scale
 
     def delay(self, attempt: int) -> timedelta:
         """How long to wait before attempt ``attempt + 1`` (``attempt`` ≥ 1)."""
@@ -211,10 +223,13 @@ class SyncQueue:
         sent: bool = True,
         now: datetime | None = None,
         retry_now: bool = False,
+        parked: bool = False,
     ) -> str:
         """:meth:`fail` inside the caller's transaction. ``sent=False``: the record was not sent after all (it waits
         for another one), so the attempt :meth:`count_attempts` counted for it is given back; ``retry_now``: it is
-        due again at once (what it waited for is done in this transaction), without backoff."""
+        due again at once (what it waited for is done in this transaction), without backoff; ``parked``: it waits
+        for a record in the dead letter, so it is due again only after the longest backoff (or when that record is
+        pushed: :meth:`expedite_waiting_for`)."""
         now = now or utcnow()
         owned = (q.id == item.id) & (q.lease_owner == item.lease_owner) & (q.status == "in_progress")
         attempts = conn.execute(sa.select(q.attempts).where(owned).with_for_update()).scalar()
@@ -234,6 +249,8 @@ class SyncQueue:
             return "dead" if updated else "lost_lease"
         if retry_now:  # nothing went wrong: it only waited its turn
             requeued = _requeue(conn, owned, item.id, now, None, now)
+        elif parked:
+            requeued = _requeue(conn, owned, item.id, now + self.policy.longest_delay, error, now)
         else:
             requeued = _requeue(conn, owned, item.id, now + self.policy.delay(max(1, attempts)), error, now)
         return "pending" if requeued else "lost_lease"
@@ -318,6 +335,63 @@ class SyncQueue:
         with self.engine.connect() as conn:
             due: datetime | None = conn.execute(query).scalar()
         return due
+
+    def expedite_waiting_for(
+        self, organization_id: int, *, customers: Collection[int] = (), items: Collection[int] = ()
+    ) -> int:
+        """Make due now the backing-off rows of the organisation's invoices not yet in QuickBooks that reference
+        one of these customers or items — just pushed: an invoice parked while one was in the dead letter follows
+        it at once. Returns how many rows were expedited."""
+        if not customers and not items:
+            return 0
+        now = utcnow()
+        inv, lines = invoices.c, invoice_lines.c
+        references = sa.or_(
+            inv.customer_id.in_(list(customers)),
+            sa.exists().where(lines.invoice_id == inv.id, lines.item_id.in_(list(items))),
+        )
+        waiting = (
+            sa.select(q.id)
+            .join(invoices, inv.id == q.entity_id)
+            .where(
+                q.organization_id == organization_id,
+                q.entity_type == "invoice",
+                q.status == "pending",
+                q.next_attempt_at > now,
+                inv.qbo_id.is_(None),
+                references,
+            )
+        )
+        with self._transaction() as conn:
+            ids = list(conn.execute(waiting).scalars())
+            if not ids:
+                return 0
+            return conn.execute(
+                sa.update(sync_queue).where(q.id.in_(ids), q.status == "pending").values(next_attempt_at=now)
+            ).rowcount
+
+    def unsettled(
+        self, organization_id: int, entity_type: str, entity_ids: Collection[int]
+    ) -> dict[int, tuple[str, str | None]]:
+        """The records among ``entity_ids`` that have an unfinished or dead-lettered row: record → (status,
+        last error) of its liveliest row — a pending or in-progress row before a dead one (a fixed record's new row
+        goes on while its dead row waits to be cleared)."""
+        if not entity_ids:
+            return {}
+        rank = sa.case((q.status == "dead", 1), else_=0)
+        query = (
+            sa.select(q.entity_id, q.status, q.last_error)
+            .where(
+                q.organization_id == organization_id,
+                q.entity_type == entity_type,
+                q.entity_id.in_(list(entity_ids)),
+                q.status.in_(("pending", "in_progress", "dead")),
+            )
+            .order_by(q.entity_id, rank.desc(), q.id)
+        )
+        with self.engine.connect() as conn:
+            # ordered so the liveliest row of each record comes last and wins
+            return {row.entity_id: (row.status, row.last_error) for row in conn.execute(query)}
 
     def due_by_organization(self, now: datetime | None = None) -> dict[int, tuple[int, int]]:
         """Per organisation with due work: (rows due, highest due row id). One indexed query, for the sensor."""

@@ -95,6 +95,9 @@ class Failed:
     # due again at once, without backoff (what it waited for was sent and is checkpointed with it); not a failure
     # of the run: the push's next claim takes it
     retry_now: bool = False
+    # it waits for a record in the dead letter (its customer, an item): due again only after the longest backoff —
+    # or as soon as that record is pushed (:meth:`SyncQueue.expedite_waiting_for`)
+    parked: bool = False
 
     @property
     def key(self) -> RecordKey:
@@ -231,6 +234,7 @@ class Checkpointer:
                     sent=outcome.sent,
                     now=now,
                     retry_now=outcome.retry_now,
+                    parked=outcome.parked,
                 )
                 settled.dead += status == "dead"
                 if outcome.retry_now and status == "pending":

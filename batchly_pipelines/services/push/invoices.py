@@ -45,6 +45,7 @@ from batchly_pipelines.services.push.checkpoint import (
     Outcome,
     PushContext,
     Pushed,
+    RecordKey,
     describe,
     link_state,
 )
@@ -133,6 +134,8 @@ class _Plan:
         default_factory=dict
     )  # never to be open (draft, superseded) but sent before
     deferred: dict[int, list[int]] = field(default_factory=dict)  # invoice → its replacements in this chunk
+    # the customers and items the push found in the dead letter when the chunk began: record → its error
+    dead_letters: dict[RecordKey, str] = field(default_factory=dict)
 
 
 class _Snapshot:
@@ -208,6 +211,8 @@ class InvoicePusher:
         # of them leaves with that chunk)
         self._working: Counter[int] = Counter()
         self._working_lock = threading.Lock()
+        # customers and items of the push's rounds that are in the dead letter (see :meth:`dead_lettered`)
+        self._dead_letters: dict[RecordKey, str] = {}
 
     def push(self, ids: Sequence[int]) -> list[Outcome]:
         """Push these invoices (≤ 30): voids first and checkpointed, then creates or links. Returns every outcome."""
@@ -218,6 +223,17 @@ class InvoicePusher:
             return self._push(ids, working)
         finally:
             self._release(working)
+
+    def dead_lettered(self, records: Mapping[RecordKey, str | None]) -> None:
+        """What the push found of these customers and items: in the dead letter (its error), or not (``None``). An
+        invoice waiting for one in the dead letter is parked behind it, naming it, instead of being claimed again
+        every few seconds."""
+        with self._working_lock:
+            for key, error in records.items():
+                if error is None:
+                    self._dead_letters.pop(key, None)
+                else:
+                    self._dead_letters[key] = error
 
     def _release(self, ids: set[int]) -> None:
         with self._working_lock:
@@ -232,7 +248,8 @@ class InvoicePusher:
 
     def _push(self, ids: Sequence[int], working: set[int]) -> list[Outcome]:
         snap = _Snapshot(self.ctx, ids)
-        plan = _Plan()
+        with self._working_lock:
+            plan = _Plan(dead_letters=dict(self._dead_letters))
         answered: set[int] = set()
         for invoice_id in ids:
             decided = self._decide(snap, invoice_id, plan)
@@ -323,6 +340,9 @@ class InvoicePusher:
             message = "; ".join(str(issue) for issue in issues)
             return Failed("invoice", invoice_id, "validate", message, retryable=False, invoice_status="error")
         assert customer is not None  # validation refuses unknown customers
+        blocked = _dead_lettered_reference(invoice_id, customer, lines, snap.items, plan.dead_letters)
+        if blocked is not None:
+            return Failed("invoice", invoice_id, "create", blocked, retryable=True, sent=False, parked=True)
         waiting = [f"customer {customer['id']}"] if customer["qbo_id"] is None else []
         waiting += sorted(
             {f"item {line['item_id']}" for line in lines if snap.items[line["item_id"]]["qbo_id"] is None}
@@ -769,6 +789,28 @@ class InvoicePusher:
             invoice_status="synced",
             message=f"replaces invoice {create.replaces[0]}" if create.replaces else None,
         )
+
+
+def _dead_lettered_reference(
+    invoice_id: int,
+    customer: Mapping[str, Any],
+    lines: Sequence[Mapping[str, Any]],
+    items: Mapping[int, Mapping[str, Any]],
+    dead_letters: Mapping[RecordKey, str],
+) -> str | None:
+    """Why the invoice waits: the first of its customer and items that QuickBooks does not hold and that is in the
+    dead letter, with that record's error — else ``None``."""
+    references = [("customer_id", "customer", customer)] + [
+        (f"lines[{line['line_no']}].item_id", "item", items[line["item_id"]]) for line in lines
+    ]
+    for name, kind, row in references:
+        error = dead_letters.get((kind, row["id"])) if row["qbo_id"] is None else None
+        if error is not None:
+            return (
+                f"invoice {invoice_id} {name}: {kind} {row['id']} is in the dead letter ({error}); the invoice "
+                f"waits for it and follows it to QuickBooks once it is fixed and retried (or its review settled)"
+            )
+    return None
 
 
 def _open_replacements(snap: _Snapshot, invoice_id: int) -> list[dict[str, Any]]:

@@ -597,10 +597,16 @@ class _Push:
         self._checkpoint(refused)
         invoice_ids = self._ids("invoice")
         customer_deps, item_deps = self._dependencies(invoice_ids)
-        self._claim_dependencies("customer", customer_deps)
-        self._claim_dependencies("item", item_deps)
-        self._in_chunks("customer", sorted(set(self._ids("customer")) | customer_deps), self.customers.push)
-        self._in_chunks("item", sorted(set(self._ids("item")) | item_deps), self.items.push)
+        customers = self._pushable_dependencies("customer", customer_deps, chosen=counted)
+        items = self._pushable_dependencies("item", item_deps, chosen=counted)
+        self._in_chunks("customer", sorted(set(self._ids("customer")) | customers), self.customers.push)
+        self._in_chunks("item", sorted(set(self._ids("item")) | items), self.items.push)
+        self._note_dead_letters("customer", customer_deps)  # after their push: a refusal just now counts
+        self._note_dead_letters("item", item_deps)
+        # invoices of other rounds that were parked while one of these was in the dead letter follow it now
+        self.queue.expedite_waiting_for(
+            self.org, customers=set(self._ids("customer")) | customers, items=set(self._ids("item")) | items
+        )
         return invoice_ids
 
     def _ids(self, entity_type: str) -> list[int]:
@@ -616,6 +622,30 @@ class _Push:
         return (
             {cid for cid, row in customers.items() if row["qbo_id"] is None},
             {iid for iid, row in items.items() if row["qbo_id"] is None},
+        )
+
+    def _pushable_dependencies(self, entity_type: str, ids: set[int], *, chosen: bool) -> set[int]:
+        """Those of the round's dependencies that are pushed now: their rows claimed, or queued nowhere. A
+        dependency whose row waits (its backoff — unless the invoices were ``chosen``, "Sync now", which skips
+        theirs too —, or left by this push after failing twice) is not sent past it, and one in the dead letter is
+        not sent again: its invoices wait for the first and are parked behind the second (:meth:`_note_dead_letters`)."""
+        if chosen and ids:
+            self.queue.expedite(self.org, entity_type, sorted(ids))
+        self._claim_dependencies(entity_type, ids)
+        claimed = {i for i in ids if (entity_type, i) in self._round_claimed}
+        queued = self.queue.unsettled(self.org, entity_type, ids - claimed)
+        return {i for i in ids if i in claimed or i not in queued}
+
+    def _note_dead_letters(self, entity_type: str, ids: set[int]) -> None:
+        """Tell the invoice chunks which of these dependencies are in the dead letter now (and which not)."""
+        rows = self.queue.unsettled(self.org, entity_type, ids)
+        self.invoices.dead_lettered(
+            {
+                (entity_type, i): (rows[i][1] or "dead-lettered")
+                if i in rows and rows[i][0] == "dead"
+                else None
+                for i in ids
+            }
         )
 
     def _claim_dependencies(self, entity_type: str, ids: set[int]) -> None:
