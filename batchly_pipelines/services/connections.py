@@ -140,8 +140,8 @@ def _raise_if_unusable(record: ConnectionRecord) -> None:
     if record.status != "connected" or record.tokens is None:
         reason = record.status_reason or reauthorize_hint(record.organization_id)
         raise ReauthorizationRequired(
-            f"QuickBooks connection of organisation {record.organization_id} (realm {record.realm_id}) is "
-            f"{record.status}: {reason}",
+            f"the QuickBooks connection of organisation {record.organization_id} (company {record.realm_id}) needs "
+            f"a person ({record.status.replace('_', ' ')}): {reason}",
             code=record.status,
         )
 

@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from batchly_pipelines.quickbooks.errors import AuthError, ReadQuotaExhausted
+from batchly_pipelines.quickbooks.errors import AuthError, ReadQuotaExhausted, ReauthorizationRequired
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -59,7 +59,13 @@ CompanyOutcome = Outcome[int, T]  # one organisation's outcome: its key is the o
 
 
 def _describe(exc: BaseException) -> str:
-    """``Type: message`` and the innermost frame (where it was raised), for the operator's table."""
+    """For the operator's table: the sentence of an error that explains itself (a connection that needs a person,
+    an error class marked ``sentence``: a lost lease, a busy company, another company); for any other, ``Type:
+    message`` and the innermost frame (where it was raised) — that one is a bug or an outage to look into."""
+    if isinstance(exc, ReauthorizationRequired):
+        return exc.message
+    if getattr(type(exc), "sentence", False):
+        return str(exc)
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"

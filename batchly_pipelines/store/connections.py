@@ -75,6 +75,8 @@ class ConnectionRecord:
 class CompanyMismatch(ValueError):
     """A connection to another QuickBooks company than the one the organisation's records are linked to."""
 
+    sentence = True  # its message is the operator's sentence
+
 
 def switch_hint(organization_id: int) -> str:
     """The explicit command that moves an organisation to another QuickBooks company."""

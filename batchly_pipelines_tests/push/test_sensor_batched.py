@@ -31,9 +31,11 @@ from sqlalchemy.engine import Engine
 from batchly_pipelines.defs.push.job import push_to_quickbooks
 from batchly_pipelines.defs.push.sensor import BATCH_TAG, ORGANIZATION_TAG, REALM_TAG, sync_queue_sensor
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
+from batchly_pipelines.services.push.checkpoint import Checkpointer
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import push_locks
 from batchly_pipelines.store import schema as s
+from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.support import factories as f
 from batchly_pipelines_tests.support.push import TIME_SCALE, Books, connect, queue_status
 from qbo_sandbox.admin_client import SandboxAdmin
@@ -245,3 +247,45 @@ def test_a_batch_run_whose_process_is_gone_is_failed_and_its_organisations_batch
         assert "of a batch of 3 organisations is dead" in event.message
         assert f"run worker (process {worker.pid}) is gone" in event.message
         assert _batch(request) == orgs  # its organisations are no longer held: the next batch has them
+
+
+def test_an_organisation_whose_push_is_taken_over_is_failed_and_what_it_pushed_counts(
+    engine: Engine, companies: list[tuple[int, Books]], environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker takes the realm's lock while the organisation's push runs (its own was paused past its lease):
+    the push stops before writing again, and its retry finds the realm busy. Before, the retry's "skipped" replaced
+    the first attempt: the run was green, said nothing of the lost lease and counted nothing of what it had pushed."""
+    (taken, taken_books), (free, free_books), _ = companies
+    customer, invoice = _due_work(engine, taken, "TAKEN-1")
+    _due_work(engine, free, "FREE-1")
+    write = Checkpointer.write
+
+    def then_taken_over(self: Checkpointer, outcomes: Any, queue_items: Any) -> Any:
+        result = write(self, outcomes, queue_items)
+        if self.organization_id == taken and any(o.entity_type == "customer" for o in outcomes):
+            with (
+                engine.begin() as conn
+            ):  # the intruder's lock, as a takeover after an expired lease writes it
+                conn.execute(
+                    sa.update(s.qbo_push_locks)
+                    .where(s.qbo_push_locks.c.realm_id == taken_books.realm_id)
+                    .values(owner="intruder-1234abcd-1-elsewhere", expires_at=utcnow() + timedelta(minutes=5))
+                )
+        return result
+
+    monkeypatch.setattr(Checkpointer, "write", then_taken_over)
+
+    result, _ = _run(engine, [taken, free])
+
+    assert not result.success
+    assert list(free_books.by_doc_number()) == ["FREE-1"]
+    assert [c["DisplayName"] for c in taken_books.objects("Customer")] == ["Customer of TAKEN-1"]
+    assert taken_books.objects("Invoice") == []
+    description, metadata = _failure(result)
+    assert f"organisation {taken} (Batch Company 0)" in description
+    [row] = [dict(r.data) for r in metadata["failed organizations"].value.records]
+    assert "lost its lease" in row["reason"] and "another push" in row["reason"], row["reason"]
+    assert "PushAbandoned" not in row["reason"] and "(at " not in row["reason"], row["reason"]
+    assert metadata["actions"].value["customer.create"] == 2  # the taken-over push's customer counts
+    assert queue_status(engine, "customer", customer)[0] == "done"
+    assert queue_status(engine, "invoice", invoice)[0] == "in_progress"  # until its lease lapses

@@ -46,6 +46,7 @@ from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
 from batchly_pipelines.services.fleet import UNMENDABLE, CompanyOutcome, run_fleet
 from batchly_pipelines.services.push.organization import (
     Progress,
+    PushAbandoned,
     PushStats,
     RealmBusy,
     push_organization,
@@ -152,6 +153,8 @@ def push_batch(
     tracker = _BatchProgress(context, len(orgs))
     run_prefix = f"run-{context.run.run_id[:8]}"
 
+    abandoned: dict[int, list[PushAbandoned]] = {}  # attempts that lost their lease, by organisation
+
     def work(organization_id: int) -> PushStats | _Skipped:
         with quickbooks.client_for(organization_id) as client:  # LookupError: not connected (any more)
             try:
@@ -167,7 +170,13 @@ def push_batch(
                     lease=lease,  # QuickBooks time: the push compresses it
                     lock_wait=timedelta(0),  # a busy realm is left for the next run, not waited for
                 )
+            except PushAbandoned as exc:  # retried; what it pushed counts, and so does why it stopped
+                abandoned.setdefault(organization_id, []).append(exc)
+                context.log.warning(f"organisation {organization_id}: {exc}")
+                raise
             except RealmBusy as exc:
+                if organization_id in abandoned:  # taken over while it ran: a failure of this run, not a skip
+                    raise PushAbandoned(f"{abandoned[organization_id][-1]}; then {exc}") from None
                 return _Skipped(str(exc))
 
     def on_outcome(outcome: CompanyOutcome[PushStats | _Skipped]) -> None:
@@ -192,7 +201,11 @@ def push_batch(
         ),  # LookupError: no connection (any more); a retry cannot mend it
         on_outcome=on_outcome,
     )
-    stats = {o.key: o.result for o in outcomes if isinstance(o.result, PushStats)}
+    # every attempt's work: one that lost its lease pushed records all the same
+    attempts = {o.key: [o.result] for o in outcomes if isinstance(o.result, PushStats)}
+    for org, lost in abandoned.items():
+        attempts.setdefault(org, []).extend(exc.stats for exc in lost if exc.stats is not None)
+    stats = {org: _summed(org, runs) for org, runs in attempts.items()}
     skipped = {o.key: o.result.reason for o in outcomes if isinstance(o.result, _Skipped)}
     record_pushed_batch(context, {org: s.actions for org, s in stats.items()})  # lineage
     failures = run_failures(engine, context.run.run_id)
@@ -240,6 +253,25 @@ def push_batch(
             description=_describe(failed_orgs, failures, len(orgs)), metadata=metadata, allow_retries=False
         )
     return Output(summary, metadata=metadata)
+
+
+def _summed(organization_id: int, runs: list[PushStats]) -> PushStats:
+    """One organisation's attempts in this run as one (a single attempt as it is)."""
+    if len(runs) == 1:
+        return runs[0]
+    total = PushStats(organization_id)
+    for run in runs:
+        total.done += run.done
+        total.failed += run.failed
+        total.dead += run.dead
+        total.actions.update(run.actions)
+        total.errors += run.errors
+        total.api = {
+            key: total.api.get(key, 0) + value
+            for key, value in run.api.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+    return total
 
 
 def _failed_organizations(

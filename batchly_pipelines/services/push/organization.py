@@ -71,9 +71,18 @@ _T = TypeVar("_T")
 class RealmBusy(RuntimeError):
     """Another push holds the QuickBooks company's push lock: one push per company at a time, whatever started it."""
 
+    sentence = True  # its message is the operator's sentence (``services.fleet``)
+
 
 class PushAbandoned(RuntimeError):
-    """This push lost its lease (renewals failed, or it was paused past it): it stopped before writing again."""
+    """This push lost its lease (renewals failed, or it was paused past it): it stopped before writing again.
+    ``stats``: what it had done by then (what it wrote stays written and checkpointed)."""
+
+    sentence = True
+
+    def __init__(self, message: str, stats: PushStats | None = None) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 @dataclass(frozen=True)
@@ -429,7 +438,8 @@ class _Push:
         )
         return PushAbandoned(
             f"the push of organisation {self.org} stopped before writing again: {why}; its records return to the "
-            "queue and the next push resumes them"
+            f"queue and the next push resumes them ({self.stats.done - self.stats.failed} pushed before it stopped)",
+            self.stats,
         )
 
     def _fence(self) -> float:
