@@ -31,7 +31,9 @@ from sqlalchemy.engine import Engine
 from batchly_pipelines.defs.push.job import push_to_quickbooks
 from batchly_pipelines.defs.push.sensor import BATCH_TAG, ORGANIZATION_TAG, REALM_TAG, sync_queue_sensor
 from batchly_pipelines.defs.resources import BatchlyDatabase, QuickBooksResource
+from batchly_pipelines.quickbooks.errors import ServerError
 from batchly_pipelines.services.push.checkpoint import Checkpointer
+from batchly_pipelines.services.push.invoices import InvoicePusher
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import push_locks
 from batchly_pipelines.store import schema as s
@@ -289,3 +291,29 @@ def test_an_organisation_whose_push_is_taken_over_is_failed_and_what_it_pushed_c
     assert metadata["actions"].value["customer.create"] == 2  # the taken-over push's customer counts
     assert queue_status(engine, "customer", customer)[0] == "done"
     assert queue_status(engine, "invoice", invoice)[0] == "in_progress"  # until its lease lapses
+
+
+def test_a_record_that_failed_once_and_was_pushed_by_the_same_run_does_not_fail_it(
+    engine: Engine, companies: list[tuple[int, Books]], environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run is red when a record's last outcome in it is a failure, as a single organisation's run is — not when
+    a chunk failed once and its records were pushed by the retry (the organisation was failed for its count of
+    failures, which also counted those records)."""
+    (org, books), _, _ = companies
+    _, invoice = _due_work(engine, org, "ONCE-1")
+    push = InvoicePusher.push
+    failed: list[bool] = []
+
+    def once(self: InvoicePusher, ids: Any) -> Any:
+        if not failed:
+            failed.append(True)
+            raise ServerError("HTTP 503 from QuickBooks (retries exhausted)")
+        return push(self, ids)
+
+    monkeypatch.setattr(InvoicePusher, "push", once)
+
+    result, _ = _run(engine, [org])
+
+    assert failed and result.success
+    assert list(books.by_doc_number()) == ["ONCE-1"] and queue_status(engine, "invoice", invoice)[0] == "done"
+    assert result.output_for_node("push_records")["failed"] == []

@@ -285,12 +285,11 @@ def _failed_organizations(
         records.setdefault(int(failure["organization_id"]), []).append(failure)
     rows: list[dict[str, Any]] = []
     for outcome in outcomes:
-        result, own = outcome.result, records.get(outcome.key, [])
+        own = records.get(outcome.key, [])
         if outcome.failed:
             reason = outcome.error or ""
-        elif isinstance(result, PushStats) and (result.failed or own):
-            count = max(result.failed, len(own))
-            reason = f"{count} record(s) failed: " + "; ".join(f["message"] for f in own[:SHOWN_RECORDS])
+        elif own:  # records whose last outcome in this run is a failure (one retried and pushed is not)
+            reason = f"{len(own)} record(s) failed: " + "; ".join(f["message"] for f in own[:SHOWN_RECORDS])
         else:
             continue
         named = [
