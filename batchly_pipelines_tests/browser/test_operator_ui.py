@@ -144,11 +144,14 @@ def page(stack: Stack) -> Iterator[Page]:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 900})
         context.set_default_timeout(30_000)
+        # Dagster's "Join the Dagster community" dialog, which pops up once over whatever is open (screenshots too):
+        # dismissed before any page loads, as a click on its Skip button stores it
+        context.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
         expect.set_options(
             timeout=30_000
         )  # a page of the UI can take longer than expect's 5 s on a busy machine
         page = context.new_page()
-        # Dagster's "Join the Dagster community" dialog, which pops up once over whatever is open
+        # … and should it show all the same, it is skipped before the next action
         join = page.get_by_role("dialog").filter(has_text="Join the Dagster community")
         page.add_locator_handler(join, lambda dialog: dialog.get_by_role("button", name="Skip").click())
         yield page

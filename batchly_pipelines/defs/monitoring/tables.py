@@ -91,10 +91,26 @@ def describe_failures(failures: Sequence[Mapping[str, Any]]) -> str:
     """A push run's failed records in one sentence: the first ``DESCRIBED`` of them, and where the rest are."""
     listed = "; ".join(describe_failure(f) for f in failures[:DESCRIBED])
     more = f"; and {len(failures) - DESCRIBED} more" if len(failures) > DESCRIBED else ""
+    dead = sum(f["queue_status"] == "dead" for f in failures)
+    retried = len(failures) - dead
+    where = [
+        *([f"{_are(retried)} retried with backoff by the next runs"] if retried else []),
+        *(
+            [
+                f"{_are(dead)} in the dead letter until fixed and retried (`batchly-sync queue list --status dead`)"
+            ]
+            if dead
+            else []
+        ),
+    ]
     return (
-        f"{len(failures)} record(s) failed, every other record was pushed and checkpointed: {listed}{more}. "
-        "See the 'failed records' table; `batchly-sync queue list --status dead`"
+        f"{len(failures)} record(s) failed, the others were pushed and checkpointed: {listed}{more}. "
+        f"{'; '.join(where)}. See the 'failed records' table"
     )
+
+
+def _are(count: int) -> str:
+    return f"{count} is" if count == 1 else f"{count} are"
 
 
 def failure_metadata(failures: Iterable[Mapping[str, Any]]) -> dict[str, TableMetadataValue]:

@@ -318,9 +318,10 @@ def _describe(failed: list[dict[str, Any]], failures: list[dict[str, Any]], orga
         for row in failed[:DESCRIBED]
     )
     more = f"; and {len(failed) - DESCRIBED} more" if len(failed) > DESCRIBED else ""
+    others = ", every other organisation's push went on" if organizations > len(failed) else ""
     parts = [
-        f"{len(failed)} of {organizations} organisation(s) failed, every other organisation's push went on: "
-        f"{listed}{more}. See the 'failed organizations' table."
+        f"{len(failed)} of {organizations} organisation(s) failed{others}: {listed}{more}. See the 'failed "
+        "organizations' table."
     ]
     if failures:
         parts.append(tables.describe_failures(failures))
