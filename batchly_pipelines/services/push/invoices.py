@@ -360,7 +360,9 @@ class InvoicePusher:
                 f"invoice {invoice_id} waits for invoice {busy[0]}, which it replaces, to be settled by the chunk "
                 "of this push that is sending it; then that one is voided first"
             )
-            return Failed("invoice", invoice_id, "create", message, retryable=True, sent=False)
+            return Failed(
+                "invoice", invoice_id, "create", message, retryable=True, sent=False, waits_here=True
+            )
         body = invoice_to_qbo(
             invoice,
             lines,

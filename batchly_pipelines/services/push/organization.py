@@ -797,7 +797,7 @@ class _Push:
             return
         with self._lock:  # before the failures are due again: no claim of this push may take them meanwhile
             for outcome in outcomes:
-                if isinstance(outcome, Failed) and not outcome.retry_now:
+                if isinstance(outcome, Failed) and not (outcome.retry_now or outcome.waits_here):
                     self._failures[outcome.key] += 1
                     if self._failures[outcome.key] >= FAILURES_PER_PUSH:
                         self._spent.add(outcome.key)
