@@ -23,7 +23,7 @@ from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
 from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert_exactly_once, _demo_into
-from batchly_pipelines_tests.support.push import LONG_LEASE, TIME_SCALE, Books
+from batchly_pipelines_tests.support.push import LONG_LEASE, TIME_SCALE, Books, queue_status
 
 
 def _one_outage(monkeypatch: pytest.MonkeyPatch) -> list[Sequence[int]]:
@@ -144,6 +144,10 @@ def test_one_push_sends_a_failing_record_at_most_twice_however_short_its_backoff
     with engine.connect() as conn:
         rows = conn.execute(sa.select(q.status, q.attempts).where(q.entity_type == "invoice")).all()
     assert len(rows) == 30 and all(row.status == "pending" and row.attempts == 2 for row in rows)
+    [error] = {queue_status(engine, "invoice", i)[1] for i in range(1, 31)}
+    assert error is not None and error.endswith(
+        "(failed 2 times in this push: left to its backoff and the next push)"
+    )
 
     monkeypatch.undo()
     push(queue=SyncQueue(engine, IMPATIENT))  # the next run pushes them

@@ -19,7 +19,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -792,15 +792,31 @@ class _Push:
 
         return run
 
-    def _checkpoint(self, outcomes: Sequence[Outcome]) -> None:
-        if not outcomes:
-            return
-        with self._lock:  # before the failures are due again: no claim of this push may take them meanwhile
+    def _count_failures(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Count the failures of this push by record, before they are written (and due again: no claim may take one
+        meanwhile); a record failing for the ``FAILURES_PER_PUSH``-th time is left to the next run, and its message
+        says so (the sync log, the queue and the run's failed records)."""
+        counted: list[Outcome] = []
+        with self._lock:
             for outcome in outcomes:
                 if isinstance(outcome, Failed) and not (outcome.retry_now or outcome.waits_here):
                     self._failures[outcome.key] += 1
-                    if self._failures[outcome.key] >= FAILURES_PER_PUSH:
+                    if self._failures[outcome.key] == FAILURES_PER_PUSH and outcome.retryable:
                         self._spent.add(outcome.key)
+                        outcome = replace(
+                            outcome,
+                            message=f"{outcome.message} (failed {FAILURES_PER_PUSH} times in this push: left to "
+                            "its backoff and the next push)",
+                        )
+                    elif self._failures[outcome.key] >= FAILURES_PER_PUSH:
+                        self._spent.add(outcome.key)
+                counted.append(outcome)
+        return counted
+
+    def _checkpoint(self, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        outcomes = self._count_failures(outcomes)
         result = self.checkpointer.write(outcomes, self.claimed)
         with self._lock:
             for outcome in outcomes:
