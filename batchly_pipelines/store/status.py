@@ -388,10 +388,19 @@ def waiting_due_rows(
         )
         names = record_names(conn, [(r["entity_type"], r["entity_id"]) for r in rows])
         organizations = _organization_names(conn)
+        c = s.qbo_connections.c
+        connections = dict(
+            conn.execute(
+                sa.select(c.organization_id, c.status).where(
+                    c.organization_id.in_([r["organization_id"] for r in rows])
+                )
+            ).all()
+        )
     return [
         {
             "organization_id": r["organization_id"],
             "organization": organizations.get(r["organization_id"]),
+            "connection": connections.get(r["organization_id"]),  # not "connected": no push can run
             "waiting": r["waiting"],
             "oldest_id": r["id"],
             "entity_type": r["entity_type"],

@@ -281,3 +281,26 @@ def test_sync_status_job_evaluates_every_check() -> None:
     job = defs.resolve_job_def("sync_status_job")
     names = {key.name for key in job.asset_layer.asset_graph.asset_check_keys}
     assert names >= {"dead_letter_empty", "no_open_conflicts", "connections_healthy", "queue_not_waiting"}
+
+
+def test_rows_waiting_for_a_connection_that_needs_a_person_say_so(engine: Engine) -> None:
+    """A UI walkthrough saw 4 rows of a company that needed re-authorisation reported only as waiting, with no cause."""
+    with engine.begin() as conn:
+        org = f.organization(conn, "Reauth Bakery")
+        customer = f.customer(conn, org, display_name="Waits")
+        conn.execute(
+            sa.update(s.sync_queue)
+            .where(s.sync_queue.c.entity_id == customer)
+            .values(next_attempt_at=utcnow() - timedelta(minutes=30))
+        )
+    _connect(engine, org, "needs_reauth", "the refresh token was revoked")
+
+    check = _evaluate(engine)["queue_not_waiting"]
+
+    assert not check.passed
+    [row] = _rows(check, "organizations")
+    assert row["connection"] == "needs_reauth"
+    assert (
+        "its QuickBooks connection needs re-authorisation: nothing is pushed until it is connected again"
+        in (check.description or "")
+    )

@@ -160,6 +160,9 @@ def _connections_healthy(batchly_db: BatchlyDatabase, instance: DagsterInstance)
     )
 
 
+CONNECTION_STATES = {"needs_reauth": "needs re-authorisation", "disconnected": "is disconnected"}
+
+
 def _queue_not_waiting(batchly_db: BatchlyDatabase, instance: DagsterInstance) -> Verdict:
     rows = waiting_due_rows(batchly_db.engine, WAITING_LIMIT)
     waiting = sum(row["waiting"] for row in rows)
@@ -179,6 +182,12 @@ def _queue_not_waiting(batchly_db: BatchlyDatabase, instance: DagsterInstance) -
                 lambda row: (
                     f"organisation {row['organization_id']} ({row['organization']}): {row['waiting']}, "
                     f"oldest {_record(row)} for {row['waited_seconds'] / 60:.0f} min"
+                    + (
+                        f" — its QuickBooks connection {CONNECTION_STATES.get(row['connection'], row['connection'])}"
+                        ": nothing is pushed until it is connected again (see connections_healthy)"
+                        if row["connection"] not in (None, "connected")
+                        else ""
+                    )
                 ),
                 len(rows),
             )

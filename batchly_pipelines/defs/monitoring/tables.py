@@ -221,6 +221,7 @@ def waiting(rows: Iterable[Mapping[str, Any]]) -> TableMetadataValue:
         [
             TableColumn("organization_id", "int"),
             TableColumn("organization", "string"),
+            TableColumn("connection", "string", description="not connected: no push runs until it is"),
             TableColumn("waiting", "int", description="due rows waiting longer than the limit"),
             TableColumn("oldest_queue_id", "int"),
             *RECORD_COLUMNS,
