@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from batchly_pipelines.quickbooks import query as q
@@ -70,10 +70,20 @@ class _Create:
     doc_number: str
     body: Mapping[str, Any]
     replaces: tuple[int, ...]  # the chain of invoices it supersedes, nearest first
+    # the QuickBooks Ids of the copies this invoice was sent as and that are voided now (lost creates voided when it
+    # was set to draft, renumbered, voided): part of the create's request id, so a create after such a void is a new
+    # request — the same id would have QuickBooks replay its stored answer, the voided copy as it was created
+    voided_copies: tuple[str, ...] = ()
 
     @property
     def id(self) -> int:
         return int(self.invoice["id"])
+
+    @property
+    def generation(self) -> str:
+        """What makes the create's request id new after another copy was voided (and only then: a retry after a lost
+        answer is the same request; none voided, the request id is what it always was)."""
+        return "".join(f":voided-{qbo_id}" for qbo_id in self.voided_copies)
 
     @property
     def key(self) -> str:
@@ -537,8 +547,17 @@ class InvoicePusher:
         invoice was sent as is no reason for review: whether its DocNumber may be used again is QuickBooks' call."""
         guarded: list[tuple[_Create, QboInvoice | None]] = []
         keys: dict[str, int] = {}
-        for create in plan.creates:
-            sent_as = snap.sent_as(create.id)
+        for planned in plan.creates:
+            sent_as = snap.sent_as(planned.id)
+            voided = {
+                str(row["Id"])
+                for key in {planned.key} | {key for key, _ in sent_as}
+                for row in found.by_key.get(key, [])
+                if is_voided(row) and (key, _customer(row)) in sent_as
+            }
+            create = replace(
+                planned, voided_copies=tuple(sorted(voided, key=lambda qbo_id: (len(qbo_id), qbo_id)))
+            )
             holders = [
                 row
                 for row in found.by_key.get(create.key, [])
@@ -718,7 +737,10 @@ class InvoicePusher:
                 "create",
                 dict(create.body),
                 request_id(
-                    "create", "invoice", f"{self.ctx.organization_id}:{invoice_id}", create.fingerprint
+                    "create",
+                    "invoice",
+                    f"{self.ctx.organization_id}:{invoice_id}",
+                    create.fingerprint + create.generation,
                 ),
             )
             for invoice_id, create in ops.items()
@@ -733,13 +755,33 @@ class InvoicePusher:
             result = answers.get(invoice_id) or WriteResult(
                 invoice_id, False, error=QboError("no answer for this write")
             )
-            if result.ok and result.entity_obj is not None:
+            if (
+                result.ok
+                and result.entity_obj is not None
+                and str(result.entity_obj["Id"]) in create.voided_copies
+            ):
+                message = (  # a replay of an earlier create's stored answer: that copy is voided, nothing new exists
+                    f"invoice {create.id}: QuickBooks answered the create with invoice {result.entity_obj['Id']}, a "
+                    "copy of it voided before (a replay of an earlier request); it is created again on the retry"
+                )
+                outcomes.append(Failed("invoice", create.id, "create", message, retryable=True))
+            elif result.ok and result.entity_obj is not None:
                 outcomes.append(self._pushed(create, "create", result.entity_obj))
             elif isinstance(result.error, AnswerLost):
                 lost.append(create)
             else:
                 error = result.error or QboError("no answer for this write")
-                outcomes.append(Failed("invoice", create.id, "create", describe(error), error.retryable))
+                refused = None if error.retryable else "error"  # refused for good: the invoice shows it
+                outcomes.append(
+                    Failed(
+                        "invoice",
+                        create.id,
+                        "create",
+                        describe(error),
+                        error.retryable,
+                        invoice_status=refused,
+                    )
+                )
         if lost:
             outcomes += self._recover(lost)
         return outcomes
