@@ -98,8 +98,9 @@ class Failed:
     # it waits for a record in the dead letter (its customer, an item): due again only after the longest backoff —
     # or as soon as that record is pushed (:meth:`SyncQueue.expedite_waiting_for`)
     parked: bool = False
-    # it waits for another chunk of this push (which settles it soon): not a failure the push counts against it
-    # (``FAILURES_PER_PUSH``), so the push takes it again once that chunk is done
+    # it waits for another invoice of its chain (its correction, the original in another chunk), which this push is
+    # pushing: not a failure the push counts against it (``FAILURES_PER_PUSH``), so the push takes it again once
+    # that one is settled, not the next run
     waits_here: bool = False
 
     @property

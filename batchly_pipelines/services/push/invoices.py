@@ -446,7 +446,9 @@ class InvoicePusher:
             return None
         if open_ones:
             message = f"waiting for invoice {open_ones[0]['id']}, which replaces it, to reach QuickBooks"
-            return Failed("invoice", invoice_id, "create", message, retryable=True, sent=False)
+            return Failed(
+                "invoice", invoice_id, "create", message, retryable=True, sent=False, waits_here=True
+            )
         return None
 
     @staticmethod
@@ -476,7 +478,14 @@ class InvoicePusher:
                 now = bool(held & set(replacements))
                 outcomes.append(
                     Failed(
-                        "invoice", invoice_id, "create", message, retryable=True, sent=False, retry_now=now
+                        "invoice",
+                        invoice_id,
+                        "create",
+                        message,
+                        retryable=True,
+                        sent=False,
+                        retry_now=now,
+                        waits_here=True,
                     )
                 )
         return outcomes
