@@ -176,7 +176,7 @@ def push_batch(
                 raise
             except RealmBusy as exc:
                 if organization_id in abandoned:  # taken over while it ran: a failure of this run, not a skip
-                    raise PushAbandoned(f"{abandoned[organization_id][-1]}; then {exc}") from None
+                    raise _TakenOver(f"{abandoned[organization_id][-1]}; then {exc}") from None
                 return _Skipped(str(exc))
 
     def on_outcome(outcome: CompanyOutcome[PushStats | _Skipped]) -> None:
@@ -195,10 +195,9 @@ def push_batch(
         work,
         workers=runtime.company_workers,
         retry_delay_s=runtime.company_retry_s,
-        unmendable=(
-            *UNMENDABLE,
-            LookupError,
-        ),  # LookupError: no connection (any more); a retry cannot mend it
+        # LookupError: no connection (any more); a retry cannot mend it, nor waiting here for a company another
+        # push holds (the run would hold the organisation meanwhile: the sensor's next batch takes it once free)
+        unmendable=(*UNMENDABLE, LookupError, _TakenOver),
         on_outcome=on_outcome,
     )
     # every attempt's work: one that lost its lease pushed records all the same
@@ -253,6 +252,10 @@ def push_batch(
             description=_describe(failed_orgs, failures, len(orgs)), metadata=metadata, allow_retries=False
         )
     return Output(summary, metadata=metadata)
+
+
+class _TakenOver(PushAbandoned):
+    """The organisation's push lost its lease and, tried again, found another push holding its company."""
 
 
 def _summed(organization_id: int, runs: list[PushStats]) -> PushStats:
