@@ -156,28 +156,35 @@ def push_batch(
     abandoned: dict[int, list[PushAbandoned]] = {}  # attempts that lost their lease, by organisation
 
     def work(organization_id: int) -> PushStats | _Skipped:
-        with quickbooks.client_for(organization_id) as client:  # LookupError: not connected (any more)
-            try:
-                return push_organization(
-                    engine,
-                    client,
-                    organization_id,
-                    worker=worker_name(run_prefix),
-                    progress=tracker.progress(organization_id),
-                    waiting=WaitAnnouncer(context.log.info, f"organisation {organization_id}"),
-                    run_id=context.run.run_id,
-                    claim_size=claim_size,
-                    lease=lease,  # QuickBooks time: the push compresses it
-                    lock_wait=timedelta(0),  # a busy realm is left for the next run, not waited for
-                )
-            except PushAbandoned as exc:  # retried; what it pushed counts, and so does why it stopped
-                abandoned.setdefault(organization_id, []).append(exc)
-                context.log.warning(f"organisation {organization_id}: {exc}")
-                raise
-            except RealmBusy as exc:
-                if organization_id in abandoned:  # taken over while it ran: a failure of this run, not a skip
-                    raise _TakenOver(f"{abandoned[organization_id][-1]}; then {exc}") from None
-                return _Skipped(str(exc))
+        # a push that lost its lease is tried again at once (its lease may only have lapsed: a pause, the database
+        # gone for a moment), not after the fleet's pause, which would hold the organisation in this run meanwhile
+        for again in (False, True):
+            with quickbooks.client_for(organization_id) as client:  # LookupError: not connected (any more)
+                try:
+                    return push_organization(
+                        engine,
+                        client,
+                        organization_id,
+                        worker=worker_name(run_prefix),
+                        progress=tracker.progress(organization_id),
+                        waiting=WaitAnnouncer(context.log.info, f"organisation {organization_id}"),
+                        run_id=context.run.run_id,
+                        claim_size=claim_size,
+                        lease=lease,  # QuickBooks time: the push compresses it
+                        lock_wait=timedelta(0),  # a busy realm is left for the next run, not waited for
+                    )
+                except PushAbandoned as exc:  # what it pushed counts, and so does why it stopped
+                    abandoned.setdefault(organization_id, []).append(exc)
+                    context.log.warning(f"organisation {organization_id}: {exc}")
+                    if again:
+                        raise
+                except RealmBusy as exc:
+                    if (
+                        organization_id in abandoned
+                    ):  # taken over while it ran: a failure of this run, not a skip
+                        raise _TakenOver(f"{abandoned[organization_id][-1]}; then {exc}") from None
+                    return _Skipped(str(exc))
+        raise AssertionError("unreachable")
 
     def on_outcome(outcome: CompanyOutcome[PushStats | _Skipped]) -> None:
         result = outcome.result
