@@ -288,7 +288,8 @@ def test_an_organisation_whose_push_is_taken_over_is_failed_and_what_it_pushed_c
     [row] = [dict(r.data) for r in metadata["failed organizations"].value.records]
     assert "lost its lease" in row["reason"] and "another push" in row["reason"], row["reason"]
     assert "PushAbandoned" not in row["reason"] and "(at " not in row["reason"], row["reason"]
-    assert row["attempts"] == 1  # tried again at once, not after the fleet's pause (which holds the organisation)
+    # tried again at once, not after the fleet's pause (which holds the organisation)
+    assert row["attempts"] == 1
     assert metadata["actions"].value["customer.create"] == 2  # the taken-over push's customer counts
     assert queue_status(engine, "customer", customer)[0] == "done"
     assert queue_status(engine, "invoice", invoice)[0] == "in_progress"  # until its lease lapses
