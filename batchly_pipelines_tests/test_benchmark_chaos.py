@@ -110,3 +110,16 @@ def test_the_tail_of_a_push_is_not_credited_as_full_calls() -> None:
     assert figures["budget_calls"] == 20 * 6  # bursts at 0, 6, 12, 18, 24 and 30
     assert figures["budget_writes"] == 20 * 4 * 30 + 20 + 20  # the two bursts of the tail: 20 rows each
     assert figures["throughput_ratio"] > figures["throughput_ratio_full_calls"]
+
+
+def test_a_paused_run_that_writes_again_after_its_resume_ends_its_outage() -> None:
+    """Paused at 30 s and resumed at 40 s, the run takes the company again at once and writes from 41 s: the outage
+    is 11 s, not the 60 s allowed — before, only someone else's write ended it, so the hit run's own writes fell in
+    uncounted time and the ratio rose above 1 (chaos seeds 2 and 3, 1.198 and 1.345)."""
+    writes = [(_at(t), "run-a") for t in [*range(0, 30), *range(41, 101)]]
+    busy = [(_at(t), 100) for t in range(0, 101)]
+    paused = chaos.Outage(_at(30), "run-a", 60, resumed=_at(40))
+
+    assert chaos.throughput(writes, busy, [paused], 1.0, 1)["outage_seconds"] == 11.0
+    killed = chaos.Outage(_at(30), "run-a", 60)  # never resumed: its own write-backs do not end it
+    assert chaos.throughput(writes, busy, [killed], 1.0, 1)["outage_seconds"] == 60.0

@@ -49,7 +49,7 @@ import time
 from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -348,11 +348,14 @@ def _takeover_grace(time_scale: float) -> float:
 @dataclass(frozen=True)
 class Outage:
     """A kill or pause of the run holding the company: nobody could push from ``start`` until someone else's next
-    write — for at most ``allowed`` seconds (the recovery the design promises); longer counts against throughput."""
+    write — or, for a pause, the hit run's own first write after it was ``resumed`` (it kept its lease, or took the
+    company again at once) — for at most ``allowed`` seconds (the recovery the design promises); longer counts
+    against throughput."""
 
     start: datetime
     run_id: str | None
     allowed: float
+    resumed: datetime | None = None
 
 
 @dataclass
@@ -616,8 +619,11 @@ class Chaos:
         )
         self._start_racer(f"takeover of paused run {run_id[:8]}")
 
+        outage = len(self.outages) - 1
+
         def resume() -> None:
             self.dagster.signal_run(run_id, signal.SIGCONT)
+            self.outages[outage] = replace(self.outages[outage], resumed=s.utcnow())
             self.say(f"SIGCONT run {run_id[:8]}")
 
         self.later.append((time.monotonic() + pause, "resume", resume))
@@ -855,7 +861,13 @@ def throughput(
     for outage in outages:
         begin = outage.start.timestamp()
         resumed = next(
-            (at.timestamp() for at, run in writes if at > outage.start and run != outage.run_id), last
+            (
+                at.timestamp()
+                for at, run in writes
+                if at > outage.start
+                and (run != outage.run_id or (outage.resumed is not None and at >= outage.resumed))
+            ),
+            last,
         )
         lost.append((begin, min(resumed, begin + outage.allowed)))
     counted = _subtract(due, lost)
