@@ -524,8 +524,7 @@ class _Push:
     def _retry_due(self, invoice_ids: list[int] | None) -> float:
         """The monotonic instant this push's soonest pending retry is due, when that is within
         :data:`RETRY_WAIT` (else 0: nothing to wait for)."""
-        with self._lock:
-            spent = set(self._spent)
+        spent = self._spent_now()
         due = self.queue.next_retry(
             self.org,
             entity_types=["invoice"] if invoice_ids is not None else None,
@@ -550,8 +549,7 @@ class _Push:
 
     def _claim(self, invoice_ids: list[int] | None) -> list[QueueItem]:
         self._fence()  # a worker that lost the realm claims nothing more
-        with self._lock:
-            spent = set(self._spent)
+        spent = self._spent_now()
         batch = self.queue.claim(
             self.worker,
             limit=self.claim_size,
@@ -664,8 +662,7 @@ class _Push:
         if not missing:
             return
         self._fence()
-        with self._lock:
-            spent = set(self._spent)
+        spent = self._spent_now()
         for item in self.queue.claim(
             self.worker,
             limit=len(missing),
@@ -791,6 +788,11 @@ class _Push:
                 self._checkpoint(outcomes)
 
         return run
+
+    def _spent_now(self) -> set[RecordKey]:
+        """The records this push claims no more (``FAILURES_PER_PUSH``), as of now (chunks add to them)."""
+        with self._lock:
+            return set(self._spent)
 
     def _count_failures(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Count the failures of this push by record, before they are written (and due again: no claim may take one
