@@ -93,9 +93,9 @@ def _interleaved(
     pushers: list[InvoicePusher] = []
     real_push = InvoicePusher.push
 
-    def chunk(self: InvoicePusher, ids: Sequence[int]) -> Any:
+    def chunk(self: InvoicePusher, ids: Sequence[int], **options: Any) -> Any:
         pushers.append(self)
-        return real_push(self, ids)
+        return real_push(self, ids, **options)
 
     def writes(ops: Sequence[WriteOp], **options: Any) -> Any:
         if not done and any(op.key == original for op in ops):

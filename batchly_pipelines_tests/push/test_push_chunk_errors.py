@@ -31,11 +31,11 @@ def _one_outage(monkeypatch: pytest.MonkeyPatch) -> list[Sequence[int]]:
     real_push = InvoicePusher.push
     failed_once: list[Sequence[int]] = []
 
-    def one_outage(self: InvoicePusher, ids: Sequence[int]) -> Any:
+    def one_outage(self: InvoicePusher, ids: Sequence[int], **options: Any) -> Any:
         if not failed_once:
             failed_once.append(list(ids))
             raise ServerError("HTTP 503 from QuickBooks (retries exhausted)")
-        return real_push(self, ids)
+        return real_push(self, ids, **options)
 
     monkeypatch.setattr(InvoicePusher, "push", one_outage)
     return failed_once
@@ -132,7 +132,7 @@ def test_one_push_sends_a_failing_record_at_most_twice_however_short_its_backoff
     _demo_into(engine, org, 30)
     sends: list[Sequence[int]] = []
 
-    def down(self: InvoicePusher, ids: Sequence[int]) -> Any:
+    def down(self: InvoicePusher, ids: Sequence[int], **options: Any) -> Any:
         sends.append(list(ids))
         raise ServerError("HTTP 503 from QuickBooks (retries exhausted)")
 

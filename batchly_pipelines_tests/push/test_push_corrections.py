@@ -302,9 +302,9 @@ def test_a_correction_made_while_its_original_waits_for_its_batch_call_is_not_cr
     pushers: list[InvoicePusher] = []
     real_push = InvoicePusher.push
 
-    def chunk(self: InvoicePusher, ids: Sequence[int]) -> Any:
+    def chunk(self: InvoicePusher, ids: Sequence[int], **options: Any) -> Any:
         pushers.append(self)
-        return real_push(self, ids)
+        return real_push(self, ids, **options)
 
     with monkeypatch.context() as patch:
         patch.setattr(InvoicePusher, "push", chunk)
@@ -355,8 +355,10 @@ def test_an_original_and_its_correction_in_chunks_side_by_side_do_not_wait_for_e
 
     real_push = InvoicePusher.push
 
-    def alone(self: InvoicePusher, ids: Sequence[int]) -> Any:  # the original's chunk without its correction
-        return real_push(self, ids if asked else [i for i in ids if i != correction])
+    def alone(
+        self: InvoicePusher, ids: Sequence[int], **options: Any
+    ) -> Any:  # the original's chunk without its correction
+        return real_push(self, ids if asked else [i for i in ids if i != correction], **options)
 
     with monkeypatch.context() as patch:
         patch.setattr(InvoicePusher, "_lookup", correction_asks_meanwhile)

@@ -306,11 +306,11 @@ def test_a_record_that_failed_once_and_was_pushed_by_the_same_run_does_not_fail_
     push = InvoicePusher.push
     failed: list[bool] = []
 
-    def once(self: InvoicePusher, ids: Any) -> Any:
+    def once(self: InvoicePusher, ids: Any, **options: Any) -> Any:
         if not failed:
             failed.append(True)
             raise ServerError("HTTP 503 from QuickBooks (retries exhausted)")
-        return push(self, ids)
+        return push(self, ids, **options)
 
     monkeypatch.setattr(InvoicePusher, "push", once)
 

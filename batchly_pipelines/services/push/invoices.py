@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from batchly_pipelines.quickbooks import query as q
 from batchly_pipelines.quickbooks.client import AnswerLost, WriteOp, WriteResult
 from batchly_pipelines.quickbooks.errors import QboError, StaleObjectError
-from batchly_pipelines.quickbooks.wire import request_id
+from batchly_pipelines.quickbooks.wire import BATCH_MAX, request_id
 from batchly_pipelines.rules.invoices import applied_payments, describe_payments, doc_number_key, is_voided
 from batchly_pipelines.rules.mapping import invoice_doc_number, invoice_to_qbo, to_decimal, to_money
 from batchly_pipelines.rules.validation import (
@@ -53,9 +53,11 @@ from batchly_pipelines.store.invoice_sends import InvoiceSend, load_sends, recor
 from batchly_pipelines.store.push_rows import load_invoice_lines, load_replacements, load_rows
 from batchly_pipelines.store.sync_state import SyncState, load_states
 
+TOP_UPS = 2  # a chunk short of 30 writes takes more invoices of the push at most this often
 VOID_ROUNDS = 2  # a stale SyncToken on a void is retried once with the current one
 MAX_CHAIN = 100  # corrections of corrections followed at most this deep (and never round a cycle)
 QboInvoice = Mapping[str, Any]
+TopUp = Callable[[int], list[int]]  # up to n more invoices for a chunk short of writes
 
 
 def _base(fingerprint: str, invoice: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,13 +226,19 @@ class InvoicePusher:
         # customers and items of the push's rounds that are in the dead letter (see :meth:`dead_lettered`)
         self._dead_letters: dict[RecordKey, str] = {}
 
-    def push(self, ids: Sequence[int]) -> list[Outcome]:
-        """Push these invoices (≤ 30): voids first and checkpointed, then creates or links. Returns every outcome."""
+    def push(self, ids: Sequence[int], more: TopUp | None = None) -> list[Outcome]:
+        """Push these invoices (≤ 30): voids first and checkpointed, then creates or links. Returns every outcome.
+
+        ``more(n)`` hands over up to ``n`` more invoices of the push (claimed, not started by another chunk): a chunk
+        whose invoices will carry fewer than 30 writes — some voided, superseded, refused or waiting since they were
+        claimed — takes that many more, up to :data:`TOP_UPS` times, so its batch call (the company's scarcest
+        budget) goes out full."""
+        ids = list(ids)
         working = set(ids)
         with self._working_lock:
             self._working.update(working)
         try:
-            return self._push(ids, working)
+            return self._push(ids, working, more)
         finally:
             self._release(working)
 
@@ -256,16 +264,17 @@ class InvoicePusher:
         with self._working_lock:
             return [i for i in invoice_ids if i not in own and self._working[i] > 0]
 
-    def _push(self, ids: Sequence[int], working: set[int]) -> list[Outcome]:
-        snap = _Snapshot(self.ctx, ids)
-        with self._working_lock:
-            plan = _Plan(dead_letters=dict(self._dead_letters))
-        answered: set[int] = set()
-        for invoice_id in ids:
-            decided = self._decide(snap, invoice_id, plan)
-            if decided is not None:
-                plan.outcomes.append(decided)
-                answered.add(invoice_id)
+    def _push(self, ids: list[int], working: set[int], more: TopUp | None) -> list[Outcome]:
+        for top_up in range(TOP_UPS + 1):
+            snap, plan, answered = self._plan(ids)
+            short = BATCH_MAX - _writes_planned(snap, plan)
+            extra = more(short) if more is not None and short > 0 and top_up < TOP_UPS else []
+            if not extra:
+                break
+            with self._working_lock:  # decided again with them, from a snapshot that holds them too
+                self._working.update(extra)
+            working.update(extra)
+            ids.extend(extra)
         # nothing of these leaves with this chunk (skipped, refused, waiting): a correction of one of them need not
         # wait for it — it is not created by this chunk (two chunks waiting for each other would wait for ever)
         if answered:
@@ -320,6 +329,19 @@ class InvoicePusher:
         outcomes = [*voided, *plan.outcomes, *created, *held, *settled]
         self.ctx.checkpoint(outcomes)
         return outcomes
+
+    def _plan(self, ids: Sequence[int]) -> tuple[_Snapshot, _Plan, set[int]]:
+        """The chunk's snapshot and what it decided: the plan, and the invoices answered without a write."""
+        snap = _Snapshot(self.ctx, ids)
+        with self._working_lock:
+            plan = _Plan(dead_letters=dict(self._dead_letters))
+        answered: set[int] = set()
+        for invoice_id in ids:
+            decided = self._decide(snap, invoice_id, plan)
+            if decided is not None:
+                plan.outcomes.append(decided)
+                answered.add(invoice_id)
+        return snap, plan, answered
 
     def _decide(self, snap: _Snapshot, invoice_id: int, plan: _Plan) -> Outcome | None:
         """What to do with one invoice: an outcome now, or a create / void / wait noted in ``plan`` (then ``None``)."""
@@ -891,6 +913,20 @@ def _successor_in_quickbooks(snap: _Snapshot, invoice_id: int) -> int | None:
         seen.update(row["id"] for row in rows)
         level = [row["id"] for row in rows]
     return None
+
+
+def _writes_planned(snap: _Snapshot, plan: _Plan) -> int:
+    """How many writes the chunk's batch call will carry, as far as its plan tells before QuickBooks is asked: the
+    voids of its invoices set to void that QuickBooks may hold (linked, or sent before), those of its corrections'
+    open originals (a correction itself waits for the next claim) and its other creates. Lost copies the DocNumber
+    guard may find come on top (rare: a write whose answer was lost)."""
+    voids = {t for t in plan.own_voids if t in snap.states or snap.sends.get(t)}
+    creates = 0
+    for create in plan.creates:
+        open_targets = {t for t in create.replaces if t in snap.states and not snap.voided(t)}
+        voids |= open_targets
+        creates += not open_targets
+    return creates + len(voids)
 
 
 def _owe(voids: dict[str, _Void], copies: Iterable[_Void], owner: int, role: str) -> None:

@@ -277,6 +277,14 @@ def _acquire_realm(
         time.sleep(min(LINGER_POLL_SECONDS, max(0.05, deadline - time.monotonic())))
 
 
+@dataclass(eq=False)
+class _Chunk:
+    """Invoices one thread pushes together; it may take more of a chunk not started yet (see
+    :meth:`InvoicePusher.push`), and never gives its own away once started."""
+
+    ids: list[int]
+
+
 class _Push:
     """One push of one organisation: rounds of claimed work, checkpoints, statistics and progress."""
 
@@ -324,7 +332,8 @@ class _Push:
         self.claimed: dict[RecordKey, list[QueueItem]] = {}
         self._round_claimed: dict[RecordKey, list[QueueItem]] = defaultdict(list)  # the round being prepared
         # invoice chunks of every round, submitted and not yet seen finished: (future, chunk, times submitted)
-        self._chunks: list[tuple[Future[None], list[int], int]] = []
+        self._chunks: list[tuple[Future[None], _Chunk, int]] = []
+        self._queued: list[_Chunk] = []  # … of those, the ones no thread has started (under the lock)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._progress: ProgressCallback | None = None
@@ -710,14 +719,36 @@ class _Push:
 
     def _submit_invoices(self, ids: Sequence[int]) -> None:
         """Hand a round's invoices, 30 to a chunk, to the run's threads without waiting for them (see
-        :meth:`_collect`): the next round is prepared while these wait for the company's window."""
+        :meth:`_collect`): the next round is prepared while these wait for the company's window. Every chunk is
+        queued before the first is submitted, so a chunk short of writes can take invoices of the others."""
         assert self._pool is not None
-        for i in range(0, len(ids), BATCH_MAX):
-            chunk = list(ids[i : i + BATCH_MAX])
+        chunks = [_Chunk(list(ids[i : i + BATCH_MAX])) for i in range(0, len(ids), BATCH_MAX)]
+        with self._lock:
+            self._queued.extend(chunks)
+        for chunk in chunks:
             self._chunks.append((self._pool.submit(self._invoice_chunk, chunk), chunk, 1))
 
-    def _invoice_chunk(self, chunk: Sequence[int]) -> None:
-        self._chunk_runner("invoice", self.invoices.push, checkpointed=True)(chunk)
+    def _invoice_chunk(self, chunk: _Chunk) -> None:
+        with self._lock:  # from now on no other chunk takes invoices of this one
+            if chunk in self._queued:
+                self._queued.remove(chunk)
+            if not chunk.ids:
+                return  # other chunks took all of them
+        push = partial(self.invoices.push, more=partial(self._more_invoices, chunk))
+        self._chunk_runner("invoice", push, checkpointed=True)(chunk.ids)
+
+    def _more_invoices(self, taker: _Chunk, wanted: int) -> list[int]:
+        """Up to ``wanted`` invoices of the newest chunk no thread has started, moved to ``taker`` (their attempts
+        counted now: they go out with it). A failure of ``taker`` as a whole then fails them with it."""
+        with self._lock:
+            source = next((chunk for chunk in reversed(self._queued) if chunk.ids), None)
+            if source is None:
+                return []
+            taken = source.ids[-wanted:]
+            del source.ids[-wanted:]
+            taker.ids.extend(taken)
+        self.queue.count_attempts([item for i in taken for item in self.claimed.get(("invoice", i), ())])
+        return taken
 
     def _collect(self, *, backlog: int) -> None:
         """Wait until no more than ``backlog`` invoice chunks wait for a thread (0: until every chunk is done),
@@ -726,7 +757,7 @@ class _Push:
         push once the chunks running have returned."""
         assert self._pool is not None
         while True:
-            still: list[tuple[Future[None], list[int], int]] = []
+            still: list[tuple[Future[None], _Chunk, int]] = []
             errors: list[BaseException] = []
             for future, chunk, tries in self._chunks:
                 if not future.done():
@@ -746,6 +777,8 @@ class _Push:
                     errors.append(error)
             self._chunks = still
             if errors or self._lease_lost.is_set():
+                with self._lock:
+                    self._queued.clear()  # nothing more is taken from chunks that are cancelled now
                 for future, _, _ in self._chunks:
                     future.cancel()
                 wait([future for future, _, _ in self._chunks])
