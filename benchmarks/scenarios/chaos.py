@@ -382,7 +382,7 @@ class Chaos:
         self.skipped: Counter[str] = Counter()
         self.outages: list[Outage] = []
         self.edited: set[int] = set()
-        self.hit: set[str] = set()  # runs killed or paused: never hit twice
+        self.hit: set[str] = set()  # runs killed, or paused and not resumed yet: not hit (again) now
         # samples: how many rows the main organisation had due (claimable or leased), counted up to DUE_CAP
         self.busy: list[tuple[datetime, int]] = []
         self.ledger: list[tuple[float, Any, int]] = []  # samples: (time, learned budget, requests in flight)
@@ -624,6 +624,8 @@ class Chaos:
         def resume() -> None:
             self.dagster.signal_run(run_id, signal.SIGCONT)
             self.outages[outage] = replace(self.outages[outage], resumed=s.utcnow())
+            self.hit.discard(run_id)  # a later kill or pause may hit it again (else one run pushing on to the
+            # end made every later injection skip: "no push run held the company")
             self.say(f"SIGCONT run {run_id[:8]}")
 
         self.later.append((time.monotonic() + pause, "resume", resume))
