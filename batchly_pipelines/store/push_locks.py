@@ -141,7 +141,12 @@ def holder_and_live(engine: Engine, realm_id: str) -> tuple[LockHolder, bool] | 
     A holder whose lease ran out stopped renewing it: its process is gone (or frozen past its lease).
     """
     with engine.connect() as conn:
-        row = conn.execute(sa.select(qbo_push_locks).where(c.realm_id == realm_id)).first()
-        if row is None:
-            return None
-        return _holder(row), row.expires_at > database_now(conn)
+        return holder_in(conn, realm_id)
+
+
+def holder_in(conn: Connection, realm_id: str) -> tuple[LockHolder, bool] | None:
+    """:func:`holder_and_live` inside the caller's transaction."""
+    row = conn.execute(sa.select(qbo_push_locks).where(c.realm_id == realm_id)).first()
+    if row is None:
+        return None
+    return _holder(row), row.expires_at > database_now(conn)

@@ -97,8 +97,10 @@ def test_a_push_whose_lock_was_taken_over_stops_writing_and_the_next_push_leaves
 
     monkeypatch.setattr(Checkpointer, "write", steal_after_first_invoices)
     monkeypatch.setattr(push_module._Push, "_fence", recording_fence)
-    with pytest.raises(PushAbandoned, match="lost its lease"):
+    with pytest.raises(PushAbandoned, match="lost its lease") as abandoned:
         push(claim_size=60)
+    # the message says why: who holds the company now (found by a lease check, or by a renewal)
+    assert "found worker intruder holding it since" in str(abandoned.value), abandoned.value
     assert stolen and writes_after_takeover == []  # not one write left the process after the takeover
     assert len(books.objects("Invoice")) < INVOICES
     linked_before = _linked(engine)

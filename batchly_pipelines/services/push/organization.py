@@ -75,7 +75,9 @@ class RealmBusy(RuntimeError):
 
 
 class PushAbandoned(RuntimeError):
-    """This push lost its lease (renewals failed, or it was paused past it): it stopped before writing again.
+    """This push lost its lease (taken over, renewals failed, or it was paused past it): it stopped before writing
+    again; the message says which.
+
     ``stats``: what it had done by then (what it wrote stays written and checkpointed)."""
 
     sentence = True
@@ -408,16 +410,45 @@ class _Push:
             asked = time.monotonic()
             try:
                 if not push_locks.renew(self.engine, self.realm_id, self.worker, self.lease):
-                    self._lease_lost.set()
+                    since = time.monotonic() - renewed_at
+                    self._lose(f"its renewal {since:.0f} s after the last one found {self._lock_now()}")
                     return
                 self.held_until(asked + self.lease.total_seconds())
                 self.queue.renew_leases(self.worker, self.lease)
                 renewed_at, wait = time.monotonic(), interval
-            except Exception:
-                if time.monotonic() - renewed_at >= self.lease.total_seconds() - self._margin.total_seconds():
-                    self._lease_lost.set()
+            except Exception as exc:
+                failing = time.monotonic() - renewed_at
+                if failing >= self.lease.total_seconds() - self._margin.total_seconds():
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    self._lose(f"its renewals failed for {failing:.0f} s ({type(exc).__name__}: {first})")
                     return
                 wait = RENEW_RETRY_SECONDS
+
+    def _lose(self, why: str) -> None:
+        """The lease counts as lost from now on (every later write is refused); the first reason is kept for the
+        message."""
+        with self._held_lock:
+            self._lost_reason = self._lost_reason or (
+                f"it lost its lease on QuickBooks company {self.realm_id}: {why}"
+            )
+        self._lease_lost.set()
+
+    def _lock_now(self, conn: Connection | None = None) -> str:
+        """Who holds the realm's push lock now, as a phrase (for the message of a lost lease)."""
+        try:
+            if conn is not None:
+                found = push_locks.holder_in(conn, self.realm_id)
+            else:
+                found = push_locks.holder_and_live(self.engine, self.realm_id)
+        except Exception as exc:  # the database is gone: say so, the lease is lost either way
+            return f"no answer about the lock ({type(exc).__name__})"
+        if found is None:
+            return "no push lock at all"
+        holder, live = found
+        if holder.owner != self.worker:
+            return f"worker {holder.owner} holding it since {holder.acquired_at:%H:%M:%S} UTC"
+        state = "running until" if live else "run out at"
+        return f"its own lease {state} {holder.expires_at:%H:%M:%S} UTC"
 
     def held_until(self, instant: float) -> None:
         """The database confirmed the lease until at least the monotonic ``instant``."""
@@ -430,8 +461,12 @@ class _Push:
         lost) when no more than the margin is left: a process that was frozen past its lease finds out here, before
         its first write-back, as its lease check would."""
         left = timedelta(seconds=self._held_until - time.monotonic())
-        if self._lease_lost.is_set() or left <= self._margin:
-            self._lease_lost.set()
+        if not self._lease_lost.is_set() and left <= self._margin:
+            self._lose(
+                f"the database last confirmed it {(self.lease - left).total_seconds():.0f} s ago, longer than the "
+                "lease less its margin (the process was paused, or starved, past it)"
+            )
+        if self._lease_lost.is_set():
             raise WriteFenceLost(f"the push lost its lease on QuickBooks company {self.realm_id}")
         return left
 
@@ -441,10 +476,7 @@ class _Push:
         return self.lease / 4
 
     def _abandoned(self) -> PushAbandoned:
-        why = self._lost_reason or (
-            f"it lost its lease on QuickBooks company {self.realm_id} (renewals failed or the process was paused "
-            "past it)"
-        )
+        why = self._lost_reason or f"it lost its lease on QuickBooks company {self.realm_id}"
         return PushAbandoned(
             f"the push of organisation {self.org} stopped before writing again: {why}; its records return to the "
             f"queue and the next push resumes them ({self.stats.done - self.stats.failed} pushed before it stopped)",
@@ -489,13 +521,19 @@ class _Push:
             else push_locks.remaining(conn, self.realm_id, self.worker, hold=hold)
         )
         if left is None or left <= self._margin:
-            self._lease_lost.set()
+            if not self._lease_lost.is_set():
+                self._lose(
+                    f"its lease check found {self._lock_now(conn)}"
+                    if left is None
+                    else f"its lease check found {left.total_seconds():.1f} s left, no more than its margin"
+                )
             raise WriteFenceLost(f"the push lost its lease on QuickBooks company {self.realm_id}")
         if not holds_connection(conn, self.org, self.realm_id):
-            self._lost_reason = (
-                f"organisation {self.org} is no longer connected to QuickBooks company {self.realm_id} "
-                "(reconnected or switched while this push ran)"
-            )
+            with self._held_lock:
+                self._lost_reason = (
+                    f"organisation {self.org} is no longer connected to QuickBooks company {self.realm_id} "
+                    "(reconnected or switched while this push ran)"
+                )
             self._lease_lost.set()
             raise WriteFenceLost(self._lost_reason)
         return left
