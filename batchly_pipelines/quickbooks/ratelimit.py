@@ -89,8 +89,11 @@ class RateLimits:
     window_slack_seconds: float = 0.02  # …plus this (real seconds: jitter on the way does not scale)
     # a request sent (``SharedRateLimiter.sending``) reaches the server within this (real seconds): it counts from
     # its answer, or from this long after its send when the answer is read later than that (a slow batch, a process
-    # frozen with the answer unread) — never from before the server may have counted it
-    arrival_bound_seconds: float = 1.0
+    # frozen with the answer unread) — never from before the server may have counted it. 0.3 s covers a new TLS
+    # connection across an ocean (two round trips, then the request); 1 s cost a chaos run's batch calls about
+    # 0.2 s of every 12 s slot at time scale 5 (answers took 0.2 s on average, up to 7 s on a loaded machine), and
+    # a request that does arrive later is refused (429), not counted, and teaches the budget like any other
+    arrival_bound_seconds: float = 0.3
     lease_seconds: float = 180.0  # a dead process's in-flight slot frees after this (QuickBooks time: scaled)
     poll_seconds: float = 0.005  # how often to look again when a request in flight is what blocks
 

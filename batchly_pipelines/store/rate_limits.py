@@ -30,8 +30,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batchly_pipelines.store.db import SHORT_TRANSACTION, bounded_transaction
+from batchly_pipelines.store.db import DATABASE_ERRORS, SHORT_TRANSACTION, bounded_transaction
 from batchly_pipelines.store.schema import qbo_rate_realms, qbo_rate_requests
+
+LEDGER_ATTEMPTS = 3  # a finish, withdrawal or pause is asked this often before its error reaches the request
+LEDGER_RETRY_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -105,27 +108,40 @@ class DatabaseRateLedger:
 
     def finish(self, request_id: int, sent_at: float | None = None) -> None:
         """The request's answer arrived: it leaves the in-flight slots and its time becomes ``sent_at`` (when it was
-        sent), or now when that is not known."""
-        with bounded_transaction(self.engine, idle=SHORT_TRANSACTION) as conn:
-            conn.execute(
-                sa.update(qbo_rate_requests)
-                .where(qbo_rate_requests.c.id == request_id)
-                .values(sent_at=time.time() if sent_at is None else sent_at, in_flight_until=None)
-            )
+        sent), or now when that is not known. Asked again when the database dropped the connection (see
+        :meth:`_idempotent`)."""
+        self._idempotent(
+            sa.update(qbo_rate_requests)
+            .where(qbo_rate_requests.c.id == request_id)
+            .values(sent_at=time.time() if sent_at is None else sent_at, in_flight_until=None)
+        )
 
     def withdraw(self, request_id: int) -> None:
         """The request was never sent: it leaves the ledger (its in-flight slot and every window)."""
-        with bounded_transaction(self.engine, idle=SHORT_TRANSACTION) as conn:
-            conn.execute(sa.delete(qbo_rate_requests).where(qbo_rate_requests.c.id == request_id))
+        self._idempotent(sa.delete(qbo_rate_requests).where(qbo_rate_requests.c.id == request_id))
 
     def pause(self, until: float) -> None:
         """Hold every request of the realm until ``until``; never shortens a pause."""
-        with bounded_transaction(self.engine, idle=SHORT_TRANSACTION) as conn:
-            conn.execute(
-                sa.update(qbo_rate_realms)
-                .where(qbo_rate_realms.c.realm_id == self.realm_id, qbo_rate_realms.c.paused_until < until)
-                .values(paused_until=until)
-            )
+        self._idempotent(
+            sa.update(qbo_rate_realms)
+            .where(qbo_rate_realms.c.realm_id == self.realm_id, qbo_rate_realms.c.paused_until < until)
+            .values(paused_until=until)
+        )
+
+    def _idempotent(self, statement: sa.Executable) -> None:
+        """Run a statement that may run twice, asked again (up to :data:`LEDGER_ATTEMPTS` times) when the database
+        dropped the connection — the pool reconnects. A finished request left in flight by one dropped connection
+        held its in-flight slot and its place in every window for a whole lease (36 s at time scale 5): three database
+        drops of a chaos run cost about 15 batch calls."""
+        for attempt in range(1, LEDGER_ATTEMPTS + 1):
+            try:
+                with bounded_transaction(self.engine, idle=SHORT_TRANSACTION) as conn:
+                    conn.execute(statement)
+                return
+            except DATABASE_ERRORS:
+                if attempt == LEDGER_ATTEMPTS:
+                    raise
+                time.sleep(LEDGER_RETRY_SECONDS)
 
     def refused(
         self, request_id: int, learn: Callable[[float, Budget, Sequence[RateRequest]], Budget]

@@ -251,3 +251,49 @@ def test_a_checkpoint_that_would_wait_past_its_lease_for_the_apps_rows_retries_t
         )
     _push_until_done(push, engine)
     _assert_exactly_once(engine, books, 30)
+
+
+def test_a_finished_request_leaves_its_in_flight_slot_even_when_the_database_dropped_the_connection(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chaos run's database drops left the answered requests of that moment in flight in the ledger — holding
+    their in-flight slots and their places in every window for a whole lease — because their ``finish`` failed
+    once. The ledger asks again (the pool reconnects); a drop that outlasts its attempts still reaches the caller."""
+    from batchly_pipelines.store import rate_limits
+
+    realm = "dropped-finish"
+    ledger = DatabaseRateLedger(engine, realm)
+
+    def admits(
+        now: float, paused_until: float, budget: Any, requests: Sequence[RateRequest]
+    ) -> tuple[float, Any]:
+        return 0.0, budget
+
+    first, second = (ledger.admit(True, admits, forget_after=60.0, lease_seconds=180.0) for _ in range(2))
+    assert isinstance(first, int) and isinstance(second, int)
+    real = rate_limits.bounded_transaction
+    drops = [1]
+
+    @contextmanager
+    def dropping(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real(*args, **kwargs) as conn:
+            if drops[0]:
+                drops[0] -= 1
+                raise sa.exc.OperationalError("UPDATE qbo_rate_requests", None, Exception("server closed"))
+            yield conn
+
+    monkeypatch.setattr(rate_limits, "bounded_transaction", dropping)
+    ledger.finish(first, sent_at=123.0)
+    drops[0] = rate_limits.LEDGER_ATTEMPTS
+    with pytest.raises(DATABASE_ERRORS):
+        ledger.finish(second)
+    with engine.connect() as conn:
+        rows = dict(
+            conn.execute(
+                sa.select(s.qbo_rate_requests.c.id, s.qbo_rate_requests.c.in_flight_until).where(
+                    s.qbo_rate_requests.c.realm_id == realm
+                )
+            ).all()
+        )
+    assert rows[first] is None  # answered: out of the in-flight slots
+    assert rows[second] is not None  # never recorded: in flight until its lease, as before
