@@ -23,6 +23,8 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 import requests
+import urllib3
+import urllib3.connection
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -547,8 +549,10 @@ class QuickBooksClient:
         with slot as waited:
             self.stats.add(limit_wait_seconds=waited)
             connect_timeout = self.config.connect_timeout
+            deadline: float | None = None
             if kind in WRITE_KINDS and self.write_fence is not None:
-                left = self.write_fence() - time.monotonic()  # a pause after the fence answered counts here
+                deadline = self.write_fence()
+                left = deadline - time.monotonic()  # a pause after the fence answered counts here
                 if left <= 0:
                     raise WriteFenceLost("the write's lease ran out before it could be sent")
                 connect_timeout = min(connect_timeout, left)
@@ -557,6 +561,7 @@ class QuickBooksClient:
                 # process was frozen while its lease check answered never counts as sent at the moment it resumed
                 self.limiter.sending()
             self.stats.count_call(kind)
+            _send_deadline.value = deadline if kind in WRITE_KINDS else None
             try:
                 response = self.session.request(
                     method,
@@ -566,8 +571,15 @@ class QuickBooksClient:
                     headers=headers,
                     timeout=(connect_timeout, self.config.read_timeout),
                 )
+            except _SendDeadlinePassed:
+                raise WriteFenceLost(
+                    "the write's lease ran out before its bytes left the process (it was paused or starved "
+                    "between its lease check and the send): nothing was sent"
+                ) from None
             except TRANSPORT_ERRORS as exc:
                 raise AnswerLost(f"no answer from QuickBooks ({type(exc).__name__})", detail=path) from None
+            finally:
+                _send_deadline.value = None
             if response.status_code == 429:  # raised in the slot: the limiter learns from it, never counts it
                 if kind in READ_KINDS and self.read_meter is not None:
                     self._refuse_if_quota(response)  # not a throttle: the limiter must not learn from it
@@ -604,9 +616,58 @@ TRANSPORT_ERRORS = (
 )
 
 
+_send_deadline = threading.local()  # .value: the monotonic instant the calling thread's write must leave by
+
+
+class _SendDeadlinePassed(Exception):
+    """A write's deadline passed before its first byte left (deliberately no OSError: urllib3 must not retry it)."""
+
+
+def _check_send_deadline() -> None:
+    deadline = getattr(_send_deadline, "value", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise _SendDeadlinePassed()
+
+
+class _FencedHTTPConnection(urllib3.connection.HTTPConnection):
+    """Every byte of a request goes through :meth:`send`: a write whose deadline passed — its process was frozen
+    (SIGSTOP, a VM pause) or starved after its lease check, while the request was built or its connection opened —
+    is stopped here, right before the socket write, instead of reaching QuickBooks after another worker took over
+    (an original created beside its correction, a chaos run found). What no client can close is left: the
+    microseconds between this check and the system call."""
+
+    def send(self, data: Any) -> None:
+        _check_send_deadline()
+        super().send(data)
+
+
+class _FencedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def send(self, data: Any) -> None:
+        _check_send_deadline()
+        super().send(data)
+
+
+class _FencedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _FencedHTTPConnection
+
+
+class _FencedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _FencedHTTPSConnection
+
+
+class _FencedAdapter(HTTPAdapter):
+    """requests' adapter over connections that check the write deadline before every byte they send."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _FencedHTTPPool, "https": _FencedHTTPSPool}
+
+
 def _pooled_session(size: int) -> requests.Session:
+    """The client's own session. A session passed in instead keeps its adapters: its writes are checked against
+    their deadline only before the request is built, not again before its bytes leave."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(size, 10))
+    adapter = _FencedAdapter(pool_connections=4, pool_maxsize=max(size, 10))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
