@@ -5,6 +5,7 @@ exactly once."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from batchly_pipelines.services.push.organization import PushStats, push_organiz
 from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
 from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
+from batchly_pipelines.store.schema import utcnow
 from batchly_pipelines_tests.push.test_push_resilience import IMPATIENT, _assert_exactly_once, _demo_into
 from batchly_pipelines_tests.support.push import LONG_LEASE, TIME_SCALE, Books, queue_status
 
@@ -84,6 +86,31 @@ def test_a_retry_due_shortly_is_pushed_by_the_same_run_not_left_for_the_next(
     q = s.sync_queue.c
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).where(q.status != "done")).scalar_one() == 0
+    _assert_exactly_once(engine, books, 30)
+
+
+class _SlowLookupQueue(SyncQueue):
+    """A queue whose lookup of the soonest retry answers only once that retry has come due (a loaded database)."""
+
+    def next_retry(self, *args: Any, **kwargs: Any) -> Any:
+        due = super().next_retry(*args, **kwargs)
+        if due is not None:
+            time.sleep(max(0.0, (due - utcnow()).total_seconds()) + 0.05)
+        return due
+
+
+def test_a_retry_that_comes_due_while_it_is_looked_up_is_still_pushed_by_the_run(
+    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's claim found nothing due; by the time it had looked up its soonest retry, that retry was due. The
+    push ended there (the wait was over before it began) and left the records for the next run — CI's loaded
+    PostgreSQL failed the test above that way once. It claims once more first."""
+    _demo_into(engine, org, 30)
+    failed_once = _one_outage(monkeypatch)
+    backoff = RetryPolicy(base_delay=timedelta(seconds=20), time_scale=TIME_SCALE)
+    stats = push(queue=_SlowLookupQueue(engine, backoff))
+    assert len(failed_once) == 1 and len(stats.errors) == 1
+    assert stats.actions["invoice.create"] == 30
     _assert_exactly_once(engine, books, 30)
 
 

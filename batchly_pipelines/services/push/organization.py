@@ -559,6 +559,7 @@ class _Push:
                 )
                 self._waited_for_retries |= retry > deadline
                 until = max(deadline, retry)
+                continue  # claimed once more first: the retry may have come due while it was looked up
             if time.monotonic() >= until:
                 break
             time.sleep(min(LINGER_POLL_SECONDS, max(0.0, until - time.monotonic())))
