@@ -12,7 +12,7 @@ sent"), and what ``test_a_worker_that_lost_the_realm_claims_and_counts_nothing_m
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -20,49 +20,26 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from batchly_pipelines.quickbooks.client import ClientConfig, QuickBooksClient, WriteOp, WriteResult
-from batchly_pipelines.services.connections import client_for_organization
+from batchly_pipelines.quickbooks.client import QuickBooksClient, WriteOp, WriteResult
 from batchly_pipelines.services.push import organization as push_module
 from batchly_pipelines.services.push.organization import PushAbandoned, push_organization
-from batchly_pipelines.settings import Settings
 from batchly_pipelines.store import schema as s
-from batchly_pipelines.store.queue import QueueItem, RetryPolicy, SyncQueue
+from batchly_pipelines.store.queue import RetryPolicy, SyncQueue
 from batchly_pipelines.store.schema import utcnow
+from batchly_pipelines_tests.push.test_push_full_batches import (
+    INVOICES,
+    VOIDED,
+    _doc_numbers,
+    _EditingQueue,
+    two_threads,
+)
 from batchly_pipelines_tests.support import factories as f
 from batchly_pipelines_tests.support.push import LONG_LEASE, TIME_SCALE, Books
 
-INVOICES = 62  # one round: chunks of 30, 30 and 2
-VOIDED = (0, 1)  # of the first chunk, voided by the app after the claim: the first chunk is 2 writes short
+__all__ = ["two_threads"]  # the fixture, shared
 
-
-class _EditingQueue(SyncQueue):
-    """The push's queue; right after the first claim of invoices, the app voids two of them."""
-
-    def __init__(self, engine: Engine, voided: Sequence[int]) -> None:
-        super().__init__(engine, RetryPolicy(time_scale=TIME_SCALE))
-        self.voided = list(voided)
-
-    def claim(self, worker: str, **options: Any) -> list[QueueItem]:
-        items = super().claim(worker, **options)
-        if self.voided and any(item.entity_id in self.voided for item in items):
-            with self.engine.begin() as conn:
-                conn.execute(
-                    sa.update(s.invoices).where(s.invoices.c.id.in_(self.voided)).values(status="void")
-                )
-            self.voided = []
-        return items
-
-
-@pytest.fixture
-def two_threads(engine: Engine, settings: Settings, org: int) -> Iterator[QuickBooksClient]:
-    """A client with one request in flight: the push runs two chunks at once, the third waits for a thread."""
-    config = ClientConfig(time_scale=TIME_SCALE, in_flight=1)
-    with client_for_organization(engine, settings, org, config=config) as qbo:
-        yield qbo
-
-
-def _doc_numbers(ops: Sequence[WriteOp]) -> list[str]:
-    return [str(op.body.get("DocNumber")) for op in ops if op.entity == "Invoice"]
+# the round of test_push_full_batches: 62 invoices (chunks of 30, 30 and 2), two of the first chunk voided after the
+# claim, so the first chunk is 2 writes short
 
 
 @pytest.mark.parametrize("noticed", [False, True], ids=["takeover-unnoticed", "takeover-noticed"])
