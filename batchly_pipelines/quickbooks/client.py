@@ -629,7 +629,7 @@ def _check_send_deadline() -> None:
         raise _SendDeadlinePassed()
 
 
-class _FencedHTTPConnection(urllib3.connection.HTTPConnection):
+class _DeadlineChecked:
     """Every byte of a request goes through :meth:`send`: a write whose deadline passed — its process was frozen
     (SIGSTOP, a VM pause) or starved after its lease check, while the request was built or its connection opened —
     is stopped here, right before the socket write, instead of reaching QuickBooks after another worker took over
@@ -638,13 +638,15 @@ class _FencedHTTPConnection(urllib3.connection.HTTPConnection):
 
     def send(self, data: Any) -> None:
         _check_send_deadline()
-        super().send(data)
+        super().send(data)  # type: ignore[misc]
 
 
-class _FencedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def send(self, data: Any) -> None:
-        _check_send_deadline()
-        super().send(data)
+class _FencedHTTPConnection(_DeadlineChecked, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _FencedHTTPSConnection(_DeadlineChecked, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _FencedHTTPPool(urllib3.HTTPConnectionPool):

@@ -71,24 +71,6 @@ def test_an_outage_in_one_chunk_fails_that_chunk_and_the_run_carries_on(
     _assert_exactly_once(engine, books, 90)
 
 
-def test_a_retry_due_shortly_is_pushed_by_the_same_run_not_left_for_the_next(
-    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The run's only chunk fails and backs off for 10 to 20 QuickBooks seconds: the push waits for it and pushes it
-    before it ends, instead of ending with it pending for the next run to start (a sensor tick and a process
-    later). A backoff longer than the wait is left to the next run (above)."""
-    _demo_into(engine, org, 30)
-    failed_once = _one_outage(monkeypatch)
-    backoff = RetryPolicy(base_delay=timedelta(seconds=20), time_scale=TIME_SCALE)
-    stats = push(queue=SyncQueue(engine, backoff))
-    assert len(failed_once) == 1 and len(stats.errors) == 1
-    assert stats.actions["invoice.create"] == 30
-    q = s.sync_queue.c
-    with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).where(q.status != "done")).scalar_one() == 0
-    _assert_exactly_once(engine, books, 30)
-
-
 class _SlowLookupQueue(SyncQueue):
     """A queue whose lookup of the soonest retry answers only once that retry has come due (a loaded database)."""
 
@@ -99,18 +81,28 @@ class _SlowLookupQueue(SyncQueue):
         return due
 
 
-def test_a_retry_that_comes_due_while_it_is_looked_up_is_still_pushed_by_the_run(
-    engine: Engine, org: int, push: Callable[..., PushStats], books: Books, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("lookup", [SyncQueue, _SlowLookupQueue], ids=["lookup", "retry-due-during-lookup"])
+def test_a_retry_due_shortly_is_pushed_by_the_same_run_not_left_for_the_next(
+    engine: Engine,
+    org: int,
+    push: Callable[..., PushStats],
+    books: Books,
+    monkeypatch: pytest.MonkeyPatch,
+    lookup: type[SyncQueue],
 ) -> None:
-    """The run's claim found nothing due; by the time it had looked up its soonest retry, that retry was due. The
-    push ended there (the wait was over before it began) and left the records for the next run — CI's loaded
-    PostgreSQL failed the test above that way once. It claims once more first."""
+    """The run's only chunk fails and backs off for 10 to 20 QuickBooks seconds: the push waits for it and pushes it
+    before it ends, instead of ending with it pending for the next run to start (a sensor tick and a process
+    later). A backoff longer than the wait is left to the next run (above). A retry that came due while the run
+    looked it up ended the wait before it began (CI's loaded PostgreSQL, once): the run claims once more first."""
     _demo_into(engine, org, 30)
     failed_once = _one_outage(monkeypatch)
     backoff = RetryPolicy(base_delay=timedelta(seconds=20), time_scale=TIME_SCALE)
-    stats = push(queue=_SlowLookupQueue(engine, backoff))
+    stats = push(queue=lookup(engine, backoff))
     assert len(failed_once) == 1 and len(stats.errors) == 1
     assert stats.actions["invoice.create"] == 30
+    q = s.sync_queue.c
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).where(q.status != "done")).scalar_one() == 0
     _assert_exactly_once(engine, books, 30)
 
 

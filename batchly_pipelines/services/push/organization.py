@@ -781,9 +781,7 @@ class _Push:
         counted now: they go out with it). A failure of ``taker`` as a whole then fails them with it. Only the lease
         holder takes any (as only it counts attempts: a push that lost the company would burn the retry budget of rows
         it never sends)."""
-        if self._lease_lost.is_set():
-            return []
-        self._fence()  # raises WriteFenceLost: the chunk stops, nothing taken
+        self._fence()  # raises WriteFenceLost (lease lost or taken over): the chunk stops, nothing taken
         with self._lock:
             source = next((chunk for chunk in reversed(self._queued) if chunk.ids), None)
             if source is None:
